@@ -1,0 +1,140 @@
+//! The safetensors header: tensor names, dtypes, shapes and byte ranges.
+//!
+//! Parsing the header never touches tensor data, so `baton inspect` and
+//! planning are cheap even for 28 GB files.
+
+use super::CheckpointError;
+use safetensors::Dtype;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+/// One tensor's entry; `start..end` are absolute byte offsets in the file.
+#[derive(Debug, Clone)]
+pub struct TensorEntry {
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl TensorEntry {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn bytes(&self) -> usize {
+        self.end - self.start
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Header {
+    pub path: PathBuf,
+    pub tensors: BTreeMap<String, TensorEntry>,
+    pub metadata: HashMap<String, String>,
+    pub file_len: u64,
+}
+
+/// Largest header we accept; real ones are a few MB at most.
+const MAX_HEADER: u64 = 100 << 20;
+
+impl Header {
+    /// Reads and validates the header: every byte range must lie inside the file
+    /// and the ranges must exactly tile the data section.
+    pub fn read(path: &Path) -> Result<Self, CheckpointError> {
+        let io = |source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let corrupt = |reason: String| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        if file_len < 8 {
+            return Err(corrupt(format!("file is only {file_len} bytes")));
+        }
+        let mut len_bytes = [0u8; 8];
+        file.read_exact(&mut len_bytes).map_err(io)?;
+        let header_len = u64::from_le_bytes(len_bytes);
+        if header_len > MAX_HEADER || 8 + header_len > file_len {
+            return Err(corrupt(format!(
+                "header claims {header_len} bytes but the file has {file_len}"
+            )));
+        }
+        let mut json = vec![0u8; header_len as usize];
+        file.read_exact(&mut json).map_err(io)?;
+        let value: serde_json::Value =
+            serde_json::from_slice(&json).map_err(|e| corrupt(format!("header json: {e}")))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| corrupt("header is not a json object".into()))?;
+        let data_start = 8 + header_len as usize;
+        let mut tensors = BTreeMap::new();
+        let mut metadata = HashMap::new();
+        for (name, v) in obj {
+            if name == "__metadata__" {
+                if let Some(m) = v.as_object() {
+                    for (k, v) in m {
+                        if let Some(s) = v.as_str() {
+                            metadata.insert(k.clone(), s.to_string());
+                        }
+                    }
+                }
+                continue;
+            }
+            let info: safetensors::tensor::TensorInfo = serde_json::from_value(v.clone())
+                .map_err(|e| corrupt(format!("tensor '{name}': {e}")))?;
+            let (s, e) = info.data_offsets;
+            let numel: usize = info.shape.iter().product();
+            let want = numel * info.dtype.bitsize() / 8;
+            if e < s || e - s != want {
+                return Err(corrupt(format!(
+                    "tensor '{name}': byte range {s}..{e} does not hold {:?} x {:?}",
+                    info.shape, info.dtype
+                )));
+            }
+            if (data_start + e) as u64 > file_len {
+                return Err(corrupt(format!(
+                    "tensor '{name}' ends at byte {} but the file has {file_len} (truncated download?)",
+                    data_start + e
+                )));
+            }
+            tensors.insert(
+                name.clone(),
+                TensorEntry {
+                    dtype: info.dtype,
+                    shape: info.shape,
+                    start: data_start + s,
+                    end: data_start + e,
+                },
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+            metadata,
+            file_len,
+        })
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.tensors.values().map(|t| t.bytes() as u64).sum()
+    }
+
+    pub fn param_count(&self) -> u64 {
+        self.tensors.values().map(|t| t.numel() as u64).sum()
+    }
+
+    /// Distinct dtypes and their byte totals, largest first.
+    pub fn dtype_summary(&self) -> Vec<(String, u64)> {
+        let mut m: BTreeMap<String, u64> = BTreeMap::new();
+        for t in self.tensors.values() {
+            *m.entry(format!("{:?}", t.dtype)).or_default() += t.bytes() as u64;
+        }
+        let mut v: Vec<_> = m.into_iter().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v
+    }
+}

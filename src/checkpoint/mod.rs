@@ -1,0 +1,14 @@
+//! Reading checkpoints: header-only inspection, architecture and key-layout
+//! detection, and a `VarBuilder` backend that hands out tensors straight from
+//! the memory-mapped file under the canonical (original Wan) names.
+pub mod detect;
+pub mod error;
+pub mod header;
+pub mod layout;
+pub mod source;
+
+pub use detect::{detect, Detected};
+pub use error::CheckpointError;
+pub use header::{Header, TensorEntry};
+pub use layout::Layout;
+pub use source::CheckpointSource;

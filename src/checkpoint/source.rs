@@ -1,0 +1,154 @@
+//! Tensors straight from a memory-mapped checkpoint, under canonical names.
+//!
+//! The mapping stays open only while a model streams blocks from it. Pages we
+//! have copied out are handed back with `MADV_DONTNEED`, so file-backed pages
+//! do not linger in the process's RSS and `ram()` stays honest.
+
+use super::{CheckpointError, TensorEntry};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::{SimpleBackend, VarBuilder};
+use memmap2::Mmap;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub struct CheckpointSource {
+    path: PathBuf,
+    mmap: Mmap,
+    tensors: BTreeMap<String, TensorEntry>,
+}
+
+impl CheckpointSource {
+    pub fn open(
+        path: &Path,
+        tensors: BTreeMap<String, TensorEntry>,
+    ) -> Result<Arc<Self>, CheckpointError> {
+        let file = std::fs::File::open(path).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // SAFETY: the file is opened read-only; a concurrent writer truncating it
+        // would be a user error we cannot guard against (as for every mmap reader).
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if let Some((k, e)) = tensors.iter().find(|(_, e)| e.end > mmap.len()) {
+            return Err(CheckpointError::Corrupt {
+                path: path.to_path_buf(),
+                reason: format!("tensor '{k}' ends at byte {} past the end of the file", e.end),
+            });
+        }
+        Ok(Arc::new(Self {
+            path: path.to_path_buf(),
+            mmap,
+            tensors,
+        }))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Copies one tensor out of the mapping, converted to `dtype`.
+    pub fn tensor(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let e = self.tensors.get(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{}: missing tensor '{name}'",
+                self.path.display()
+            ))
+        })?;
+        let file_dtype = match e.dtype {
+            safetensors::Dtype::F32 => DType::F32,
+            safetensors::Dtype::F16 => DType::F16,
+            safetensors::Dtype::BF16 => DType::BF16,
+            other => candle_core::bail!(
+                "{}: tensor '{name}' has unsupported dtype {other:?}",
+                self.path.display()
+            ),
+        };
+        let bytes = &self.mmap[e.start..e.end];
+        let t = Tensor::from_raw_buffer(bytes, file_dtype, &e.shape, &Device::Cpu)?;
+        let t = if file_dtype == dtype { t } else { t.to_dtype(dtype)? };
+        if dev.is_cpu() {
+            Ok(t)
+        } else {
+            t.to_device(dev)
+        }
+    }
+
+    /// A `VarBuilder` over this checkpoint at the model root.
+    pub fn var_builder(self: &Arc<Self>, dtype: DType, dev: &Device) -> VarBuilder<'static> {
+        let backend: Box<dyn SimpleBackend> = Box::new(Backend(self.clone()));
+        VarBuilder::from_backend(backend, dtype, dev.clone())
+    }
+
+    /// Hands the pages of every tensor under `prefix` back to the kernel.
+    /// They stay in the page cache; only this process's mapping drops them.
+    pub fn release(&self, prefix: &str) {
+        let page = page_size();
+        for e in self
+            .tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, e)| e)
+        {
+            let start = e.start / page * page;
+            let end = e.end.min(self.mmap.len());
+            if end > start {
+                // SAFETY: DONTNEED on a read-only shared file mapping only drops
+                // our page-table entries; later reads fault the pages back in
+                // from the file, so no data can be lost or observed changed.
+                unsafe {
+                    let _ = self.mmap.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+struct Backend(Arc<CheckpointSource>);
+
+impl SimpleBackend for Backend {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.0.tensor(name, dtype, dev)?;
+        if t.shape() != &s {
+            candle_core::bail!(
+                "{}: tensor '{name}' has shape {:?}, the model expects {:?}",
+                self.0.path.display(),
+                t.dims(),
+                s.dims()
+            );
+        }
+        Ok(t)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.0.tensor(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.tensors.contains_key(name)
+    }
+}

@@ -1,0 +1,20 @@
+//! Script primitives, one registration file per domain.
+pub mod memory;
+pub mod models;
+pub mod sampling;
+pub mod tensors;
+
+use crate::runtime::Runtime;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// The runtime as the primitives share it.
+pub type Shared = Rc<RefCell<Runtime>>;
+
+/// Registers every primitive on `engine`.
+pub fn register_all(engine: &mut rhai::Engine, rt: &Shared) {
+    tensors::register(engine, rt);
+    models::register(engine, rt);
+    sampling::register(engine, rt);
+    memory::register(engine, rt);
+}

@@ -1,0 +1,156 @@
+//! Model primitives: load_model, delete_model, offload_model, loaded_models, predict.
+
+use super::Shared;
+use crate::host::errors::{call_site, script_err, ScriptResult};
+use crate::host::options::Opts;
+use crate::runtime::{LoadOptions, ModelId, OffloadPolicy};
+use candle_core::{DType, Tensor};
+use rhai::{Dynamic, Engine, Map, NativeCallContext};
+
+/// A script's handle on a model: an id, never the weights.
+#[derive(Debug, Clone)]
+pub struct ModelHandle {
+    pub id: ModelId,
+    pub name: String,
+}
+
+pub const LOAD_OPTIONS: &[&str] = &["name", "offload", "dtype", "heads"];
+
+fn load_options(map: Map) -> ScriptResult<LoadOptions> {
+    let o = Opts::new("load_model", map, LOAD_OPTIONS)?;
+    let offload = match o.string("offload", "auto")?.as_str() {
+        "auto" => OffloadPolicy::Auto,
+        "never" => OffloadPolicy::Never,
+        other => {
+            return Err(script_err(format!(
+                "load_model: offload must be \"auto\" or \"never\", got \"{other}\""
+            )))
+        }
+    };
+    let dtype = match o.opt_string("dtype")?.as_deref() {
+        None | Some("auto") => None,
+        Some(s) => Some(parse_dtype(s)?),
+    };
+    Ok(LoadOptions {
+        name: o.opt_string("name")?,
+        offload,
+        dtype,
+        heads: o.opt_usize("heads")?,
+    })
+}
+
+pub fn parse_dtype(s: &str) -> ScriptResult<DType> {
+    match s {
+        "f32" => Ok(DType::F32),
+        "f16" => Ok(DType::F16),
+        "bf16" => Ok(DType::BF16),
+        "fp8" => Err(script_err("dtype \"fp8\" is not supported yet")),
+        other => Err(script_err(format!(
+            "unknown dtype \"{other}\" (use \"f32\", \"f16\" or \"bf16\")"
+        ))),
+    }
+}
+
+pub fn register(engine: &mut Engine, rt: &Shared) {
+    engine.register_type_with_name::<ModelHandle>("Model");
+
+    let r = rt.clone();
+    let load = move |ctx: NativeCallContext, path: &str, map: Map| -> ScriptResult<ModelHandle> {
+        let opts = load_options(map)?;
+        let at = call_site(&ctx);
+        let mut rt = r.borrow_mut();
+        let id = rt.load_model(path, &opts, &at).map_err(script_err)?;
+        let name = rt.model(id).map_err(script_err)?.name.clone();
+        Ok(ModelHandle { id, name })
+    };
+    let load2 = load.clone();
+    engine.register_fn("load_model", load);
+    engine.register_fn(
+        "load_model",
+        move |ctx: NativeCallContext, path: &str| load2(ctx, path, Map::new()),
+    );
+
+    let r = rt.clone();
+    engine.register_fn(
+        "delete_model",
+        move |ctx: NativeCallContext, m: ModelHandle| -> ScriptResult<()> {
+            let at = call_site(&ctx);
+            r.borrow_mut().delete_model(m.id, &at).map_err(script_err)
+        },
+    );
+
+    let r = rt.clone();
+    engine.register_fn("offload_model", move |m: ModelHandle| -> ScriptResult<()> {
+        r.borrow_mut().offload_model(m.id).map_err(script_err)
+    });
+
+    let r = rt.clone();
+    engine.register_fn("loaded_models", move || -> rhai::Array {
+        r.borrow()
+            .models()
+            .map(|m| {
+                Dynamic::from(ModelHandle {
+                    id: m.id,
+                    name: m.name.clone(),
+                })
+            })
+            .collect()
+    });
+
+    let r = rt.clone();
+    engine.register_fn(
+        "predict",
+        move |m: ModelHandle, x: Tensor, t: Dynamic, ctx: Tensor| -> ScriptResult<Tensor> {
+            let t = timestep_tensor(&t, &x)?;
+            r.borrow_mut().predict(m.id, &x, &t, &ctx).map_err(script_err)
+        },
+    );
+
+    register_getters(engine, rt);
+    engine.register_fn("to_string", |m: &mut ModelHandle| format!("Model({})", m.name));
+    engine.register_fn("to_debug", |m: &mut ModelHandle| format!("Model({}#{})", m.name, m.id));
+}
+
+/// A timestep given as a number or a tensor, as a [B] f32 tensor.
+fn timestep_tensor(t: &Dynamic, x: &Tensor) -> ScriptResult<Tensor> {
+    if let Some(t) = t.clone().try_cast::<Tensor>() {
+        return Ok(t);
+    }
+    let v = crate::host::options::as_f64(t)
+        .ok_or_else(|| script_err(format!("predict: timestep must be a number or a tensor, got {}", t.type_name())))?;
+    Tensor::new(&[v as f32], x.device()).map_err(script_err)
+}
+
+fn register_getters(engine: &mut Engine, rt: &Shared) {
+    engine.register_get("name", |m: &mut ModelHandle| m.name.clone());
+    let r = rt.clone();
+    engine.register_get("deleted", move |m: &mut ModelHandle| r.borrow().is_deleted(m.id));
+    let r = rt.clone();
+    engine.register_get("arch", move |m: &mut ModelHandle| -> ScriptResult<String> {
+        let rt = r.borrow();
+        let lm = rt.model(m.id).map_err(script_err)?;
+        Ok(format!("{} {}", lm.detected.arch, lm.detected.variant))
+    });
+    let r = rt.clone();
+    engine.register_get("dtype", move |m: &mut ModelHandle| -> ScriptResult<String> {
+        let rt = r.borrow();
+        let lm = rt.model(m.id).map_err(script_err)?;
+        Ok(crate::runtime::runtime::dtype_label(lm.model.dtype).to_string())
+    });
+    let r = rt.clone();
+    engine.register_get("bytes", move |m: &mut ModelHandle| -> ScriptResult<i64> {
+        Ok(r.borrow().model(m.id).map_err(script_err)?.bytes as i64)
+    });
+    let r = rt.clone();
+    engine.register_get("resident_bytes", move |m: &mut ModelHandle| -> ScriptResult<i64> {
+        let rt = r.borrow();
+        rt.model(m.id).map_err(script_err)?;
+        Ok(rt.ledger().get(m.id).map_or(0, |e| e.resident()) as i64)
+    });
+    let r = rt.clone();
+    engine.register_get("offloaded_bytes", move |m: &mut ModelHandle| -> ScriptResult<i64> {
+        let rt = r.borrow();
+        rt.model(m.id).map_err(script_err)?;
+        Ok(rt.ledger().get(m.id).map_or(0, |e| e.offloaded) as i64)
+    });
+}

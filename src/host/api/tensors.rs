@@ -1,0 +1,195 @@
+//! Tensor primitives: the Tensor type, arithmetic, load_tensors/save_tensors.
+
+use super::Shared;
+use crate::host::errors::{script_err, ScriptResult};
+use crate::host::options::as_dims;
+use candle_core::{DType, Device, Tensor};
+use rhai::{Array, Dynamic, Engine, Map};
+use std::path::{Path, PathBuf};
+
+fn dtype_name(t: &Tensor) -> &'static str {
+    crate::runtime::runtime::dtype_label(t.dtype())
+}
+
+fn describe(t: &Tensor) -> String {
+    format!("Tensor{:?} {}", t.dims(), dtype_name(t))
+}
+
+/// Binary op on tensors with a shape check that names both shapes.
+fn binary(
+    op: &str,
+    a: &Tensor,
+    b: &Tensor,
+    f: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> ScriptResult<Tensor> {
+    if a.dims() != b.dims() {
+        return Err(script_err(format!(
+            "cannot {op} tensors of shapes {:?} and {:?}",
+            a.dims(),
+            b.dims()
+        )));
+    }
+    let (a, b) = if a.dtype() != b.dtype() {
+        (
+            a.to_dtype(DType::F32).map_err(script_err)?,
+            b.to_dtype(DType::F32).map_err(script_err)?,
+        )
+    } else {
+        (a.clone(), b.clone())
+    };
+    f(&a, &b).map_err(script_err)
+}
+
+pub fn register(engine: &mut Engine, rt: &Shared) {
+    engine.register_type_with_name::<Tensor>("Tensor");
+    engine.register_get("shape", |t: &mut Tensor| -> Array {
+        t.dims().iter().map(|d| Dynamic::from(*d as i64)).collect()
+    });
+    engine.register_get("dtype", |t: &mut Tensor| dtype_name(t).to_string());
+    engine.register_fn("to_string", |t: &mut Tensor| describe(t));
+    engine.register_fn("to_debug", |t: &mut Tensor| describe(t));
+
+    engine.register_fn("+", |a: Tensor, b: Tensor| binary("add", &a, &b, |a, b| a + b));
+    engine.register_fn("-", |a: Tensor, b: Tensor| binary("subtract", &a, &b, |a, b| a - b));
+    engine.register_fn("*", |a: Tensor, b: Tensor| binary("multiply", &a, &b, |a, b| a * b));
+    macro_rules! scalar_ops {
+        ($ty:ty) => {
+            engine.register_fn("+", |a: Tensor, s: $ty| -> ScriptResult<Tensor> {
+                (a + s as f64).map_err(script_err)
+            });
+            engine.register_fn("+", |s: $ty, a: Tensor| -> ScriptResult<Tensor> {
+                (a + s as f64).map_err(script_err)
+            });
+            engine.register_fn("-", |a: Tensor, s: $ty| -> ScriptResult<Tensor> {
+                (a - s as f64).map_err(script_err)
+            });
+            engine.register_fn("-", |s: $ty, a: Tensor| -> ScriptResult<Tensor> {
+                a.affine(-1.0, s as f64).map_err(script_err)
+            });
+            engine.register_fn("*", |a: Tensor, s: $ty| -> ScriptResult<Tensor> {
+                (a * s as f64).map_err(script_err)
+            });
+            engine.register_fn("*", |s: $ty, a: Tensor| -> ScriptResult<Tensor> {
+                (a * s as f64).map_err(script_err)
+            });
+        };
+    }
+    scalar_ops!(f64);
+    scalar_ops!(i64);
+
+    engine.register_fn("zeros_like", |t: Tensor| -> ScriptResult<Tensor> {
+        t.zeros_like().map_err(script_err)
+    });
+    engine.register_fn("zeros", |shape: Array| -> ScriptResult<Tensor> {
+        Tensor::zeros(as_dims(&shape)?, DType::F32, &Device::Cpu).map_err(script_err)
+    });
+    engine.register_fn("randn", |shape: Array, seed: i64| -> ScriptResult<Tensor> {
+        let dims = as_dims(&shape)?;
+        let n: usize = dims.iter().product();
+        let v = crate::sampling::noise::torch_randn(seed as u64, n);
+        Tensor::from_vec(v, dims, &Device::Cpu).map_err(script_err)
+    });
+    engine.register_fn("to_dtype", |t: Tensor, dtype: &str| -> ScriptResult<Tensor> {
+        let d = super::models::parse_dtype(dtype)?;
+        t.to_dtype(d).map_err(script_err)
+    });
+    engine.register_fn("rel_l2", |a: Tensor, b: Tensor| -> ScriptResult<f64> { rel_l2(&a, &b) });
+    engine.register_fn("max_abs", |t: Tensor| -> ScriptResult<f64> {
+        t.to_dtype(DType::F32)
+            .and_then(|t| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
+            .map(|v| v as f64)
+            .map_err(script_err)
+    });
+    engine.register_fn("mean", |t: Tensor| -> ScriptResult<f64> {
+        t.to_dtype(DType::F32)
+            .and_then(|t| t.flatten_all()?.mean(0)?.to_scalar::<f32>())
+            .map(|v| v as f64)
+            .map_err(script_err)
+    });
+
+    let r = rt.clone();
+    engine.register_fn("load_tensors", move |path: &str| -> ScriptResult<Map> {
+        let p = resolve_input(&r, path)?;
+        let tensors = candle_core::safetensors::load(&p, &Device::Cpu)
+            .map_err(|e| script_err(format!("load_tensors: {}: {e}", p.display())))?;
+        Ok(tensors
+            .into_iter()
+            .map(|(k, v)| (k.into(), Dynamic::from(v)))
+            .collect())
+    });
+    let r = rt.clone();
+    engine.register_fn("save_tensors", move |map: Map, path: &str| -> ScriptResult<String> {
+        let out = r.borrow().out_dir.clone();
+        let p = resolve_output(&out, path);
+        save_tensors(&map, &p)?;
+        Ok(p.display().to_string())
+    });
+}
+
+/// ||a - b|| / ||b|| in f64.
+pub fn rel_l2(a: &Tensor, b: &Tensor) -> ScriptResult<f64> {
+    if a.dims() != b.dims() {
+        return Err(script_err(format!(
+            "rel_l2: shapes differ: {:?} vs {:?}",
+            a.dims(),
+            b.dims()
+        )));
+    }
+    let f = |t: &Tensor| -> candle_core::Result<Tensor> { t.to_dtype(DType::F64) };
+    let (a, b) = (f(a).map_err(script_err)?, f(b).map_err(script_err)?);
+    let num = (&a - &b)
+        .and_then(|d| d.sqr()?.sum_all()?.to_scalar::<f64>())
+        .map_err(script_err)?;
+    let den = b
+        .sqr()
+        .and_then(|d| d.sum_all()?.to_scalar::<f64>())
+        .map_err(script_err)?;
+    Ok((num / den.max(1e-300)).sqrt())
+}
+
+/// Inputs: absolute, else under a model root, else relative to the cwd.
+fn resolve_input(rt: &Shared, path: &str) -> ScriptResult<PathBuf> {
+    let p = Path::new(path);
+    if p.is_absolute() || p.exists() {
+        return Ok(p.to_path_buf());
+    }
+    for root in &rt.borrow().model_roots {
+        let c = root.join(p);
+        if c.exists() {
+            return Ok(c);
+        }
+    }
+    Err(script_err(format!("file '{path}' not found")))
+}
+
+/// Outputs: absolute, else under the output directory.
+pub fn resolve_output(out_dir: &Path, path: &str) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        out_dir.join(p)
+    }
+}
+
+/// Writes a safetensors file atomically: a temp file in the same directory,
+/// renamed into place, so a crash never leaves a half-written output.
+fn save_tensors(map: &Map, path: &Path) -> ScriptResult<()> {
+    let mut tensors = std::collections::HashMap::new();
+    for (k, v) in map {
+        let t = v.clone().try_cast::<Tensor>().ok_or_else(|| {
+            script_err(format!("save_tensors: '{k}' is a {}, not a tensor", v.type_name()))
+        })?;
+        tensors.insert(k.to_string(), t);
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|e| script_err(format!("save_tensors: creating {}: {e}", dir.display())))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| script_err(format!("save_tensors: {}: {e}", dir.display())))?;
+    candle_core::safetensors::save(&tensors, tmp.path())
+        .map_err(|e| script_err(format!("save_tensors: {}: {e}", path.display())))?;
+    tmp.persist(path)
+        .map_err(|e| script_err(format!("save_tensors: {}: {e}", path.display())))?;
+    Ok(())
+}

@@ -1,0 +1,80 @@
+//! Plain-text tables for `vram()` and `ram()` reports.
+//!
+//! The reports are ordinary maps (so `vram().used` works in scripts) carrying a
+//! `kind` key; `to_string` on such a map renders the table.
+
+use crate::runtime::size::mib;
+use rhai::{Dynamic, Map};
+
+fn int(m: &Map, k: &str) -> u64 {
+    m.get(k).and_then(|v| v.as_int().ok()).unwrap_or(0).max(0) as u64
+}
+
+fn text(m: &Map, k: &str) -> String {
+    m.get(k).map(|v| v.to_string()).unwrap_or_default()
+}
+
+/// Renders a report map as a table, or `None` for ordinary maps.
+pub fn render(m: &Map) -> Option<String> {
+    match m.get("kind")?.clone().into_string().ok()?.as_str() {
+        "vram" => Some(render_vram(m)),
+        "ram" => Some(render_ram(m)),
+        _ => None,
+    }
+}
+
+fn render_vram(m: &Map) -> String {
+    let mut out = format!(
+        "vram ({}): budget {} | used {} | free {}\n",
+        text(m, "device"),
+        mib(int(m, "budget")),
+        mib(int(m, "used")),
+        mib(int(m, "free"))
+    );
+    let models: Vec<Map> = m
+        .get("models")
+        .and_then(|v| v.clone().into_array().ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| v.try_cast::<Map>())
+        .collect();
+    if models.is_empty() {
+        out.push_str("  (no models loaded)");
+        return out;
+    }
+    out.push_str(&format!(
+        "  {:<16} {:<8} {:>12} {:>12} {:>12} {:>10}\n",
+        "model", "state", "resident", "offloaded", "host", "blocks"
+    ));
+    for mm in &models {
+        out.push_str(&format!(
+            "  {:<16} {:<8} {:>12} {:>12} {:>12} {:>10}\n",
+            text(mm, "name"),
+            text(mm, "state"),
+            mib(int(mm, "resident")),
+            mib(int(mm, "offloaded")),
+            mib(int(mm, "host")),
+            format!("{}/{}", int(mm, "resident_blocks"), int(mm, "blocks")),
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+fn render_ram(m: &Map) -> String {
+    format!(
+        "ram: rss {} | peak {} | model weights in host memory {}",
+        mib(int(m, "rss")),
+        mib(int(m, "peak_rss")),
+        mib(int(m, "host"))
+    )
+}
+
+/// `to_string` for any script value, using the tables for reports.
+pub fn display(v: &Dynamic) -> String {
+    if let Some(m) = v.read_lock::<Map>() {
+        if let Some(s) = render(&m) {
+            return s;
+        }
+    }
+    v.to_string()
+}

@@ -1,0 +1,10 @@
+//! baton: explicit model lifetimes for two-expert Wan 2.2 pipelines.
+//!
+//! A Rhai script drives a runtime that loads, samples with and deletes
+//! diffusion experts under a memory budget, accounting for every byte.
+pub mod checkpoint;
+pub mod host;
+pub mod inspect;
+pub mod models;
+pub mod runtime;
+pub mod sampling;

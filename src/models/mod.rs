@@ -1,0 +1,2 @@
+//! Model architectures, each a candle module built from a `VarBuilder`.
+pub mod wan;

@@ -1,0 +1,5 @@
+//! Wan 2.x: the video DiT (and later the VAE).
+pub mod config;
+pub mod dit;
+
+pub use config::WanConfig;

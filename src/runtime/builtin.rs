@@ -1,0 +1,194 @@
+//! Built-in tiny Wan-architecture experts, so every script runs without downloads.
+//!
+//! `builtin:wan-tiny-high` and `builtin:wan-tiny-low` are real Wan DiT
+//! checkpoints (original / ComfyUI key layout, safetensors, f32) with
+//! deterministic seeded random weights, written once into the cache directory.
+//! They are sized (about 150 MB each) so that memory effects are visible. Their
+//! outputs are noise-like: the weights are random, not trained.
+
+use crate::models::wan::WanConfig;
+use crate::sampling::noise::Mt19937;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Bump when the generator changes, so stale cached files are not reused.
+const VERSION: &str = "1";
+
+/// The built-in architecture: Wan's head_dim of 128 and text_dim of 4096
+/// (umT5-XXL), with a small width and depth.
+pub fn tiny_config() -> WanConfig {
+    WanConfig {
+        dim: 512,
+        ffn_dim: 2048,
+        freq_dim: 256,
+        text_dim: 4096,
+        in_dim: 16,
+        out_dim: 16,
+        num_heads: 4,
+        num_layers: 8,
+        patch_size: [1, 2, 2],
+        eps: 1e-6,
+        rope_theta: 10000.0,
+    }
+}
+
+/// Names `builtin:` accepts, with their weight seeds.
+pub const BUILTINS: &[(&str, u64)] = &[("wan-tiny-high", 0x5EED_0001), ("wan-tiny-low", 0x5EED_0002)];
+
+/// Directory for generated files: `$BATON_CACHE_DIR`, else the user cache dir.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BATON_CACHE_DIR") {
+        return PathBuf::from(d);
+    }
+    dirs::cache_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join("baton")
+}
+
+/// Returns the path of a built-in checkpoint, writing it first if needed.
+pub fn materialise(name: &str) -> Result<PathBuf, String> {
+    let seed = BUILTINS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| {
+            let names: Vec<String> = BUILTINS.iter().map(|(n, _)| format!("builtin:{n}")).collect();
+            format!("unknown built-in model 'builtin:{name}' (available: {})", names.join(", "))
+        })?;
+    let dir = cache_dir().join("builtin");
+    let path = dir.join(format!("{name}-v{VERSION}.safetensors"));
+    if !path.exists() {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        tracing::info!("writing built-in model {name} to {}", path.display());
+        write_tiny(&path, &tiny_config(), seed, name)?;
+    }
+    Ok(path)
+}
+
+/// Writes a Wan DiT checkpoint with seeded weights (atomically: temp file + rename).
+pub fn write_tiny(path: &Path, cfg: &WanConfig, seed: u64, label: &str) -> Result<(), String> {
+    let mut rng = Normal::new(seed);
+    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    for (key, shape, init) in wan_tensor_specs(cfg) {
+        let n: usize = shape.iter().product();
+        let data: Vec<f32> = match init {
+            Init::Weight { fan_in } => {
+                let std = (1.0 / fan_in as f32).sqrt();
+                (0..n).map(|_| rng.next() * std).collect()
+            }
+            Init::Bias => (0..n).map(|_| rng.next() * 0.05).collect(),
+            Init::Norm => (0..n).map(|_| 1.0 + rng.next() * 0.1).collect(),
+            Init::Modulation => {
+                let std = 1.0 / (cfg.dim as f32).sqrt();
+                (0..n).map(|_| rng.next() * std).collect()
+            }
+        };
+        tensors.insert(key, (shape, data));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
+        .iter()
+        .map(|(k, (shape, data))| {
+            let bytes: &[u8] = bytemuck_f32(data);
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                    .expect("shape matches data"),
+            )
+        })
+        .collect();
+    let mut meta = std::collections::HashMap::new();
+    meta.insert("baton.builtin".to_string(), label.to_string());
+    meta.insert("baton.version".to_string(), VERSION.to_string());
+    meta.insert("num_heads".to_string(), cfg.num_heads.to_string());
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("temp file in {}: {e}", dir.display()))?;
+    safetensors::tensor::serialize_to_file(views, Some(meta), tmp.path())
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(())
+}
+
+fn bytemuck_f32(data: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding or invalid bit patterns; the byte slice covers
+    // exactly the same memory and lives as long as `data`. Little-endian hosts
+    // produce safetensors' byte order.
+    unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) }
+}
+
+enum Init {
+    Weight { fan_in: usize },
+    Bias,
+    Norm,
+    Modulation,
+}
+
+/// Every tensor of a Wan T2V DiT in the original layout, with its shape.
+fn wan_tensor_specs(cfg: &WanConfig) -> Vec<(String, Vec<usize>, Init)> {
+    let d = cfg.dim;
+    let [pt, ph, pw] = cfg.patch_size;
+    let mut v = Vec::new();
+    let linear = |v: &mut Vec<_>, name: &str, out: usize, inp: usize| {
+        v.push((format!("{name}.weight"), vec![out, inp], Init::Weight { fan_in: inp }));
+        v.push((format!("{name}.bias"), vec![out], Init::Bias));
+    };
+    v.push((
+        "patch_embedding.weight".into(),
+        vec![d, cfg.in_dim, pt, ph, pw],
+        Init::Weight {
+            fan_in: cfg.in_dim * pt * ph * pw,
+        },
+    ));
+    v.push(("patch_embedding.bias".into(), vec![d], Init::Bias));
+    linear(&mut v, "text_embedding.0", d, cfg.text_dim);
+    linear(&mut v, "text_embedding.2", d, d);
+    linear(&mut v, "time_embedding.0", d, cfg.freq_dim);
+    linear(&mut v, "time_embedding.2", d, d);
+    linear(&mut v, "time_projection.1", 6 * d, d);
+    for i in 0..cfg.num_layers {
+        let b = format!("blocks.{i}");
+        for attn in ["self_attn", "cross_attn"] {
+            for p in ["q", "k", "v", "o"] {
+                linear(&mut v, &format!("{b}.{attn}.{p}"), d, d);
+            }
+            v.push((format!("{b}.{attn}.norm_q.weight"), vec![d], Init::Norm));
+            v.push((format!("{b}.{attn}.norm_k.weight"), vec![d], Init::Norm));
+        }
+        v.push((format!("{b}.norm3.weight"), vec![d], Init::Norm));
+        v.push((format!("{b}.norm3.bias"), vec![d], Init::Bias));
+        linear(&mut v, &format!("{b}.ffn.0"), cfg.ffn_dim, d);
+        linear(&mut v, &format!("{b}.ffn.2"), d, cfg.ffn_dim);
+        v.push((format!("{b}.modulation"), vec![1, 6, d], Init::Modulation));
+    }
+    linear(&mut v, "head.head", cfg.patch_features_out(), d);
+    v.push(("head.modulation".into(), vec![1, 2, d], Init::Modulation));
+    v
+}
+
+/// Fast seeded standard normals (Box-Muller over MT19937); determinism is all
+/// that matters here.
+struct Normal {
+    rng: Mt19937,
+    spare: Option<f32>,
+}
+
+impl Normal {
+    fn new(seed: u64) -> Self {
+        Self {
+            rng: Mt19937::new(seed),
+            spare: None,
+        }
+    }
+
+    fn next(&mut self) -> f32 {
+        if let Some(s) = self.spare.take() {
+            return s;
+        }
+        let u1 = (self.rng.next_u32() as f64 + 1.0) / 4_294_967_297.0;
+        let u2 = self.rng.next_u32() as f64 / 4_294_967_296.0;
+        let r = (-2.0 * u1.ln()).sqrt();
+        let th = std::f64::consts::TAU * u2;
+        self.spare = Some((r * th.sin()) as f32);
+        (r * th.cos()) as f32
+    }
+}

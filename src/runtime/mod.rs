@@ -1,0 +1,15 @@
+//! The runtime: loaded models, the memory ledger, and the work done on them.
+//!
+//! Scripts hold model *ids*, never tensors, so `delete_model` here really drops
+//! the last reference to every weight.
+pub mod builtin;
+pub mod ledger;
+pub mod memstat;
+pub mod registry;
+pub mod residency;
+pub mod runtime;
+pub mod size;
+
+pub use ledger::{Entry, Ledger};
+pub use registry::ModelId;
+pub use runtime::{LoadOptions, OffloadPolicy, Runtime, RuntimeError, SampleOptions};

@@ -1,0 +1,81 @@
+//! Loaded models by id, and a record of the deleted ones.
+//!
+//! Remembering where a model was deleted lets a stale handle fail with
+//! "model 'high' was deleted at demo.rhai:14" instead of a bare "not found".
+
+use super::residency::WanResident;
+use crate::checkpoint::Detected;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+pub type ModelId = u64;
+
+pub struct LoadedModel {
+    pub id: ModelId,
+    pub name: String,
+    pub path: PathBuf,
+    pub detected: Detected,
+    /// Bytes of all weights in the resident dtype.
+    pub bytes: u64,
+    /// Where it was loaded, e.g. "demo.rhai:12".
+    pub loaded_at: String,
+    /// False after `offload_model`: weights live in host memory only.
+    pub on_device: bool,
+    pub model: WanResident,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    next_id: ModelId,
+    models: BTreeMap<ModelId, LoadedModel>,
+    deleted: HashMap<ModelId, (String, String)>,
+}
+
+impl Registry {
+    pub fn next_id(&mut self) -> ModelId {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    pub fn insert(&mut self, m: LoadedModel) {
+        self.models.insert(m.id, m);
+    }
+
+    /// Removes the model, dropping its weights, and remembers where.
+    pub fn remove(&mut self, id: ModelId, at: &str) -> Option<LoadedModel> {
+        let m = self.models.remove(&id)?;
+        self.deleted.insert(id, (m.name.clone(), at.to_string()));
+        Some(m)
+    }
+
+    pub fn get(&self, id: ModelId) -> Result<&LoadedModel, String> {
+        self.models.get(&id).ok_or_else(|| self.gone(id))
+    }
+
+    pub fn get_mut(&mut self, id: ModelId) -> Result<&mut LoadedModel, String> {
+        if self.models.contains_key(&id) {
+            Ok(self.models.get_mut(&id).expect("checked"))
+        } else {
+            Err(self.gone(id))
+        }
+    }
+
+    pub fn is_deleted(&self, id: ModelId) -> bool {
+        self.deleted.contains_key(&id)
+    }
+
+    fn gone(&self, id: ModelId) -> String {
+        match self.deleted.get(&id) {
+            Some((name, at)) => format!("model '{name}' was deleted at {at}"),
+            None => format!("no model with id {id}"),
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &LoadedModel> {
+        self.models.values()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.models.values().map(|m| m.name.clone()).collect()
+    }
+}

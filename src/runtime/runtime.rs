@@ -1,0 +1,615 @@
+//! The runtime proper: load, delete, offload, forward and sample, with every
+//! device byte going through the ledger.
+
+use super::ledger::{Entry, Ledger};
+use super::memstat;
+use super::registry::{LoadedModel, ModelId, Registry};
+use super::residency::WanResident;
+use super::size::mib;
+use crate::checkpoint::{detect, CheckpointError, CheckpointSource, Detected, Header};
+use crate::sampling::{guidance, ksampler, noise, samplers, sigmas};
+use candle_core::{DType, Device, Tensor};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("{0}")]
+    Model(String),
+    #[error("{0}")]
+    Budget(String),
+    #[error("{0}")]
+    Input(String),
+    #[error("{context}: {source}")]
+    Tensor {
+        context: String,
+        source: candle_core::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, RuntimeError>;
+
+fn tensor_err(context: impl Into<String>) -> impl FnOnce(candle_core::Error) -> RuntimeError {
+    let context = context.into();
+    move |source| RuntimeError::Tensor { context, source }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffloadPolicy {
+    /// Keep as many whole blocks resident as fit, stream the rest.
+    Auto,
+    /// Fail when the model does not fit.
+    Never,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub name: Option<String>,
+    pub offload: OffloadPolicy,
+    /// Resident dtype; `None` keeps the file's dtype.
+    pub dtype: Option<DType>,
+    pub heads: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            name: None,
+            offload: OffloadPolicy::Auto,
+            dtype: None,
+            heads: None,
+        }
+    }
+}
+
+/// `sample` settings, KSamplerAdvanced semantics (see `sampling::ksampler`).
+#[derive(Debug, Clone)]
+pub struct SampleOptions {
+    pub positive: Tensor,
+    pub negative: Option<Tensor>,
+    pub steps: usize,
+    pub start: usize,
+    pub end: Option<usize>,
+    pub cfg: f64,
+    pub sampler: String,
+    pub scheduler: String,
+    pub shift: f32,
+    pub seed: u64,
+    pub add_noise: bool,
+    pub leftover_noise: bool,
+    /// Overrides steps/scheduler/shift with an explicit list (steps + 1 values).
+    pub sigmas: Option<Vec<f32>>,
+    /// Overrides the seeded noise.
+    pub noise: Option<Tensor>,
+}
+
+/// What one `sample` call did, for the log and the summary.
+#[derive(Debug, Clone, Default)]
+pub struct SampleReport {
+    pub steps_run: usize,
+    pub model_calls: usize,
+    pub streamed_bytes: u64,
+    pub seconds: f64,
+}
+
+pub struct Runtime {
+    pub device: Device,
+    ledger: Ledger,
+    registry: Registry,
+    /// Directories searched for relative model paths, in order.
+    pub model_roots: Vec<PathBuf>,
+    /// Where relative output paths go.
+    pub out_dir: PathBuf,
+    pub last_sample: SampleReport,
+    /// Largest offloaded total seen since the last `reset_offload_peak`.
+    offload_peak: u64,
+}
+
+impl Runtime {
+    pub fn new(device: Device, budget: Option<u64>) -> Self {
+        memstat::configure_allocator();
+        let budget = budget.unwrap_or_else(memstat::total_ram);
+        Self {
+            device,
+            ledger: Ledger::new(budget),
+            registry: Registry::default(),
+            model_roots: vec![PathBuf::from(".")],
+            out_dir: PathBuf::from("out"),
+            last_sample: SampleReport::default(),
+            offload_peak: 0,
+        }
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    pub fn set_budget(&mut self, bytes: u64) {
+        self.ledger.set_budget(bytes);
+        tracing::info!("vram budget set to {}", mib(bytes));
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &LoadedModel> {
+        self.registry.iter()
+    }
+
+    pub fn model(&self, id: ModelId) -> Result<&LoadedModel> {
+        self.registry.get(id).map_err(RuntimeError::Model)
+    }
+
+    pub fn is_deleted(&self, id: ModelId) -> bool {
+        self.registry.is_deleted(id)
+    }
+
+    pub fn offload_peak(&self) -> u64 {
+        self.offload_peak
+    }
+
+    pub fn reset_offload_peak(&mut self) {
+        self.offload_peak = self.offloaded_total();
+    }
+
+    fn offloaded_total(&self) -> u64 {
+        self.ledger.entries().map(|(_, e)| e.offloaded).sum()
+    }
+
+    /// Finds a model file: absolute, or under one of the model roots.
+    pub fn resolve_model_path(&self, path: &str) -> Result<PathBuf> {
+        if let Some(name) = path.strip_prefix("builtin:") {
+            return super::builtin::materialise(name).map_err(RuntimeError::Input);
+        }
+        let p = Path::new(path);
+        if p.is_absolute() {
+            return Ok(p.to_path_buf());
+        }
+        for root in &self.model_roots {
+            let candidate = root.join(p);
+            if candidate.exists() {
+                return Ok(candidate);
+            }
+        }
+        let roots: Vec<String> = self
+            .model_roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect();
+        Err(RuntimeError::Input(format!(
+            "model file '{path}' not found under {}",
+            roots.join(", ")
+        )))
+    }
+
+    /// Loads a Wan DiT checkpoint under the budget. `at` names the script
+    /// position for messages. Nothing changes in the session if it fails.
+    pub fn load_model(&mut self, path: &str, opts: &LoadOptions, at: &str) -> Result<ModelId> {
+        let path = self.resolve_model_path(path)?;
+        let header = Header::read(&path)?;
+        let detected = detect(&header, opts.heads)?;
+        if !detected.unmapped.is_empty() {
+            tracing::warn!(
+                "{}: {} tensors have no place in the model and are ignored: {:?}",
+                path.display(),
+                detected.unmapped.len(),
+                detected.unmapped
+            );
+        }
+        let dtype = match opts.dtype {
+            Some(d) => d,
+            None => dominant_dtype(&detected),
+        };
+        let bytes_in = |prefix: &str| -> u64 {
+            detected
+                .tensors
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(_, e)| (e.numel() * dtype.size_in_bytes()) as u64)
+                .sum()
+        };
+        let cfg = detected.cfg.clone();
+        let total = bytes_in("");
+        let block_bytes: Vec<u64> = (0..cfg.num_layers)
+            .map(|i| bytes_in(&format!("blocks.{i}.")))
+            .collect();
+        let stem_bytes = total - block_bytes.iter().sum::<u64>();
+        let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
+        let plan = self.plan_residency(&name, total, stem_bytes, &block_bytes, opts.offload)?;
+
+        let rss_before = memstat::rss();
+        let source = CheckpointSource::open(&path, detected.tensors.clone())?;
+        let model = WanResident::load(
+            &cfg,
+            source,
+            dtype,
+            &self.device,
+            plan.resident_blocks,
+            block_bytes.clone(),
+        )
+        .map_err(|e| RuntimeError::Model(format!("loading {}: {e}", path.display())))?;
+        let offloaded: u64 = block_bytes[plan.resident_blocks..].iter().sum();
+        let stream_buffer = if offloaded > 0 {
+            block_bytes.iter().copied().max().unwrap_or(0)
+        } else {
+            0
+        };
+        let weights = total - offloaded;
+        let id = self.registry.next_id();
+        self.ledger.admit(
+            id,
+            Entry {
+                name: name.clone(),
+                weights,
+                stream_buffer,
+                offloaded,
+                host: 0,
+            },
+        );
+        self.offload_peak = self.offload_peak.max(self.offloaded_total());
+        let how = if offloaded == 0 {
+            format!("{} resident, 0 MiB offloaded", mib(weights))
+        } else {
+            format!(
+                "loaded partially: {} resident ({}/{} blocks + {} stream buffer), {} offloaded",
+                mib(weights + stream_buffer),
+                plan.resident_blocks,
+                cfg.num_layers,
+                mib(stream_buffer),
+                mib(offloaded)
+            )
+        };
+        tracing::info!(
+            "loaded {name} ({} {}, {} layout, {} params, {}): {how}",
+            detected.arch,
+            detected.variant,
+            detected.layout.name(),
+            params_label(detected.param_count()),
+            dtype_label(dtype),
+        );
+        tracing::debug!(
+            "rss {} -> {} after loading {name}",
+            mib(rss_before),
+            mib(memstat::rss())
+        );
+        self.registry.insert(LoadedModel {
+            id,
+            name,
+            path,
+            detected,
+            bytes: total,
+            loaded_at: at.to_string(),
+            on_device: true,
+            model,
+        });
+        Ok(id)
+    }
+
+    fn plan_residency(
+        &self,
+        name: &str,
+        total: u64,
+        stem_bytes: u64,
+        block_bytes: &[u64],
+        policy: OffloadPolicy,
+    ) -> Result<Plan> {
+        let free = self.ledger.free();
+        if total <= free {
+            return Ok(Plan {
+                resident_blocks: block_bytes.len(),
+            });
+        }
+        let loaded = self.loaded_summary();
+        if policy == OffloadPolicy::Never {
+            return Err(RuntimeError::Budget(format!(
+                "'{name}' needs {} but only {} of the {} budget is free ({}); \
+                 delete_model one of them first, or allow offload: \"auto\"",
+                mib(total),
+                mib(free),
+                mib(self.ledger.budget()),
+                loaded
+            )));
+        }
+        let buffer = block_bytes.iter().copied().max().unwrap_or(0);
+        let mut used = stem_bytes + buffer;
+        if used > free {
+            return Err(RuntimeError::Budget(format!(
+                "'{name}' cannot run even with every block offloaded: it needs {} \
+                 (non-block weights + one block buffer) but only {} is free ({})",
+                mib(used),
+                mib(free),
+                loaded
+            )));
+        }
+        let mut resident_blocks = 0;
+        for b in block_bytes {
+            if used + b > free {
+                break;
+            }
+            used += b;
+            resident_blocks += 1;
+        }
+        Ok(Plan { resident_blocks })
+    }
+
+    fn loaded_summary(&self) -> String {
+        let models: Vec<String> = self
+            .ledger
+            .entries()
+            .map(|(_, e)| format!("{}: {}", e.name, mib(e.resident())))
+            .collect();
+        if models.is_empty() {
+            "nothing loaded".into()
+        } else {
+            format!("loaded: {}", models.join(", "))
+        }
+    }
+
+    /// Drops every reference to the model's weights, device and host.
+    pub fn delete_model(&mut self, id: ModelId, at: &str) -> Result<()> {
+        let m = self
+            .registry
+            .remove(id, at)
+            .ok_or_else(|| RuntimeError::Model(self.registry.get(id).err().unwrap_or_default()))?;
+        let entry = self.ledger.release(id).unwrap_or_default();
+        let name = m.name.clone();
+        drop(m);
+        memstat::trim();
+        tracing::info!(
+            "deleted {name}: freed {} device, {} host",
+            mib(entry.resident()),
+            mib(entry.host)
+        );
+        Ok(())
+    }
+
+    /// ComfyUI-style unload: frees the device bytes but keeps the weights in
+    /// host memory, so RAM is not freed. The next use brings it back.
+    pub fn offload_model(&mut self, id: ModelId) -> Result<()> {
+        let m = self.registry.get_mut(id).map_err(RuntimeError::Model)?;
+        if !m.on_device {
+            return Ok(());
+        }
+        m.on_device = false;
+        let entry = self.ledger.get(id).cloned().unwrap_or_default();
+        let host = entry.weights;
+        self.ledger.admit(
+            id,
+            Entry {
+                weights: 0,
+                stream_buffer: 0,
+                host,
+                ..entry
+            },
+        );
+        tracing::info!(
+            "offloaded {} to host: {} device freed, {} still held in RAM",
+            self.registry.get(id).map(|m| m.name.clone()).unwrap_or_default(),
+            mib(host),
+            mib(host)
+        );
+        Ok(())
+    }
+
+    /// Brings an offloaded model back onto the device before use.
+    fn ensure_on_device(&mut self, id: ModelId) -> Result<()> {
+        let m = self.registry.get(id).map_err(RuntimeError::Model)?;
+        if m.on_device {
+            return Ok(());
+        }
+        let entry = self.ledger.get(id).cloned().unwrap_or_default();
+        let free = self.ledger.free();
+        let needed = entry.host + entry.stream_buffer;
+        if needed > free {
+            return Err(RuntimeError::Budget(format!(
+                "'{}' was offloaded and needs {} back on the device, but only {} is free ({})",
+                m.name,
+                mib(needed),
+                mib(free),
+                self.loaded_summary()
+            )));
+        }
+        self.ledger.admit(
+            id,
+            Entry {
+                weights: entry.host,
+                host: 0,
+                ..entry
+            },
+        );
+        self.registry.get_mut(id).map_err(RuntimeError::Model)?.on_device = true;
+        Ok(())
+    }
+
+    /// One raw forward: the model's velocity prediction (f32).
+    pub fn predict(&mut self, id: ModelId, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
+        self.ensure_on_device(id)?;
+        let m = self.model(id)?;
+        check_inputs(m, x, context)?;
+        let t = t.to_dtype(DType::F32).map_err(tensor_err("timestep"))?;
+        let t = match t.rank() {
+            0 => t.reshape(1).map_err(tensor_err("timestep"))?,
+            _ => t,
+        };
+        let t = if t.dim(0).unwrap_or(0) == 1 && x.dim(0).unwrap_or(1) > 1 {
+            t.repeat(x.dim(0).unwrap_or(1)).map_err(tensor_err("timestep"))?
+        } else {
+            t
+        };
+        let out = m
+            .model
+            .forward(x, &t, context)
+            .map_err(tensor_err(format!("forward of '{}'", m.name)))?;
+        m.model.take_streamed();
+        Ok(out)
+    }
+
+    /// Runs a KSamplerAdvanced-style pass and returns the new latent.
+    pub fn sample(
+        &mut self,
+        id: ModelId,
+        latent: &Tensor,
+        o: &SampleOptions,
+        on_step: &mut dyn FnMut(usize, usize, f32),
+    ) -> Result<Tensor> {
+        self.ensure_on_device(id)?;
+        let full = match &o.sigmas {
+            Some(s) => {
+                if s.len() < 2 {
+                    return Err(RuntimeError::Input(
+                        "sigmas needs at least two values (the last is usually 0)".into(),
+                    ));
+                }
+                s.clone()
+            }
+            None => sigmas::schedule(&o.scheduler, o.steps, o.shift).map_err(RuntimeError::Input)?,
+        };
+        let m = self.model(id)?;
+        check_inputs(m, latent, &o.positive)?;
+        if let Some(neg) = &o.negative {
+            check_inputs(m, latent, neg)?;
+        }
+        let needs_uncond = guidance::needs_uncond(o.cfg);
+        if needs_uncond && o.negative.is_none() {
+            return Err(RuntimeError::Input(format!(
+                "cfg {} needs a negative context: pass negative: <tensor>, or cfg: 1.0",
+                o.cfg
+            )));
+        }
+        let Some(cut) = ksampler::cut(&full, o.start, o.end, o.leftover_noise) else {
+            tracing::info!(
+                "sample {}: steps {}..{} is empty, latent returned unchanged",
+                m.name,
+                o.start,
+                o.end.map_or("end".into(), |e| e.to_string())
+            );
+            return Ok(latent.clone());
+        };
+        let started = std::time::Instant::now();
+        let latent = latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?;
+        let dev = latent.device().clone();
+        let noise = if o.add_noise {
+            match &o.noise {
+                Some(n) => {
+                    if n.dims() != latent.dims() {
+                        return Err(RuntimeError::Input(format!(
+                            "noise has shape {:?} but the latent is {:?}",
+                            n.dims(),
+                            latent.dims()
+                        )));
+                    }
+                    n.to_dtype(DType::F32).map_err(tensor_err("noise"))?
+                }
+                None => {
+                    let v = noise::torch_randn(o.seed, latent.elem_count());
+                    Tensor::from_vec(v, latent.shape(), &dev).map_err(tensor_err("noise"))?
+                }
+            }
+        } else {
+            latent.zeros_like().map_err(tensor_err("noise"))?
+        };
+        let s0 = cut[0];
+        // x = σ0·noise + (1−σ0)·latent, ComfyUI's CONST noise scaling.
+        let x = ((&noise * s0 as f64).and_then(|a| a + (&latent * (1.0 - s0) as f64)?))
+            .map_err(tensor_err("noise scaling"))?;
+        let model = &m.model;
+        let mut calls = 0usize;
+        let mut denoise = |x: &Tensor, sigma: f32| -> candle_core::Result<Tensor> {
+            let t = Tensor::new(&[sigmas::timestep(sigma)], &dev)?.repeat(x.dim(0)?)?;
+            let d = |ctx: &Tensor| -> candle_core::Result<Tensor> {
+                let v = model.forward(x, &t, ctx)?;
+                x - (v * sigma as f64)?
+            };
+            let cond = d(&o.positive)?;
+            calls += 1;
+            if !needs_uncond {
+                return Ok(cond);
+            }
+            let uncond = d(o.negative.as_ref().expect("checked above"))?;
+            calls += 1;
+            guidance::cfg_combine(&cond, &uncond, o.cfg)
+        };
+        let x = samplers::run(&o.sampler, &mut denoise, x, &cut, on_step)
+            .map_err(tensor_err(format!("sampling with '{}'", m.name)))?;
+        let last = *cut.last().expect("cut is non-empty");
+        // out = x / (1 − σ_last): ComfyUI's inverse noise scaling (identity when σ_last = 0).
+        let out = samplers::div_scalar(&x, 1.0 - last).map_err(tensor_err("inverse noise scaling"))?;
+        let streamed = model.take_streamed();
+        let report = SampleReport {
+            steps_run: cut.len() - 1,
+            model_calls: calls,
+            streamed_bytes: streamed,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            "sampled {} steps with {} ({} model calls, {:.2}s, {} streamed)",
+            report.steps_run,
+            m.name,
+            report.model_calls,
+            report.seconds,
+            mib(report.streamed_bytes)
+        );
+        self.last_sample = report;
+        Ok(out)
+    }
+}
+
+struct Plan {
+    resident_blocks: usize,
+}
+
+fn check_inputs(m: &LoadedModel, x: &Tensor, context: &Tensor) -> Result<()> {
+    let cfg = &m.model.cfg;
+    let d = x.dims();
+    if d.len() != 5 || d[1] != cfg.in_dim {
+        return Err(RuntimeError::Input(format!(
+            "'{}' expects a latent [B, {}, F, H, W], got {:?}",
+            m.name, cfg.in_dim, d
+        )));
+    }
+    let p = cfg.patch_size;
+    if d[2] % p[0] != 0 || d[3] % p[1] != 0 || d[4] % p[2] != 0 {
+        return Err(RuntimeError::Input(format!(
+            "latent {:?}: F, H, W must be multiples of the patch size {:?}",
+            d, p
+        )));
+    }
+    let c = context.dims();
+    if c.len() != 3 || c[2] != cfg.text_dim || c[0] != d[0] {
+        return Err(RuntimeError::Input(format!(
+            "'{}' expects a context [B, L, {}] with B = {}, got {:?}",
+            m.name, cfg.text_dim, d[0], c
+        )));
+    }
+    Ok(())
+}
+
+fn dominant_dtype(d: &Detected) -> DType {
+    match d.dtype.as_str() {
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        _ => DType::F32,
+    }
+}
+
+pub fn dtype_label(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "other",
+    }
+}
+
+/// "14.3B" / "38.1M".
+fn params_label(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.1}B", n as f64 / 1e9)
+    } else {
+        format!("{:.1}M", n as f64 / 1e6)
+    }
+}
+
+fn default_name(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into())
+}

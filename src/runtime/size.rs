@@ -1,0 +1,44 @@
+//! Human byte sizes: "24GiB", "200MiB", "1.5G", "123456".
+
+/// Parses a size; units are binary (K/Ki/KiB = 1024). A bare number is bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size '{s}' (try \"24GiB\" or \"512MiB\")"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "ki" | "kib" => 1 << 10,
+        "m" | "mb" | "mi" | "mib" => 1 << 20,
+        "g" | "gb" | "gi" | "gib" => 1 << 30,
+        "t" | "tb" | "ti" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit '{other}' in '{s}'")),
+    };
+    if !(n.is_finite() && n >= 0.0) {
+        return Err(format!("invalid size '{s}'"));
+    }
+    Ok((n * mult as f64).round() as u64)
+}
+
+/// Formats bytes as MiB with no decimals, the unit of every log line.
+pub fn mib(bytes: u64) -> String {
+    format!("{} MiB", (bytes as f64 / (1u64 << 20) as f64).round() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    #[test]
+    fn parses_units() {
+        assert_eq!(parse_size("24GiB").unwrap(), 24 << 30);
+        assert_eq!(parse_size("200MiB").unwrap(), 200 << 20);
+        assert_eq!(parse_size("1.5G").unwrap(), 3 << 29);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

@@ -1,0 +1,55 @@
+//! Sigma schedules over ComfyUI's 1000-entry shifted flow table.
+//!
+//! Everything is float32 in the same operation order as ComfyUI's
+//! `ModelSamplingDiscreteFlow`, so the lists are bit-identical to the ones a
+//! ComfyUI workflow with the same settings uses.
+
+/// Schedulers `schedule` accepts.
+pub const SCHEDULERS: &[&str] = &["simple"];
+
+/// Flow time shift: `shift(α, t) = (α·t) / (1 + (α−1)·t)`; identity when α == 1.
+pub fn shift_sigma(alpha: f32, t: f32) -> f32 {
+    if alpha == 1.0 {
+        return t;
+    }
+    (alpha * t) / (1.0 + (alpha - 1.0) * t)
+}
+
+/// `ModelSamplingDiscreteFlow.sigmas`: entry i-1 = shift(α, ((i/1000)·1000)/1000), i = 1..=1000.
+pub fn flow_table(shift: f32) -> Vec<f32> {
+    (1..=1000)
+        .map(|i| {
+            let ts = (i as f32 / 1000.0) * 1000.0;
+            shift_sigma(shift, ts / 1000.0)
+        })
+        .collect()
+}
+
+/// ComfyUI `simple`: evenly spaced table entries from the top, then a terminal 0.
+pub fn simple(table: &[f32], steps: usize) -> Vec<f32> {
+    let ss = table.len() as f64 / steps as f64;
+    let mut sigmas: Vec<f32> = (0..steps)
+        .map(|x| table[table.len() - 1 - (x as f64 * ss) as usize])
+        .collect();
+    sigmas.push(0.0);
+    sigmas
+}
+
+/// The full sigma list (steps + 1 values, ending in 0) for a named scheduler.
+pub fn schedule(scheduler: &str, steps: usize, shift: f32) -> Result<Vec<f32>, String> {
+    if steps == 0 {
+        return Err("steps must be at least 1".into());
+    }
+    match scheduler {
+        "simple" => Ok(simple(&flow_table(shift), steps)),
+        other => Err(format!(
+            "unknown scheduler '{other}' (available: {})",
+            SCHEDULERS.join(", ")
+        )),
+    }
+}
+
+/// The model timestep for a sigma: `σ·1000` in f32, what Wan is trained on.
+pub fn timestep(sigma: f32) -> f32 {
+    sigma * 1000.0
+}
