@@ -1,7 +1,7 @@
 //! `baton inspect`: what a checkpoint is, from its header alone.
 
 use crate::checkpoint::{detect, Header};
-use crate::runtime::size::mib;
+use crate::runtime::size::{count_label, mib};
 use std::fmt::Write;
 use std::path::Path;
 
@@ -11,10 +11,10 @@ pub fn inspect(path: &Path, heads: Option<usize>) -> anyhow::Result<String> {
     writeln!(out, "file:       {}", path.display())?;
     writeln!(
         out,
-        "size:       {} ({} tensors, {:.3}B params)",
+        "size:       {} ({} tensors, {} params)",
         mib(header.file_len),
         header.tensors.len(),
-        header.param_count() as f64 / 1e9
+        count_label(header.param_count())
     )?;
     let dtypes: Vec<String> = header
         .dtype_summary()
@@ -39,7 +39,12 @@ pub fn inspect(path: &Path, heads: Option<usize>) -> anyhow::Result<String> {
                 mib(d.total_bytes() - (0..c.num_layers).map(|i| d.block_bytes(i)).sum::<u64>())
             )?;
             if !d.unmapped.is_empty() {
-                writeln!(out, "unmapped:   {} keys, e.g. {:?}", d.unmapped.len(), &d.unmapped[..d.unmapped.len().min(3)])?;
+                writeln!(
+                    out,
+                    "unmapped:   {} keys, e.g. {:?}",
+                    d.unmapped.len(),
+                    &d.unmapped[..d.unmapped.len().min(3)]
+                )?;
             }
         }
         Err(e) => writeln!(out, "arch:       not recognised: {e}")?,
@@ -48,7 +53,11 @@ pub fn inspect(path: &Path, heads: Option<usize>) -> anyhow::Result<String> {
         let mut keys: Vec<_> = header.metadata.iter().collect();
         keys.sort();
         for (k, v) in keys {
-            let v = if v.len() > 60 { format!("{}...", &v[..60]) } else { v.clone() };
+            let v = if v.len() > 60 {
+                format!("{}...", &v[..60])
+            } else {
+                v.clone()
+            };
             writeln!(out, "metadata:   {k} = {v}")?;
         }
     }

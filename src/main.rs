@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "baton", version, about = "Scriptable, memory-honest runner for two-expert Wan 2.2 pipelines")]
+#[command(
+    name = "baton",
+    version,
+    about = "Scriptable, memory-honest runner for two-expert Wan 2.2 pipelines"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -58,6 +62,20 @@ enum Command {
     },
     /// Write the built-in tiny Wan experts (high and low) into DIR.
     MakeTiny { dir: PathBuf },
+    /// Time forwards, loads and deletes of the built-in tiny expert.
+    Bench {
+        #[arg(long, default_value_t = 160)]
+        width: usize,
+        #[arg(long, default_value_t = 160)]
+        height: usize,
+        #[arg(long, default_value_t = 9)]
+        frames: usize,
+        /// Text context length (the real pipeline pads to 512).
+        #[arg(long, default_value_t = 64)]
+        context: usize,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -89,7 +107,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Inspect { checkpoint, heads } => match baton::inspect::inspect(&checkpoint, heads) {
+        Command::Inspect { checkpoint, heads } => match baton::inspect::inspect(&checkpoint, heads)
+        {
             Ok(text) => {
                 print!("{text}");
                 ExitCode::SUCCESS
@@ -99,6 +118,31 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Bench {
+            width,
+            height,
+            frames,
+            context,
+            repeats,
+        } => {
+            let o = baton::bench::BenchOptions {
+                width,
+                height,
+                frames,
+                context_len: context,
+                repeats: repeats.max(1),
+            };
+            match baton::bench::run(&o) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::MakeTiny { dir } => {
             let cfg = baton::runtime::builtin::tiny_config();
             for (name, seed) in baton::runtime::builtin::BUILTINS {

@@ -169,27 +169,3 @@ fn chunked_attention_matches_one_shot() {
         common::assert_close(&chunked, &full, 1e-6, "chunked attention");
     }
 }
-
-/// Timing of a demo-sized model (dim 512, 8 blocks, 780 tokens) with zero
-/// weights; run with `cargo test --release --test wan_dit_parity -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn demo_size_timing() {
-    let cfg = WanConfig {
-        dim: 512,
-        ffn_dim: 1536,
-        num_heads: 8,
-        num_layers: 8,
-        ..WanConfig::fixture_tiny()
-    };
-    let dev = Device::Cpu;
-    let model = WanDit::new(&cfg, VarBuilder::zeros(DType::F32, &dev)).unwrap();
-    let x = Tensor::randn(0f32, 1.0, (1, 16, 5, 24, 26), &dev).unwrap();
-    let t = Tensor::new(&[999f32], &dev).unwrap();
-    let ctx = Tensor::randn(0f32, 1.0, (1, 512, cfg.text_dim), &dev).unwrap();
-    for _ in 0..3 {
-        let t0 = std::time::Instant::now();
-        let out = model.forward(&x, &t, &ctx).unwrap();
-        println!("forward {:?}: {:?}", out.dims(), t0.elapsed());
-    }
-}

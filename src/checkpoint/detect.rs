@@ -100,10 +100,12 @@ pub fn detect(header: &Header, heads: Option<usize>) -> Result<Detected, Checkpo
     check_dtypes(path, &tensors)?;
 
     let shape = |key: &str, rank: usize| -> Result<Vec<usize>, CheckpointError> {
-        let e = tensors.get(key).ok_or_else(|| CheckpointError::MissingKey {
-            path: path.clone(),
-            key: key.to_string(),
-        })?;
+        let e = tensors
+            .get(key)
+            .ok_or_else(|| CheckpointError::MissingKey {
+                path: path.clone(),
+                key: key.to_string(),
+            })?;
         if e.shape.len() != rank {
             return Err(CheckpointError::Config {
                 path: path.clone(),
@@ -127,7 +129,13 @@ pub fn detect(header: &Header, heads: Option<usize>) -> Result<Detected, Checkpo
     }
     let num_layers = tensors
         .keys()
-        .filter_map(|k| k.strip_prefix("blocks.")?.split('.').next()?.parse::<usize>().ok())
+        .filter_map(|k| {
+            k.strip_prefix("blocks.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
         .max()
         .map_or(0, |m| m + 1);
     if tensors.keys().any(|k| k.starts_with("img_emb.")) {
@@ -222,7 +230,7 @@ fn infer_heads(header: &Header, dim: usize) -> Result<usize, CheckpointError> {
             return Ok(h);
         }
     }
-    if dim % 128 == 0 {
+    if dim.is_multiple_of(128) {
         // Every published Wan model uses head_dim 128.
         return Ok(dim / 128);
     }

@@ -111,6 +111,18 @@ impl Header {
                 },
             );
         }
+        let mut ranges: Vec<(usize, usize, &String)> =
+            tensors.iter().map(|(k, e)| (e.start, e.end, k)).collect();
+        ranges.sort();
+        let mut expect = data_start;
+        for (s, e, k) in ranges {
+            if s != expect {
+                return Err(corrupt(format!(
+                    "tensor '{k}' starts at byte {s}, expected {expect}: byte ranges overlap or leave gaps"
+                )));
+            }
+            expect = e;
+        }
         Ok(Self {
             path: path.to_path_buf(),
             tensors,
@@ -134,7 +146,7 @@ impl Header {
             *m.entry(format!("{:?}", t.dtype)).or_default() += t.bytes() as u64;
         }
         let mut v: Vec<_> = m.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|e| std::cmp::Reverse(e.1));
         v
     }
 }

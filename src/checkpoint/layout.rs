@@ -40,11 +40,23 @@ pub fn diffusers_to_original(key: &str) -> Option<String> {
         ("scale_shift_table", "head.modulation"),
         ("proj_out.", "head.head."),
         ("patch_embedding.", "patch_embedding."),
-        ("condition_embedder.time_embedder.linear_1.", "time_embedding.0."),
-        ("condition_embedder.time_embedder.linear_2.", "time_embedding.2."),
+        (
+            "condition_embedder.time_embedder.linear_1.",
+            "time_embedding.0.",
+        ),
+        (
+            "condition_embedder.time_embedder.linear_2.",
+            "time_embedding.2.",
+        ),
         ("condition_embedder.time_proj.", "time_projection.1."),
-        ("condition_embedder.text_embedder.linear_1.", "text_embedding.0."),
-        ("condition_embedder.text_embedder.linear_2.", "text_embedding.2."),
+        (
+            "condition_embedder.text_embedder.linear_1.",
+            "text_embedding.0.",
+        ),
+        (
+            "condition_embedder.text_embedder.linear_2.",
+            "text_embedding.2.",
+        ),
     ];
     if let Some(rest) = key.strip_prefix("blocks.") {
         let (n, rest) = rest.split_once('.')?;
@@ -122,7 +134,13 @@ mod tests {
             diffusers_to_original("blocks.0.attn2.to_out.0.bias").as_deref(),
             Some("blocks.0.cross_attn.o.bias")
         );
-        assert_eq!(diffusers_to_original("blocks.0.attn2.add_k_proj.weight"), None);
-        assert_eq!(strip_prefix("model.diffusion_model.head.head.bias"), "head.head.bias");
+        assert_eq!(
+            diffusers_to_original("blocks.0.attn2.add_k_proj.weight"),
+            None
+        );
+        assert_eq!(
+            strip_prefix("model.diffusion_model.head.head.bias"),
+            "head.head.bias"
+        );
     }
 }

@@ -36,7 +36,10 @@ impl CheckpointSource {
         if let Some((k, e)) = tensors.iter().find(|(_, e)| e.end > mmap.len()) {
             return Err(CheckpointError::Corrupt {
                 path: path.to_path_buf(),
-                reason: format!("tensor '{k}' ends at byte {} past the end of the file", e.end),
+                reason: format!(
+                    "tensor '{k}' ends at byte {} past the end of the file",
+                    e.end
+                ),
             });
         }
         Ok(Arc::new(Self {
@@ -53,10 +56,7 @@ impl CheckpointSource {
     /// Copies one tensor out of the mapping, converted to `dtype`.
     pub fn tensor(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let e = self.tensors.get(name).ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "{}: missing tensor '{name}'",
-                self.path.display()
-            ))
+            candle_core::Error::Msg(format!("{}: missing tensor '{name}'", self.path.display()))
         })?;
         let file_dtype = match e.dtype {
             safetensors::Dtype::F32 => DType::F32,
@@ -69,7 +69,11 @@ impl CheckpointSource {
         };
         let bytes = &self.mmap[e.start..e.end];
         let t = Tensor::from_raw_buffer(bytes, file_dtype, &e.shape, &Device::Cpu)?;
-        let t = if file_dtype == dtype { t } else { t.to_dtype(dtype)? };
+        let t = if file_dtype == dtype {
+            t
+        } else {
+            t.to_dtype(dtype)?
+        };
         if dev.is_cpu() {
             Ok(t)
         } else {

@@ -20,6 +20,51 @@ pub struct SessionConfig {
     pub out_dir: Option<PathBuf>,
 }
 
+/// `import "x"` looks in the script's own directory first, then in the
+/// current directory (so `import "stdlib/wan22"` works from a checkout), then
+/// in `$BATON_STDLIB`. Rhai's file resolver alone only looks beside the
+/// importing file.
+fn module_resolver(script_dir: Option<&Path>) -> SearchPath {
+    let mut dirs: Vec<PathBuf> = script_dir.map(Path::to_path_buf).into_iter().collect();
+    dirs.push(PathBuf::from("."));
+    if let Some(d) = std::env::var_os("BATON_STDLIB") {
+        dirs.push(PathBuf::from(d));
+    }
+    SearchPath {
+        dirs,
+        files: rhai::module_resolvers::FileModuleResolver::new(),
+    }
+}
+
+struct SearchPath {
+    dirs: Vec<PathBuf>,
+    files: rhai::module_resolvers::FileModuleResolver,
+}
+
+impl rhai::ModuleResolver for SearchPath {
+    fn resolve(
+        &self,
+        engine: &Engine,
+        _source: Option<&str>,
+        path: &str,
+        pos: rhai::Position,
+    ) -> Result<rhai::Shared<rhai::Module>, Box<rhai::EvalAltResult>> {
+        for dir in &self.dirs {
+            let base = dir.join(path);
+            if base.with_extension("rhai").is_file() {
+                let base = base.to_string_lossy();
+                return self.files.resolve(engine, None, &base, pos);
+            }
+        }
+        let dirs: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
+        Err(rhai::EvalAltResult::ErrorModuleNotFound(
+            format!("{path} (searched {})", dirs.join(", ")),
+            pos,
+        )
+        .into())
+    }
+}
+
 pub struct Session {
     pub engine: Engine,
     pub scope: Scope<'static>,
@@ -49,6 +94,7 @@ impl Session {
             _ => eprintln!("{s}"),
         });
         api::register_all(&mut engine, &runtime);
+        engine.set_module_resolver(module_resolver(None));
         Self {
             engine,
             scope: Scope::new(),
@@ -61,9 +107,11 @@ impl Session {
     pub fn run_file(&mut self, path: &Path) -> Result<Dynamic, String> {
         let code = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read script {}: {e}", path.display()))?;
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        self.engine
-            .set_module_resolver(rhai::module_resolvers::FileModuleResolver::new_with_path(dir));
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        self.engine.set_module_resolver(module_resolver(Some(dir)));
         self.eval(&code, &path.display().to_string())
     }
 
@@ -75,7 +123,9 @@ impl Session {
             .map_err(|e| {
                 let pos = e.position();
                 match (pos.line(), pos.position()) {
-                    (Some(l), Some(c)) => format!("{source}:{l}:{c}: syntax error: {}", e.err_type()),
+                    (Some(l), Some(c)) => {
+                        format!("{source}:{l}:{c}: syntax error: {}", e.err_type())
+                    }
                     _ => format!("{source}: syntax error: {}", e.err_type()),
                 }
             })?;

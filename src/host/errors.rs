@@ -38,7 +38,11 @@ pub fn describe(err: &EvalAltResult, default_source: &str) -> String {
     out
 }
 
-fn innermost(err: &EvalAltResult, source: &str, chain: &mut Vec<String>) -> (String, Position, String) {
+fn innermost(
+    err: &EvalAltResult,
+    source: &str,
+    chain: &mut Vec<String>,
+) -> (String, Position, String) {
     match err {
         EvalAltResult::ErrorInFunctionCall(name, src, inner, pos) => {
             let here = if src.is_empty() { source } else { src.as_str() };
@@ -46,7 +50,10 @@ fn innermost(err: &EvalAltResult, source: &str, chain: &mut Vec<String>) -> (Str
             innermost(inner, here, chain)
         }
         EvalAltResult::ErrorInModule(name, inner, pos) => {
-            chain.push(format!("in module '{name}' imported at {}", fmt_pos(source, *pos)));
+            chain.push(format!(
+                "in module '{name}' imported at {}",
+                fmt_pos(source, *pos)
+            ));
             innermost(inner, name, chain)
         }
         EvalAltResult::ErrorRuntime(v, pos) => (source.to_string(), *pos, v.to_string()),

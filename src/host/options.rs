@@ -40,7 +40,9 @@ impl Opts {
     pub fn opt_f64(&self, key: &str) -> ScriptResult<Option<f64>> {
         match self.get(key) {
             None => Ok(None),
-            Some(v) => as_f64(v).map(Some).ok_or_else(|| self.wrong(key, "a number", v)),
+            Some(v) => as_f64(v)
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, "a number", v)),
         }
     }
 
@@ -112,7 +114,11 @@ impl Opts {
                     .into_array()
                     .map_err(|_| self.wrong(key, "an array of numbers", v))?;
                 arr.iter()
-                    .map(|x| as_f64(x).map(|f| f as f32).ok_or_else(|| self.wrong(key, "an array of numbers", v)))
+                    .map(|x| {
+                        as_f64(x)
+                            .map(|f| f as f32)
+                            .ok_or_else(|| self.wrong(key, "an array of numbers", v))
+                    })
                     .collect::<ScriptResult<Vec<f32>>>()
                     .map(Some)
             }
@@ -122,7 +128,9 @@ impl Opts {
 
 /// A script number as f64 (ints accepted).
 pub fn as_f64(v: &Dynamic) -> Option<f64> {
-    v.as_float().ok().or_else(|| v.as_int().ok().map(|i| i as f64))
+    v.as_float()
+        .ok()
+        .or_else(|| v.as_int().ok().map(|i| i as f64))
 }
 
 /// A script array of non-negative ints as dims.
@@ -130,7 +138,9 @@ pub fn as_dims(v: &rhai::Array) -> ScriptResult<Vec<usize>> {
     v.iter()
         .map(|d| match d.as_int() {
             Ok(i) if i >= 0 => Ok(i as usize),
-            _ => Err(script_err(format!("shape entries must be non-negative integers, got {d}"))),
+            _ => Err(script_err(format!(
+                "shape entries must be non-negative integers, got {d}"
+            ))),
         })
         .collect()
 }

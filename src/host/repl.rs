@@ -56,16 +56,23 @@ pub fn run(cfg: &SessionConfig) -> anyhow::Result<()> {
     let mut buffer = String::new();
     let mut line_no = 0usize;
     loop {
-        let prompt = if buffer.is_empty() { "baton> " } else { "  ...> " };
+        let prompt = if buffer.is_empty() {
+            "baton> "
+        } else {
+            "  ...> "
+        };
         match editor.readline(prompt) {
             Ok(line) => {
                 if buffer.is_empty() {
                     match line.trim() {
                         ".quit" | ".exit" => break,
                         ".vram" => {
-                            println!("{}", tables::display(&rhai::Dynamic::from_map(
-                                super::api::memory::vram_report(&session.runtime.borrow()),
-                            )));
+                            println!(
+                                "{}",
+                                tables::display(&rhai::Dynamic::from_map(
+                                    super::api::memory::vram_report(&session.runtime.borrow()),
+                                ))
+                            );
                             continue;
                         }
                         "" => continue,

@@ -33,7 +33,10 @@ pub fn tiny_config() -> WanConfig {
 }
 
 /// Names `builtin:` accepts, with their weight seeds.
-pub const BUILTINS: &[(&str, u64)] = &[("wan-tiny-high", 0x5EED_0001), ("wan-tiny-low", 0x5EED_0002)];
+pub const BUILTINS: &[(&str, u64)] = &[
+    ("wan-tiny-high", 0x5EED_0001),
+    ("wan-tiny-low", 0x5EED_0002),
+];
 
 /// Directory for generated files: `$BATON_CACHE_DIR`, else the user cache dir.
 pub fn cache_dir() -> PathBuf {
@@ -52,8 +55,14 @@ pub fn materialise(name: &str) -> Result<PathBuf, String> {
         .find(|(n, _)| *n == name)
         .map(|(_, s)| *s)
         .ok_or_else(|| {
-            let names: Vec<String> = BUILTINS.iter().map(|(n, _)| format!("builtin:{n}")).collect();
-            format!("unknown built-in model 'builtin:{name}' (available: {})", names.join(", "))
+            let names: Vec<String> = BUILTINS
+                .iter()
+                .map(|(n, _)| format!("builtin:{n}"))
+                .collect();
+            format!(
+                "unknown built-in model 'builtin:{name}' (available: {})",
+                names.join(", ")
+            )
         })?;
     let dir = cache_dir().join("builtin");
     let path = dir.join(format!("{name}-v{VERSION}.safetensors"));
@@ -101,7 +110,8 @@ pub fn write_tiny(path: &Path, cfg: &WanConfig, seed: u64, label: &str) -> Resul
     meta.insert("baton.version".to_string(), VERSION.to_string());
     meta.insert("num_heads".to_string(), cfg.num_heads.to_string());
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| format!("temp file in {}: {e}", dir.display()))?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)
+        .map_err(|e| format!("temp file in {}: {e}", dir.display()))?;
     safetensors::tensor::serialize_to_file(views, Some(meta), tmp.path())
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
     tmp.persist(path)
@@ -129,7 +139,11 @@ fn wan_tensor_specs(cfg: &WanConfig) -> Vec<(String, Vec<usize>, Init)> {
     let [pt, ph, pw] = cfg.patch_size;
     let mut v = Vec::new();
     let linear = |v: &mut Vec<_>, name: &str, out: usize, inp: usize| {
-        v.push((format!("{name}.weight"), vec![out, inp], Init::Weight { fan_in: inp }));
+        v.push((
+            format!("{name}.weight"),
+            vec![out, inp],
+            Init::Weight { fan_in: inp },
+        ));
         v.push((format!("{name}.bias"), vec![out], Init::Bias));
     };
     v.push((

@@ -44,7 +44,7 @@ pub fn total_ram() -> u64 {
 }
 
 /// Makes freed weights go back to the kernel. glibc keeps freed heap memory
-/// for reuse; allocations above 1 MiB are served by mmap instead (and so
+/// for reuse; allocations of 64 KiB and more are served by mmap instead (and so
 /// unmapped on free), and `trim` returns what small-chunk arenas still hold.
 pub fn configure_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -53,7 +53,7 @@ pub fn configure_allocator() {
         ONCE.call_once(|| {
             // SAFETY: mallopt only changes allocator tuning parameters.
             unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10);
             }
         });
     }

@@ -7,6 +7,7 @@ pub mod ledger;
 pub mod memstat;
 pub mod registry;
 pub mod residency;
+#[allow(clippy::module_inception)]
 pub mod runtime;
 pub mod size;
 

@@ -86,11 +86,14 @@ impl WanResident {
         self.stem.finish(&h, &p)
     }
 
-    fn streamed_block(&self, i: usize, f: impl FnOnce(&WanBlock) -> Result<Tensor>) -> Result<Tensor> {
-        let source = self
-            .source
-            .as_ref()
-            .ok_or_else(|| candle_core::Error::Msg(format!("block {i} is neither resident nor streamable")))?;
+    fn streamed_block(
+        &self,
+        i: usize,
+        f: impl FnOnce(&WanBlock) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let source = self.source.as_ref().ok_or_else(|| {
+            candle_core::Error::Msg(format!("block {i} is neither resident nor streamable"))
+        })?;
         let vb = source.var_builder(self.dtype, &self.device);
         let block = WanBlock::new(&self.cfg, vb.pp("blocks").pp(i))?;
         let out = f(&block);

@@ -5,7 +5,7 @@ use super::ledger::{Entry, Ledger};
 use super::memstat;
 use super::registry::{LoadedModel, ModelId, Registry};
 use super::residency::WanResident;
-use super::size::mib;
+use super::size::{count_label, mib};
 use crate::checkpoint::{detect, CheckpointError, CheckpointSource, Detected, Header};
 use crate::sampling::{guidance, ksampler, noise, samplers, sigmas};
 use candle_core::{DType, Device, Tensor};
@@ -225,7 +225,7 @@ impl Runtime {
             plan.resident_blocks,
             block_bytes.clone(),
         )
-        .map_err(|e| RuntimeError::Model(format!("loading {}: {e}", path.display())))?;
+        .map_err(|e| RuntimeError::Model(e.to_string()))?;
         let offloaded: u64 = block_bytes[plan.resident_blocks..].iter().sum();
         let stream_buffer = if offloaded > 0 {
             block_bytes.iter().copied().max().unwrap_or(0)
@@ -262,7 +262,7 @@ impl Runtime {
             detected.arch,
             detected.variant,
             detected.layout.name(),
-            params_label(detected.param_count()),
+            count_label(detected.param_count()),
             dtype_label(dtype),
         );
         tracing::debug!(
@@ -382,7 +382,10 @@ impl Runtime {
         );
         tracing::info!(
             "offloaded {} to host: {} device freed, {} still held in RAM",
-            self.registry.get(id).map(|m| m.name.clone()).unwrap_or_default(),
+            self.registry
+                .get(id)
+                .map(|m| m.name.clone())
+                .unwrap_or_default(),
             mib(host),
             mib(host)
         );
@@ -415,12 +418,21 @@ impl Runtime {
                 ..entry
             },
         );
-        self.registry.get_mut(id).map_err(RuntimeError::Model)?.on_device = true;
+        self.registry
+            .get_mut(id)
+            .map_err(RuntimeError::Model)?
+            .on_device = true;
         Ok(())
     }
 
     /// One raw forward: the model's velocity prediction (f32).
-    pub fn predict(&mut self, id: ModelId, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
+    pub fn predict(
+        &mut self,
+        id: ModelId,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor> {
         self.ensure_on_device(id)?;
         let m = self.model(id)?;
         check_inputs(m, x, context)?;
@@ -430,7 +442,8 @@ impl Runtime {
             _ => t,
         };
         let t = if t.dim(0).unwrap_or(0) == 1 && x.dim(0).unwrap_or(1) > 1 {
-            t.repeat(x.dim(0).unwrap_or(1)).map_err(tensor_err("timestep"))?
+            t.repeat(x.dim(0).unwrap_or(1))
+                .map_err(tensor_err("timestep"))?
         } else {
             t
         };
@@ -460,7 +473,9 @@ impl Runtime {
                 }
                 s.clone()
             }
-            None => sigmas::schedule(&o.scheduler, o.steps, o.shift).map_err(RuntimeError::Input)?,
+            None => {
+                sigmas::schedule(&o.scheduler, o.steps, o.shift).map_err(RuntimeError::Input)?
+            }
         };
         let m = self.model(id)?;
         check_inputs(m, latent, &o.positive)?;
@@ -531,7 +546,8 @@ impl Runtime {
             .map_err(tensor_err(format!("sampling with '{}'", m.name)))?;
         let last = *cut.last().expect("cut is non-empty");
         // out = x / (1 − σ_last): ComfyUI's inverse noise scaling (identity when σ_last = 0).
-        let out = samplers::div_scalar(&x, 1.0 - last).map_err(tensor_err("inverse noise scaling"))?;
+        let out =
+            samplers::div_scalar(&x, 1.0 - last).map_err(tensor_err("inverse noise scaling"))?;
         let streamed = model.take_streamed();
         let report = SampleReport {
             steps_run: cut.len() - 1,
@@ -566,7 +582,7 @@ fn check_inputs(m: &LoadedModel, x: &Tensor, context: &Tensor) -> Result<()> {
         )));
     }
     let p = cfg.patch_size;
-    if d[2] % p[0] != 0 || d[3] % p[1] != 0 || d[4] % p[2] != 0 {
+    if !(d[2].is_multiple_of(p[0]) && d[3].is_multiple_of(p[1]) && d[4].is_multiple_of(p[2])) {
         return Err(RuntimeError::Input(format!(
             "latent {:?}: F, H, W must be multiples of the patch size {:?}",
             d, p
@@ -596,15 +612,6 @@ pub fn dtype_label(d: DType) -> &'static str {
         DType::F16 => "f16",
         DType::BF16 => "bf16",
         _ => "other",
-    }
-}
-
-/// "14.3B" / "38.1M".
-fn params_label(n: u64) -> String {
-    if n >= 1_000_000_000 {
-        format!("{:.1}B", n as f64 / 1e9)
-    } else {
-        format!("{:.1}M", n as f64 / 1e6)
     }
 }
 

@@ -24,9 +24,26 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult as f64).round() as u64)
 }
 
-/// Formats bytes as MiB with no decimals, the unit of every log line.
+/// Formats bytes as MiB, the unit of every log line: whole MiB, with one
+/// decimal below 10 MiB so small models do not all read "0 MiB".
 pub fn mib(bytes: u64) -> String {
-    format!("{} MiB", (bytes as f64 / (1u64 << 20) as f64).round() as u64)
+    let m = bytes as f64 / (1u64 << 20) as f64;
+    if m < 10.0 && bytes > 0 {
+        format!("{m:.1} MiB")
+    } else {
+        format!("{} MiB", m.round() as u64)
+    }
+}
+
+/// Parameter counts as "14.3B" or "38.1M".
+pub fn count_label(n: u64) -> String {
+    if n >= 1_000_000_000 {
+        format!("{:.1}B", n as f64 / 1e9)
+    } else if n >= 1_000_000 {
+        format!("{:.1}M", n as f64 / 1e6)
+    } else {
+        format!("{:.1}K", n as f64 / 1e3)
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,12 @@
 /// Returns `None` when ComfyUI would run nothing and hand back the input latent.
 /// With `leftover_noise == false` the last kept sigma is forced to 0 (a full
 /// denoise), as `return_with_leftover_noise: disable` does.
-pub fn cut(full: &[f32], start: usize, end: Option<usize>, leftover_noise: bool) -> Option<Vec<f32>> {
+pub fn cut(
+    full: &[f32],
+    start: usize,
+    end: Option<usize>,
+    leftover_noise: bool,
+) -> Option<Vec<f32>> {
     let mut sigmas = full.to_vec();
     if let Some(end) = end {
         if end < sigmas.len() - 1 {

@@ -73,7 +73,7 @@ pub fn torch_randn(seed: u64, numel: usize) -> Vec<f32> {
         box_muller_16(&mut data[i..i + 16]);
         i += 16;
     }
-    if numel % 16 != 0 {
+    if !numel.is_multiple_of(16) {
         let tail = numel - 16;
         for v in &mut data[tail..] {
             *v = rng.uniform24();
@@ -121,7 +121,8 @@ fn log_ps(x: f32) -> f32 {
     let bits = x.to_bits();
     let mut e = ((bits >> 23) as i32 - 127) as f32 + 1.0;
     let mut m = f32::from_bits((bits & 0x807f_ffff) | 0.5f32.to_bits());
-    if m < 0.707106781186547524_f32 {
+    // Cephes' SQRTHF, 0.707106781186547524, is this constant in f32.
+    if m < std::f32::consts::FRAC_1_SQRT_2 {
         e -= 1.0;
         m = (m - 1.0) + m;
     } else {
@@ -162,11 +163,15 @@ fn sincos_ps(x: f32) -> (f32, f32) {
     let c_sign = ((!(j - 2) & 4) as u32) << 29;
     let poly = (j & 2) == 0;
     let z = x * x;
-    let mut yc = 2.443315711809948E-5_f32.mul_add(z, -1.388731625493765E-3).mul_add(z, 4.166664568298827E-2);
+    let mut yc = 2.443315711809948E-5_f32
+        .mul_add(z, -1.388731625493765E-3)
+        .mul_add(z, 4.166664568298827E-2);
     yc *= z;
     yc = yc.mul_add(z, -(z * 0.5));
     yc += 1.0;
-    let mut ys = (-1.9515295891E-4_f32).mul_add(z, 8.3321608736E-3).mul_add(z, -1.6666654611E-1);
+    let mut ys = (-1.9515295891E-4_f32)
+        .mul_add(z, 8.3321608736E-3)
+        .mul_add(z, -1.6666654611E-1);
     ys *= z;
     ys = ys.mul_add(x, x);
     let (sin, cos) = if poly { (ys, yc) } else { (yc, ys) };

@@ -41,7 +41,8 @@ fn flat(t: &Tensor) -> Vec<f64> {
 pub fn assert_close(actual: &Tensor, expected: &Tensor, max_rel_l2: f64, what: &str) {
     assert_eq!(actual.dims(), expected.dims(), "{what}: shape differs");
     let err = rel_l2(actual, expected);
-    if !(err <= max_rel_l2) {
+    // NaN must fail too, hence not `err > max_rel_l2`.
+    if err.is_nan() || err > max_rel_l2 {
         let a = flat(actual);
         let b = flat(expected);
         let (i, d) = a
@@ -64,4 +65,39 @@ pub fn max_abs_diff(actual: &Tensor, expected: &Tensor) -> f64 {
         .zip(&flat(expected))
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f64::max)
+}
+
+/// A scripting session rooted at the repository (model paths like
+/// `tests/fixtures/wan_tiny/original.safetensors` resolve), writing outputs to `out`.
+pub fn session_with(budget: Option<u64>, out: &std::path::Path) -> baton::host::Session {
+    baton::host::Session::new(&baton::host::SessionConfig {
+        budget,
+        model_roots: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))],
+        out_dir: Some(out.to_path_buf()),
+    })
+}
+
+/// Evaluates code that must succeed, panicking with the script error otherwise.
+pub fn eval(s: &mut baton::host::Session, code: &str) -> rhai::Dynamic {
+    s.eval(code, "test.rhai")
+        .unwrap_or_else(|e| panic!("script failed: {e}\n--- code ---\n{code}"))
+}
+
+/// Evaluates code that must fail, returning the formatted error.
+pub fn eval_err(s: &mut baton::host::Session, code: &str) -> String {
+    match s.eval(code, "test.rhai") {
+        Ok(v) => panic!("script should have failed, returned {v}\n--- code ---\n{code}"),
+        Err(e) => e,
+    }
+}
+
+pub fn as_f64(v: rhai::Dynamic) -> f64 {
+    v.as_float()
+        .or_else(|_| v.as_int().map(|i| i as f64))
+        .unwrap_or_else(|_| panic!("expected a number, got {}", v.type_name()))
+}
+
+/// Evaluates code that must succeed, discarding its value.
+pub fn run(s: &mut baton::host::Session, code: &str) {
+    let _ = eval(s, code);
 }

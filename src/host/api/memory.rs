@@ -35,17 +35,26 @@ pub fn vram_report(rt: &crate::runtime::Runtime) -> Map {
             mm.insert("host".into(), int(e.host));
             mm.insert("bytes".into(), int(m.bytes));
             mm.insert("blocks".into(), int(m.model.cfg.num_layers as u64));
-            mm.insert("resident_blocks".into(), int(m.model.resident_blocks() as u64));
+            mm.insert(
+                "resident_blocks".into(),
+                int(m.model.resident_blocks() as u64),
+            );
             Dynamic::from_map(mm)
         })
         .collect();
     let mut v = Map::new();
     v.insert("kind".into(), "vram".into());
-    v.insert("device".into(), format!("{:?}", rt.device).to_lowercase().into());
+    v.insert(
+        "device".into(),
+        format!("{:?}", rt.device).to_lowercase().into(),
+    );
     v.insert("budget".into(), int(l.budget()));
     v.insert("used".into(), int(l.used()));
     v.insert("free".into(), int(l.free()));
-    v.insert("offloaded".into(), int(l.entries().map(|(_, e)| e.offloaded).sum()));
+    v.insert(
+        "offloaded".into(),
+        int(l.entries().map(|(_, e)| e.offloaded).sum()),
+    );
     v.insert("models".into(), Dynamic::from_array(models));
     v
 }
@@ -71,7 +80,7 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
                 return Err(script_err(format!("vram_budget: negative size {i}")));
             }
             i as u64
-        } else if let Some(s) = size.clone().into_string().ok() {
+        } else if let Ok(s) = size.clone().into_string() {
             parse_size(&s).map_err(|e| script_err(format!("vram_budget: {e}")))?
         } else {
             return Err(script_err(format!(
@@ -84,9 +93,13 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
     });
     engine.register_fn("reset_peak_rss", || -> bool { memstat::reset_peak() });
     let r = rt.clone();
-    engine.register_fn("offload_peak", move || -> i64 { r.borrow().offload_peak() as i64 });
+    engine.register_fn("offload_peak", move || -> i64 {
+        r.borrow().offload_peak() as i64
+    });
     let r = rt.clone();
-    engine.register_fn("reset_offload_peak", move || r.borrow_mut().reset_offload_peak());
+    engine.register_fn("reset_offload_peak", move || {
+        r.borrow_mut().reset_offload_peak()
+    });
     let r = rt.clone();
     engine.register_fn("last_sample", move || -> Map {
         let s = r.borrow().last_sample.clone();

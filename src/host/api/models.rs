@@ -65,10 +65,9 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
     };
     let load2 = load.clone();
     engine.register_fn("load_model", load);
-    engine.register_fn(
-        "load_model",
-        move |ctx: NativeCallContext, path: &str| load2(ctx, path, Map::new()),
-    );
+    engine.register_fn("load_model", move |ctx: NativeCallContext, path: &str| {
+        load2(ctx, path, Map::new())
+    });
 
     let r = rt.clone();
     engine.register_fn(
@@ -102,13 +101,19 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         "predict",
         move |m: ModelHandle, x: Tensor, t: Dynamic, ctx: Tensor| -> ScriptResult<Tensor> {
             let t = timestep_tensor(&t, &x)?;
-            r.borrow_mut().predict(m.id, &x, &t, &ctx).map_err(script_err)
+            r.borrow_mut()
+                .predict(m.id, &x, &t, &ctx)
+                .map_err(script_err)
         },
     );
 
     register_getters(engine, rt);
-    engine.register_fn("to_string", |m: &mut ModelHandle| format!("Model({})", m.name));
-    engine.register_fn("to_debug", |m: &mut ModelHandle| format!("Model({}#{})", m.name, m.id));
+    engine.register_fn("to_string", |m: &mut ModelHandle| {
+        format!("Model({})", m.name)
+    });
+    engine.register_fn("to_debug", |m: &mut ModelHandle| {
+        format!("Model({}#{})", m.name, m.id)
+    });
 }
 
 /// A timestep given as a number or a tensor, as a [B] f32 tensor.
@@ -116,15 +121,21 @@ fn timestep_tensor(t: &Dynamic, x: &Tensor) -> ScriptResult<Tensor> {
     if let Some(t) = t.clone().try_cast::<Tensor>() {
         return Ok(t);
     }
-    let v = crate::host::options::as_f64(t)
-        .ok_or_else(|| script_err(format!("predict: timestep must be a number or a tensor, got {}", t.type_name())))?;
+    let v = crate::host::options::as_f64(t).ok_or_else(|| {
+        script_err(format!(
+            "predict: timestep must be a number or a tensor, got {}",
+            t.type_name()
+        ))
+    })?;
     Tensor::new(&[v as f32], x.device()).map_err(script_err)
 }
 
 fn register_getters(engine: &mut Engine, rt: &Shared) {
     engine.register_get("name", |m: &mut ModelHandle| m.name.clone());
     let r = rt.clone();
-    engine.register_get("deleted", move |m: &mut ModelHandle| r.borrow().is_deleted(m.id));
+    engine.register_get("deleted", move |m: &mut ModelHandle| {
+        r.borrow().is_deleted(m.id)
+    });
     let r = rt.clone();
     engine.register_get("arch", move |m: &mut ModelHandle| -> ScriptResult<String> {
         let rt = r.borrow();
@@ -132,25 +143,34 @@ fn register_getters(engine: &mut Engine, rt: &Shared) {
         Ok(format!("{} {}", lm.detected.arch, lm.detected.variant))
     });
     let r = rt.clone();
-    engine.register_get("dtype", move |m: &mut ModelHandle| -> ScriptResult<String> {
-        let rt = r.borrow();
-        let lm = rt.model(m.id).map_err(script_err)?;
-        Ok(crate::runtime::runtime::dtype_label(lm.model.dtype).to_string())
-    });
+    engine.register_get(
+        "dtype",
+        move |m: &mut ModelHandle| -> ScriptResult<String> {
+            let rt = r.borrow();
+            let lm = rt.model(m.id).map_err(script_err)?;
+            Ok(crate::runtime::runtime::dtype_label(lm.model.dtype).to_string())
+        },
+    );
     let r = rt.clone();
     engine.register_get("bytes", move |m: &mut ModelHandle| -> ScriptResult<i64> {
         Ok(r.borrow().model(m.id).map_err(script_err)?.bytes as i64)
     });
     let r = rt.clone();
-    engine.register_get("resident_bytes", move |m: &mut ModelHandle| -> ScriptResult<i64> {
-        let rt = r.borrow();
-        rt.model(m.id).map_err(script_err)?;
-        Ok(rt.ledger().get(m.id).map_or(0, |e| e.resident()) as i64)
-    });
+    engine.register_get(
+        "resident_bytes",
+        move |m: &mut ModelHandle| -> ScriptResult<i64> {
+            let rt = r.borrow();
+            rt.model(m.id).map_err(script_err)?;
+            Ok(rt.ledger().get(m.id).map_or(0, |e| e.resident()) as i64)
+        },
+    );
     let r = rt.clone();
-    engine.register_get("offloaded_bytes", move |m: &mut ModelHandle| -> ScriptResult<i64> {
-        let rt = r.borrow();
-        rt.model(m.id).map_err(script_err)?;
-        Ok(rt.ledger().get(m.id).map_or(0, |e| e.offloaded) as i64)
-    });
+    engine.register_get(
+        "offloaded_bytes",
+        move |m: &mut ModelHandle| -> ScriptResult<i64> {
+            let rt = r.borrow();
+            rt.model(m.id).map_err(script_err)?;
+            Ok(rt.ledger().get(m.id).map_or(0, |e| e.offloaded) as i64)
+        },
+    );
 }

@@ -29,9 +29,9 @@ pub const SAMPLE_OPTIONS: &[&str] = &[
 /// Defaults follow ComfyUI's Wan 2.2 template (shift 8, cfg 3.5, euler/simple).
 fn sample_options(map: Map) -> ScriptResult<SampleOptions> {
     let o = Opts::new("sample", map, SAMPLE_OPTIONS)?;
-    let positive = o
-        .opt_tensor("positive")?
-        .ok_or_else(|| script_err("sample: option 'positive' (the text context tensor) is required"))?;
+    let positive = o.opt_tensor("positive")?.ok_or_else(|| {
+        script_err("sample: option 'positive' (the text context tensor) is required")
+    })?;
     let seed = o.opt_int("seed")?.unwrap_or(0);
     Ok(SampleOptions {
         positive,
@@ -54,7 +54,11 @@ fn sample_options(map: Map) -> ScriptResult<SampleOptions> {
 
 pub fn register(engine: &mut Engine, rt: &Shared) {
     engine.register_fn("empty_latent", |map: Map| -> ScriptResult<Tensor> {
-        let o = Opts::new("empty_latent", map, &["width", "height", "frames", "batch", "channels"])?;
+        let o = Opts::new(
+            "empty_latent",
+            map,
+            &["width", "height", "frames", "batch", "channels"],
+        )?;
         let (w, h) = (o.usize("width", 832)?, o.usize("height", 480)?);
         let frames = o.usize("frames", 81)?;
         let (batch, channels) = (o.usize("batch", 1)?, o.usize("channels", 16)?);
@@ -82,7 +86,8 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             let mut on_step = |i: usize, n: usize, s: f32| {
                 tracing::debug!("step {}/{} sigma {s:.4}", i + 1, n);
             };
-            rt.sample(m.id, &latent, &opts, &mut on_step).map_err(script_err)
+            rt.sample(m.id, &latent, &opts, &mut on_step)
+                .map_err(script_err)
         },
     );
 

@@ -49,9 +49,15 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
     engine.register_fn("to_string", |t: &mut Tensor| describe(t));
     engine.register_fn("to_debug", |t: &mut Tensor| describe(t));
 
-    engine.register_fn("+", |a: Tensor, b: Tensor| binary("add", &a, &b, |a, b| a + b));
-    engine.register_fn("-", |a: Tensor, b: Tensor| binary("subtract", &a, &b, |a, b| a - b));
-    engine.register_fn("*", |a: Tensor, b: Tensor| binary("multiply", &a, &b, |a, b| a * b));
+    engine.register_fn("+", |a: Tensor, b: Tensor| {
+        binary("add", &a, &b, |a, b| a + b)
+    });
+    engine.register_fn("-", |a: Tensor, b: Tensor| {
+        binary("subtract", &a, &b, |a, b| a - b)
+    });
+    engine.register_fn("*", |a: Tensor, b: Tensor| {
+        binary("multiply", &a, &b, |a, b| a * b)
+    });
     macro_rules! scalar_ops {
         ($ty:ty) => {
             engine.register_fn("+", |a: Tensor, s: $ty| -> ScriptResult<Tensor> {
@@ -89,11 +95,34 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         let v = crate::sampling::noise::torch_randn(seed as u64, n);
         Tensor::from_vec(v, dims, &Device::Cpu).map_err(script_err)
     });
-    engine.register_fn("to_dtype", |t: Tensor, dtype: &str| -> ScriptResult<Tensor> {
-        let d = super::models::parse_dtype(dtype)?;
-        t.to_dtype(d).map_err(script_err)
+    engine.register_fn(
+        "to_dtype",
+        |t: Tensor, dtype: &str| -> ScriptResult<Tensor> {
+            let d = super::models::parse_dtype(dtype)?;
+            t.to_dtype(d).map_err(script_err)
+        },
+    );
+    engine.register_indexer_get(|t: &mut Tensor, i: i64| -> ScriptResult<Tensor> {
+        let n = t.dims().first().copied().unwrap_or(0) as i64;
+        let idx = if i < 0 { n + i } else { i };
+        if t.rank() == 0 || idx < 0 || idx >= n {
+            return Err(script_err(format!(
+                "index {i} out of range for tensor of shape {:?}",
+                t.dims()
+            )));
+        }
+        t.get(idx as usize).map_err(script_err)
     });
-    engine.register_fn("rel_l2", |a: Tensor, b: Tensor| -> ScriptResult<f64> { rel_l2(&a, &b) });
+    engine.register_fn("to_list", |t: Tensor| -> ScriptResult<Array> {
+        let v = t
+            .to_dtype(DType::F64)
+            .and_then(|t| t.flatten_all()?.to_vec1::<f64>())
+            .map_err(script_err)?;
+        Ok(v.into_iter().map(Dynamic::from).collect())
+    });
+    engine.register_fn("rel_l2", |a: Tensor, b: Tensor| -> ScriptResult<f64> {
+        rel_l2(&a, &b)
+    });
     engine.register_fn("max_abs", |t: Tensor| -> ScriptResult<f64> {
         t.to_dtype(DType::F32)
             .and_then(|t| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
@@ -118,12 +147,15 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             .collect())
     });
     let r = rt.clone();
-    engine.register_fn("save_tensors", move |map: Map, path: &str| -> ScriptResult<String> {
-        let out = r.borrow().out_dir.clone();
-        let p = resolve_output(&out, path);
-        save_tensors(&map, &p)?;
-        Ok(p.display().to_string())
-    });
+    engine.register_fn(
+        "save_tensors",
+        move |map: Map, path: &str| -> ScriptResult<String> {
+            let out = r.borrow().out_dir.clone();
+            let p = resolve_output(&out, path);
+            save_tensors(&map, &p)?;
+            Ok(p.display().to_string())
+        },
+    );
 }
 
 /// ||a - b|| / ||b|| in f64.
@@ -178,11 +210,17 @@ fn save_tensors(map: &Map, path: &Path) -> ScriptResult<()> {
     let mut tensors = std::collections::HashMap::new();
     for (k, v) in map {
         let t = v.clone().try_cast::<Tensor>().ok_or_else(|| {
-            script_err(format!("save_tensors: '{k}' is a {}, not a tensor", v.type_name()))
+            script_err(format!(
+                "save_tensors: '{k}' is a {}, not a tensor",
+                v.type_name()
+            ))
         })?;
         tensors.insert(k.to_string(), t);
     }
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)
         .map_err(|e| script_err(format!("save_tensors: creating {}: {e}", dir.display())))?;
     let tmp = tempfile::NamedTempFile::new_in(dir)

@@ -1,0 +1,91 @@
+//! `baton bench`: the figures quoted in issues and notes, measured the same
+//! way each time. Forward time of the built-in tiny expert (resident and
+//! partially streamed), load and delete times, and what RSS does meanwhile.
+
+use crate::runtime::memstat;
+use crate::runtime::size::mib;
+use crate::runtime::{LoadOptions, Runtime};
+use candle_core::{Device, Tensor};
+use std::fmt::Write;
+use std::time::Instant;
+
+pub struct BenchOptions {
+    pub width: usize,
+    pub height: usize,
+    pub frames: usize,
+    pub context_len: usize,
+    pub repeats: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite timings"));
+    v[v.len() / 2]
+}
+
+pub fn run(o: &BenchOptions) -> anyhow::Result<String> {
+    let mut out = String::new();
+    let latent = [1, 16, (o.frames - 1) / 4 + 1, o.height / 8, o.width / 8];
+    let tokens = latent[2] * latent[3] / 2 * latent[4] / 2;
+    let x = Tensor::randn(0f32, 1.0, &latent, &Device::Cpu)?;
+    let ctx = Tensor::randn(0f32, 1.0, (1, o.context_len, 4096), &Device::Cpu)?;
+    let t = Tensor::new(&[500f32], &Device::Cpu)?;
+    writeln!(
+        out,
+        "baton bench: builtin:wan-tiny-high, latent {latent:?} ({tokens} tokens), context {} tokens, forwards: median of {} runs, {} threads",
+        o.context_len,
+        o.repeats,
+        candle_core::utils::get_num_threads()
+    )?;
+    writeln!(out, "{:<34} {:>12} {:>14}", "what", "time", "rss after")?;
+    for (label, budget) in [
+        ("resident", None),
+        ("partial (budget 80 MiB)", Some(80u64 << 20)),
+    ] {
+        let mut rt = Runtime::new(Device::Cpu, budget);
+        let t0 = Instant::now();
+        let id = rt.load_model("builtin:wan-tiny-high", &LoadOptions::default(), "bench")?;
+        let load_s = t0.elapsed().as_secs_f64();
+        let offloaded = rt.ledger().get(id).map_or(0, |e| e.offloaded);
+        rt.predict(id, &x, &t, &ctx)?; // warm-up
+        let times: Vec<f64> = (0..o.repeats)
+            .map(|_| {
+                let t0 = Instant::now();
+                rt.predict(id, &x, &t, &ctx)
+                    .map(|_| t0.elapsed().as_secs_f64())
+            })
+            .collect::<Result<_, _>>()?;
+        let rss = memstat::rss();
+        writeln!(
+            out,
+            "{:<34} {:>10.3} s {:>14}",
+            format!("load, {label}"),
+            load_s,
+            mib(rss)
+        )?;
+        writeln!(
+            out,
+            "{:<34} {:>10.3} s {:>14}",
+            format!("forward, {label}"),
+            median(times),
+            mib(rss)
+        )?;
+        if offloaded > 0 {
+            writeln!(
+                out,
+                "{:<34} {:>12}",
+                "  streamed per forward",
+                mib(offloaded)
+            )?;
+        }
+        let t0 = Instant::now();
+        rt.delete_model(id, "bench")?;
+        writeln!(
+            out,
+            "{:<34} {:>10.3} s {:>14}",
+            format!("delete, {label}"),
+            t0.elapsed().as_secs_f64(),
+            mib(memstat::rss())
+        )?;
+    }
+    Ok(out)
+}

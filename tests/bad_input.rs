@@ -1,0 +1,292 @@
+//! Bad input gets a clear error that names the file, key or script position,
+//! and the session (with the models already loaded) survives it.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{as_f64, eval, eval_err, fixture, load_fixture, run, session_with};
+use std::path::Path;
+
+const ORIGINAL: &str = "tests/fixtures/wan_tiny/original.safetensors";
+
+/// A session with a model already loaded, whose survival every test checks.
+fn session_with_survivor(out: &Path) -> baton::host::Session {
+    let mut s = session_with(None, out);
+    run(
+        &mut s,
+        &format!(
+            r#"
+            let cases = load_tensors("tests/fixtures/wan_tiny/forward_cases.safetensors");
+            let keep = load_model("{ORIGINAL}", #{{ name: "keep" }});
+            "#
+        ),
+    );
+    s
+}
+
+fn assert_survivor_works(s: &mut baton::host::Session) {
+    let err = as_f64(eval(
+        s,
+        "rel_l2(predict(keep, cases.case0_x, cases.case0_t, cases.case0_context), cases.case0_out)",
+    ));
+    assert!(err < 1e-4, "the surviving model now gives rel L2 {err}");
+    assert_eq!(as_f64(eval(s, "vram().models.len()")), 1.0);
+}
+
+fn write_modified(path: &Path, edit: impl FnOnce(&mut std::collections::HashMap<String, Tensor>)) {
+    let mut t = load_fixture("wan_tiny/original.safetensors");
+    edit(&mut t);
+    candle_core::safetensors::save(&t, path).unwrap();
+    let config = path.parent().unwrap().join("config.json");
+    std::fs::copy(fixture("wan_tiny/config.json"), config).unwrap();
+}
+
+fn load_error(s: &mut baton::host::Session, path: &Path) -> String {
+    eval_err(
+        s,
+        &format!(r#"let bad = load_model("{}");"#, path.display()),
+    )
+}
+
+#[test]
+fn truncated_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("truncated.safetensors");
+    let bytes = std::fs::read(fixture("wan_tiny/original.safetensors")).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let mut s = session_with_survivor(dir.path());
+    let e = load_error(&mut s, &path);
+    assert!(
+        e.contains("truncated.safetensors") && e.contains("truncated"),
+        "{e}"
+    );
+    assert!(
+        e.starts_with("test.rhai:1:"),
+        "error should carry the script position: {e}"
+    );
+    assert_survivor_works(&mut s);
+}
+
+#[test]
+fn corrupt_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("garbage.safetensors");
+    let mut bytes = 64u64.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&[b'{'; 64]);
+    std::fs::write(&path, bytes).unwrap();
+    let mut s = session_with_survivor(dir.path());
+    let e = load_error(&mut s, &path);
+    assert!(
+        e.contains("garbage.safetensors") && e.contains("not a valid safetensors"),
+        "{e}"
+    );
+    assert_survivor_works(&mut s);
+}
+
+#[test]
+fn wrong_architecture() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = session_with_survivor(dir.path());
+    let e = load_error(&mut s, &fixture("wan_tiny/forward_cases.safetensors"));
+    assert!(
+        e.contains("forward_cases.safetensors") && e.contains("not a Wan DiT"),
+        "{e}"
+    );
+    assert_survivor_works(&mut s);
+}
+
+#[test]
+fn missing_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing.safetensors");
+    write_modified(&path, |t| {
+        t.remove("blocks.1.ffn.2.bias");
+    });
+    let mut s = session_with_survivor(dir.path());
+    let e = load_error(&mut s, &path);
+    assert!(
+        e.contains("missing.safetensors") && e.contains("blocks.1.ffn.2.bias"),
+        "{e}"
+    );
+    assert_survivor_works(&mut s);
+}
+
+#[test]
+fn shape_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("misshapen.safetensors");
+    write_modified(&path, |t| {
+        t.insert(
+            "blocks.0.self_attn.norm_q.weight".into(),
+            Tensor::ones(40, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+    });
+    let mut s = session_with_survivor(dir.path());
+    let e = load_error(&mut s, &path);
+    assert!(
+        e.contains("misshapen.safetensors")
+            && e.contains("blocks.0.self_attn.norm_q.weight")
+            && e.contains("shape"),
+        "{e}"
+    );
+    assert_survivor_works(&mut s);
+}
+
+#[test]
+fn fp8_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fp8.safetensors");
+    write_modified(&path, |t| {
+        let w = t["blocks.0.ffn.0.weight"]
+            .to_dtype(candle_core::DType::F8E4M3)
+            .unwrap();
+        t.insert("blocks.0.ffn.0.weight".into(), w);
+    });
+    let mut s = session_with_survivor(dir.path());
+    let e = load_error(&mut s, &path);
+    assert!(
+        e.contains("fp8") && e.contains("blocks.0.ffn.0.weight"),
+        "{e}"
+    );
+    assert_survivor_works(&mut s);
+}
+
+#[test]
+fn comfy_prefix_is_stripped() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("comfy.safetensors");
+    let t: std::collections::HashMap<String, Tensor> =
+        load_fixture("wan_tiny/original.safetensors")
+            .into_iter()
+            .map(|(k, v)| (format!("model.diffusion_model.{k}"), v))
+            .collect();
+    candle_core::safetensors::save(&t, &path).unwrap();
+    std::fs::copy(
+        fixture("wan_tiny/config.json"),
+        dir.path().join("config.json"),
+    )
+    .unwrap();
+    let mut s = session_with_survivor(dir.path());
+    let err = as_f64(eval(
+        &mut s,
+        &format!(
+            r#"let m = load_model("{}"); rel_l2(predict(m, cases.case1_x, cases.case1_t, cases.case1_context), cases.case1_out)"#,
+            path.display()
+        ),
+    ));
+    assert!(err < 1e-4, "prefixed checkpoint: rel L2 {err}");
+}
+
+#[test]
+fn deleted_handle_names_where_it_was_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = session_with_survivor(dir.path());
+    let e = eval_err(
+        &mut s,
+        &format!(
+            "let m = load_model(\"{ORIGINAL}\", #{{ name: \"gone\" }});\ndelete_model(m);\nlet y = predict(m, cases.case0_x, 1.0, cases.case0_context);"
+        ),
+    );
+    assert!(e.contains("model 'gone' was deleted at test.rhai:2"), "{e}");
+    assert!(
+        e.starts_with("test.rhai:3:"),
+        "the error should point at the use: {e}"
+    );
+    assert!(as_f64(eval(&mut s, "if m.deleted { 1 } else { 0 }")) == 1.0);
+    assert_survivor_works(&mut s);
+}
+
+#[test]
+fn over_budget_without_offload_names_what_is_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = session_with_survivor(dir.path());
+    let e = eval_err(
+        &mut s,
+        &format!("vram_budget(keep.bytes + 1000);\nlet m = load_model(\"{ORIGINAL}\", #{{ name: \"second\", offload: \"never\" }});"),
+    );
+    assert!(e.starts_with("test.rhai:2:"), "{e}");
+    assert!(
+        e.contains("'second'") && e.contains("keep") && e.contains("delete_model"),
+        "{e}"
+    );
+    assert_survivor_works(&mut s);
+}
+
+#[test]
+fn script_errors_carry_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = session_with_survivor(dir.path());
+    let e = eval_err(&mut s, "let a = 1;\nlet b = a + undefined_thing;");
+    assert!(e.starts_with("test.rhai:2:13"), "{e}");
+    let e = eval_err(&mut s, "let a = 1;\n  let b = (;");
+    assert!(
+        e.starts_with("test.rhai:2:") && e.contains("syntax error"),
+        "{e}"
+    );
+    let e = eval_err(&mut s, "fn f(x) {\n  x + nope\n}\nf(1)");
+    assert!(
+        e.starts_with("test.rhai:2:"),
+        "error inside a function points inside it: {e}"
+    );
+    assert_survivor_works(&mut s);
+}
+
+#[test]
+fn unknown_option_keys_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = session_with_survivor(dir.path());
+    let e = eval_err(
+        &mut s,
+        "let x = sample(keep, cases.case0_x, #{ positive: cases.case0_context, cfgg: 2.0 });",
+    );
+    assert!(
+        e.contains("unknown option 'cfgg'") && e.starts_with("test.rhai:1:"),
+        "{e}"
+    );
+    let e = eval_err(&mut s, "let x = empty_latent(#{ width: 100, height: 64 });");
+    assert!(e.contains("multiples of 16"), "{e}");
+    // Ints are accepted where floats are expected.
+    run(
+        &mut s,
+        "let x = sample(keep, cases.case0_x, #{ positive: cases.case0_context, steps: 2, cfg: 1, shift: 5 });",
+    );
+    let e = eval_err(
+        &mut s,
+        "let x = sample(keep, cases.case0_x, #{ positive: cases.case0_context, cfg: 3.5 });",
+    );
+    assert!(e.contains("negative"), "{e}");
+    let e = eval_err(
+        &mut s,
+        "let x = sample(keep, cases.case0_x, #{ positive: cases.case0_x, cfg: 1.0, steps: 2 });",
+    );
+    assert!(
+        e.contains("context [B, L, 32]"),
+        "a malformed context should be named: {e}"
+    );
+    assert_survivor_works(&mut s);
+}
+
+#[test]
+fn outputs_are_written_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = session_with_survivor(dir.path());
+    let p = eval(
+        &mut s,
+        r#"save_tensors(#{ out: cases.case0_out }, "sub/result.safetensors")"#,
+    )
+    .to_string();
+    assert!(Path::new(&p).starts_with(dir.path()));
+    let back = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
+    assert_eq!(back["out"].dims(), &[1, 16, 1, 4, 4]);
+    // A failed save (a non-tensor value) leaves no file and no temp file behind.
+    let e = eval_err(
+        &mut s,
+        r#"save_tensors(#{ out: 3 }, "sub/bad.safetensors")"#,
+    );
+    assert!(e.contains("'out'"), "{e}");
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["result.safetensors".to_string()]);
+}

@@ -1,0 +1,67 @@
+//! The README's main job: `baton run scripts/demo.rhai`. The sequential way
+//! must offload nothing and peak lower in RSS than the both-loaded way; both
+//! figures are measured by the script (ledger and /proc), not assumed here.
+
+use std::process::Command;
+
+fn number_after(line: &str, key: &str) -> f64 {
+    let rest = &line[line
+        .find(key)
+        .unwrap_or_else(|| panic!("'{key}' not in: {line}"))
+        + key.len()..];
+    rest.trim_start()
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number after '{key}' in: {line}"))
+}
+
+#[test]
+fn demo_runs_both_ways_and_sequential_wins() {
+    let cache = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["run", "scripts/demo.rhai", "--out"])
+        .arg(out_dir.path())
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("BATON_CACHE_DIR", cache.path())
+        .output()
+        .expect("running baton");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    println!("{stdout}");
+
+    // The log says how much the partial load offloaded.
+    assert!(
+        stderr.contains("loaded low")
+            && stderr.contains("loaded partially")
+            && stderr.contains("MiB offloaded"),
+        "{stderr}"
+    );
+    let comfy = stdout
+        .lines()
+        .find(|l| l.contains("ComfyUI way :"))
+        .expect("summary line");
+    let seq = stdout
+        .lines()
+        .find(|l| l.contains("sequential  :"))
+        .expect("summary line");
+    assert!(number_after(comfy, "offloaded") > 0.0, "{comfy}");
+    assert_eq!(number_after(seq, "offloaded"), 0.0, "{seq}");
+    let (p_comfy, p_seq) = (
+        number_after(comfy, "peak RSS"),
+        number_after(seq, "peak RSS"),
+    );
+    assert!(
+        p_seq < p_comfy,
+        "sequential peak {p_seq} MiB should be below {p_comfy} MiB"
+    );
+    // Streaming changes where weights come from, not the numbers.
+    let same = stdout
+        .lines()
+        .find(|l| l.contains("same result"))
+        .expect("result line");
+    assert!(number_after(same, "difference") < 1e-6, "{same}");
+    assert!(out_dir.path().join("demo_latent.safetensors").exists());
+}

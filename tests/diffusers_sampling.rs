@@ -1,0 +1,119 @@
+//! `sample` reproduces diffusers WanPipeline runs (FlowMatchEuler, CFG, and
+//! the two-expert boundary switch) when given the same sigmas and noise, and a
+//! KSamplerAdvanced split at step k reproduces the single full run.
+
+mod common;
+
+use common::{as_f64, eval, run, session_with};
+
+const SETUP: &str = r#"
+let c = load_tensors("tests/fixtures/wan_tiny/sampling_cases.safetensors");
+let high = load_model("tests/fixtures/wan_tiny/original.safetensors", #{ name: "high" });
+let low = load_model("tests/fixtures/wan_tiny/original_low.safetensors", #{ name: "low", heads: 2 });
+"#;
+
+// Trajectories: errors stay at the 1e-6 level; CFG is applied to x0 here and to
+// v in diffusers, equal up to rounding. 1e-5 relative leaves room for that.
+const TRAJ_TOL: f64 = 1e-5;
+
+#[test]
+fn euler_trace_matches_diffusers() {
+    let out = tempfile::tempdir().unwrap();
+    let mut s = session_with(None, out.path());
+    run(&mut s, SETUP);
+    let err = as_f64(eval(
+        &mut s,
+        r#"
+        let x = sample(high, zeros_like(c.noise), #{ positive: c.context, negative: c.negative_context,
+                       sigmas: to_list(c.euler_sigmas), cfg: 3.0, noise: c.noise });
+        rel_l2(x, c.euler_latents[5])
+        "#,
+    ));
+    assert!(err <= TRAJ_TOL, "final latent rel L2 {err:.3e}");
+}
+
+#[test]
+fn euler_each_step_matches_diffusers() {
+    let out = tempfile::tempdir().unwrap();
+    let mut s = session_with(None, out.path());
+    run(&mut s, SETUP);
+    for step in 0..6 {
+        // A pass ending at step k+1 with leftover noise returns x/(1-σ); undo it.
+        let err = as_f64(eval(
+            &mut s,
+            &format!(
+                r#"
+            let sig = to_list(c.euler_sigmas);
+            let x = sample(high, zeros_like(c.noise), #{{ positive: c.context, negative: c.negative_context,
+                           sigmas: sig, end: {end}, leftover_noise: true, cfg: 3.0, noise: c.noise }});
+            rel_l2(x * (1.0 - sig[{end}]), c.euler_latents[{step}])
+            "#,
+                end = step + 1
+            ),
+        ));
+        assert!(err <= TRAJ_TOL, "step {step}: rel L2 {err:.3e}");
+    }
+}
+
+#[test]
+fn two_expert_switch_matches_diffusers() {
+    let out = tempfile::tempdir().unwrap();
+    let mut s = session_with(None, out.path());
+    run(&mut s, SETUP);
+    // Timesteps >= 875 (boundary_ratio 0.875) go to the high expert: steps 0..3.
+    let (mid, fin) = {
+        let v = eval(
+            &mut s,
+            r#"
+            let sig = to_list(c.two_expert_sigmas);
+            let x = sample(high, zeros_like(c.noise), #{ positive: c.context, negative: c.negative_context,
+                           sigmas: sig, end: 3, leftover_noise: true, cfg: 4.0, noise: c.noise });
+            let mid = rel_l2(x * (1.0 - sig[3]), c.two_expert_latents[2]);
+            x = sample(low, x, #{ positive: c.context, negative: c.negative_context,
+                       sigmas: sig, start: 3, add_noise: false, cfg: 3.0 });
+            [mid, rel_l2(x, c.two_expert_latents[7])]
+            "#,
+        );
+        let a = v.into_array().unwrap();
+        (as_f64(a[0].clone()), as_f64(a[1].clone()))
+    };
+    assert!(mid <= TRAJ_TOL, "after the high expert: rel L2 {mid:.3e}");
+    assert!(fin <= TRAJ_TOL, "after the low expert: rel L2 {fin:.3e}");
+}
+
+#[test]
+fn split_at_k_reproduces_the_full_run() {
+    let out = tempfile::tempdir().unwrap();
+    let mut s = session_with(None, out.path());
+    run(&mut s, SETUP);
+    run(
+        &mut s,
+        r#"
+        let x0 = zeros_like(c.noise);
+        let o = #{ positive: c.context, negative: c.negative_context, steps: 10, cfg: 3.5, shift: 8.0, seed: 42 };
+        let full = sample(high, x0, o);
+        "#,
+    );
+    for k in [1, 3, 5, 9] {
+        let err = as_f64(eval(
+            &mut s,
+            &format!(
+                r#"
+            let a = o; a.end = {k}; a.leftover_noise = true;
+            let b = o; b.start = {k}; b.add_noise = false;
+            let x = sample(high, x0, a);
+            x = sample(high, x, b);
+            rel_l2(x, full)
+            "#
+            ),
+        ));
+        // Only the rounding of x/(1-σk)·(1-σk) separates the two runs.
+        assert!(err <= 1e-5, "split at {k}: rel L2 {err:.3e}");
+    }
+    // ComfyUI returns the input untouched for an empty range.
+    let same = as_f64(eval(
+        &mut s,
+        r#"let a = o; a.start = 10; rel_l2(sample(high, full, a), full)"#,
+    ));
+    assert_eq!(same, 0.0);
+}
