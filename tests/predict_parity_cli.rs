@@ -16,7 +16,10 @@ fn predict_script_matches_diffusers_in_both_layouts() {
     assert!(out.status.success(), "{stdout}\n{stderr}");
     for layout in ["original", "diffusers"] {
         for case in ["case0", "case1", "case2", "case3", "bf16"] {
-            assert!(stdout.contains(&format!("{layout} {case}: rel L2")), "{stdout}");
+            assert!(
+                stdout.contains(&format!("{layout} {case}: rel L2")),
+                "{stdout}"
+            );
         }
     }
     assert!(stdout.contains("predict parity: ok"), "{stdout}");
@@ -34,5 +37,8 @@ fn a_failing_script_exits_nonzero_with_its_position() {
         .expect("running baton");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("bad.rhai:2:1") && stderr.contains("stop here"), "{stderr}");
+    assert!(
+        stderr.contains("bad.rhai:2:1") && stderr.contains("stop here"),
+        "{stderr}"
+    );
 }

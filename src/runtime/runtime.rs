@@ -245,20 +245,23 @@ impl Runtime {
             },
         );
         self.offload_peak = self.offload_peak.max(self.offloaded_total());
-        let how = if offloaded == 0 {
-            format!("{} resident, 0 MiB offloaded", mib(weights))
+        let (partially, how) = if offloaded == 0 {
+            ("", format!("{} resident, 0 MiB offloaded", mib(weights)))
         } else {
-            format!(
-                "loaded partially: {} resident ({}/{} blocks + {} stream buffer), {} offloaded",
-                mib(weights + stream_buffer),
-                plan.resident_blocks,
-                cfg.num_layers,
-                mib(stream_buffer),
-                mib(offloaded)
+            (
+                " partially",
+                format!(
+                    "{} resident ({}/{} blocks + {} stream buffer), {} offloaded",
+                    mib(weights + stream_buffer),
+                    plan.resident_blocks,
+                    cfg.num_layers,
+                    mib(stream_buffer),
+                    mib(offloaded)
+                ),
             )
         };
         tracing::info!(
-            "loaded {name} ({} {}, {} layout, {} params, {}): {how}",
+            "loaded {name}{partially} ({} {}, {} layout, {} params, {}): {how}",
             detected.arch,
             detected.variant,
             detected.layout.name(),

@@ -1,0 +1,71 @@
+//! The command line: `inspect` summarises headers, `run` honours --vram and
+//! --out, and failures exit non-zero with a message naming the file.
+
+use std::process::Command;
+
+fn baton(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("running baton");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn inspect_reports_arch_layout_dtype_and_size() {
+    for (file, layout) in [("original", "original"), ("diffusers", "diffusers")] {
+        let path = format!("tests/fixtures/wan_tiny/{file}.safetensors");
+        let (ok, out, err) = baton(&["inspect", &path]);
+        assert!(ok, "{err}");
+        assert!(out.contains("arch:       wan-dit"), "{out}");
+        assert!(out.contains(&format!("layout:     {layout}")), "{out}");
+        assert!(
+            out.contains("dim 48 | heads 2 (head_dim 24) | layers 2"),
+            "{out}"
+        );
+        assert!(out.contains("90.4K params") && out.contains("F32"), "{out}");
+    }
+}
+
+#[test]
+fn inspect_of_a_truncated_file_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("cut.safetensors");
+    let bytes = std::fs::read("tests/fixtures/wan_tiny/original.safetensors").unwrap();
+    std::fs::write(&p, &bytes[..1000]).unwrap();
+    let (ok, _, err) = baton(&["inspect", p.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("cut.safetensors"), "{err}");
+}
+
+#[test]
+fn run_honours_vram_and_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("s.rhai");
+    std::fs::write(
+        &script,
+        r#"
+        let v = vram();
+        print(`budget ${v.budget}`);
+        save_tensors(#{ z: zeros([2, 3]) }, "z.safetensors");
+        "#,
+    )
+    .unwrap();
+    let out_dir = dir.path().join("outputs");
+    let (ok, out, err) = baton(&[
+        "run",
+        script.to_str().unwrap(),
+        "--vram",
+        "3GiB",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("budget {}", 3u64 << 30)), "{out}");
+    assert!(out_dir.join("z.safetensors").exists());
+}
