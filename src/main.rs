@@ -88,36 +88,26 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Run { file, session } => {
-            let mut s = Session::new(&session.config());
-            match s.run_file(&file) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+    match execute(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
         }
-        Command::Repl { session } => match repl::run(&session.config()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
-        Command::Inspect { checkpoint, heads } => match baton::inspect::inspect(&checkpoint, heads)
-        {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::FAILURE
-            }
-        },
+    }
+}
+
+fn execute(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Run { file, session } => {
+            let _value = Session::new(&session.config())
+                .run_file(&file)
+                .map_err(anyhow::Error::msg)?;
+        }
+        Command::Repl { session } => repl::run(&session.config())?,
+        Command::Inspect { checkpoint, heads } => {
+            print!("{}", baton::inspect::inspect(&checkpoint, heads)?)
+        }
         Command::Bench {
             width,
             height,
@@ -132,31 +122,18 @@ fn main() -> ExitCode {
                 context_len: context,
                 repeats: repeats.max(1),
             };
-            match baton::bench::run(&o) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            print!("{}", baton::bench::run(&o)?);
         }
         Command::MakeTiny { dir } => {
             let cfg = baton::runtime::builtin::tiny_config();
+            std::fs::create_dir_all(&dir)?;
             for (name, seed) in baton::runtime::builtin::BUILTINS {
                 let path = dir.join(format!("{name}.safetensors"));
-                if let Err(e) = std::fs::create_dir_all(&dir)
-                    .map_err(|e| e.to_string())
-                    .and_then(|_| baton::runtime::builtin::write_tiny(&path, &cfg, *seed, name))
-                {
-                    eprintln!("error: {e}");
-                    return ExitCode::FAILURE;
-                }
+                baton::runtime::builtin::write_tiny(&path, &cfg, *seed, name)
+                    .map_err(anyhow::Error::msg)?;
                 println!("wrote {}", path.display());
             }
-            ExitCode::SUCCESS
         }
     }
+    Ok(())
 }

@@ -34,9 +34,7 @@ fn demo_runs_both_ways_and_sequential_wins() {
 
     // The log says how much the partial load offloaded.
     assert!(
-        stderr.contains("loaded low")
-            && stderr.contains("loaded partially")
-            && stderr.contains("MiB offloaded"),
+        stderr.contains("loaded low partially") && stderr.contains("MiB offloaded"),
         "{stderr}"
     );
     let comfy = stdout

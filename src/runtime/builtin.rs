@@ -8,7 +8,6 @@
 
 use crate::models::wan::WanConfig;
 use crate::sampling::noise::Mt19937;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Bump when the generator changes, so stale cached files are not reused.
@@ -74,56 +73,60 @@ pub fn materialise(name: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
-/// Writes a Wan DiT checkpoint with seeded weights (atomically: temp file + rename).
+/// Writes a Wan DiT checkpoint with seeded weights, atomically (temp file +
+/// rename). Tensors are generated and written one at a time, so writing a
+/// 145 MiB expert never holds more than its largest tensor in memory. The
+/// safetensors crate can only serialise tensors that are all in memory at
+/// once, hence the small header writer here.
 pub fn write_tiny(path: &Path, cfg: &WanConfig, seed: u64, label: &str) -> Result<(), String> {
-    let mut rng = Normal::new(seed);
-    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
-    for (key, shape, init) in wan_tensor_specs(cfg) {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = match init {
-            Init::Weight { fan_in } => {
-                let std = (1.0 / fan_in as f32).sqrt();
-                (0..n).map(|_| rng.next() * std).collect()
-            }
-            Init::Bias => (0..n).map(|_| rng.next() * 0.05).collect(),
-            Init::Norm => (0..n).map(|_| 1.0 + rng.next() * 0.1).collect(),
-            Init::Modulation => {
-                let std = 1.0 / (cfg.dim as f32).sqrt();
-                (0..n).map(|_| rng.next() * std).collect()
-            }
-        };
-        tensors.insert(key, (shape, data));
+    use std::io::Write;
+    let specs = wan_tensor_specs(cfg);
+    let mut header = serde_json::Map::new();
+    let mut meta = serde_json::Map::new();
+    meta.insert("baton.builtin".into(), label.into());
+    meta.insert("baton.version".into(), VERSION.into());
+    meta.insert("num_heads".into(), cfg.num_heads.to_string().into());
+    header.insert("__metadata__".into(), meta.into());
+    let mut offset = 0usize;
+    for (key, shape, _) in &specs {
+        let bytes = shape.iter().product::<usize>() * 4;
+        header.insert(
+            key.clone(),
+            serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes] }),
+        );
+        offset += bytes;
     }
-    let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
-        .iter()
-        .map(|(k, (shape, data))| {
-            let bytes: &[u8] = bytemuck_f32(data);
-            (
-                k.clone(),
-                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
-                    .expect("shape matches data"),
-            )
-        })
-        .collect();
-    let mut meta = std::collections::HashMap::new();
-    meta.insert("baton.builtin".to_string(), label.to_string());
-    meta.insert("baton.version".to_string(), VERSION.to_string());
-    meta.insert("num_heads".to_string(), cfg.num_heads.to_string());
+    let mut json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    // The data section starts 8-byte aligned, padded with spaces as the format allows.
+    while json.len() % 8 != 0 {
+        json.push(b' ');
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| format!("temp file in {}: {e}", dir.display()))?;
-    safetensors::tensor::serialize_to_file(views, Some(meta), tmp.path())
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let io = |e: std::io::Error| format!("writing {}: {e}", path.display());
+    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    let mut w = std::io::BufWriter::new(tmp.as_file());
+    w.write_all(&(json.len() as u64).to_le_bytes())
+        .map_err(io)?;
+    w.write_all(&json).map_err(io)?;
+    let mut rng = Normal::new(seed);
+    for (_, shape, init) in &specs {
+        let n: usize = shape.iter().product();
+        let (mean, std) = match init {
+            Init::Weight { fan_in } => (0.0, (1.0 / *fan_in as f32).sqrt()),
+            Init::Bias => (0.0, 0.05),
+            Init::Norm => (1.0, 0.1),
+            Init::Modulation => (0.0, 1.0 / (cfg.dim as f32).sqrt()),
+        };
+        let data: Vec<u8> = (0..n)
+            .flat_map(|_| (mean + rng.next() * std).to_le_bytes())
+            .collect();
+        w.write_all(&data).map_err(io)?;
+    }
+    w.flush().map_err(io)?;
+    drop(w);
     tmp.persist(path)
         .map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(())
-}
-
-fn bytemuck_f32(data: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding or invalid bit patterns; the byte slice covers
-    // exactly the same memory and lives as long as `data`. Little-endian hosts
-    // produce safetensors' byte order.
-    unsafe { std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data)) }
 }
 
 enum Init {

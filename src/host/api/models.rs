@@ -3,7 +3,8 @@
 use super::Shared;
 use crate::host::errors::{call_site, script_err, ScriptResult};
 use crate::host::options::Opts;
-use crate::runtime::{LoadOptions, ModelId, OffloadPolicy};
+use crate::runtime::registry::LoadedModel;
+use crate::runtime::{Entry, LoadOptions, ModelId, OffloadPolicy};
 use candle_core::{DType, Tensor};
 use rhai::{Dynamic, Engine, Map, NativeCallContext};
 
@@ -136,41 +137,30 @@ fn register_getters(engine: &mut Engine, rt: &Shared) {
     engine.register_get("deleted", move |m: &mut ModelHandle| {
         r.borrow().is_deleted(m.id)
     });
+    model_getter(engine, rt, "arch", |m, _| {
+        format!("{} {}", m.detected.arch, m.detected.variant)
+    });
+    model_getter(engine, rt, "dtype", |m, _| {
+        crate::runtime::runtime::dtype_label(m.model.dtype).to_string()
+    });
+    model_getter(engine, rt, "bytes", |m, _| m.bytes as i64);
+    model_getter(engine, rt, "resident_bytes", |_, e| e.resident() as i64);
+    model_getter(engine, rt, "offloaded_bytes", |_, e| e.offloaded as i64);
+}
+
+/// A getter on a live model (and its ledger entry); deleted models fail
+/// with the line where they were deleted.
+fn model_getter<T: Clone + Send + Sync + 'static>(
+    engine: &mut Engine,
+    rt: &Shared,
+    name: &str,
+    f: fn(&LoadedModel, &Entry) -> T,
+) {
     let r = rt.clone();
-    engine.register_get("arch", move |m: &mut ModelHandle| -> ScriptResult<String> {
+    engine.register_get(name, move |m: &mut ModelHandle| -> ScriptResult<T> {
         let rt = r.borrow();
         let lm = rt.model(m.id).map_err(script_err)?;
-        Ok(format!("{} {}", lm.detected.arch, lm.detected.variant))
+        let entry = rt.ledger().get(m.id).cloned().unwrap_or_default();
+        Ok(f(lm, &entry))
     });
-    let r = rt.clone();
-    engine.register_get(
-        "dtype",
-        move |m: &mut ModelHandle| -> ScriptResult<String> {
-            let rt = r.borrow();
-            let lm = rt.model(m.id).map_err(script_err)?;
-            Ok(crate::runtime::runtime::dtype_label(lm.model.dtype).to_string())
-        },
-    );
-    let r = rt.clone();
-    engine.register_get("bytes", move |m: &mut ModelHandle| -> ScriptResult<i64> {
-        Ok(r.borrow().model(m.id).map_err(script_err)?.bytes as i64)
-    });
-    let r = rt.clone();
-    engine.register_get(
-        "resident_bytes",
-        move |m: &mut ModelHandle| -> ScriptResult<i64> {
-            let rt = r.borrow();
-            rt.model(m.id).map_err(script_err)?;
-            Ok(rt.ledger().get(m.id).map_or(0, |e| e.resident()) as i64)
-        },
-    );
-    let r = rt.clone();
-    engine.register_get(
-        "offloaded_bytes",
-        move |m: &mut ModelHandle| -> ScriptResult<i64> {
-            let rt = r.borrow();
-            rt.model(m.id).map_err(script_err)?;
-            Ok(rt.ledger().get(m.id).map_or(0, |e| e.offloaded) as i64)
-        },
-    );
 }
