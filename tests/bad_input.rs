@@ -290,3 +290,26 @@ fn outputs_are_written_atomically() {
         .collect();
     assert_eq!(names, vec!["result.safetensors".to_string()]);
 }
+
+#[test]
+fn degenerate_inputs_are_errors_not_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = session_with_survivor(dir.path());
+    let cases = [
+        ("predict(keep, zeros([1, 16, 0, 4, 4]), 1.0, cases.case0_context)", "empty dimension"),
+        ("predict(keep, cases.case0_x, 1.0, zeros([1, 0, 32]))", "no tokens"),
+        ("sample(keep, cases.case0_x, #{ positive: cases.case0_context, cfg: 1, sigmas: [1.0, 1.0] })", "last sigma"),
+        ("sample(keep, cases.case0_x, #{ positive: cases.case0_context, cfg: 1, sigmas: [2.0, 0.0] })", "[0, 1]"),
+        ("sample(keep, cases.case0_x, #{ positive: cases.case0_context, cfg: 1, steps: 100000000000 })", "steps must be between"),
+        ("sample(keep, cases.case0_x, #{ positive: cases.case0_context, cfg: 1, sampler: \"dpm\" })", "unknown sampler 'dpm'"),
+        ("zeros([100000, 100000, 100000])", "elements"),
+        ("predict(keep, cases.case0_x, cases.case3_t, cases.case0_context)", "2 timesteps for batch 1"),
+    ];
+    for (code, want) in cases {
+        let e = eval_err(&mut s, code);
+        assert!(e.contains(want), "{code}: {e}");
+        // Messages are for script authors: no candle backtrace, even with RUST_BACKTRACE set.
+        assert!(!e.contains("candle_core::"), "{code}: {e}");
+    }
+    assert_survivor_works(&mut s);
+}

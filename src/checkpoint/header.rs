@@ -87,18 +87,22 @@ impl Header {
             let info: safetensors::tensor::TensorInfo = serde_json::from_value(v.clone())
                 .map_err(|e| corrupt(format!("tensor '{name}': {e}")))?;
             let (s, e) = info.data_offsets;
-            let numel: usize = info.shape.iter().product();
-            let want = numel * info.dtype.bitsize() / 8;
-            if e < s || e - s != want {
+            let want = info
+                .shape
+                .iter()
+                .try_fold(1usize, |n, &d| n.checked_mul(d))
+                .and_then(|n| n.checked_mul(info.dtype.bitsize()))
+                .map(|bits| bits / 8);
+            if e < s || want != Some(e - s) {
                 return Err(corrupt(format!(
                     "tensor '{name}': byte range {s}..{e} does not hold {:?} x {:?}",
                     info.shape, info.dtype
                 )));
             }
-            if (data_start + e) as u64 > file_len {
+            let end = data_start.checked_add(e).map_or(u64::MAX, |v| v as u64);
+            if end > file_len {
                 return Err(corrupt(format!(
-                    "tensor '{name}' ends at byte {} but the file has {file_len} (truncated download?)",
-                    data_start + e
+                    "tensor '{name}' ends at byte {end} but the file has {file_len} (truncated download?)"
                 )));
             }
             tensors.insert(

@@ -11,6 +11,11 @@ pub fn script_err(msg: impl Display) -> Box<EvalAltResult> {
     EvalAltResult::ErrorRuntime(msg.to_string().into(), Position::NONE).into()
 }
 
+/// A tensor (candle) error for the script, without candle's backtrace.
+pub fn tensor_err(e: candle_core::Error) -> Box<EvalAltResult> {
+    script_err(crate::runtime::runtime::plain_error(&e))
+}
+
 /// `file:line` of the current call, e.g. "demo.rhai:14".
 pub fn call_site(ctx: &rhai::NativeCallContext) -> String {
     let pos = ctx.call_position();

@@ -133,14 +133,26 @@ pub fn as_f64(v: &Dynamic) -> Option<f64> {
         .or_else(|| v.as_int().ok().map(|i| i as f64))
 }
 
-/// A script array of non-negative ints as dims.
+/// Largest tensor a script may create directly (elements): 16 GiB of f32.
+pub const MAX_ELEMENTS: usize = 1 << 32;
+
+/// A script array of non-negative ints as dims, refusing shapes whose
+/// allocation would abort the process instead of failing.
 pub fn as_dims(v: &rhai::Array) -> ScriptResult<Vec<usize>> {
-    v.iter()
+    let dims = v
+        .iter()
         .map(|d| match d.as_int() {
             Ok(i) if i >= 0 => Ok(i as usize),
             _ => Err(script_err(format!(
                 "shape entries must be non-negative integers, got {d}"
             ))),
         })
-        .collect()
+        .collect::<ScriptResult<Vec<usize>>>()?;
+    let numel = dims.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+    match numel {
+        Some(n) if n <= MAX_ELEMENTS => Ok(dims),
+        _ => Err(script_err(format!(
+            "shape {dims:?} has more than {MAX_ELEMENTS} elements"
+        ))),
+    }
 }

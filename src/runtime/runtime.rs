@@ -21,7 +21,7 @@ pub enum RuntimeError {
     Budget(String),
     #[error("{0}")]
     Input(String),
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", plain_error(.source))]
     Tensor {
         context: String,
         source: candle_core::Error,
@@ -29,6 +29,21 @@ pub enum RuntimeError {
 }
 
 type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// A candle error as one readable message: without the backtrace candle
+/// attaches when RUST_BACKTRACE is set, which means nothing to a script author.
+pub fn plain_error(e: &candle_core::Error) -> String {
+    match e {
+        candle_core::Error::WithBacktrace { inner, .. } => plain_error(inner),
+        candle_core::Error::Context { inner, context } => {
+            format!("{context}: {}", plain_error(inner))
+        }
+        candle_core::Error::WithPath { inner, path } => {
+            format!("{}: {}", path.display(), plain_error(inner))
+        }
+        other => other.to_string(),
+    }
+}
 
 fn tensor_err(context: impl Into<String>) -> impl FnOnce(candle_core::Error) -> RuntimeError {
     let context = context.into();
@@ -225,7 +240,7 @@ impl Runtime {
             plan.resident_blocks,
             block_bytes.clone(),
         )
-        .map_err(|e| RuntimeError::Model(e.to_string()))?;
+        .map_err(|e| RuntimeError::Model(plain_error(&e)))?;
         let offloaded: u64 = block_bytes[plan.resident_blocks..].iter().sum();
         let stream_buffer = if offloaded > 0 {
             block_bytes.iter().copied().max().unwrap_or(0)
@@ -485,6 +500,13 @@ impl Runtime {
         if let Some(neg) = &o.negative {
             check_inputs(m, latent, neg)?;
         }
+        if !crate::sampling::SAMPLERS.contains(&o.sampler.as_str()) {
+            return Err(RuntimeError::Input(format!(
+                "unknown sampler '{}' (available: {})",
+                o.sampler,
+                crate::sampling::SAMPLERS.join(", ")
+            )));
+        }
         let needs_uncond = guidance::needs_uncond(o.cfg);
         if needs_uncond && o.negative.is_none() {
             return Err(RuntimeError::Input(format!(
@@ -501,6 +523,7 @@ impl Runtime {
             );
             return Ok(latent.clone());
         };
+        check_sigmas(&cut)?;
         let started = std::time::Instant::now();
         let latent = latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?;
         let dev = latent.device().clone();
@@ -584,6 +607,11 @@ fn check_inputs(m: &LoadedModel, x: &Tensor, context: &Tensor) -> Result<()> {
             m.name, cfg.in_dim, d
         )));
     }
+    if d.contains(&0) {
+        return Err(RuntimeError::Input(format!(
+            "latent {d:?} has an empty dimension"
+        )));
+    }
     let p = cfg.patch_size;
     if !(d[2].is_multiple_of(p[0]) && d[3].is_multiple_of(p[1]) && d[4].is_multiple_of(p[2])) {
         return Err(RuntimeError::Input(format!(
@@ -596,6 +624,28 @@ fn check_inputs(m: &LoadedModel, x: &Tensor, context: &Tensor) -> Result<()> {
         return Err(RuntimeError::Input(format!(
             "'{}' expects a context [B, L, {}] with B = {}, got {:?}",
             m.name, cfg.text_dim, d[0], c
+        )));
+    }
+    if c[1] == 0 {
+        return Err(RuntimeError::Input(format!("context {c:?} has no tokens")));
+    }
+    Ok(())
+}
+
+/// Sigmas a pass can run on: finite, within [0, 1], and not ending at 1
+/// (the output is divided by 1 − σ_last).
+fn check_sigmas(s: &[f32]) -> Result<()> {
+    if let Some(bad) = s
+        .iter()
+        .find(|v| !(v.is_finite() && (0.0..=1.0).contains(*v)))
+    {
+        return Err(RuntimeError::Input(format!(
+            "sigmas must lie in [0, 1] for a flow model, got {bad} in {s:?}"
+        )));
+    }
+    if s.last().is_some_and(|&l| l >= 1.0) {
+        return Err(RuntimeError::Input(format!(
+            "the last sigma must be below 1 (usually 0), got {s:?}"
         )));
     }
     Ok(())

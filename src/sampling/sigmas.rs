@@ -35,10 +35,15 @@ pub fn simple(table: &[f32], steps: usize) -> Vec<f32> {
     sigmas
 }
 
+/// More steps than any schedule needs; also keeps a typo from allocating gigabytes.
+pub const MAX_STEPS: usize = 10_000;
+
 /// The full sigma list (steps + 1 values, ending in 0) for a named scheduler.
 pub fn schedule(scheduler: &str, steps: usize, shift: f32) -> Result<Vec<f32>, String> {
-    if steps == 0 {
-        return Err("steps must be at least 1".into());
+    if !(1..=MAX_STEPS).contains(&steps) {
+        return Err(format!(
+            "steps must be between 1 and {MAX_STEPS}, got {steps}"
+        ));
     }
     match scheduler {
         "simple" => Ok(simple(&flow_table(shift), steps)),

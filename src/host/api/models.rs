@@ -1,7 +1,7 @@
 //! Model primitives: load_model, delete_model, offload_model, loaded_models, predict.
 
 use super::Shared;
-use crate::host::errors::{call_site, script_err, ScriptResult};
+use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;
 use crate::runtime::registry::LoadedModel;
 use crate::runtime::{Entry, LoadOptions, ModelId, OffloadPolicy};
@@ -128,7 +128,7 @@ fn timestep_tensor(t: &Dynamic, x: &Tensor) -> ScriptResult<Tensor> {
             t.type_name()
         ))
     })?;
-    Tensor::new(&[v as f32], x.device()).map_err(script_err)
+    Tensor::new(&[v as f32], x.device()).map_err(tensor_err)
 }
 
 fn register_getters(engine: &mut Engine, rt: &Shared) {

@@ -2,7 +2,7 @@
 
 use super::models::ModelHandle;
 use super::Shared;
-use crate::host::errors::{script_err, ScriptResult};
+use crate::host::errors::{script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;
 use crate::runtime::SampleOptions;
 use crate::sampling::sigmas;
@@ -74,7 +74,7 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         }
         // Wan's VAE: 8x spatial and 4x temporal compression, first frame kept.
         let shape = [batch, channels, (frames - 1) / 4 + 1, h / 8, w / 8];
-        Tensor::zeros(&shape, DType::F32, &Device::Cpu).map_err(script_err)
+        Tensor::zeros(&shape, DType::F32, &Device::Cpu).map_err(tensor_err)
     });
 
     let r = rt.clone();

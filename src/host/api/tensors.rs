@@ -1,7 +1,7 @@
 //! Tensor primitives: the Tensor type, arithmetic, load_tensors/save_tensors.
 
 use super::Shared;
-use crate::host::errors::{script_err, ScriptResult};
+use crate::host::errors::{script_err, tensor_err, ScriptResult};
 use crate::host::options::as_dims;
 use candle_core::{DType, Device, Tensor};
 use rhai::{Array, Dynamic, Engine, Map};
@@ -31,13 +31,13 @@ fn binary(
     }
     let (a, b) = if a.dtype() != b.dtype() {
         (
-            a.to_dtype(DType::F32).map_err(script_err)?,
-            b.to_dtype(DType::F32).map_err(script_err)?,
+            a.to_dtype(DType::F32).map_err(tensor_err)?,
+            b.to_dtype(DType::F32).map_err(tensor_err)?,
         )
     } else {
         (a.clone(), b.clone())
     };
-    f(&a, &b).map_err(script_err)
+    f(&a, &b).map_err(tensor_err)
 }
 
 pub fn register(engine: &mut Engine, rt: &Shared) {
@@ -61,22 +61,22 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
     macro_rules! scalar_ops {
         ($ty:ty) => {
             engine.register_fn("+", |a: Tensor, s: $ty| -> ScriptResult<Tensor> {
-                (a + s as f64).map_err(script_err)
+                (a + s as f64).map_err(tensor_err)
             });
             engine.register_fn("+", |s: $ty, a: Tensor| -> ScriptResult<Tensor> {
-                (a + s as f64).map_err(script_err)
+                (a + s as f64).map_err(tensor_err)
             });
             engine.register_fn("-", |a: Tensor, s: $ty| -> ScriptResult<Tensor> {
-                (a - s as f64).map_err(script_err)
+                (a - s as f64).map_err(tensor_err)
             });
             engine.register_fn("-", |s: $ty, a: Tensor| -> ScriptResult<Tensor> {
-                a.affine(-1.0, s as f64).map_err(script_err)
+                a.affine(-1.0, s as f64).map_err(tensor_err)
             });
             engine.register_fn("*", |a: Tensor, s: $ty| -> ScriptResult<Tensor> {
-                (a * s as f64).map_err(script_err)
+                (a * s as f64).map_err(tensor_err)
             });
             engine.register_fn("*", |s: $ty, a: Tensor| -> ScriptResult<Tensor> {
-                (a * s as f64).map_err(script_err)
+                (a * s as f64).map_err(tensor_err)
             });
         };
     }
@@ -84,22 +84,22 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
     scalar_ops!(i64);
 
     engine.register_fn("zeros_like", |t: Tensor| -> ScriptResult<Tensor> {
-        t.zeros_like().map_err(script_err)
+        t.zeros_like().map_err(tensor_err)
     });
     engine.register_fn("zeros", |shape: Array| -> ScriptResult<Tensor> {
-        Tensor::zeros(as_dims(&shape)?, DType::F32, &Device::Cpu).map_err(script_err)
+        Tensor::zeros(as_dims(&shape)?, DType::F32, &Device::Cpu).map_err(tensor_err)
     });
     engine.register_fn("randn", |shape: Array, seed: i64| -> ScriptResult<Tensor> {
         let dims = as_dims(&shape)?;
         let n: usize = dims.iter().product();
         let v = crate::sampling::noise::torch_randn(seed as u64, n);
-        Tensor::from_vec(v, dims, &Device::Cpu).map_err(script_err)
+        Tensor::from_vec(v, dims, &Device::Cpu).map_err(tensor_err)
     });
     engine.register_fn(
         "to_dtype",
         |t: Tensor, dtype: &str| -> ScriptResult<Tensor> {
             let d = super::models::parse_dtype(dtype)?;
-            t.to_dtype(d).map_err(script_err)
+            t.to_dtype(d).map_err(tensor_err)
         },
     );
     engine.register_indexer_get(|t: &mut Tensor, i: i64| -> ScriptResult<Tensor> {
@@ -111,13 +111,13 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
                 t.dims()
             )));
         }
-        t.get(idx as usize).map_err(script_err)
+        t.get(idx as usize).map_err(tensor_err)
     });
     engine.register_fn("to_list", |t: Tensor| -> ScriptResult<Array> {
         let v = t
             .to_dtype(DType::F64)
             .and_then(|t| t.flatten_all()?.to_vec1::<f64>())
-            .map_err(script_err)?;
+            .map_err(tensor_err)?;
         Ok(v.into_iter().map(Dynamic::from).collect())
     });
     engine.register_fn("rel_l2", |a: Tensor, b: Tensor| -> ScriptResult<f64> {
@@ -127,13 +127,13 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         t.to_dtype(DType::F32)
             .and_then(|t| t.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>())
             .map(|v| v as f64)
-            .map_err(script_err)
+            .map_err(tensor_err)
     });
     engine.register_fn("mean", |t: Tensor| -> ScriptResult<f64> {
         t.to_dtype(DType::F32)
             .and_then(|t| t.flatten_all()?.mean(0)?.to_scalar::<f32>())
             .map(|v| v as f64)
-            .map_err(script_err)
+            .map_err(tensor_err)
     });
 
     let r = rt.clone();
@@ -168,14 +168,14 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> ScriptResult<f64> {
         )));
     }
     let f = |t: &Tensor| -> candle_core::Result<Tensor> { t.to_dtype(DType::F64) };
-    let (a, b) = (f(a).map_err(script_err)?, f(b).map_err(script_err)?);
+    let (a, b) = (f(a).map_err(tensor_err)?, f(b).map_err(tensor_err)?);
     let num = (&a - &b)
         .and_then(|d| d.sqr()?.sum_all()?.to_scalar::<f64>())
-        .map_err(script_err)?;
+        .map_err(tensor_err)?;
     let den = b
         .sqr()
         .and_then(|d| d.sum_all()?.to_scalar::<f64>())
-        .map_err(script_err)?;
+        .map_err(tensor_err)?;
     Ok((num / den.max(1e-300)).sqrt())
 }
 
