@@ -313,3 +313,44 @@ fn degenerate_inputs_are_errors_not_crashes() {
     }
     assert_survivor_works(&mut s);
 }
+
+#[test]
+fn a_bad_streamed_block_fails_at_load_time() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, edit, want) in [
+        (
+            "missing",
+            Box::new(|t: &mut std::collections::HashMap<String, Tensor>| {
+                t.remove("blocks.1.ffn.2.bias");
+            }) as Box<dyn Fn(&mut _)>,
+            "blocks.1.ffn.2.bias",
+        ),
+        (
+            "misshapen",
+            Box::new(|t: &mut std::collections::HashMap<String, Tensor>| {
+                let w = Tensor::ones(40, candle_core::DType::F32, &Device::Cpu).unwrap();
+                t.insert("blocks.1.cross_attn.norm_k.weight".into(), w);
+            }),
+            "blocks.1.cross_attn.norm_k.weight",
+        ),
+    ] {
+        let path = dir.path().join(format!("{name}.safetensors"));
+        write_modified(&path, |t| edit(t));
+        let mut s = session_with_survivor(dir.path());
+        // One byte short of a second copy: every block of the new model streams
+        // (the tiny model's stem plus a block buffer leaves no room for more).
+        let e = eval_err(
+            &mut s,
+            &format!(
+                "vram_budget(keep.bytes * 2 - 1);\nlet bad = load_model(\"{}\");",
+                path.display()
+            ),
+        );
+        assert!(e.starts_with("test.rhai:2:") && e.contains(want), "{e}");
+        assert_survivor_works(&mut s);
+        assert_eq!(
+            as_f64(eval(&mut s, "vram().used")),
+            as_f64(eval(&mut s, "keep.bytes"))
+        );
+    }
+}

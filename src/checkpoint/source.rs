@@ -81,6 +81,31 @@ impl CheckpointSource {
         }
     }
 
+    /// Checks that the tensors under `prefix` have the same names (after the
+    /// prefix) and shapes as those under `template`, from the header alone.
+    pub fn check_same_keys(&self, template: &str, prefix: &str) -> candle_core::Result<()> {
+        let under = |p: &str| -> BTreeMap<&str, &[usize]> {
+            self.tensors
+                .iter()
+                .filter_map(|(k, e)| Some((k.strip_prefix(p)?, e.shape.as_slice())))
+                .collect()
+        };
+        let (want, have) = (under(template), under(prefix));
+        for (suffix, shape) in &want {
+            match have.get(suffix) {
+                None => {
+                    candle_core::bail!("{}: missing tensor '{prefix}{suffix}'", self.path.display())
+                }
+                Some(s) if s != shape => candle_core::bail!(
+                    "{}: tensor '{prefix}{suffix}' has shape {s:?}, the model expects {shape:?}",
+                    self.path.display()
+                ),
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
     /// A `VarBuilder` over this checkpoint at the model root.
     pub fn var_builder(self: &Arc<Self>, dtype: DType, dev: &Device) -> VarBuilder<'static> {
         let backend: Box<dyn SimpleBackend> = Box::new(Backend(self.clone()));

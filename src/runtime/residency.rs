@@ -44,9 +44,15 @@ impl WanResident {
             if i < resident_blocks {
                 blocks.push(Some(WanBlock::new(cfg, vb.pp("blocks").pp(i))?));
             } else {
-                // Check now that the streamed block is complete and well-shaped,
-                // so a bad file fails at load time, not in the middle of sampling.
-                drop(WanBlock::new(cfg, vb.pp("blocks").pp(i))?);
+                if i == 0 {
+                    // Nothing resident: build block 0 once so the model code
+                    // itself has checked one block's keys and shapes.
+                    drop(WanBlock::new(cfg, vb.pp("blocks").pp(0))?);
+                }
+                // A streamed block must look exactly like block 0, checked from
+                // the header alone, so a bad file fails now (not mid-sampling)
+                // without reading the offloaded weights at load time.
+                source.check_same_keys("blocks.0.", &format!("blocks.{i}."))?;
                 blocks.push(None);
             }
             source.release(&format!("blocks.{i}."));
