@@ -58,6 +58,11 @@ impl Ledger {
         self.budget.saturating_sub(self.used())
     }
 
+    /// Bytes streamed from checkpoints rather than held on the device.
+    pub fn offloaded(&self) -> u64 {
+        self.entries.values().map(|e| e.offloaded).sum()
+    }
+
     pub fn host(&self) -> u64 {
         self.entries.values().map(|e| e.host).sum()
     }

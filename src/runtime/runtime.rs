@@ -162,11 +162,7 @@ impl Runtime {
     }
 
     pub fn reset_offload_peak(&mut self) {
-        self.offload_peak = self.offloaded_total();
-    }
-
-    fn offloaded_total(&self) -> u64 {
-        self.ledger.entries().map(|(_, e)| e.offloaded).sum()
+        self.offload_peak = self.ledger.offloaded();
     }
 
     /// Finds a model file: absolute, or under one of the model roots.
@@ -241,12 +237,11 @@ impl Runtime {
             block_bytes.clone(),
         )
         .map_err(|e| RuntimeError::Model(plain_error(&e)))?;
-        let offloaded: u64 = block_bytes[plan.resident_blocks..].iter().sum();
-        let stream_buffer = if offloaded > 0 {
-            block_bytes.iter().copied().max().unwrap_or(0)
-        } else {
-            0
-        };
+        let Plan {
+            offloaded,
+            stream_buffer,
+            ..
+        } = plan;
         let weights = total - offloaded;
         let id = self.registry.next_id();
         self.ledger.admit(
@@ -259,7 +254,7 @@ impl Runtime {
                 host: 0,
             },
         );
-        self.offload_peak = self.offload_peak.max(self.offloaded_total());
+        self.offload_peak = self.offload_peak.max(self.ledger.offloaded());
         let (partially, how) = if offloaded == 0 {
             ("", format!("{} resident, 0 MiB offloaded", mib(weights)))
         } else {
@@ -313,6 +308,8 @@ impl Runtime {
         if total <= free {
             return Ok(Plan {
                 resident_blocks: block_bytes.len(),
+                offloaded: 0,
+                stream_buffer: 0,
             });
         }
         let loaded = self.loaded_summary();
@@ -345,7 +342,11 @@ impl Runtime {
             used += b;
             resident_blocks += 1;
         }
-        Ok(Plan { resident_blocks })
+        Ok(Plan {
+            resident_blocks,
+            offloaded: block_bytes[resident_blocks..].iter().sum(),
+            stream_buffer: buffer,
+        })
     }
 
     fn loaded_summary(&self) -> String {
@@ -454,20 +455,10 @@ impl Runtime {
         self.ensure_on_device(id)?;
         let m = self.model(id)?;
         check_inputs(m, x, context)?;
-        let t = t.to_dtype(DType::F32).map_err(tensor_err("timestep"))?;
-        let t = match t.rank() {
-            0 => t.reshape(1).map_err(tensor_err("timestep"))?,
-            _ => t,
-        };
-        let t = if t.dim(0).unwrap_or(0) == 1 && x.dim(0).unwrap_or(1) > 1 {
-            t.repeat(x.dim(0).unwrap_or(1))
-                .map_err(tensor_err("timestep"))?
-        } else {
-            t
-        };
+        // The stem takes a scalar, [1] or [B] timestep in any float dtype.
         let out = m
             .model
-            .forward(x, &t, context)
+            .forward(x, t, context)
             .map_err(tensor_err(format!("forward of '{}'", m.name)))?;
         m.model.take_streamed();
         Ok(out)
@@ -554,7 +545,7 @@ impl Runtime {
         let model = &m.model;
         let mut calls = 0usize;
         let mut denoise = |x: &Tensor, sigma: f32| -> candle_core::Result<Tensor> {
-            let t = Tensor::new(&[sigmas::timestep(sigma)], &dev)?.repeat(x.dim(0)?)?;
+            let t = Tensor::new(&[sigmas::timestep(sigma)], &dev)?;
             let d = |ctx: &Tensor| -> candle_core::Result<Tensor> {
                 let v = model.forward(x, &t, ctx)?;
                 x - (v * sigma as f64)?
@@ -594,8 +585,12 @@ impl Runtime {
     }
 }
 
+/// How a model will sit under the budget: the first `resident_blocks` on the
+/// device, the rest streamed through a `stream_buffer` of one block.
 struct Plan {
     resident_blocks: usize,
+    offloaded: u64,
+    stream_buffer: u64,
 }
 
 fn check_inputs(m: &LoadedModel, x: &Tensor, context: &Tensor) -> Result<()> {

@@ -51,10 +51,7 @@ pub fn vram_report(rt: &crate::runtime::Runtime) -> Map {
     v.insert("budget".into(), int(l.budget()));
     v.insert("used".into(), int(l.used()));
     v.insert("free".into(), int(l.free()));
-    v.insert(
-        "offloaded".into(),
-        int(l.entries().map(|(_, e)| e.offloaded).sum()),
-    );
+    v.insert("offloaded".into(), int(l.offloaded()));
     v.insert("models".into(), Dynamic::from_array(models));
     v
 }
