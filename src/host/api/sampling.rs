@@ -9,6 +9,12 @@ use crate::sampling::sigmas;
 use candle_core::{DType, Device, Tensor};
 use rhai::{Array, Dynamic, Engine, Map};
 
+/// Defaults shared by `sample` and `schedule`, so an inspected schedule is the
+/// one `sample` would use (ComfyUI's Wan 2.2 template: 20 steps, simple, shift 8).
+const DEFAULT_STEPS: usize = 20;
+const DEFAULT_SCHEDULER: &str = "simple";
+const DEFAULT_SHIFT: f64 = 8.0;
+
 pub const SAMPLE_OPTIONS: &[&str] = &[
     "positive",
     "negative",
@@ -36,13 +42,13 @@ fn sample_options(map: Map) -> ScriptResult<SampleOptions> {
     Ok(SampleOptions {
         positive,
         negative: o.opt_tensor("negative")?,
-        steps: o.usize("steps", 20)?,
+        steps: o.usize("steps", DEFAULT_STEPS)?,
         start: o.usize("start", 0)?,
         end: o.opt_usize("end")?,
         cfg: o.f64("cfg", 3.5)?,
         sampler: o.string("sampler", "euler")?,
-        scheduler: o.string("scheduler", "simple")?,
-        shift: o.f64("shift", 8.0)? as f32,
+        scheduler: o.string("scheduler", DEFAULT_SCHEDULER)?,
+        shift: o.f64("shift", DEFAULT_SHIFT)? as f32,
         // Negative seeds wrap modulo 2^64, as torch.manual_seed does.
         seed: seed as u64,
         add_noise: o.bool("add_noise", true)?,
@@ -94,9 +100,9 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
     engine.register_fn("schedule", |map: Map| -> ScriptResult<Array> {
         let o = Opts::new("schedule", map, &["scheduler", "steps", "shift"])?;
         let s = sigmas::schedule(
-            &o.string("scheduler", "simple")?,
-            o.usize("steps", 20)?,
-            o.f64("shift", 8.0)? as f32,
+            &o.string("scheduler", DEFAULT_SCHEDULER)?,
+            o.usize("steps", DEFAULT_STEPS)?,
+            o.f64("shift", DEFAULT_SHIFT)? as f32,
         )
         .map_err(script_err)?;
         Ok(s.into_iter().map(|v| Dynamic::from(v as f64)).collect())
