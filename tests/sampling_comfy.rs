@@ -208,8 +208,18 @@ fn ksampler_pass(model: &Analytic, latent: &Tensor, p: &PassArgs) -> Pass {
         ds.push(d.clone());
         Ok(d)
     };
+    let mut gen = noise::TorchGenerator::new(p.seed);
+    let mut draw = |x: &Tensor, _: f32, _: f32| -> Result<Tensor> {
+        Tensor::from_vec(gen.randn(x.elem_count()), x.shape(), x.device())
+    };
     let mut on_step = |_: usize, _: usize, _: f32| {};
-    let x = samplers::euler(&mut denoise, x, &cut, &mut on_step).unwrap();
+    let mut hooks = samplers::Hooks {
+        denoise: &mut denoise,
+        noise: &mut draw,
+        on_step: &mut on_step,
+    };
+    let mut state = samplers::SolverState::default();
+    let x = samplers::run("euler", &mut hooks, x, &cut, &mut state).unwrap();
     let out = samplers::div_scalar(&x, 1.0 - *cut.last().unwrap()).unwrap();
     Pass {
         x: xs,

@@ -105,6 +105,18 @@ impl Opts {
         }
     }
 
+    /// A script-visible custom type (a handle) under `key`, named `what` in errors.
+    pub fn opt_custom<T: Clone + 'static>(&self, key: &str, what: &str) -> ScriptResult<Option<T>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => v
+                .clone()
+                .try_cast::<T>()
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, what, v)),
+        }
+    }
+
     pub fn opt_f32_list(&self, key: &str) -> ScriptResult<Option<Vec<f32>>> {
         match self.get(key) {
             None => Ok(None),

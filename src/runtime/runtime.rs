@@ -7,6 +7,7 @@ use super::registry::{LoadedModel, ModelId, Registry};
 use super::residency::WanResident;
 use super::size::{count_label, mib};
 use crate::checkpoint::{detect, CheckpointError, CheckpointSource, Detected, Header};
+use crate::sampling::samplers::{SharedState, SolverState};
 use crate::sampling::{guidance, ksampler, noise, samplers, sigmas};
 use candle_core::{DType, Device, Tensor};
 use std::path::{Path, PathBuf};
@@ -97,6 +98,8 @@ pub struct SampleOptions {
     pub sigmas: Option<Vec<f32>>,
     /// Overrides the seeded noise.
     pub noise: Option<Tensor>,
+    /// The solver history to continue and update; None starts fresh, as ComfyUI does.
+    pub state: Option<SharedState>,
 }
 
 /// What one `sample` call did, for the log and the summary.
@@ -473,30 +476,18 @@ impl Runtime {
         on_step: &mut dyn FnMut(usize, usize, f32),
     ) -> Result<Tensor> {
         self.ensure_on_device(id)?;
-        let full = match &o.sigmas {
-            Some(s) => {
-                if s.len() < 2 {
-                    return Err(RuntimeError::Input(
-                        "sigmas needs at least two values (the last is usually 0)".into(),
-                    ));
-                }
-                s.clone()
-            }
-            None => {
-                sigmas::schedule(&o.scheduler, o.steps, o.shift).map_err(RuntimeError::Input)?
-            }
-        };
+        if samplers::find(&o.sampler).is_none() {
+            return Err(RuntimeError::Input(format!(
+                "unknown sampler '{}' (available: {})",
+                o.sampler,
+                crate::sampling::sampler_names().join(", ")
+            )));
+        }
+        let full = full_sigmas(o)?;
         let m = self.model(id)?;
         check_inputs(m, latent, &o.positive)?;
         if let Some(neg) = &o.negative {
             check_inputs(m, latent, neg)?;
-        }
-        if !crate::sampling::SAMPLERS.contains(&o.sampler.as_str()) {
-            return Err(RuntimeError::Input(format!(
-                "unknown sampler '{}' (available: {})",
-                o.sampler,
-                crate::sampling::SAMPLERS.join(", ")
-            )));
         }
         let needs_uncond = guidance::needs_uncond(o.cfg);
         if needs_uncond && o.negative.is_none() {
@@ -515,37 +506,23 @@ impl Runtime {
             return Ok(latent.clone());
         };
         check_sigmas(&cut)?;
+        let mut local = SolverState::default();
+        let mut shared = o.state.as_ref().map(|s| s.borrow_mut());
+        let state: &mut SolverState = match shared.as_deref_mut() {
+            Some(s) => s,
+            None => &mut local,
+        };
+        check_continuation(state, o, &cut)?;
         let started = std::time::Instant::now();
         let latent = latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?;
-        let dev = latent.device().clone();
-        let noise = if o.add_noise {
-            match &o.noise {
-                Some(n) => {
-                    if n.dims() != latent.dims() {
-                        return Err(RuntimeError::Input(format!(
-                            "noise has shape {:?} but the latent is {:?}",
-                            n.dims(),
-                            latent.dims()
-                        )));
-                    }
-                    n.to_dtype(DType::F32).map_err(tensor_err("noise"))?
-                }
-                None => {
-                    let v = noise::torch_randn(o.seed, latent.elem_count());
-                    Tensor::from_vec(v, latent.shape(), &dev).map_err(tensor_err("noise"))?
-                }
-            }
-        } else {
-            latent.zeros_like().map_err(tensor_err("noise"))?
-        };
-        let s0 = cut[0];
-        // x = σ0·noise + (1−σ0)·latent, ComfyUI's CONST noise scaling.
-        let x = ((&noise * s0 as f64).and_then(|a| a + (&latent * (1.0 - s0) as f64)?))
-            .map_err(tensor_err("noise scaling"))?;
+        let x = initial_x(state, o, &latent, cut[0])?;
         let model = &m.model;
+        let dev = latent.device().clone();
+        let integer_t = o.sampler == "unipc_flow";
         let mut calls = 0usize;
         let mut denoise = |x: &Tensor, sigma: f32| -> candle_core::Result<Tensor> {
-            let t = Tensor::new(&[sigmas::timestep(sigma)], &dev)?;
+            let ts = sigmas::timestep(sigma);
+            let t = Tensor::new(&[if integer_t { ts.trunc() } else { ts }], &dev)?;
             let d = |ctx: &Tensor| -> candle_core::Result<Tensor> {
                 let v = model.forward(x, &t, ctx)?;
                 x - (v * sigma as f64)?
@@ -559,12 +536,25 @@ impl Runtime {
             calls += 1;
             guidance::cfg_combine(&cond, &uncond, o.cfg)
         };
-        let x = samplers::run(&o.sampler, &mut denoise, x, &cut, on_step)
+        // ComfyUI's default noise sampler: a generator seeded like the initial noise.
+        let mut gen = noise::TorchGenerator::new(o.seed);
+        let mut draw = |x: &Tensor, _: f32, _: f32| -> candle_core::Result<Tensor> {
+            Tensor::from_vec(gen.randn(x.elem_count()), x.shape(), x.device())
+        };
+        let mut hooks = samplers::Hooks {
+            denoise: &mut denoise,
+            noise: &mut draw,
+            on_step,
+        };
+        state.total_steps = Some(full.len() - 1);
+        let x = samplers::run(&o.sampler, &mut hooks, x, &cut, state)
             .map_err(tensor_err(format!("sampling with '{}'", m.name)))?;
         let last = *cut.last().expect("cut is non-empty");
         // out = x / (1 − σ_last): ComfyUI's inverse noise scaling (identity when σ_last = 0).
         let out =
             samplers::div_scalar(&x, 1.0 - last).map_err(tensor_err("inverse noise scaling"))?;
+        state.sigma = Some(last);
+        state.handoff = Some((out.clone(), x));
         let streamed = model.take_streamed();
         let report = SampleReport {
             steps_run: cut.len() - 1,
@@ -573,9 +563,10 @@ impl Runtime {
             seconds: started.elapsed().as_secs_f64(),
         };
         tracing::info!(
-            "sampled {} steps with {} ({} model calls, {:.2}s, {} streamed)",
+            "sampled {} steps with {} ({}, {} model calls, {:.2}s, {} streamed)",
             report.steps_run,
             m.name,
+            o.sampler,
             report.model_calls,
             report.seconds,
             mib(report.streamed_bytes)
@@ -583,6 +574,86 @@ impl Runtime {
         self.last_sample = report;
         Ok(out)
     }
+}
+
+/// The whole sigma list for `o` (steps + 1 values), before the start/end cut.
+fn full_sigmas(o: &SampleOptions) -> Result<Vec<f32>> {
+    match &o.sigmas {
+        Some(s) if s.len() < 2 => Err(RuntimeError::Input(
+            "sigmas needs at least two values (the last is usually 0)".into(),
+        )),
+        Some(s) => Ok(s.clone()),
+        None => sigmas::for_sampler(&o.scheduler, o.steps, o.shift, &o.sampler)
+            .map_err(RuntimeError::Input),
+    }
+}
+
+/// A state that already ran must be continued where it stopped, without new noise.
+fn check_continuation(state: &SolverState, o: &SampleOptions, cut: &[f32]) -> Result<()> {
+    if state.is_fresh() {
+        return Ok(());
+    }
+    if state.sampler != o.sampler {
+        return Err(RuntimeError::Input(format!(
+            "the sampler state was written by '{}'; continue it with the same sampler, not '{}'",
+            state.sampler, o.sampler
+        )));
+    }
+    if o.add_noise {
+        return Err(RuntimeError::Input(
+            "continuing a sampler state needs add_noise: false (the latent already carries its noise)"
+                .into(),
+        ));
+    }
+    if let Some(stop) = state.sigma {
+        if stop.to_bits() != cut[0].to_bits() {
+            return Err(RuntimeError::Input(format!(
+                "the sampler state stopped at sigma {stop}, but this pass starts at sigma {}",
+                cut[0]
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `x = σ0·noise + (1−σ0)·latent`, ComfyUI's CONST noise scaling. When the
+/// latent is exactly the output of the pass that wrote `state`, the solver's
+/// own x is reused, so a split run equals the single run bit for bit.
+fn initial_x(state: &SolverState, o: &SampleOptions, latent: &Tensor, s0: f32) -> Result<Tensor> {
+    if let (false, Some((out, x))) = (o.add_noise, &state.handoff) {
+        if out.dims() == latent.dims() && same_values(out, latent) {
+            return Ok(x.clone());
+        }
+    }
+    let noise = if o.add_noise {
+        match &o.noise {
+            Some(n) => {
+                if n.dims() != latent.dims() {
+                    return Err(RuntimeError::Input(format!(
+                        "noise has shape {:?} but the latent is {:?}",
+                        n.dims(),
+                        latent.dims()
+                    )));
+                }
+                n.to_dtype(DType::F32).map_err(tensor_err("noise"))?
+            }
+            None => {
+                let v = noise::torch_randn(o.seed, latent.elem_count());
+                Tensor::from_vec(v, latent.shape(), latent.device()).map_err(tensor_err("noise"))?
+            }
+        }
+    } else {
+        latent.zeros_like().map_err(tensor_err("noise"))?
+    };
+    ((&noise * s0 as f64).and_then(|a| a + (latent * (1.0 - s0) as f64)?))
+        .map_err(tensor_err("noise scaling"))
+}
+
+fn same_values(a: &Tensor, b: &Tensor) -> bool {
+    a.ne(b)
+        .and_then(|m| m.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>())
+        .map(|n| n == 0.0)
+        .unwrap_or(false)
 }
 
 /// How a model will sit under the budget: the first `resident_blocks` on the

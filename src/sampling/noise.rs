@@ -63,43 +63,65 @@ impl Mt19937 {
 
 /// `torch.manual_seed(seed); torch.randn(numel)` as f32 values in row-major order.
 pub fn torch_randn(seed: u64, numel: usize) -> Vec<f32> {
-    let mut rng = Mt19937::new(seed);
-    if numel < 16 {
-        return scalar_normals(&mut rng, numel);
-    }
-    let mut data: Vec<f32> = (0..numel).map(|_| rng.uniform24()).collect();
-    let mut i = 0;
-    while i + 16 <= numel {
-        box_muller_16(&mut data[i..i + 16]);
-        i += 16;
-    }
-    if !numel.is_multiple_of(16) {
-        let tail = numel - 16;
-        for v in &mut data[tail..] {
-            *v = rng.uniform24();
-        }
-        box_muller_16(&mut data[tail..]);
-    }
-    data
+    TorchGenerator::new(seed).randn(numel)
 }
 
-/// torch's `normal_distribution<double>` path, used for fewer than 16 elements.
-fn scalar_normals(rng: &mut Mt19937, numel: usize) -> Vec<f32> {
-    let mut out = Vec::with_capacity(numel);
-    let mut cached: Option<f64> = None;
-    for _ in 0..numel {
-        if let Some(c) = cached.take() {
-            out.push(c as f32);
-            continue;
+/// A seeded `torch.Generator` on the CPU: successive `randn` calls continue one
+/// MT19937 stream, as ComfyUI's default noise sampler draws ancestral noise
+/// (`torch.Generator().manual_seed(seed)`, then one `randn` per step).
+pub struct TorchGenerator {
+    rng: Mt19937,
+    /// The second value of the last scalar Box-Muller pair (torch caches it in the generator).
+    cached_normal: Option<f64>,
+}
+
+impl TorchGenerator {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: Mt19937::new(seed),
+            cached_normal: None,
         }
-        let u1 = rng.uniform53();
-        let u2 = rng.uniform53();
-        let r = (-2.0 * (-u2).ln_1p()).sqrt();
-        let theta = 2.0 * std::f64::consts::PI * u1;
-        cached = Some(r * theta.sin());
-        out.push((r * theta.cos()) as f32);
     }
-    out
+
+    /// The next `torch.randn(numel, generator=g)`.
+    pub fn randn(&mut self, numel: usize) -> Vec<f32> {
+        if numel < 16 {
+            return self.scalar_normals(numel);
+        }
+        let rng = &mut self.rng;
+        let mut data: Vec<f32> = (0..numel).map(|_| rng.uniform24()).collect();
+        let mut i = 0;
+        while i + 16 <= numel {
+            box_muller_16(&mut data[i..i + 16]);
+            i += 16;
+        }
+        if !numel.is_multiple_of(16) {
+            let tail = numel - 16;
+            for v in &mut data[tail..] {
+                *v = rng.uniform24();
+            }
+            box_muller_16(&mut data[tail..]);
+        }
+        data
+    }
+
+    /// torch's `normal_distribution<double>` path, used for fewer than 16 elements.
+    fn scalar_normals(&mut self, numel: usize) -> Vec<f32> {
+        let mut out = Vec::with_capacity(numel);
+        for _ in 0..numel {
+            if let Some(c) = self.cached_normal.take() {
+                out.push(c as f32);
+                continue;
+            }
+            let u1 = self.rng.uniform53();
+            let u2 = self.rng.uniform53();
+            let r = (-2.0 * (-u2).ln_1p()).sqrt();
+            let theta = 2.0 * std::f64::consts::PI * u1;
+            self.cached_normal = Some(r * theta.sin());
+            out.push((r * theta.cos()) as f32);
+        }
+        out
+    }
 }
 
 fn box_muller_16(block: &mut [f32]) {

@@ -54,6 +54,26 @@ pub fn schedule(scheduler: &str, steps: usize, shift: f32) -> Result<Vec<f32>, S
     }
 }
 
+/// Samplers for which ComfyUI's KSampler computes steps + 1 sigmas and drops
+/// the second-to-last (`discard_penultimate_samplers`).
+pub const DISCARD_PENULTIMATE: &[&str] = &["dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"];
+
+/// The full sigma list KSampler hands `sampler` for a named scheduler.
+pub fn for_sampler(
+    scheduler: &str,
+    steps: usize,
+    shift: f32,
+    sampler: &str,
+) -> Result<Vec<f32>, String> {
+    if !DISCARD_PENULTIMATE.contains(&sampler) {
+        return schedule(scheduler, steps, shift);
+    }
+    let mut s = schedule(scheduler, steps + 1, shift)?;
+    let n = s.len();
+    s.remove(n - 2);
+    Ok(s)
+}
+
 /// The model timestep for a sigma: `σ·1000` in f32, what Wan is trained on.
 pub fn timestep(sigma: f32) -> f32 {
     sigma * 1000.0

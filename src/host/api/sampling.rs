@@ -5,7 +5,9 @@ use super::Shared;
 use crate::host::errors::{script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;
 use crate::runtime::SampleOptions;
+use crate::sampling::samplers::{SharedState, SolverState};
 use crate::sampling::sigmas;
+use indicatif::{ProgressBar, ProgressStyle};
 use candle_core::{DType, Device, Tensor};
 use rhai::{Array, Dynamic, Engine, Map};
 
@@ -30,7 +32,13 @@ pub const SAMPLE_OPTIONS: &[&str] = &[
     "leftover_noise",
     "sigmas",
     "noise",
+    "state",
 ];
+
+/// A script's handle on a solver history (`sampler_state()`), shared by the
+/// passes it is handed to: the first fills it, the next continues it.
+#[derive(Clone)]
+pub struct StateHandle(pub SharedState);
 
 /// Defaults follow ComfyUI's Wan 2.2 template (shift 8, cfg 3.5, euler/simple).
 fn sample_options(map: Map) -> ScriptResult<SampleOptions> {
@@ -55,10 +63,59 @@ fn sample_options(map: Map) -> ScriptResult<SampleOptions> {
         leftover_noise: o.bool("leftover_noise", false)?,
         sigmas: o.opt_f32_list("sigmas")?,
         noise: o.opt_tensor("noise")?,
+        state: o
+            .opt_custom::<StateHandle>("state", "a SamplerState from sampler_state()")?
+            .map(|h| h.0),
     })
 }
 
+/// One progress bar per `sample` call: step, sigma and it/s. indicatif draws
+/// nothing when stderr is not a terminal, so logs and CI stay clean.
+struct Progress {
+    bar: Option<ProgressBar>,
+    prefix: String,
+}
+
+impl Progress {
+    fn new(model: &str, sampler: &str) -> Self {
+        Self {
+            bar: None,
+            prefix: format!("{model} {sampler}"),
+        }
+    }
+
+    fn step(&mut self, i: usize, n: usize, sigma: f32) {
+        tracing::debug!("step {}/{} sigma {sigma:.4}", i + 1, n);
+        let bar = self.bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(n as u64);
+            let style = ProgressStyle::with_template(
+                "{prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(self.prefix.clone());
+            bar
+        });
+        bar.set_message(format!("σ {sigma:.4}"));
+        bar.set_position((i + 1) as u64);
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 pub fn register(engine: &mut Engine, rt: &Shared) {
+    engine.register_type_with_name::<StateHandle>("SamplerState");
+    engine.register_fn("sampler_state", || {
+        StateHandle(std::rc::Rc::new(std::cell::RefCell::new(SolverState::default())))
+    });
+    engine.register_fn("to_string", |h: &mut StateHandle| describe_state(h));
+    engine.register_fn("to_debug", |h: &mut StateHandle| describe_state(h));
+
     engine.register_fn("empty_latent", |map: Map| -> ScriptResult<Tensor> {
         let o = Opts::new(
             "empty_latent",
@@ -89,11 +146,11 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         move |m: ModelHandle, latent: Tensor, map: Map| -> ScriptResult<Tensor> {
             let opts = sample_options(map)?;
             let mut rt = r.borrow_mut();
-            let mut on_step = |i: usize, n: usize, s: f32| {
-                tracing::debug!("step {}/{} sigma {s:.4}", i + 1, n);
-            };
-            rt.sample(m.id, &latent, &opts, &mut on_step)
-                .map_err(script_err)
+            let mut bar = Progress::new(&m.name, &opts.sampler);
+            let mut on_step = |i: usize, n: usize, s: f32| bar.step(i, n, s);
+            let out = rt.sample(m.id, &latent, &opts, &mut on_step);
+            bar.finish();
+            out.map_err(script_err)
         },
     );
 
@@ -107,4 +164,17 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         .map_err(script_err)?;
         Ok(s.into_iter().map(|v| Dynamic::from(v as f64)).collect())
     });
+}
+
+fn describe_state(h: &StateHandle) -> String {
+    let s = h.0.borrow();
+    if s.is_fresh() {
+        return "SamplerState(fresh)".into();
+    }
+    format!(
+        "SamplerState({}, {} steps done, stopped at sigma {})",
+        s.sampler,
+        s.steps_done,
+        s.sigma.unwrap_or(f32::NAN)
+    )
 }
