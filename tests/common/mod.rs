@@ -5,6 +5,8 @@ use candle_core::{DType, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+pub mod comfy;
+
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")

@@ -7,8 +7,8 @@ use crate::host::options::Opts;
 use crate::runtime::SampleOptions;
 use crate::sampling::samplers::{SharedState, SolverState};
 use crate::sampling::sigmas;
-use indicatif::{ProgressBar, ProgressStyle};
 use candle_core::{DType, Device, Tensor};
+use indicatif::{ProgressBar, ProgressStyle};
 use rhai::{Array, Dynamic, Engine, Map};
 
 /// Defaults shared by `sample` and `schedule`, so an inspected schedule is the
@@ -111,7 +111,9 @@ impl Progress {
 pub fn register(engine: &mut Engine, rt: &Shared) {
     engine.register_type_with_name::<StateHandle>("SamplerState");
     engine.register_fn("sampler_state", || {
-        StateHandle(std::rc::Rc::new(std::cell::RefCell::new(SolverState::default())))
+        StateHandle(std::rc::Rc::new(std::cell::RefCell::new(
+            SolverState::default(),
+        )))
     });
     engine.register_fn("to_string", |h: &mut StateHandle| describe_state(h));
     engine.register_fn("to_debug", |h: &mut StateHandle| describe_state(h));

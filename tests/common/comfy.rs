@@ -1,0 +1,347 @@
+//! The ComfyUI sampling fixtures (tests/fixtures/comfy, made by ComfyUI's own
+//! nodes; its README gives every formula): JSON/tensor helpers, the analytic
+//! denoiser that stands in for the network, and a KSamplerAdvanced pass
+//! composed as `Runtime::sample` does.
+
+use baton::sampling::{guidance, ksampler, noise, samplers, sigmas};
+use candle_core::{Device, Result, Tensor};
+use serde_json::Value;
+use std::collections::HashMap;
+
+// ---------------------------------------------------------------------------
+// fixture helpers
+
+pub fn load_json(rel: &str) -> Value {
+    let path = super::fixture(rel);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path:?}: {e}"))
+}
+
+/// A JSON list of f32 values: from the `<field>_bits` hex strings when present (exact),
+/// otherwise the decimal renderings parsed as f64 and cast to f32 (also exact).
+pub fn f32_list(obj: &Value, field: &str) -> Vec<f32> {
+    if let Some(bits) = obj.get(format!("{field}_bits")).and_then(Value::as_array) {
+        return bits
+            .iter()
+            .map(|b| {
+                let s = b.as_str().expect("bits string");
+                f32::from_bits(u32::from_str_radix(s.trim_start_matches("0x"), 16).unwrap())
+            })
+            .collect();
+    }
+    obj[field]
+        .as_array()
+        .unwrap_or_else(|| panic!("field {field} missing"))
+        .iter()
+        .map(|v| v.as_f64().expect("number") as f32)
+        .collect()
+}
+
+pub fn vec_of(t: &Tensor) -> Vec<f32> {
+    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+}
+
+/// Elements whose values differ (`==`, so +0 and −0 count as equal).
+pub fn count_diff(a: &Tensor, b: &Tensor) -> usize {
+    assert_eq!(a.dims(), b.dims());
+    vec_of(a)
+        .iter()
+        .zip(vec_of(b))
+        .filter(|(x, y)| **x != *y)
+        .count()
+}
+
+pub fn assert_bit_exact(actual: &Tensor, expected: &Tensor, what: &str) {
+    let n = count_diff(actual, expected);
+    assert!(
+        n == 0,
+        "{what}: {n} of {} elements differ, max abs {:.3e}",
+        expected.elem_count(),
+        super::max_abs_diff(actual, expected)
+    );
+}
+
+pub fn assert_max_abs(actual: &Tensor, expected: &Tensor, tol: f64, what: &str) {
+    assert_eq!(actual.dims(), expected.dims(), "{what}: shape");
+    let d = super::max_abs_diff(actual, expected);
+    assert!(d <= tol, "{what}: max abs {d:.3e} > {tol:.1e}");
+}
+
+pub fn same_list(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+// ---------------------------------------------------------------------------
+// the analytic denoiser (README §4) and Wan21 latent processing (README §3.5/§3.7)
+
+pub struct Analytic {
+    pub a: Vec<f64>,       // [16, 16], row o, column c
+    pub b: Vec<f64>,       // [16]
+    pub ctx_pos: Vec<f64>, // [16]
+    pub ctx_neg: Vec<f64>, // [16]
+    pub mean: Tensor,      // [1, 16, 1, 1, 1]
+    pub std: Tensor,       // [1, 16, 1, 1, 1]
+}
+
+pub fn f64s(t: &Tensor) -> Vec<f64> {
+    vec_of(t).into_iter().map(f64::from).collect()
+}
+
+impl Analytic {
+    pub fn load(fx: &HashMap<String, Tensor>) -> Self {
+        let chan = |k: &str| fx[k].reshape((1, 16, 1, 1, 1)).unwrap();
+        Self {
+            a: f64s(&fx["analytic.A"]),
+            b: f64s(&fx["analytic.b"]),
+            ctx_pos: f64s(&fx["analytic.context_pos"]),
+            ctx_neg: f64s(&fx["analytic.context_neg"]),
+            mean: chan("wan21.latents_mean"),
+            std: chan("wan21.latents_std"),
+        }
+    }
+
+    /// v[b,o,p] = f32(tanh(Σ_c A[o,c]·x[b,c,p] + b[o]·σ + ctx[o])), accumulated in f64 in
+    /// exactly that order (Rust never contracts `acc + a*b` into an FMA).
+    pub fn velocity(&self, x: &Tensor, sigma: f32, ctx: &[f64]) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (batch, chans) = (dims[0], dims[1]);
+        assert_eq!(chans, 16);
+        let spatial: usize = dims[2..].iter().product();
+        let xs = vec_of(x);
+        let s = sigma as f64;
+        let mut out = vec![0f32; xs.len()];
+        for bi in 0..batch {
+            let base = bi * chans * spatial;
+            for o in 0..16 {
+                for p in 0..spatial {
+                    let mut acc = 0f64;
+                    for c in 0..16 {
+                        acc += self.a[o * 16 + c] * xs[base + c * spatial + p] as f64;
+                    }
+                    acc += self.b[o] * s;
+                    acc += ctx[o];
+                    out[base + o * spatial + p] = acc.tanh() as f32;
+                }
+            }
+        }
+        Tensor::from_vec(out, dims, x.device())
+    }
+
+    /// ComfyUI's `calculate_denoised`: x − v·σ in f32 (the runtime's form).
+    pub fn denoised(&self, x: &Tensor, sigma: f32, ctx: &[f64]) -> Result<Tensor> {
+        let v = self.velocity(x, sigma, ctx)?;
+        x - (v * sigma as f64)?
+    }
+
+    /// The CFG'd model output; cfg == 1 skips the uncond pass like ComfyUI.
+    pub fn guided(&self, x: &Tensor, sigma: f32, cfg: f64) -> Result<Tensor> {
+        let cond = self.denoised(x, sigma, &self.ctx_pos)?;
+        if !guidance::needs_uncond(cfg) {
+            return Ok(cond);
+        }
+        let uncond = self.denoised(x, sigma, &self.ctx_neg)?;
+        guidance::cfg_combine(&cond, &uncond, cfg)
+    }
+
+    /// Wan21 `process_latent_in`: ((l − mean)·1.0)/std per channel (·1.0 is exact, omitted).
+    pub fn process_in(&self, l: &Tensor) -> Tensor {
+        l.broadcast_sub(&self.mean)
+            .unwrap()
+            .broadcast_div(&self.std)
+            .unwrap()
+    }
+
+    /// Wan21 `process_latent_out`: ((out·std)/1.0) + mean (/1.0 is exact, omitted).
+    pub fn process_out(&self, l: &Tensor) -> Tensor {
+        l.broadcast_mul(&self.std)
+            .unwrap()
+            .broadcast_add(&self.mean)
+            .unwrap()
+    }
+}
+
+/// What one KSamplerAdvanced pass saw and produced.
+pub struct Pass {
+    /// The state entering each step (ComfyUI's callback `x`).
+    pub x: Vec<Tensor>,
+    /// The model output at each step.
+    pub denoised: Vec<Tensor>,
+    /// `x / (1 − σ_last)`; None when the cut is empty (the node returns its input).
+    pub out: Option<Tensor>,
+}
+
+pub struct PassArgs<'a> {
+    pub full: &'a [f32],
+    pub start: usize,
+    pub end: Option<usize>,
+    pub leftover_noise: bool,
+    pub add_noise: bool,
+    pub seed: u64,
+    pub cfg: f64,
+    /// ComfyUI sampler name.
+    pub sampler: &'a str,
+    /// Stored noise draws `[n, ...]` to replay instead of the seeded generator
+    /// (ComfyUI's SDE samplers draw from a torchsde Brownian tree we do not port).
+    pub draws: Option<&'a Tensor>,
+}
+
+/// One pass composed as `Runtime::sample` does: cut, seeded noise (or zeros), CONST noise
+/// scaling, euler, inverse noise scaling. `latent` is in model space.
+pub fn ksampler_pass(model: &Analytic, latent: &Tensor, p: &PassArgs) -> Pass {
+    ksampler_pass_with(model, latent, p, &mut samplers::SolverState::default())
+}
+
+/// [`ksampler_pass`] continuing (and updating) a solver state.
+pub fn ksampler_pass_with(
+    model: &Analytic,
+    latent: &Tensor,
+    p: &PassArgs,
+    state: &mut samplers::SolverState,
+) -> Pass {
+    let Some(cut) = ksampler::cut(p.full, p.start, p.end, p.leftover_noise) else {
+        return Pass {
+            x: vec![],
+            denoised: vec![],
+            out: None,
+        };
+    };
+    let noise = if p.add_noise {
+        let v = noise::torch_randn(p.seed, latent.elem_count());
+        Tensor::from_vec(v, latent.shape(), latent.device()).unwrap()
+    } else {
+        latent.zeros_like().unwrap()
+    };
+    let s0 = cut[0];
+    let x = ((&noise * s0 as f64).unwrap() + (latent * (1.0 - s0) as f64).unwrap()).unwrap();
+    let mut xs = Vec::new();
+    let mut ds = Vec::new();
+    let mut denoise = |x: &Tensor, sigma: f32| -> Result<Tensor> {
+        let d = model.guided(x, sigma, p.cfg)?;
+        xs.push(x.clone());
+        ds.push(d.clone());
+        Ok(d)
+    };
+    let mut gen = noise::TorchGenerator::new(p.seed);
+    let mut drawn = 0usize;
+    let mut draw = |x: &Tensor, _: f32, _: f32| -> Result<Tensor> {
+        drawn += 1;
+        match p.draws {
+            Some(d) => d.get(drawn - 1),
+            None => Tensor::from_vec(gen.randn(x.elem_count()), x.shape(), x.device()),
+        }
+    };
+    let mut on_step = |_: usize, _: usize, _: f32| {};
+    let mut hooks = samplers::Hooks {
+        denoise: &mut denoise,
+        noise: &mut draw,
+        on_step: &mut on_step,
+    };
+    state.total_steps = Some(p.full.len() - 1);
+    let x = samplers::run(p.sampler, &mut hooks, x, &cut, state).unwrap();
+    let out = samplers::div_scalar(&x, 1.0 - *cut.last().unwrap()).unwrap();
+    Pass {
+        x: xs,
+        denoised: ds,
+        out: Some(out),
+    }
+}
+
+pub fn zeros_latent() -> Tensor {
+    Tensor::zeros((1, 16, 2, 8, 8), candle_core::DType::F32, &Device::Cpu).unwrap()
+}
+
+/// Compares a pass against `<prefix>.x`, `.denoised`, `.sampler_out` bit for bit.
+pub fn assert_pass_bit_exact(pass: &Pass, fx: &HashMap<String, Tensor>, prefix: &str) {
+    let xs = &fx[&format!("{prefix}.x")];
+    let ds = &fx[&format!("{prefix}.denoised")];
+    let steps = xs.dim(0).unwrap();
+    assert_eq!(pass.x.len(), steps, "{prefix}: model calls");
+    for i in 0..steps {
+        let want_x = xs.get(i).unwrap();
+        let want_d = ds.get(i).unwrap();
+        println!(
+            "{prefix} step {i}: x differs in {} elems (max {:.2e}), denoised in {} (max {:.2e})",
+            count_diff(&pass.x[i], &want_x),
+            super::max_abs_diff(&pass.x[i], &want_x),
+            count_diff(&pass.denoised[i], &want_d),
+            super::max_abs_diff(&pass.denoised[i], &want_d)
+        );
+    }
+    for i in 0..steps {
+        // README §7: euler with the analytic model is bit-exact even with ordinary libm.
+        assert_bit_exact(&pass.x[i], &xs.get(i).unwrap(), &format!("{prefix}.x[{i}]"));
+        assert_bit_exact(
+            &pass.denoised[i],
+            &ds.get(i).unwrap(),
+            &format!("{prefix}.denoised[{i}]"),
+        );
+    }
+    let want = &fx[&format!("{prefix}.sampler_out")];
+    assert_bit_exact(
+        pass.out.as_ref().unwrap(),
+        want,
+        &format!("{prefix}.sampler_out"),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. sampler traces (steps 8, simple, shift 5, seed 42)
+
+pub struct TraceSetup {
+    pub fx: HashMap<String, Tensor>,
+    pub model: Analytic,
+    pub full: Vec<f32>,
+    pub seed: u64,
+}
+
+pub fn trace_setup() -> TraceSetup {
+    let js = load_json("comfy/sampler_traces.json");
+    let fx = super::load_fixture("comfy/sampler_traces.safetensors");
+    let model = Analytic::load(&fx);
+    let steps = js["steps"].as_u64().unwrap() as usize;
+    let shift = js["shift"].as_f64().unwrap() as f32;
+    let seed = js["seed"].as_u64().unwrap();
+    let full = sigmas::schedule("simple", steps, shift).unwrap();
+    assert!(same_list(&full, &vec_of(&fx["trace.euler.sigmas_in"])));
+    let init = Tensor::from_vec(
+        noise::torch_randn(seed, 2048),
+        (1, 16, 2, 8, 8),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert_bit_exact(&init, &fx["initial_noise"], "initial_noise");
+    TraceSetup {
+        fx,
+        model,
+        full,
+        seed,
+    }
+}
+
+impl TraceSetup {
+    pub fn run(
+        &self,
+        latent: &Tensor,
+        start: usize,
+        end: Option<usize>,
+        add_noise: bool,
+        cfg: f64,
+    ) -> Pass {
+        ksampler_pass(
+            &self.model,
+            latent,
+            &PassArgs {
+                full: &self.full,
+                start,
+                end,
+                // KSampler forces a full denoise; split passes keep the leftover noise.
+                leftover_noise: end.is_some(),
+                add_noise,
+                seed: self.seed,
+                cfg,
+                sampler: "euler",
+                draws: None,
+            },
+        )
+    }
+}
