@@ -545,6 +545,7 @@ impl Runtime {
             denoise: &mut denoise,
             noise: &mut draw,
             on_step,
+            shift: o.shift,
         };
         state.total_steps = Some(full.len() - 1);
         let x = samplers::run(&o.sampler, &mut hooks, x, &cut, state)

@@ -18,6 +18,17 @@ use samplers::SamplerFn;
 /// update rules with flow (CONST) model semantics.
 pub const SAMPLER_TABLE: &[(&str, SamplerFn)] = &[
     ("euler", kdiff::euler),
+    ("euler_ancestral", kdiff::euler_ancestral),
+    ("heun", kdiff::heun),
+    ("dpm_2", kdiff::dpm_2),
+    ("dpmpp_2m", kdiff::dpmpp_2m),
+    ("dpmpp_2m_sde", kdiff::dpmpp_2m_sde),
+    ("dpmpp_sde", kdiff::dpmpp_sde),
+    ("lms", kdiff::lms),
+    ("ipndm", kdiff::ipndm),
+    ("deis", kdiff::deis),
+    ("res_multistep", kdiff::res_multistep),
+    ("lcm", kdiff::lcm),
     ("ddim", kdiff::euler),
     ("uni_pc", unipc::comfy_bh1),
     ("uni_pc_bh2", unipc::comfy_bh2),

@@ -17,6 +17,9 @@ pub struct Hooks<'a> {
     /// Ancestral and SDE samplers draw from it in step order.
     pub noise: &'a mut dyn FnMut(&Tensor, f32, f32) -> Result<Tensor>,
     pub on_step: &'a mut StepCallback<'a>,
+    /// The model's flow shift (ComfyUI's ModelSamplingSD3), for the samplers
+    /// that ask the model's sampling object for a sigma (the SDE ones).
+    pub shift: f32,
 }
 
 /// A solver's multistep history, handed from one pass to the next so that a
