@@ -125,17 +125,17 @@ impl Opts {
                     .clone()
                     .into_array()
                     .map_err(|_| self.wrong(key, "an array of numbers", v))?;
-                arr.iter()
-                    .map(|x| {
-                        as_f64(x)
-                            .map(|f| f as f32)
-                            .ok_or_else(|| self.wrong(key, "an array of numbers", v))
-                    })
-                    .collect::<ScriptResult<Vec<f32>>>()
+                as_f32_list(&arr)
                     .map(Some)
+                    .ok_or_else(|| self.wrong(key, "an array of numbers", v))
             }
         }
     }
+}
+
+/// A script array of numbers as f32 values; None if any element is not a number.
+pub fn as_f32_list(arr: &rhai::Array) -> Option<Vec<f32>> {
+    arr.iter().map(|x| as_f64(x).map(|f| f as f32)).collect()
 }
 
 /// A script number as f64 (ints accepted).

@@ -78,3 +78,16 @@ pub fn for_sampler(
 pub fn timestep(sigma: f32) -> f32 {
     sigma * 1000.0
 }
+
+/// The first step that belongs to the low-noise expert under the diffusers /
+/// official Wan 2.2 rule: step i runs on the high-noise expert while its
+/// timestep `σ_i·1000` is at least `ratio·1000` (0.875 for T2V, 0.9 for I2V).
+/// Returns the number of high-noise steps, between 0 and `sigmas.len() − 1`.
+pub fn boundary_step(sigmas: &[f32], ratio: f64) -> usize {
+    let boundary = ratio * 1000.0;
+    let steps = sigmas.len().saturating_sub(1);
+    sigmas[..steps]
+        .iter()
+        .take_while(|&&s| timestep(s) as f64 >= boundary)
+        .count()
+}

@@ -16,6 +16,7 @@ use rhai::{Array, Dynamic, Engine, Map};
 const DEFAULT_STEPS: usize = 20;
 const DEFAULT_SCHEDULER: &str = "simple";
 const DEFAULT_SHIFT: f64 = 8.0;
+const DEFAULT_SAMPLER: &str = "euler";
 
 pub const SAMPLE_OPTIONS: &[&str] = &[
     "positive",
@@ -54,7 +55,7 @@ fn sample_options(map: Map) -> ScriptResult<SampleOptions> {
         start: o.usize("start", 0)?,
         end: o.opt_usize("end")?,
         cfg: o.f64("cfg", 3.5)?,
-        sampler: o.string("sampler", "euler")?,
+        sampler: o.string("sampler", DEFAULT_SAMPLER)?,
         scheduler: o.string("scheduler", DEFAULT_SCHEDULER)?,
         shift: o.f64("shift", DEFAULT_SHIFT)? as f32,
         // Negative seeds wrap modulo 2^64, as torch.manual_seed does.
@@ -157,15 +158,28 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
     );
 
     engine.register_fn("schedule", |map: Map| -> ScriptResult<Array> {
-        let o = Opts::new("schedule", map, &["scheduler", "steps", "shift"])?;
-        let s = sigmas::schedule(
+        let o = Opts::new("schedule", map, &["scheduler", "steps", "shift", "sampler"])?;
+        let s = sigmas::for_sampler(
             &o.string("scheduler", DEFAULT_SCHEDULER)?,
             o.usize("steps", DEFAULT_STEPS)?,
             o.f64("shift", DEFAULT_SHIFT)? as f32,
+            &o.string("sampler", DEFAULT_SAMPLER)?,
         )
         .map_err(script_err)?;
         Ok(s.into_iter().map(|v| Dynamic::from(v as f64)).collect())
     });
+
+    engine.register_fn(
+        "boundary_step",
+        |list: Array, ratio: Dynamic| -> ScriptResult<i64> {
+            let ratio = crate::host::options::as_f64(&ratio).ok_or_else(|| {
+                script_err("boundary_step: the ratio must be a number such as 0.875")
+            })?;
+            let s = crate::host::options::as_f32_list(&list)
+                .ok_or_else(|| script_err("boundary_step: sigmas must be a list of numbers"))?;
+            Ok(sigmas::boundary_step(&s, ratio) as i64)
+        },
+    );
 }
 
 fn describe_state(h: &StateHandle) -> String {
