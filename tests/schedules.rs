@@ -301,4 +301,8 @@ fn unknown_scheduler_and_bad_steps() {
         assert!(sigmas::schedule(name, sigmas::MAX_STEPS + 1, 8.0).is_err());
     }
     assert!(sigmas::schedule("beta", sigmas::MAX_STEPS, 8.0).is_ok());
+    // uni_pc asks for one step more internally; MAX_STEPS itself is still allowed.
+    let dp = sigmas::for_sampler("simple", sigmas::MAX_STEPS, 8.0, "uni_pc").unwrap();
+    assert_eq!(dp.len(), sigmas::MAX_STEPS + 1);
+    assert!(sigmas::for_sampler("simple", 0, 8.0, "uni_pc").is_err());
 }

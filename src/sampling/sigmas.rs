@@ -60,15 +60,27 @@ pub fn simple(table: &[f32], steps: usize) -> Vec<f32> {
 /// More steps than any schedule needs; also keeps a typo from allocating gigabytes.
 pub const MAX_STEPS: usize = 10_000;
 
+fn check_steps(steps: usize) -> Result<(), String> {
+    if (1..=MAX_STEPS).contains(&steps) {
+        Ok(())
+    } else {
+        Err(format!(
+            "steps must be between 1 and {MAX_STEPS}, got {steps}"
+        ))
+    }
+}
+
 /// The full sigma list for a named scheduler, ending in 0: steps + 1 values,
 /// except where ComfyUI itself gives another count (`ddim_uniform` rounds its
 /// stride, `beta` merges quantiles that land on the same table entry).
 pub fn schedule(scheduler: &str, steps: usize, shift: f32) -> Result<Vec<f32>, String> {
-    if !(1..=MAX_STEPS).contains(&steps) {
-        return Err(format!(
-            "steps must be between 1 and {MAX_STEPS}, got {steps}"
-        ));
-    }
+    check_steps(steps)?;
+    unchecked(scheduler, steps, shift)
+}
+
+/// `schedule` without the step-count check, so `for_sampler` can ask for one
+/// step more than `MAX_STEPS`.
+fn unchecked(scheduler: &str, steps: usize, shift: f32) -> Result<Vec<f32>, String> {
     let table = || flow_table(shift);
     Ok(match scheduler {
         "simple" => simple(&table(), steps),
@@ -103,10 +115,11 @@ pub fn for_sampler(
     shift: f32,
     sampler: &str,
 ) -> Result<Vec<f32>, String> {
+    check_steps(steps)?;
     if !DISCARD_PENULTIMATE.contains(&sampler) {
-        return schedule(scheduler, steps, shift);
+        return unchecked(scheduler, steps, shift);
     }
-    let mut s = schedule(scheduler, steps + 1, shift)?;
+    let mut s = unchecked(scheduler, steps + 1, shift)?;
     let n = s.len();
     // Every schedule has at least one sigma before its terminal 0.
     s.remove(n - 2);
@@ -130,11 +143,7 @@ pub fn timestep(sigma: f32) -> f32 {
 /// 334 from the f32 sigma). No function of the f32 sigma alone can tell
 /// these apart, hence the whole list from the schedule.
 pub fn integer_timesteps(scheduler: &str, steps: usize, shift: f32) -> Result<Vec<f32>, String> {
-    if !(1..=MAX_STEPS).contains(&steps) {
-        return Err(format!(
-            "steps must be between 1 and {MAX_STEPS}, got {steps}"
-        ));
-    }
+    check_steps(steps)?;
     match scheduler {
         "fm_unipc" => Ok(schedules::unipc_int_timesteps(false, steps, shift)),
         "wan_unipc" => Ok(schedules::unipc_int_timesteps(true, steps, shift)),
