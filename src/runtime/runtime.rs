@@ -518,11 +518,10 @@ impl Runtime {
         let x = initial_x(state, o, &latent, cut[0])?;
         let model = &m.model;
         let dev = latent.device().clone();
-        let integer_t = o.sampler == "unipc_flow";
+        let model_t = model_timesteps(o, &full);
         let mut calls = 0usize;
         let mut denoise = |x: &Tensor, sigma: f32| -> candle_core::Result<Tensor> {
-            let ts = sigmas::timestep(sigma);
-            let t = Tensor::new(&[if integer_t { ts.trunc() } else { ts }], &dev)?;
+            let t = Tensor::new(&[model_t(sigma)], &dev)?;
             let d = |ctx: &Tensor| -> candle_core::Result<Tensor> {
                 let v = model.forward(x, &t, ctx)?;
                 x - (v * sigma as f64)?
@@ -586,6 +585,30 @@ fn full_sigmas(o: &SampleOptions) -> Result<Vec<f32>> {
         Some(s) => Ok(s.clone()),
         None => sigmas::for_sampler(&o.scheduler, o.steps, o.shift, &o.sampler)
             .map_err(RuntimeError::Input),
+    }
+}
+
+/// The timestep the model sees for each sigma. Wan is trained on `σ·1000`;
+/// diffusers' UniPC (sampler `unipc_flow`) feeds integers instead, truncated
+/// from its float64 sigmas, so for its own schedules the exact list is used
+/// (the f32 sigma alone can land on the other side of an integer).
+fn model_timesteps(o: &SampleOptions, full: &[f32]) -> impl Fn(f32) -> f32 {
+    let integer = o.sampler == "unipc_flow";
+    let exact: Vec<(f32, f32)> = match (&o.sigmas, integer) {
+        (None, true) => sigmas::integer_timesteps(&o.scheduler, o.steps, o.shift)
+            .map(|ts| full.iter().copied().zip(ts).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    move |sigma: f32| {
+        let scaled = sigmas::timestep(sigma);
+        if !integer {
+            return scaled;
+        }
+        exact
+            .iter()
+            .find(|(s, _)| s.to_bits() == sigma.to_bits())
+            .map_or(scaled.trunc(), |&(_, t)| t)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod kdiff;
 pub mod ksampler;
 pub mod noise;
 pub mod samplers;
+pub mod schedules;
 pub mod sigmas;
 pub mod unipc;
 
