@@ -4,24 +4,71 @@
 //! "model 'high' was deleted at demo.rhai:14" instead of a bare "not found".
 
 use super::residency::WanResident;
-use crate::checkpoint::Detected;
+use candle_core::DType;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 pub type ModelId = u64;
 
+/// What a loaded model is, learned from its header: for messages, getters
+/// and `vram()`, whatever the architecture.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    /// "wan-dit", "wan-vae" or "umt5".
+    pub arch: &'static str,
+    /// e.g. "14B", "tiny".
+    pub variant: String,
+    /// Key layout of the file, e.g. "original", "diffusers", "hf".
+    pub layout: &'static str,
+    /// The resident dtype.
+    pub dtype: DType,
+    pub params: u64,
+    /// Transformer blocks (0 for models that are not block-streamed).
+    pub blocks: usize,
+}
+
+/// The weights of a loaded model, by architecture.
+pub enum Weights {
+    Dit(WanResident),
+}
+
+impl Weights {
+    /// Blocks resident on the device (all of them for unstreamed models).
+    pub fn resident_blocks(&self) -> usize {
+        match self {
+            Weights::Dit(m) => m.resident_blocks(),
+        }
+    }
+}
+
 pub struct LoadedModel {
     pub id: ModelId,
     pub name: String,
     pub path: PathBuf,
-    pub detected: Detected,
+    pub info: ModelInfo,
     /// Bytes of all weights in the resident dtype.
     pub bytes: u64,
     /// Where it was loaded, e.g. "demo.rhai:12".
     pub loaded_at: String,
     /// False after `offload_model`: weights live in host memory only.
     pub on_device: bool,
-    pub model: WanResident,
+    pub weights: Weights,
+}
+
+impl LoadedModel {
+    /// The Wan DiT, or an error naming what this model is instead.
+    pub fn dit(&self) -> Result<&WanResident, String> {
+        match &self.weights {
+            Weights::Dit(m) => Ok(m),
+            #[allow(unreachable_patterns)]
+            _ => Err(self.not_a("a Wan diffusion model (DiT)")),
+        }
+    }
+
+    /// "'vae' is a wan-vae, not <what>": for primitives handed the wrong model.
+    pub fn not_a(&self, what: &str) -> String {
+        format!("'{}' is a {} model, not {what}", self.name, self.info.arch)
+    }
 }
 
 #[derive(Default)]

@@ -3,7 +3,7 @@
 
 use super::ledger::{Entry, Ledger};
 use super::memstat;
-use super::registry::{LoadedModel, ModelId, Registry};
+use super::registry::{LoadedModel, ModelId, ModelInfo, Registry, Weights};
 use super::residency::WanResident;
 use super::size::{count_label, mib};
 use crate::checkpoint::{detect, CheckpointError, CheckpointSource, Detected, Header};
@@ -290,11 +290,18 @@ impl Runtime {
             id,
             name,
             path,
-            detected,
+            info: ModelInfo {
+                arch: detected.arch,
+                variant: detected.variant.clone(),
+                layout: detected.layout.name(),
+                dtype,
+                params: detected.param_count(),
+                blocks: cfg.num_layers,
+            },
             bytes: total,
             loaded_at: at.to_string(),
             on_device: true,
-            model,
+            weights: Weights::Dit(model),
         });
         Ok(id)
     }
@@ -457,13 +464,13 @@ impl Runtime {
     ) -> Result<Tensor> {
         self.ensure_on_device(id)?;
         let m = self.model(id)?;
-        check_inputs(m, x, context)?;
+        let dit = m.dit().map_err(RuntimeError::Input)?;
+        check_inputs(&m.name, dit, x, context)?;
         // The stem takes a scalar, [1] or [B] timestep in any float dtype.
-        let out = m
-            .model
+        let out = dit
             .forward(x, t, context)
             .map_err(tensor_err(format!("forward of '{}'", m.name)))?;
-        m.model.take_streamed();
+        dit.take_streamed();
         Ok(out)
     }
 
@@ -485,9 +492,10 @@ impl Runtime {
         }
         let full = full_sigmas(o)?;
         let m = self.model(id)?;
-        check_inputs(m, latent, &o.positive)?;
+        let model = m.dit().map_err(RuntimeError::Input)?;
+        check_inputs(&m.name, model, latent, &o.positive)?;
         if let Some(neg) = &o.negative {
-            check_inputs(m, latent, neg)?;
+            check_inputs(&m.name, model, latent, neg)?;
         }
         let needs_uncond = guidance::needs_uncond(o.cfg);
         if needs_uncond && o.negative.is_none() {
@@ -516,7 +524,6 @@ impl Runtime {
         let started = std::time::Instant::now();
         let latent = latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?;
         let x = initial_x(state, o, &latent, cut[0])?;
-        let model = &m.model;
         let dev = latent.device().clone();
         let model_t = model_timesteps(o, &full);
         let mut calls = 0usize;
@@ -688,13 +695,13 @@ struct Plan {
     stream_buffer: u64,
 }
 
-fn check_inputs(m: &LoadedModel, x: &Tensor, context: &Tensor) -> Result<()> {
-    let cfg = &m.model.cfg;
+fn check_inputs(name: &str, dit: &WanResident, x: &Tensor, context: &Tensor) -> Result<()> {
+    let cfg = &dit.cfg;
     let d = x.dims();
     if d.len() != 5 || d[1] != cfg.in_dim {
         return Err(RuntimeError::Input(format!(
             "'{}' expects a latent [B, {}, F, H, W], got {:?}",
-            m.name, cfg.in_dim, d
+            name, cfg.in_dim, d
         )));
     }
     if d.contains(&0) {
@@ -713,7 +720,7 @@ fn check_inputs(m: &LoadedModel, x: &Tensor, context: &Tensor) -> Result<()> {
     if c.len() != 3 || c[2] != cfg.text_dim || c[0] != d[0] {
         return Err(RuntimeError::Input(format!(
             "'{}' expects a context [B, L, {}] with B = {}, got {:?}",
-            m.name, cfg.text_dim, d[0], c
+            name, cfg.text_dim, d[0], c
         )));
     }
     if c[1] == 0 {

@@ -34,10 +34,11 @@ pub fn vram_report(rt: &crate::runtime::Runtime) -> Map {
             mm.insert("offloaded".into(), int(e.offloaded));
             mm.insert("host".into(), int(e.host));
             mm.insert("bytes".into(), int(m.bytes));
-            mm.insert("blocks".into(), int(m.model.cfg.num_layers as u64));
+            mm.insert("arch".into(), m.info.arch.into());
+            mm.insert("blocks".into(), int(m.info.blocks as u64));
             mm.insert(
                 "resident_blocks".into(),
-                int(m.model.resident_blocks() as u64),
+                int(m.weights.resident_blocks() as u64),
             );
             Dynamic::from_map(mm)
         })

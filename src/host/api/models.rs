@@ -138,10 +138,10 @@ fn register_getters(engine: &mut Engine, rt: &Shared) {
         r.borrow().is_deleted(m.id)
     });
     model_getter(engine, rt, "arch", |m, _| {
-        format!("{} {}", m.detected.arch, m.detected.variant)
+        format!("{} {}", m.info.arch, m.info.variant)
     });
     model_getter(engine, rt, "dtype", |m, _| {
-        crate::runtime::runtime::dtype_label(m.model.dtype).to_string()
+        crate::runtime::runtime::dtype_label(m.info.dtype).to_string()
     });
     model_getter(engine, rt, "bytes", |m, _| m.bytes as i64);
     model_getter(engine, rt, "resident_bytes", |_, e| e.resident() as i64);
