@@ -55,13 +55,14 @@ fn run_sampler(
     };
     let mut steps_reported = Vec::new();
     let mut on_step = |i: usize, n: usize, s: f32| steps_reported.push((i, n, s));
-    let mut hooks = samplers::Hooks {
-        denoise: &mut den,
-        noise: &mut draw,
-        on_step: &mut on_step,
+    let out = {
+        let mut hooks = samplers::Hooks {
+            denoise: &mut den,
+            noise: &mut draw,
+            on_step: &mut on_step,
+        };
+        samplers::run(name, &mut hooks, x.clone(), s, state)?
     };
-    let out = samplers::run(name, &mut hooks, x.clone(), s, state)?;
-    drop(hooks);
     Ok(Run {
         out,
         denoised,
@@ -588,4 +589,37 @@ fn short_and_edge_runs_are_finite() {
     assert!(run_sampler("uni_pc", &a.out, &s[..=2], &mut st, &mut toy).is_err());
     // Another sampler may not continue it.
     assert!(run_sampler("unipc_flow", &a.out, &s[2..], &mut st, &mut toy).is_err());
+}
+
+/// `sampler_state()` marks its state as spanning passes, so ComfyUI's uni_pc
+/// plans over the whole run and a split equals the single run; without a state
+/// each pass is a run of its own (ComfyUI's KSamplerAdvanced) and differs.
+#[test]
+fn uni_pc_split_through_script_state() {
+    let out = tempfile::tempdir().unwrap();
+    let mut s = session_with(None, out.path());
+    run(&mut s, SETUP);
+    let v = eval(
+        &mut s,
+        r#"
+        let o = #{ positive: c.context, negative: c.negative_context, steps: 6, shift: 5.0,
+                   cfg: 3.0, sampler: "uni_pc", seed: 7 };
+        let full = sample(high, zeros_like(c.noise), o);
+        let st = sampler_state();
+        let a = o; a.end = 3; a.leftover_noise = true; a.state = st;
+        let b = o; b.start = 3; b.add_noise = false; b.state = st;
+        let x = sample(high, zeros_like(c.noise), a);
+        x = sample(high, x, b);
+        let a2 = o; a2.end = 3; a2.leftover_noise = true;
+        let b2 = o; b2.start = 3; b2.add_noise = false;
+        let y = sample(high, zeros_like(c.noise), a2);
+        y = sample(high, y, b2);
+        [rel_l2(x, full), rel_l2(y, full)]
+        "#,
+    );
+    let a = v.into_array().unwrap();
+    let (shared, restarted) = (as_f64(a[0].clone()), as_f64(a[1].clone()));
+    println!("uni_pc split at 3: shared state rel L2 {shared:.2e}, ComfyUI passes {restarted:.2e}");
+    assert_eq!(shared, 0.0);
+    assert!(restarted > 1e-4);
 }

@@ -174,7 +174,7 @@ fn walk(
     let steps = s.len() - 1;
     if !st.is_fresh() {
         if let Some(&prev) = st.sigmas.last() {
-            if !(s[0] < prev) {
+            if s[0] >= prev {
                 candle_core::bail!(
                     "UniPC: continuing a state whose last prediction is at sigma {prev}, but this pass starts at {}",
                     s[0]
@@ -303,7 +303,8 @@ fn check_sigmas(s: &[f32], p: Param) -> Result<()> {
             candle_core::bail!("UniPC: sigma {v} at position {i} is out of range in {s:?}");
         }
     }
-    if let Some(w) = s.windows(2).find(|w| !(w[1] < w[0])) {
+    // NaN was refused above, so `>=` is the negation of `<`.
+    if let Some(w) = s.windows(2).find(|w| w[1] >= w[0]) {
         candle_core::bail!(
             "UniPC needs strictly decreasing sigmas, got {} then {} in {s:?}",
             w[0],
