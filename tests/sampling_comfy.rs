@@ -116,7 +116,7 @@ fn ksampler_advanced_cut_rule() {
     ));
     // uni_pc is a discard-penultimate sampler: its full list is simple(steps+1) minus the
     // second-to-last entry. The cut rule itself does not depend on the sampler, so those
-    // cases are checked too with that list (the uni_pc sampler itself is not implemented).
+    // cases are checked too with that list (the uni_pc passes are in sampling_unipc.rs).
     let unipc_full = discard_penultimate(steps, shift);
     assert!(same_list(
         &unipc_full,
@@ -181,7 +181,7 @@ fn ksampler_advanced_euler_passes() {
     let mut n = 0;
     for case in js["cases"].as_array().unwrap() {
         if case["sampler"] != "euler" {
-            continue; // uni_pc is not implemented
+            continue; // uni_pc: tests/sampling_unipc.rs
         }
         let key = case["key"].as_str().unwrap();
         // A non-empty input latent goes through process_latent_in (README §3.5).

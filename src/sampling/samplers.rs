@@ -48,6 +48,18 @@ pub struct SolverState {
     /// (the latent the last pass returned, the solver's x it came from), so a
     /// continuing pass can skip the `x/(1−σ)·(1−σ)` round trip.
     pub handoff: Option<(Tensor, Tensor)>,
+    /// Set on states a script shares between passes (`sampler_state()`): the
+    /// passes are parts of one run, so a sampler that plans over the run
+    /// (ComfyUI's UniPC: its order cap and lower-order final steps) plans over
+    /// `total_steps` from `steps_done`, not over the pass. Left false, every
+    /// pass is a run of its own, as each KSamplerAdvanced pass is in ComfyUI.
+    pub spans_passes: bool,
+    /// The order of the last predictor step (UniPC's corrector repeats it).
+    pub last_order: usize,
+    /// (the x the sampler returned, its own state behind it) for solvers that
+    /// do not integrate x itself (ComfyUI's UniPC runs on x/√(1+σ²)), so a
+    /// continuing pass resumes from the exact state rather than a round trip.
+    pub solver_x: Option<(Tensor, Tensor)>,
 }
 
 /// A state shared between the script and the passes that update it.
@@ -65,6 +77,7 @@ impl SolverState {
             *self = SolverState {
                 sampler: sampler.to_string(),
                 total_steps: self.total_steps,
+                spans_passes: self.spans_passes,
                 ..Default::default()
             };
             return Ok(());

@@ -112,9 +112,10 @@ impl Progress {
 pub fn register(engine: &mut Engine, rt: &Shared) {
     engine.register_type_with_name::<StateHandle>("SamplerState");
     engine.register_fn("sampler_state", || {
-        StateHandle(std::rc::Rc::new(std::cell::RefCell::new(
-            SolverState::default(),
-        )))
+        StateHandle(std::rc::Rc::new(std::cell::RefCell::new(SolverState {
+            spans_passes: true,
+            ..Default::default()
+        })))
     });
     engine.register_fn("to_string", |h: &mut StateHandle| describe_state(h));
     engine.register_fn("to_debug", |h: &mut StateHandle| describe_state(h));
