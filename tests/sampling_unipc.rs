@@ -60,6 +60,8 @@ fn run_sampler(
             denoise: &mut den,
             noise: &mut draw,
             on_step: &mut on_step,
+            // Only the SDE samplers ask for the model's shift; UniPC never does.
+            shift: 5.0,
         };
         samplers::run(name, &mut hooks, x.clone(), s, state)?
     };
