@@ -200,77 +200,14 @@ fn uni_pc_bh2_matches_comfy_trace() {
 /// order-3 weights come from smaller steps (h ≈ 0.006): still rounding-level.
 const SPLIT_TOL: f64 = 1e-5;
 
-fn end_arg(end_at_step: u64) -> Option<usize> {
-    (end_at_step < 10000).then_some(end_at_step as usize)
-}
-
 #[test]
 fn uni_pc_ksampler_advanced_passes() {
     let js = load_json("comfy/ksampler_split.json");
-    let fx = common::load_fixture("comfy/ksampler_split.safetensors");
-    let model = Analytic::load(&common::load_fixture("comfy/sampler_traces.safetensors"));
     let steps = js["steps"].as_u64().unwrap() as usize;
     let shift = js["shift"].as_f64().unwrap() as f32;
     let full = discard_penultimate(steps, shift);
     assert!(same_list(&full, &f32_list(&js["full_sigmas"], "uni_pc")));
-    let pass1_node_out = &fx["uni_pc.standard_pass1_out"];
-    let mut n = 0;
-    for case in js["cases"].as_array().unwrap() {
-        if case["sampler"] != "uni_pc" {
-            continue;
-        }
-        let key = case["key"].as_str().unwrap();
-        let latent = match case["input_latent"].as_str().unwrap() {
-            "empty" => zeros_latent(),
-            "standard_pass1_out" => model.process_in(pass1_node_out),
-            other => panic!("{key}: input latent {other}"),
-        };
-        // Each pass starts from a fresh state, as every KSamplerAdvanced pass does.
-        let pass = ksampler_pass(
-            &model,
-            &latent,
-            &PassArgs {
-                sampler: "uni_pc",
-                draws: None,
-                full: &full,
-                start: case["start_at_step"].as_u64().unwrap() as usize,
-                end: end_arg(case["end_at_step"].as_u64().unwrap()),
-                leftover_noise: case["return_with_leftover_noise"] == "enable",
-                add_noise: case["add_noise"] == "enable",
-                seed: js["seed"].as_u64().unwrap(),
-                cfg: js["cfg"].as_f64().unwrap(),
-            },
-        );
-        let node_out = &fx[&format!("{key}.node_out")];
-        match &pass.out {
-            None => {
-                assert!(
-                    case["output_equals_input_latent"].as_bool().unwrap(),
-                    "{key}"
-                );
-                assert_bit_exact(pass1_node_out, node_out, key);
-            }
-            Some(out) => {
-                let want = &fx[&format!("{key}.sampler_out")];
-                let d = max_abs_diff(out, want);
-                println!("{key}: sampler_out max abs {d:.2e}");
-                assert_max_abs(out, want, SPLIT_TOL, &format!("{key}.sampler_out"));
-                // process_out scales by the channel std (≤ ~3.5).
-                assert_max_abs(
-                    &model.process_out(out),
-                    node_out,
-                    4.0 * SPLIT_TOL,
-                    &format!("{key}.node_out"),
-                );
-                let calls = f32_list(case, "model_call_sigmas");
-                assert_eq!(pass.x.len(), calls.len(), "{key}: model calls");
-                let seen: Vec<f32> = calls.clone();
-                assert!(!seen.is_empty());
-            }
-        }
-        n += 1;
-    }
-    assert_eq!(n, 13);
+    assert_eq!(check_ksampler_split("uni_pc", &full, SPLIT_TOL), 13);
 }
 
 // ---------------------------------------------------------------------------

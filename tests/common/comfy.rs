@@ -373,3 +373,86 @@ impl TraceSetup {
         )
     }
 }
+
+/// KSamplerAdvanced's `end_at_step`: 10000 (ComfyUI's default) means "to the end".
+pub fn end_arg(end_at_step: u64) -> Option<usize> {
+    (end_at_step < 10000).then_some(end_at_step as usize)
+}
+
+/// Runs every `sampler` case of ksampler_split (steps 20, split 10, shift 8)
+/// through [`ksampler_pass`] over `full`, each pass from a fresh state as
+/// every KSamplerAdvanced pass is, and checks `sampler_out` within `tol` (0
+/// means bit for bit), `node_out` within 4·tol (process_out scales by the
+/// channel std, ≤ ~3.5), the model call count, and that an empty range hands
+/// the input latent back. Returns the number of cases checked.
+pub fn check_ksampler_split(sampler: &str, full: &[f32], tol: f64) -> usize {
+    let js = load_json("comfy/ksampler_split.json");
+    let fx = super::load_fixture("comfy/ksampler_split.safetensors");
+    let model = Analytic::load(&super::load_fixture("comfy/sampler_traces.safetensors"));
+    let pass1_node_out = &fx[&format!("{sampler}.standard_pass1_out")];
+    let check = |a: &Tensor, b: &Tensor, tol: f64, what: String| {
+        println!(
+            "{what}: {} elems differ, max abs {:.2e}",
+            count_diff(a, b),
+            super::max_abs_diff(a, b)
+        );
+        if tol == 0.0 {
+            assert_bit_exact(a, b, &what);
+        } else {
+            assert_max_abs(a, b, tol, &what);
+        }
+    };
+    let mut n = 0;
+    for case in js["cases"].as_array().unwrap() {
+        if case["sampler"] != sampler {
+            continue;
+        }
+        let key = case["key"].as_str().unwrap();
+        // A non-empty input latent goes through process_latent_in (README §3.5).
+        let latent = match case["input_latent"].as_str().unwrap() {
+            "empty" => zeros_latent(),
+            "standard_pass1_out" => model.process_in(pass1_node_out),
+            other => panic!("{key}: input latent {other}"),
+        };
+        let pass = ksampler_pass(
+            &model,
+            &latent,
+            &PassArgs {
+                sampler,
+                draws: None,
+                full,
+                start: case["start_at_step"].as_u64().unwrap() as usize,
+                end: end_arg(case["end_at_step"].as_u64().unwrap()),
+                leftover_noise: case["return_with_leftover_noise"] == "enable",
+                add_noise: case["add_noise"] == "enable",
+                seed: js["seed"].as_u64().unwrap(),
+                cfg: js["cfg"].as_f64().unwrap(),
+            },
+        );
+        let node_out = &fx[&format!("{key}.node_out")];
+        match &pass.out {
+            None => {
+                assert!(
+                    case["output_equals_input_latent"].as_bool().unwrap(),
+                    "{key}"
+                );
+                // The node hands back its input latent untouched.
+                assert_bit_exact(pass1_node_out, node_out, key);
+            }
+            Some(out) => {
+                let want = &fx[&format!("{key}.sampler_out")];
+                check(out, want, tol, format!("{key}.sampler_out"));
+                check(
+                    &model.process_out(out),
+                    node_out,
+                    4.0 * tol,
+                    format!("{key}.node_out"),
+                );
+                let calls = f32_list(case, "model_call_sigmas");
+                assert_eq!(pass.x.len(), calls.len(), "{key}: model calls");
+            }
+        }
+        n += 1;
+    }
+    n
+}
