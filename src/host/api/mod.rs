@@ -1,4 +1,5 @@
 //! Script primitives, one registration file per domain.
+pub mod media;
 pub mod memory;
 pub mod models;
 pub mod sampling;
@@ -17,4 +18,5 @@ pub fn register_all(engine: &mut rhai::Engine, rt: &Shared) {
     models::register(engine, rt);
     sampling::register(engine, rt);
     memory::register(engine, rt);
+    media::register(engine, rt);
 }

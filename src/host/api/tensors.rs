@@ -180,7 +180,7 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> ScriptResult<f64> {
 }
 
 /// Inputs: absolute, else under a model root, else relative to the cwd.
-fn resolve_input(rt: &Shared, path: &str) -> ScriptResult<PathBuf> {
+pub fn resolve_input(rt: &Shared, path: &str) -> ScriptResult<PathBuf> {
     let p = Path::new(path);
     if p.is_absolute() || p.exists() {
         return Ok(p.to_path_buf());
@@ -217,17 +217,9 @@ fn save_tensors(map: &Map, path: &Path) -> ScriptResult<()> {
         })?;
         tensors.insert(k.to_string(), t);
     }
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)
-        .map_err(|e| script_err(format!("save_tensors: creating {}: {e}", dir.display())))?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)
-        .map_err(|e| script_err(format!("save_tensors: {}: {e}", dir.display())))?;
-    candle_core::safetensors::save(&tensors, tmp.path())
-        .map_err(|e| script_err(format!("save_tensors: {}: {e}", path.display())))?;
-    tmp.persist(path)
-        .map_err(|e| script_err(format!("save_tensors: {}: {e}", path.display())))?;
+    crate::media::write_atomically(path, |tmp| {
+        candle_core::safetensors::save(&tensors, tmp).map_err(|e| e.to_string())
+    })
+    .map_err(|e| script_err(format!("save_tensors: {e}")))?;
     Ok(())
 }

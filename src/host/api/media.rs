@@ -1,0 +1,55 @@
+//! Media primitives: load_image, save_images, save_video.
+
+use super::tensors::{resolve_input, resolve_output};
+use super::Shared;
+use crate::host::errors::{script_err, ScriptResult};
+use crate::host::options::Opts;
+use crate::media;
+use candle_core::Tensor;
+use rhai::{Array, Dynamic, Engine, Map};
+
+pub fn register(engine: &mut Engine, rt: &Shared) {
+    let r = rt.clone();
+    engine.register_fn("load_image", move |path: &str| -> ScriptResult<Tensor> {
+        let p = resolve_input(&r, path)?;
+        media::load_image(&p).map_err(|e| script_err(format!("load_image: {e}")))
+    });
+
+    let r = rt.clone();
+    engine.register_fn(
+        "save_images",
+        move |video: Tensor, pattern: &str| -> ScriptResult<Array> {
+            let p = resolve_output(&r.borrow().out_dir, pattern);
+            let frames = media::frames_from_video(&video)
+                .map_err(|e| script_err(format!("save_images: {e}")))?;
+            let written = media::save_png_sequence(&frames, &p)
+                .map_err(|e| script_err(format!("save_images: {e}")))?;
+            tracing::info!("wrote {} frames as {}", written.len(), p.display());
+            Ok(written
+                .into_iter()
+                .map(|w| Dynamic::from(w.display().to_string()))
+                .collect())
+        },
+    );
+
+    let r = rt.clone();
+    let save_video = move |video: Tensor, path: &str, map: Map| -> ScriptResult<String> {
+        let o = Opts::new("save_video", map, &["fps"])?;
+        let fps = o.f64("fps", 16.0)?;
+        let p = resolve_output(&r.borrow().out_dir, path);
+        let frames =
+            media::frames_from_video(&video).map_err(|e| script_err(format!("save_video: {e}")))?;
+        media::save_video(&frames, &p, fps).map_err(|e| script_err(format!("save_video: {e}")))?;
+        tracing::info!(
+            "wrote {} frames at {fps} fps to {}",
+            frames.len(),
+            p.display()
+        );
+        Ok(p.display().to_string())
+    };
+    let sv = save_video.clone();
+    engine.register_fn("save_video", move |v: Tensor, path: &str| {
+        sv(v, path, Map::new())
+    });
+    engine.register_fn("save_video", save_video);
+}
