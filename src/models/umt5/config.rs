@@ -100,7 +100,7 @@ impl UmT5Config {
         let bias = get(&bias_key(0), 2)?;
         let (num_buckets, num_heads) = (bias[0], bias[1]);
         let inner = get(&attn_key(0, "q"), 2)?[0];
-        if inner % num_heads != 0 {
+        if !inner.is_multiple_of(num_heads) {
             return Err(format!(
                 "umt5: attention inner dim {inner} is not a multiple of {num_heads} heads"
             ));
@@ -117,7 +117,7 @@ impl UmT5Config {
             max_distance: 128,
             eps: 1e-6,
         };
-        if num_buckets < 4 || num_buckets % 2 != 0 {
+        if num_buckets < 4 || !num_buckets.is_multiple_of(2) {
             return Err(format!(
                 "umt5: {num_buckets} relative-position buckets (need an even number >= 4)"
             ));

@@ -187,6 +187,18 @@ impl GatedFfn {
     }
 }
 
+/// What every block needs that is computed once per forward: the embedded
+/// tokens, the key mask and the relative-position buckets.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Embedded tokens [B, L, d_model], f32.
+    pub x: Tensor,
+    /// Additive key mask [B, 1, 1, L], f32 (0 or f32::MIN).
+    pub key_mask: Tensor,
+    /// Bucket index of every (query, key) pair [L, L], u32.
+    pub buckets: Tensor,
+}
+
 /// One encoder block (`encoder.block.N`).
 #[derive(Debug, Clone)]
 pub struct UmT5Block {
@@ -203,38 +215,33 @@ impl UmT5Block {
         })
     }
 
-    /// x [B, L, d] f32 -> [B, L, d] f32; see [`SelfAttention::forward`].
-    fn forward(&self, x: &Tensor, key_mask: &Tensor, buckets: &Tensor) -> Result<Tensor> {
-        let x = (x + self.attn.forward(x, key_mask, buckets)?)?;
+    /// x [B, L, d] f32 -> [B, L, d] f32.
+    pub fn forward(&self, x: &Tensor, p: &Prepared) -> Result<Tensor> {
+        let x = (x + self.attn.forward(x, &p.key_mask, &p.buckets)?)?;
         &x + self.ffn.forward(&x)?
     }
 }
 
-/// The whole umT5 encoder (`UMT5EncoderModel`).
+/// The non-block weights: token embedding and final norm. Split from the
+/// blocks, as the DiT's stem is, so that a runtime short of memory can load,
+/// apply and drop the 24 blocks of umT5-XXL one at a time.
 #[derive(Debug, Clone)]
-pub struct UmT5Encoder {
+pub struct UmT5Stem {
     /// Token embedding [vocab, d_model] in the checkpoint dtype.
     shared: Tensor,
-    blocks: Vec<UmT5Block>,
+    /// f32.
     final_norm: Tensor,
     cfg: UmT5Config,
 }
 
-impl UmT5Encoder {
+impl UmT5Stem {
     /// `vb` at the model root, over canonical names (`shared.weight`, ...).
     pub fn new(cfg: &UmT5Config, vb: VarBuilder) -> Result<Self> {
-        let shared = vb.get((cfg.vocab_size, cfg.d_model), "shared.weight")?;
-        let enc = vb.pp("encoder");
-        let blocks = (0..cfg.num_layers)
-            .map(|i| UmT5Block::new(cfg, enc.pp("block").pp(i)))
-            .collect::<Result<Vec<_>>>()?;
-        let final_norm = enc
-            .get(cfg.d_model, "final_layer_norm.weight")?
-            .to_dtype(DType::F32)?;
         Ok(Self {
-            shared,
-            blocks,
-            final_norm,
+            shared: vb.get((cfg.vocab_size, cfg.d_model), "shared.weight")?,
+            final_norm: vb
+                .get(cfg.d_model, "encoder.final_layer_norm.weight")?
+                .to_dtype(DType::F32)?,
             cfg: cfg.clone(),
         })
     }
@@ -243,12 +250,10 @@ impl UmT5Encoder {
         &self.cfg
     }
 
-    /// Last hidden state [B, L, d_model] f32 of token ids [B, L] (u32 or i64)
-    /// under the attention mask [B, L] (any numeric dtype, 1 = real token,
-    /// 0 = padding). Padded keys are masked out of every row's attention;
-    /// padded query rows are still computed (transformers does the same), so
-    /// callers that want them gone use [`super::pipeline_context`].
-    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    /// Checks ids [B, L] (u32 or i64, inside the vocabulary) and mask [B, L]
+    /// (0/1, any numeric dtype), embeds the ids and builds the key mask and
+    /// the bucket table.
+    pub fn prepare(&self, ids: &Tensor, mask: &Tensor) -> Result<Prepared> {
         let (b, l) = ids.dims2().map_err(|_| {
             candle_core::Error::Msg(format!(
                 "umt5: token ids must be [batch, length], got {:?}",
@@ -267,19 +272,21 @@ impl UmT5Encoder {
         }
         let ids = self.checked_ids(ids)?;
         let device = self.shared.device().clone();
-
-        let mut x = self
+        let x = self
             .shared
             .embedding(&ids.flatten_all()?.to_device(&device)?)?
             .to_dtype(DType::F32)?
             .reshape((b, l, self.cfg.d_model))?;
+        Ok(Prepared {
+            x,
+            key_mask: key_mask(mask, &device)?,
+            buckets: bucket_table(l, l, self.cfg.num_buckets, self.cfg.max_distance, &device)?,
+        })
+    }
 
-        let key_mask = key_mask(mask, &device)?;
-        let buckets = bucket_table(l, l, self.cfg.num_buckets, self.cfg.max_distance, &device)?;
-        for block in &self.blocks {
-            x = block.forward(&x, &key_mask, &buckets)?;
-        }
-        t5_layer_norm(&x, &self.final_norm, self.cfg.eps)
+    /// The final RMS norm: the last hidden state [B, L, d_model] f32.
+    pub fn finish(&self, x: &Tensor) -> Result<Tensor> {
+        t5_layer_norm(x, &self.final_norm, self.cfg.eps)
     }
 
     /// Ids as u32, every one inside the vocabulary. An out-of-range id would
@@ -295,12 +302,6 @@ impl UmT5Encoder {
                 .map(i64::from)
                 .collect(),
             DType::I64 => ids.flatten_all()?.to_vec1::<i64>()?,
-            DType::U8 => ids
-                .flatten_all()?
-                .to_vec1::<u8>()?
-                .into_iter()
-                .map(i64::from)
-                .collect(),
             other => candle_core::bail!("umt5: token ids must be u32 or i64, got {other:?}"),
         };
         if let Some((pos, bad)) = flat
@@ -314,6 +315,43 @@ impl UmT5Encoder {
         }
         let flat: Vec<u32> = flat.into_iter().map(|v| v as u32).collect();
         Tensor::from_vec(flat, ids.dims(), ids.device())
+    }
+}
+
+/// The whole umT5 encoder (`UMT5EncoderModel`) resident in memory.
+#[derive(Debug, Clone)]
+pub struct UmT5Encoder {
+    pub stem: UmT5Stem,
+    pub blocks: Vec<UmT5Block>,
+}
+
+impl UmT5Encoder {
+    /// `vb` at the model root, over canonical names (`shared.weight`, ...).
+    pub fn new(cfg: &UmT5Config, vb: VarBuilder) -> Result<Self> {
+        let stem = UmT5Stem::new(cfg, vb.clone())?;
+        let vb_b = vb.pp("encoder.block");
+        let blocks = (0..cfg.num_layers)
+            .map(|i| UmT5Block::new(cfg, vb_b.pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self { stem, blocks })
+    }
+
+    pub fn config(&self) -> &UmT5Config {
+        self.stem.config()
+    }
+
+    /// Last hidden state [B, L, d_model] f32 of token ids [B, L] (u32 or i64)
+    /// under the attention mask [B, L] (any numeric dtype, 1 = real token,
+    /// 0 = padding). Padded keys are masked out of every row's attention;
+    /// padded query rows are still computed (transformers does the same), so
+    /// callers that want them gone use [`pipeline_context`].
+    pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let p = self.stem.prepare(ids, mask)?;
+        let mut x = p.x.clone();
+        for block in &self.blocks {
+            x = block.forward(&x, &p)?;
+        }
+        self.stem.finish(&x)
     }
 }
 
@@ -340,14 +378,18 @@ fn key_mask(mask: &Tensor, device: &Device) -> Result<Tensor> {
 /// Wan cannot take it either (tokenize with `max_len = pad_to`, which
 /// truncates and reports it).
 ///
+/// The zero rows are not inert: the DiT has no mask on its cross-attention and
+/// its text embedding maps a zero row to a non-zero vector, so the padding
+/// length changes the result and must be 512 to match the reference.
+///
 /// ComfyUI gets the same numbers differently: its umT5 tokenizer pads the ids
-/// with 0 to at least 512 (`min_length=512`; older versions padded to 1, i.e.
-/// not at all) without truncating (`max_length=99999999`), runs the encoder
-/// with the key mask (mask = 1 up to and including the first EOS), and
-/// multiplies the output by the mask (`zero_out_masked`). For prompts of at
-/// most 512 tokens that is exactly this function's result; a longer prompt
-/// keeps all its rows there (the DiT takes any context length), where Wan and
-/// diffusers truncate the ids to 512.
+/// with 0 to at least 512 (`min_length=512`; earlier versions used
+/// `min_length=1`, an unpadded context) without truncating
+/// (`max_length=99999999`), runs the encoder with the key mask (mask = 1 up to
+/// and including the first EOS), and multiplies the output by the mask
+/// (`zero_out_masked`). For prompts of at most 512 tokens that is exactly this
+/// function's result; a longer prompt keeps all its rows there (the DiT takes
+/// any context length), where Wan and diffusers truncate the ids to 512.
 pub fn pipeline_context(hidden: &Tensor, mask: &Tensor, pad_to: usize) -> Result<Tensor> {
     let (b, l, d) = hidden.dims3()?;
     if mask.dims2()? != (b, l) {

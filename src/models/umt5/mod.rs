@@ -14,5 +14,5 @@ pub mod tokenizer;
 
 pub use clean::clean_prompt;
 pub use config::UmT5Config;
-pub use encoder::{pipeline_context, UmT5Encoder};
+pub use encoder::{pipeline_context, Prepared, UmT5Block, UmT5Encoder, UmT5Stem};
 pub use tokenizer::{Tokens, UmT5Tokenizer, MAX_TOKENS};

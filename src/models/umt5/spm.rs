@@ -261,12 +261,12 @@ impl SentencePiece {
             let rest = &s[start..];
             let mblen = rest.chars().next().map_or(1, char::len_utf8);
             let mut has_single = false;
-            let mut ends = rest
+            let ends = rest
                 .char_indices()
                 .skip(1)
                 .map(|(i, _)| i)
                 .chain(std::iter::once(rest.len()));
-            for len in ends.by_ref() {
+            for len in ends {
                 if len > self.max_piece_bytes {
                     break;
                 }
@@ -376,7 +376,7 @@ impl Normalizer {
                 bail!("spiece: precompiled charsmap is truncated")
             }
             let trie_size = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
-            if trie_size % 4 != 0 || trie_size > blob.len() - 4 {
+            if !trie_size.is_multiple_of(4) || trie_size > blob.len() - 4 {
                 bail!("spiece: precompiled charsmap has a bad trie size {trie_size}")
             }
             let trie = blob[4..4 + trie_size]
