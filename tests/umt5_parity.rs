@@ -40,7 +40,9 @@ fn build(file: &HashMap<String, Tensor>, dtype: DType) -> UmT5Encoder {
         .iter()
         .map(|(c, k)| (c.clone(), file[k].to_dtype(dtype).unwrap()))
         .collect();
-    let cfg = UmT5Config::infer(&shapes_of(&canon)).expect("infer config");
+    let shapes = shapes_of(&canon);
+    let cfg = UmT5Config::infer(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice())))
+        .expect("infer config");
     assert_eq!(cfg, UmT5Config::fixture_tiny(), "inferred config");
     let vb = VarBuilder::from_tensors(canon, dtype, &Device::Cpu);
     UmT5Encoder::new(&cfg, vb).expect("build encoder")
@@ -233,7 +235,8 @@ fn bad_inputs_are_errors() {
     // A config that does not fit the file is an error, not a panic.
     let mut shapes = shapes_of(&hf_weights());
     shapes.remove("encoder.block.1.layer.1.DenseReluDense.wo.weight");
-    let err = UmT5Config::infer(&shapes).unwrap_err();
+    let err =
+        UmT5Config::infer(shapes.iter().map(|(k, s)| (k.as_str(), s.as_slice()))).unwrap_err();
     assert!(err.contains("wo.weight"), "{err}");
     // Plain T5 (bias table in block 0 only) is not umT5.
     let mut t5 = hf_weights();

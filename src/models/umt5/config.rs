@@ -69,9 +69,15 @@ impl UmT5Config {
     /// `[num_buckets, num_heads]`, `d_kv` from the q projection, the layer count
     /// from the highest block index; every block must be complete, so a file
     /// cut short is reported here rather than as a missing key mid-load.
-    pub fn infer(shapes: &HashMap<String, Vec<usize>>) -> Result<UmT5Config, String> {
+    ///
+    /// `shapes` yields (canonical name, shape) pairs, e.g.
+    /// `tensors.iter().map(|(k, e)| (k.as_str(), e.shape.as_slice()))`.
+    pub fn infer<'a>(
+        shapes: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+    ) -> Result<UmT5Config, String> {
+        let shapes: HashMap<&str, &[usize]> = shapes.into_iter().collect();
         let get = |key: &str, rank: usize| -> Result<&[usize], String> {
-            let s = shapes
+            let s = *shapes
                 .get(key)
                 .ok_or_else(|| format!("umt5: missing tensor '{key}'"))?;
             if s.len() != rank || s.contains(&0) {
@@ -123,8 +129,8 @@ impl UmT5Config {
             ));
         }
         for (key, want) in cfg.expected_shapes() {
-            match shapes.get(&key) {
-                Some(s) if *s == want => {}
+            match shapes.get(key.as_str()) {
+                Some(s) if **s == want[..] => {}
                 Some(s) => {
                     return Err(format!(
                         "umt5: tensor '{key}' has shape {s:?}, expected {want:?} for {cfg:?}"
