@@ -125,12 +125,10 @@ fn execute(command: Command) -> anyhow::Result<()> {
             print!("{}", baton::bench::run(&o)?);
         }
         Command::MakeTiny { dir } => {
-            let cfg = baton::runtime::builtin::tiny_config();
             std::fs::create_dir_all(&dir)?;
             for (name, seed) in baton::runtime::builtin::BUILTINS {
                 let path = dir.join(format!("{name}.safetensors"));
-                baton::runtime::builtin::write_tiny(&path, &cfg, *seed, name)
-                    .map_err(anyhow::Error::msg)?;
+                baton::runtime::builtin::write(name, *seed, &path).map_err(anyhow::Error::msg)?;
                 println!("wrote {}", path.display());
             }
         }

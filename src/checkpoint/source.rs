@@ -81,6 +81,22 @@ impl CheckpointSource {
         }
     }
 
+    /// The raw bytes of a U8 tensor (an embedded file such as a SentencePiece model).
+    pub fn bytes(&self, name: &str) -> Result<&[u8], String> {
+        let e = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| format!("{}: missing tensor '{name}'", self.path.display()))?;
+        if e.dtype != safetensors::Dtype::U8 {
+            return Err(format!(
+                "{}: tensor '{name}' holds {:?}, not the bytes of a file (U8)",
+                self.path.display(),
+                e.dtype
+            ));
+        }
+        Ok(&self.mmap[e.start..e.end])
+    }
+
     /// Checks that the tensors under `prefix` have the same names (after the
     /// prefix) and shapes as those under `template`, from the header alone.
     pub fn check_same_keys(&self, template: &str, prefix: &str) -> candle_core::Result<()> {

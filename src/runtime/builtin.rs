@@ -1,17 +1,40 @@
-//! Built-in tiny Wan-architecture experts, so every script runs without downloads.
+//! Built-in tiny models of the real architectures, so every script runs
+//! without downloads.
 //!
 //! `builtin:wan-tiny-high` and `builtin:wan-tiny-low` are real Wan DiT
 //! checkpoints (original / ComfyUI key layout, safetensors, f32) with
 //! deterministic seeded random weights, written once into the cache directory.
-//! They are sized (about 150 MB each) so that memory effects are visible. Their
-//! outputs are noise-like: the weights are random, not trained.
+//! They are sized (about 150 MB each) so that memory effects are visible.
+//! `builtin:umt5-tiny` is a umT5 encoder with umT5-XXL's output width (4096, what
+//! the DiT's text embedding takes) and a tiny SentencePiece vocabulary stored
+//! inside the checkpoint as ComfyUI's text-encoder files do (`spiece_model`).
+//! Their outputs are noise-like: the weights are random, not trained.
 
+use crate::models::umt5::UmT5Config;
 use crate::models::wan::WanConfig;
 use crate::sampling::noise::Mt19937;
 use std::path::{Path, PathBuf};
 
 /// Bump when the generator changes, so stale cached files are not reused.
 const VERSION: &str = "1";
+
+/// The tiny SentencePiece model (480 pieces, byte fallback) the built-in
+/// encoder carries; the same file the umT5 fixtures use.
+const TINY_SPIECE: &[u8] = include_bytes!("../../tests/fixtures/umt5_tiny/spiece.model");
+
+/// The built-in text encoder: umT5-XXL's width and position buckets, two
+/// blocks, the tiny vocabulary (480 pieces + 32 sentinel ids).
+pub fn tiny_umt5_config() -> UmT5Config {
+    UmT5Config {
+        vocab_size: 512,
+        d_model: 4096,
+        d_kv: 64,
+        num_heads: 2,
+        d_ff: 256,
+        num_layers: 2,
+        ..UmT5Config::xxl()
+    }
+}
 
 /// The built-in architecture: Wan's head_dim of 128 and text_dim of 4096
 /// (umT5-XXL), with a small width and depth.
@@ -35,7 +58,16 @@ pub fn tiny_config() -> WanConfig {
 pub const BUILTINS: &[(&str, u64)] = &[
     ("wan-tiny-high", 0x5EED_0001),
     ("wan-tiny-low", 0x5EED_0002),
+    ("umt5-tiny", 0x5EED_0003),
 ];
+
+/// Writes the built-in `name` (one of [`BUILTINS`]) to `path`.
+pub fn write(name: &str, seed: u64, path: &Path) -> Result<(), String> {
+    match name {
+        "umt5-tiny" => write_umt5_tiny(path, &tiny_umt5_config(), seed),
+        _ => write_tiny(path, &tiny_config(), seed, name),
+    }
+}
 
 /// Directory for generated files: `$BATON_CACHE_DIR`, else the user cache dir.
 pub fn cache_dir() -> PathBuf {
@@ -68,72 +100,128 @@ pub fn materialise(name: &str) -> Result<PathBuf, String> {
     if !path.exists() {
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         tracing::info!("writing built-in model {name} to {}", path.display());
-        write_tiny(&path, &tiny_config(), seed, name)?;
+        write(name, seed, &path)?;
     }
     Ok(path)
 }
 
-/// Writes a Wan DiT checkpoint with seeded weights, atomically (temp file +
-/// rename). Tensors are generated and written one at a time, so writing a
-/// 145 MiB expert never holds more than its largest tensor in memory. The
-/// safetensors crate can only serialise tensors that are all in memory at
-/// once, hence the small header writer here.
+/// Writes a Wan DiT checkpoint with seeded weights (see [`write_seeded`]).
 pub fn write_tiny(path: &Path, cfg: &WanConfig, seed: u64, label: &str) -> Result<(), String> {
+    let meta = [("num_heads", cfg.num_heads.to_string())];
+    write_seeded(path, &wan_tensor_specs(cfg), &[], &meta, seed, label)
+}
+
+/// Writes a umT5 encoder with seeded weights and the tiny SentencePiece model
+/// embedded as a `spiece_model` u8 tensor.
+pub fn write_umt5_tiny(path: &Path, cfg: &UmT5Config, seed: u64) -> Result<(), String> {
+    let specs: Vec<Spec> = cfg
+        .expected_shapes()
+        .into_iter()
+        .map(|(key, shape)| {
+            let init = if key.ends_with("layer_norm.weight") {
+                Init::Norm
+            } else if key == "shared.weight" || key.ends_with("relative_attention_bias.weight") {
+                Init::Embedding
+            } else {
+                Init::Weight { fan_in: shape[1] }
+            };
+            (key, shape, init)
+        })
+        .collect();
+    let raw = [("spiece_model".to_string(), TINY_SPIECE.to_vec())];
+    write_seeded(path, &specs, &raw, &[], seed, "umt5-tiny")
+}
+
+/// A tensor to generate: key, shape, distribution.
+type Spec = (String, Vec<usize>, Init);
+
+/// Writes a safetensors checkpoint of seeded f32 tensors (plus raw u8 ones),
+/// atomically (temp file + rename). Tensors are generated and written one at
+/// a time, so writing a 145 MiB expert never holds more than its largest
+/// tensor in memory. The safetensors crate can only serialise tensors that
+/// are all in memory at once, hence the small header writer here.
+fn write_seeded(
+    path: &Path,
+    specs: &[Spec],
+    raw: &[(String, Vec<u8>)],
+    extra_meta: &[(&str, String)],
+    seed: u64,
+    label: &str,
+) -> Result<(), String> {
     use std::io::Write;
-    let specs = wan_tensor_specs(cfg);
     let mut header = serde_json::Map::new();
     let mut meta = serde_json::Map::new();
     meta.insert("baton.builtin".into(), label.into());
     meta.insert("baton.version".into(), VERSION.into());
-    meta.insert("num_heads".into(), cfg.num_heads.to_string().into());
+    for (k, v) in extra_meta {
+        meta.insert((*k).into(), v.clone().into());
+    }
     header.insert("__metadata__".into(), meta.into());
     let mut offset = 0usize;
-    for (key, shape, _) in &specs {
-        let bytes = shape.iter().product::<usize>() * 4;
+    let mut entry = |key: &str, dtype: &str, shape: &[usize], bytes: usize| {
         header.insert(
-            key.clone(),
-            serde_json::json!({ "dtype": "F32", "shape": shape, "data_offsets": [offset, offset + bytes] }),
+            key.to_string(),
+            serde_json::json!({ "dtype": dtype, "shape": shape, "data_offsets": [offset, offset + bytes] }),
         );
         offset += bytes;
+    };
+    for (key, shape, _) in specs {
+        entry(key, "F32", shape, shape.iter().product::<usize>() * 4);
+    }
+    for (key, bytes) in raw {
+        entry(key, "U8", &[bytes.len()], bytes.len());
     }
     let mut json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
     // The data section starts 8-byte aligned, padded with spaces as the format allows.
     while json.len() % 8 != 0 {
         json.push(b' ');
     }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let io = |e: std::io::Error| format!("writing {}: {e}", path.display());
-    let tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
-    let mut w = std::io::BufWriter::new(tmp.as_file());
-    w.write_all(&(json.len() as u64).to_le_bytes())
-        .map_err(io)?;
-    w.write_all(&json).map_err(io)?;
-    let mut rng = Normal::new(seed);
-    for (_, shape, init) in &specs {
-        let n: usize = shape.iter().product();
-        let (mean, std) = match init {
-            Init::Weight { fan_in } => (0.0, (1.0 / *fan_in as f32).sqrt()),
-            Init::Bias => (0.0, 0.05),
-            Init::Norm => (1.0, 0.1),
-            Init::Modulation => (0.0, 1.0 / (cfg.dim as f32).sqrt()),
-        };
-        let data: Vec<u8> = (0..n)
-            .flat_map(|_| (mean + rng.next() * std).to_le_bytes())
-            .collect();
-        w.write_all(&data).map_err(io)?;
-    }
-    w.flush().map_err(io)?;
-    drop(w);
-    tmp.persist(path)
-        .map_err(|e| format!("writing {}: {e}", path.display()))?;
-    Ok(())
+    crate::media::write_atomically(path, |tmp| {
+        let io = |e: std::io::Error| e.to_string();
+        let mut w = std::io::BufWriter::new(std::fs::File::create(tmp).map_err(io)?);
+        w.write_all(&(json.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        w.write_all(&json).map_err(io)?;
+        let mut rng = Normal::new(seed);
+        for (_, shape, init) in specs {
+            let n: usize = shape.iter().product();
+            let (mean, std) = init.mean_std();
+            let data: Vec<u8> = (0..n)
+                .flat_map(|_| (mean + rng.next() * std).to_le_bytes())
+                .collect();
+            w.write_all(&data).map_err(io)?;
+        }
+        for (_, bytes) in raw {
+            w.write_all(bytes).map_err(io)?;
+        }
+        w.flush().map_err(io)
+    })
 }
 
 enum Init {
-    Weight { fan_in: usize },
+    Weight {
+        fan_in: usize,
+    },
     Bias,
     Norm,
-    Modulation,
+    /// N(0, 1/sqrt(dim)), Wan's modulation tables.
+    Modulation {
+        dim: usize,
+    },
+    /// N(0, 1): token embeddings and position-bias tables.
+    Embedding,
+}
+
+impl Init {
+    fn mean_std(&self) -> (f32, f32) {
+        match self {
+            Init::Weight { fan_in } => (0.0, (1.0 / *fan_in as f32).sqrt()),
+            Init::Bias => (0.0, 0.05),
+            Init::Norm => (1.0, 0.1),
+            Init::Modulation { dim } => (0.0, 1.0 / (*dim as f32).sqrt()),
+            Init::Embedding => (0.0, 1.0),
+        }
+    }
 }
 
 /// Every tensor of a Wan T2V DiT in the original layout, with its shape.
@@ -175,10 +263,18 @@ fn wan_tensor_specs(cfg: &WanConfig) -> Vec<(String, Vec<usize>, Init)> {
         v.push((format!("{b}.norm3.bias"), vec![d], Init::Bias));
         linear(&mut v, &format!("{b}.ffn.0"), cfg.ffn_dim, d);
         linear(&mut v, &format!("{b}.ffn.2"), d, cfg.ffn_dim);
-        v.push((format!("{b}.modulation"), vec![1, 6, d], Init::Modulation));
+        v.push((
+            format!("{b}.modulation"),
+            vec![1, 6, d],
+            Init::Modulation { dim: d },
+        ));
     }
     linear(&mut v, "head.head", cfg.patch_features_out(), d);
-    v.push(("head.modulation".into(), vec![1, 2, d], Init::Modulation));
+    v.push((
+        "head.modulation".into(),
+        vec![1, 2, d],
+        Init::Modulation { dim: d },
+    ));
     v
 }
 

@@ -10,6 +10,7 @@ pub mod residency;
 #[allow(clippy::module_inception)]
 pub mod runtime;
 pub mod size;
+pub mod text_encoder;
 
 pub use ledger::{Entry, Ledger};
 pub use registry::ModelId;

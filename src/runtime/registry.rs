@@ -4,6 +4,7 @@
 //! "model 'high' was deleted at demo.rhai:14" instead of a bare "not found".
 
 use super::residency::WanResident;
+use super::text_encoder::TextEncoder;
 use candle_core::DType;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -30,6 +31,7 @@ pub struct ModelInfo {
 /// The weights of a loaded model, by architecture.
 pub enum Weights {
     Dit(WanResident),
+    Text(Box<TextEncoder>),
 }
 
 impl Weights {
@@ -37,6 +39,7 @@ impl Weights {
     pub fn resident_blocks(&self) -> usize {
         match self {
             Weights::Dit(m) => m.resident_blocks(),
+            Weights::Text(t) => t.encoder.config().num_layers,
         }
     }
 }
@@ -60,8 +63,15 @@ impl LoadedModel {
     pub fn dit(&self) -> Result<&WanResident, String> {
         match &self.weights {
             Weights::Dit(m) => Ok(m),
-            #[allow(unreachable_patterns)]
             _ => Err(self.not_a("a Wan diffusion model (DiT)")),
+        }
+    }
+
+    /// The umT5 text encoder, or an error naming what this model is instead.
+    pub fn text_encoder(&self) -> Result<&TextEncoder, String> {
+        match &self.weights {
+            Weights::Text(t) => Ok(t),
+            _ => Err(self.not_a("a text encoder (umT5)")),
         }
     }
 

@@ -6,7 +6,8 @@ use super::memstat;
 use super::registry::{LoadedModel, ModelId, ModelInfo, Registry, Weights};
 use super::residency::WanResident;
 use super::size::{count_label, mib};
-use crate::checkpoint::{detect, CheckpointError, CheckpointSource, Detected, Header};
+use super::text_encoder;
+use crate::checkpoint::{detect, CheckpointError, CheckpointSource, Detected, Header, TensorEntry};
 use crate::sampling::samplers::{SharedState, SolverState};
 use crate::sampling::{guidance, ksampler, noise, samplers, sigmas};
 use candle_core::{DType, Device, Tensor};
@@ -66,6 +67,8 @@ pub struct LoadOptions {
     /// Resident dtype; `None` keeps the file's dtype.
     pub dtype: Option<DType>,
     pub heads: Option<usize>,
+    /// A SentencePiece model for a text encoder that carries none.
+    pub tokenizer: Option<PathBuf>,
 }
 
 impl Default for LoadOptions {
@@ -75,6 +78,7 @@ impl Default for LoadOptions {
             offload: OffloadPolicy::Auto,
             dtype: None,
             heads: None,
+            tokenizer: None,
         }
     }
 }
@@ -199,6 +203,9 @@ impl Runtime {
     pub fn load_model(&mut self, path: &str, opts: &LoadOptions, at: &str) -> Result<ModelId> {
         let path = self.resolve_model_path(path)?;
         let header = Header::read(&path)?;
+        if text_encoder::is_text_encoder(&header) {
+            return self.load_text_encoder(path, header, opts, at);
+        }
         let detected = detect(&header, opts.heads)?;
         if !detected.unmapped.is_empty() {
             tracing::warn!(
@@ -240,70 +247,151 @@ impl Runtime {
             block_bytes.clone(),
         )
         .map_err(|e| RuntimeError::Model(plain_error(&e)))?;
-        let Plan {
-            offloaded,
-            stream_buffer,
-            ..
-        } = plan;
-        let weights = total - offloaded;
+        let info = ModelInfo {
+            arch: detected.arch,
+            variant: detected.variant.clone(),
+            layout: detected.layout.name(),
+            dtype,
+            params: detected.param_count(),
+            blocks: cfg.num_layers,
+        };
+        if !detected.unmapped.is_empty() {
+            tracing::debug!("{} unmapped keys ignored", detected.unmapped.len());
+        }
+        let how = if plan.offloaded == 0 {
+            String::new()
+        } else {
+            format!(
+                " ({}/{} blocks + {} stream buffer)",
+                plan.resident_blocks,
+                cfg.num_layers,
+                mib(plan.stream_buffer)
+            )
+        };
+        tracing::debug!(
+            "rss {} -> {} after reading {name}",
+            mib(rss_before),
+            mib(memstat::rss())
+        );
+        Ok(self.admit_loaded(
+            LoadedModel {
+                id: 0,
+                name,
+                path,
+                info,
+                bytes: total,
+                loaded_at: at.to_string(),
+                on_device: true,
+                weights: Weights::Dit(model),
+            },
+            &plan,
+            &how,
+        ))
+    }
+
+    /// Enters a freshly read model in the ledger and the registry, and logs
+    /// where its bytes went: the one place a load becomes visible.
+    fn admit_loaded(&mut self, mut m: LoadedModel, plan: &Plan, detail: &str) -> ModelId {
         let id = self.registry.next_id();
+        m.id = id;
+        let weights = m.bytes - plan.offloaded;
         self.ledger.admit(
             id,
             Entry {
-                name: name.clone(),
+                name: m.name.clone(),
                 weights,
-                stream_buffer,
-                offloaded,
+                stream_buffer: plan.stream_buffer,
+                offloaded: plan.offloaded,
                 host: 0,
             },
         );
         self.offload_peak = self.offload_peak.max(self.ledger.offloaded());
-        let (partially, how) = if offloaded == 0 {
+        let (partially, how) = if plan.offloaded == 0 {
             ("", format!("{} resident, 0 MiB offloaded", mib(weights)))
         } else {
             (
                 " partially",
                 format!(
-                    "{} resident ({}/{} blocks + {} stream buffer), {} offloaded",
-                    mib(weights + stream_buffer),
-                    plan.resident_blocks,
-                    cfg.num_layers,
-                    mib(stream_buffer),
-                    mib(offloaded)
+                    "{} resident{detail}, {} offloaded",
+                    mib(weights + plan.stream_buffer),
+                    mib(plan.offloaded)
                 ),
             )
         };
+        let i = &m.info;
         tracing::info!(
-            "loaded {name}{partially} ({} {}, {} layout, {} params, {}): {how}",
-            detected.arch,
-            detected.variant,
-            detected.layout.name(),
-            count_label(detected.param_count()),
-            dtype_label(dtype),
+            "loaded {}{partially} ({} {}, {} layout, {} params, {}): {how}",
+            m.name,
+            i.arch,
+            i.variant,
+            i.layout,
+            count_label(i.params),
+            dtype_label(i.dtype),
         );
-        tracing::debug!(
-            "rss {} -> {} after loading {name}",
-            mib(rss_before),
-            mib(memstat::rss())
-        );
-        self.registry.insert(LoadedModel {
-            id,
-            name,
-            path,
-            info: ModelInfo {
-                arch: detected.arch,
-                variant: detected.variant.clone(),
-                layout: detected.layout.name(),
-                dtype,
-                params: detected.param_count(),
-                blocks: cfg.num_layers,
+        self.registry.insert(m);
+        id
+    }
+
+    /// Loads a umT5 text encoder whole (it is used once per prompt, so it is
+    /// not block-streamed): it must fit the free budget.
+    fn load_text_encoder(
+        &mut self,
+        path: PathBuf,
+        header: Header,
+        opts: &LoadOptions,
+        at: &str,
+    ) -> Result<ModelId> {
+        let planned = text_encoder::plan(&header, opts.dtype)?;
+        let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
+        let total: u64 = planned
+            .tensors
+            .values()
+            .map(|e| (e.numel() * planned.info.dtype.size_in_bytes()) as u64)
+            .sum();
+        self.check_fits(&name, total)?;
+        let info = planned.info.clone();
+        let tokenizer = match &opts.tokenizer {
+            Some(t) => Some(self.resolve_model_path(&t.to_string_lossy())?),
+            None => None,
+        };
+        let te = text_encoder::load(&header, planned, tokenizer.as_deref(), &self.device)
+            .map_err(RuntimeError::Model)?;
+        tracing::info!("{name}: tokenizer from {}", te.tokenizer_from);
+        let plan = Plan {
+            resident_blocks: info.blocks,
+            offloaded: 0,
+            stream_buffer: 0,
+        };
+        Ok(self.admit_loaded(
+            LoadedModel {
+                id: 0,
+                name,
+                path,
+                info,
+                bytes: total,
+                loaded_at: at.to_string(),
+                on_device: true,
+                weights: Weights::Text(Box::new(te)),
             },
-            bytes: total,
-            loaded_at: at.to_string(),
-            on_device: true,
-            weights: Weights::Dit(model),
-        });
-        Ok(id)
+            &plan,
+            "",
+        ))
+    }
+
+    /// A model that is not streamed must fit whole.
+    fn check_fits(&self, name: &str, total: u64) -> Result<()> {
+        let free = self.ledger.free();
+        if total <= free {
+            return Ok(());
+        }
+        Err(RuntimeError::Budget(format!(
+            "'{name}' needs {} but only {} of the {} budget is free ({}); \
+             delete_model one of them first",
+            mib(total),
+            mib(free),
+            mib(self.ledger.budget()),
+            self.loaded_summary()
+        )))
     }
 
     fn plan_residency(
@@ -754,6 +842,20 @@ fn dominant_dtype(d: &Detected) -> DType {
         "bf16" => DType::BF16,
         _ => DType::F32,
     }
+}
+
+/// The float dtype holding most bytes among `entries` (f32 when none is half).
+pub fn dominant_dtype_of<'a>(entries: impl Iterator<Item = &'a TensorEntry>) -> DType {
+    let mut bytes = [0u64; 3]; // f32, f16, bf16
+    for e in entries {
+        match e.dtype {
+            safetensors::Dtype::F16 => bytes[1] += e.bytes() as u64,
+            safetensors::Dtype::BF16 => bytes[2] += e.bytes() as u64,
+            _ => bytes[0] += e.bytes() as u64,
+        }
+    }
+    let i = (0..3).max_by_key(|&i| bytes[i]).unwrap_or(0);
+    [DType::F32, DType::F16, DType::BF16][i]
 }
 
 pub fn dtype_label(d: DType) -> &'static str {

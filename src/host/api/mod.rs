@@ -4,6 +4,7 @@ pub mod memory;
 pub mod models;
 pub mod sampling;
 pub mod tensors;
+pub mod text;
 
 use crate::runtime::Runtime;
 use std::cell::RefCell;
@@ -19,4 +20,5 @@ pub fn register_all(engine: &mut rhai::Engine, rt: &Shared) {
     sampling::register(engine, rt);
     memory::register(engine, rt);
     media::register(engine, rt);
+    text::register(engine, rt);
 }

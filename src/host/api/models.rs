@@ -15,7 +15,7 @@ pub struct ModelHandle {
     pub name: String,
 }
 
-pub const LOAD_OPTIONS: &[&str] = &["name", "offload", "dtype", "heads"];
+pub const LOAD_OPTIONS: &[&str] = &["name", "offload", "dtype", "heads", "tokenizer"];
 
 fn load_options(map: Map) -> ScriptResult<LoadOptions> {
     let o = Opts::new("load_model", map, LOAD_OPTIONS)?;
@@ -37,6 +37,7 @@ fn load_options(map: Map) -> ScriptResult<LoadOptions> {
         offload,
         dtype,
         heads: o.opt_usize("heads")?,
+        tokenizer: o.opt_string("tokenizer")?.map(std::path::PathBuf::from),
     })
 }
 

@@ -102,6 +102,24 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             t.to_dtype(d).map_err(tensor_err)
         },
     );
+    engine.register_fn(
+        "narrow",
+        |t: Tensor, dim: i64, start: i64, len: i64| -> ScriptResult<Tensor> {
+            let d = t.dims();
+            let ok = dim >= 0
+                && (dim as usize) < d.len()
+                && start >= 0
+                && len >= 0
+                && (start + len) as usize <= d[dim as usize];
+            if !ok {
+                return Err(script_err(format!(
+                    "narrow({dim}, {start}, {len}) is out of range for a tensor of shape {d:?}"
+                )));
+            }
+            t.narrow(dim as usize, start as usize, len as usize)
+                .map_err(tensor_err)
+        },
+    );
     engine.register_indexer_get(|t: &mut Tensor, i: i64| -> ScriptResult<Tensor> {
         let n = t.dims().first().copied().unwrap_or(0) as i64;
         let idx = if i < 0 { n + i } else { i };
