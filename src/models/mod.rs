@@ -1,2 +1,3 @@
 //! Model architectures, each a candle module built from a `VarBuilder`.
 pub mod wan;
+pub mod wan_vae;
