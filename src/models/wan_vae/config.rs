@@ -426,10 +426,13 @@ pub fn infer(shapes: &BTreeMap<String, Vec<usize>>) -> Result<WanVaeConfig, Stri
     Ok(cfg)
 }
 
-/// Whether raw file keys (any supported layout, ComfyUI prefixes allowed) look
-/// like a Wan 2.1-family VAE. Names only: [`infer`] confirms from shapes.
-/// The Wan 2.2 TI2V VAE (z_dim 48) nests its decoder blocks one level deeper
-/// (`decoder.upsamples.0.upsamples.0.*`) and is not recognised.
+/// Whether raw file keys (any supported layout, bundling prefixes allowed)
+/// look like a Wan 2.1-family VAE. Names only: [`layout::canonical_names`]
+/// and [`infer`] confirm, and fail with a message naming the tensor.
+/// The original-layout Wan 2.2 TI2V VAE (z_dim 48) nests its decoder blocks
+/// one level deeper (`decoder.upsamples.0.upsamples.0.*`) and is not
+/// recognised; its diffusers layout may pass here, then fails in
+/// `canonical_names` (nested `down_blocks.N.resnets.M` keys).
 pub fn is_wan_vae<'a>(keys: impl IntoIterator<Item = &'a str>) -> bool {
     const ORIGINAL: &[&str] = &[
         "encoder.conv1.weight",

@@ -7,16 +7,21 @@
 //!
 //! The alternative, folding the taps into the channel axis (one 2-D conv over
 //! `cat(x[t], x[t+1], x[t+2])` with a [O, kt*C, kh, kw] kernel,
-//! [`Conv3dImpl::Folded`]), does one larger GEMM per tile instead of three but
-//! copies the input kt times first. Measured with `benches/vae_decode.rs --conv`
-//! on this machine's 2-core EPYC (f32, candle 0.11 tiled-im2col conv2d, median
-//! of 3):
+//! [`Conv3dImpl::Folded`]), does one larger GEMM per tile instead of kt
+//! smaller ones but first copies the input kt times, and loses everywhere.
+//! Measured with `cargo bench --bench vae_decode -- conv` on the 2-core
+//! AMD EPYC dev box (f32, candle 0.11's tiled-im2col conv2d, median of 3,
+//! kernel 3x3x3 with 2 history frames, seconds):
 //!
-//! | layer (C -> O, frames x H x W)      | per-tap | folded |
-//! |-------------------------------------|---------|--------|
-//! | 96 -> 96, 4 x 120 x 208 (decoder)   | see `PER_TAP_NOTE` | |
+//! | layer (C -> O, frames x H x W)             | per-tap | folded |
+//! |--------------------------------------------|---------|--------|
+//! | 96 -> 96, 4 x 120 x 208                    | 5.73    | 7.65   |
+//! | 192 -> 192, 4 x 120 x 208 (real stage 3)   | 11.06   | 15.46  |
+//! | 384 -> 384, 1 x 60 x 104 (real middle)     | 1.87    | 2.10   |
+//! | 16 -> 16, 4 x 240 x 416 (width-16 VAE)     | 1.18    | 2.35   |
 //!
-//! (filled in from the measurement; see the constant [`DEFAULT_IMPL`].)
+//! Peak memory per conv is the input's NHWC copy inside candle's conv2d plus
+//! one output per tap being summed; candle tiles the im2col buffer itself.
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::VarBuilder;
