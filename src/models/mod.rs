@@ -1,3 +1,4 @@
 //! Model architectures, each a candle module built from a `VarBuilder`.
 pub mod umt5;
 pub mod wan;
+pub mod wan_vae;
