@@ -54,7 +54,11 @@ fn render_vram(m: &Map) -> String {
             mib(int(mm, "resident")),
             mib(int(mm, "offloaded")),
             mib(int(mm, "host")),
-            format!("{}/{}", int(mm, "resident_blocks"), int(mm, "blocks")),
+            // Models loaded whole (VAE) have no streamable blocks.
+            match int(mm, "blocks") {
+                0 => "-".to_string(),
+                b => format!("{}/{b}", int(mm, "resident_blocks")),
+            },
         ));
     }
     out.trim_end().to_string()

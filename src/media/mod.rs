@@ -98,7 +98,16 @@ pub fn save_video(frames: &[RgbImage], path: &Path, fps: f64) -> Result<()> {
     match ext.as_str() {
         "gif" => write_atomically(path, |tmp| save_gif(frames, tmp, fps)),
         "mp4" | "webm" | "mkv" | "webp" => {
-            write_atomically(path, |tmp| save_with_ffmpeg(frames, tmp, fps, &ext))
+            let ffmpeg = find_ffmpeg().ok_or_else(|| {
+                format!(
+                    "{}: writing .{ext} needs ffmpeg on PATH, and none was found; \
+                     save as .gif or PNG frames (save_images) instead",
+                    path.display()
+                )
+            })?;
+            write_atomically(path, |tmp| {
+                save_with_ffmpeg(&ffmpeg, frames, tmp, fps, &ext)
+            })
         }
         other => Err(format!(
             "{}: unknown video extension '{other}' (use .mp4, .webm, .mkv, .webp through ffmpeg, \
@@ -134,14 +143,13 @@ pub fn find_ffmpeg() -> Option<PathBuf> {
 
 /// Pipes raw RGB frames into ffmpeg with fixed arguments: only the frame size,
 /// rate and output path vary, never anything a script can inject.
-fn save_with_ffmpeg(frames: &[RgbImage], path: &Path, fps: f64, ext: &str) -> Result<()> {
-    let ffmpeg = find_ffmpeg().ok_or_else(|| {
-        format!(
-            "{}: writing .{ext} needs ffmpeg on PATH, and none was found; \
-             save as .gif or PNG frames (save_images) instead",
-            path.display()
-        )
-    })?;
+fn save_with_ffmpeg(
+    ffmpeg: &Path,
+    frames: &[RgbImage],
+    path: &Path,
+    fps: f64,
+    ext: &str,
+) -> Result<()> {
     let (w, h) = frames[0].dimensions();
     let codec: &[&str] = match ext {
         "webm" => &["-c:v", "libvpx-vp9", "-b:v", "0", "-crf", "30"],

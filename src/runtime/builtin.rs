@@ -8,10 +8,12 @@
 //! `builtin:umt5-tiny` is a umT5 encoder with umT5-XXL's output width (4096, what
 //! the DiT's text embedding takes) and a tiny SentencePiece vocabulary stored
 //! inside the checkpoint as ComfyUI's text-encoder files do (`spiece_model`).
+//! `builtin:wan-vae-tiny` is a Wan 2.1 VAE at a sixth of the real width.
 //! Their outputs are noise-like: the weights are random, not trained.
 
 use crate::models::umt5::UmT5Config;
 use crate::models::wan::WanConfig;
+use crate::models::wan_vae::WanVaeConfig;
 use crate::sampling::noise::Mt19937;
 use std::path::{Path, PathBuf};
 
@@ -59,12 +61,20 @@ pub const BUILTINS: &[(&str, u64)] = &[
     ("wan-tiny-high", 0x5EED_0001),
     ("wan-tiny-low", 0x5EED_0002),
     ("umt5-tiny", 0x5EED_0003),
+    ("wan-vae-tiny", 0x5EED_0004),
 ];
+
+/// The built-in VAE: Wan 2.1's structure (z_dim 16, 8x spatial, 4x temporal)
+/// at a sixth of its width, so decoding is quick on a CPU.
+pub fn tiny_vae_config() -> WanVaeConfig {
+    WanVaeConfig::wan21_width(16)
+}
 
 /// Writes the built-in `name` (one of [`BUILTINS`]) to `path`.
 pub fn write(name: &str, seed: u64, path: &Path) -> Result<(), String> {
     match name {
         "umt5-tiny" => write_umt5_tiny(path, &tiny_umt5_config(), seed),
+        "wan-vae-tiny" => write_vae_tiny(path, &tiny_vae_config(), seed),
         _ => write_tiny(path, &tiny_config(), seed, name),
     }
 }
@@ -130,6 +140,27 @@ pub fn write_umt5_tiny(path: &Path, cfg: &UmT5Config, seed: u64) -> Result<(), S
         .collect();
     let raw = [("spiece_model".to_string(), TINY_SPIECE.to_vec())];
     write_seeded(path, &specs, &raw, &[], seed, "umt5-tiny")
+}
+
+/// Writes a Wan VAE (original layout) with seeded weights.
+pub fn write_vae_tiny(path: &Path, cfg: &WanVaeConfig, seed: u64) -> Result<(), String> {
+    let specs: Vec<Spec> = cfg
+        .expected_shapes()
+        .into_iter()
+        .map(|(key, shape)| {
+            let init = if key.ends_with("gamma") {
+                Init::Norm
+            } else if key.ends_with("bias") || shape.len() < 2 {
+                Init::Bias
+            } else {
+                Init::Weight {
+                    fan_in: shape[1..].iter().product(),
+                }
+            };
+            (key, shape, init)
+        })
+        .collect();
+    write_seeded(path, &specs, &[], &[], seed, "wan-vae-tiny")
 }
 
 /// A tensor to generate: key, shape, distribution.

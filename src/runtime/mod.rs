@@ -11,6 +11,7 @@ pub mod residency;
 pub mod runtime;
 pub mod size;
 pub mod text_encoder;
+pub mod vae;
 
 pub use ledger::{Entry, Ledger};
 pub use registry::ModelId;

@@ -5,6 +5,7 @@
 
 use super::residency::WanResident;
 use super::text_encoder::TextEncoder;
+use crate::models::wan_vae::WanVae;
 use candle_core::DType;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -30,8 +31,9 @@ pub struct ModelInfo {
 
 /// The weights of a loaded model, by architecture.
 pub enum Weights {
-    Dit(WanResident),
+    Dit(Box<WanResident>),
     Text(Box<TextEncoder>),
+    Vae(Box<WanVae>),
 }
 
 impl Weights {
@@ -40,6 +42,7 @@ impl Weights {
         match self {
             Weights::Dit(m) => m.resident_blocks(),
             Weights::Text(t) => t.encoder.config().num_layers,
+            Weights::Vae(_) => 0,
         }
     }
 }
@@ -64,6 +67,14 @@ impl LoadedModel {
         match &self.weights {
             Weights::Dit(m) => Ok(m),
             _ => Err(self.not_a("a Wan diffusion model (DiT)")),
+        }
+    }
+
+    /// The Wan VAE, or an error naming what this model is instead.
+    pub fn vae(&self) -> Result<&WanVae, String> {
+        match &self.weights {
+            Weights::Vae(v) => Ok(v),
+            _ => Err(self.not_a("a VAE")),
         }
     }
 

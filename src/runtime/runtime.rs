@@ -7,6 +7,7 @@ use super::registry::{LoadedModel, ModelId, ModelInfo, Registry, Weights};
 use super::residency::WanResident;
 use super::size::{count_label, mib};
 use super::text_encoder;
+use super::vae;
 use crate::checkpoint::{detect, CheckpointError, CheckpointSource, Detected, Header, TensorEntry};
 use crate::sampling::samplers::{SharedState, SolverState};
 use crate::sampling::{guidance, ksampler, noise, samplers, sigmas};
@@ -206,6 +207,9 @@ impl Runtime {
         if text_encoder::is_text_encoder(&header) {
             return self.load_text_encoder(path, header, opts, at);
         }
+        if vae::is_vae(&header) {
+            return self.load_vae(path, header, opts, at);
+        }
         let detected = detect(&header, opts.heads)?;
         if !detected.unmapped.is_empty() {
             tracing::warn!(
@@ -282,7 +286,7 @@ impl Runtime {
                 bytes: total,
                 loaded_at: at.to_string(),
                 on_device: true,
-                weights: Weights::Dit(model),
+                weights: Weights::Dit(Box::new(model)),
             },
             &plan,
             &how,
@@ -357,25 +361,61 @@ impl Runtime {
         let te = text_encoder::load(&header, planned, tokenizer.as_deref(), &self.device)
             .map_err(RuntimeError::Model)?;
         tracing::info!("{name}: tokenizer from {}", te.tokenizer_from);
+        Ok(self.admit_whole(name, path, info, total, Weights::Text(Box::new(te)), at))
+    }
+
+    /// Loads a Wan VAE whole; it must fit the free budget.
+    fn load_vae(
+        &mut self,
+        path: PathBuf,
+        header: Header,
+        opts: &LoadOptions,
+        at: &str,
+    ) -> Result<ModelId> {
+        let planned = vae::plan(&header, opts.dtype, &self.device)?;
+        let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
+        let total = planned.info.params * planned.info.dtype.size_in_bytes() as u64;
+        self.check_fits(&name, total)?;
+        let model = vae::load(&header, &planned, &self.device).map_err(RuntimeError::Model)?;
+        Ok(self.admit_whole(
+            name,
+            path,
+            planned.info,
+            total,
+            Weights::Vae(Box::new(model)),
+            at,
+        ))
+    }
+
+    /// Admits a model that is loaded whole (nothing offloaded or streamed).
+    fn admit_whole(
+        &mut self,
+        name: String,
+        path: PathBuf,
+        info: ModelInfo,
+        bytes: u64,
+        weights: Weights,
+        at: &str,
+    ) -> ModelId {
         let plan = Plan {
             resident_blocks: info.blocks,
             offloaded: 0,
             stream_buffer: 0,
         };
-        Ok(self.admit_loaded(
+        self.admit_loaded(
             LoadedModel {
                 id: 0,
                 name,
                 path,
                 info,
-                bytes: total,
+                bytes,
                 loaded_at: at.to_string(),
                 on_device: true,
-                weights: Weights::Text(Box::new(te)),
+                weights,
             },
             &plan,
             "",
-        ))
+        )
     }
 
     /// A model that is not streamed must fit whole.

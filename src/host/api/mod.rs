@@ -5,6 +5,7 @@ pub mod models;
 pub mod sampling;
 pub mod tensors;
 pub mod text;
+pub mod video;
 
 use crate::runtime::Runtime;
 use std::cell::RefCell;
@@ -21,4 +22,5 @@ pub fn register_all(engine: &mut rhai::Engine, rt: &Shared) {
     memory::register(engine, rt);
     media::register(engine, rt);
     text::register(engine, rt);
+    video::register(engine, rt);
 }
