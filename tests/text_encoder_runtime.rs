@@ -166,3 +166,37 @@ fn a_text_encoder_without_a_tokenizer_says_how_to_give_one() {
         2.0
     );
 }
+
+/// `encode_text` warns on stderr when a prompt is cut to fit the 512 rows.
+#[test]
+fn truncation_is_a_warning_the_user_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("long.rhai");
+    std::fs::write(
+        &script,
+        format!(
+            r#"
+let te = load_model("{}", #{{ name: "te" }});
+let long = "";
+for i in 0..300 {{ long += "a cat walks on the beach "; }}
+let ctx = encode_text(te, long);
+print(`rows ${{ctx.shape[1]}}`);
+"#,
+            common::fixture("umt5_tiny/hf.safetensors").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .arg("run")
+        .arg(&script)
+        .output()
+        .expect("running baton");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("rows 512"), "{stdout}");
+    assert!(
+        stderr.contains("more than 512") && stderr.contains("were dropped"),
+        "{stderr}"
+    );
+}
