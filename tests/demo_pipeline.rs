@@ -1,8 +1,7 @@
 //! The README's main job: `baton run scripts/demo.rhai`. The sequential way
 //! must offload nothing and peak lower in RSS than the both-loaded way; both
 //! figures are measured by the script (ledger and /proc), not assumed here.
-
-use std::process::Command;
+mod common;
 
 fn number_after(line: &str, key: &str) -> f64 {
     let rest = &line[line
@@ -20,16 +19,13 @@ fn number_after(line: &str, key: &str) -> f64 {
 fn demo_runs_both_ways_and_sequential_wins() {
     let cache = tempfile::tempdir().unwrap();
     let out_dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["run", "scripts/demo.rhai", "--out"])
-        .arg(out_dir.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("BATON_CACHE_DIR", cache.path())
-        .output()
-        .expect("running baton");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    let run = common::baton_run(
+        "scripts/demo.rhai".as_ref(),
+        Some(out_dir.path()),
+        Some(cache.path()),
+    );
+    run.assert_ok();
+    let (stdout, stderr) = (&run.stdout, &run.stderr);
     println!("{stdout}");
 
     // The log says how much the partial load offloaded.

@@ -2,18 +2,15 @@
 //! reproduces the diffusers outputs, for the original and diffusers layouts,
 //! in f32 (rel L2 <= 1e-4) and bf16 (<= 2e-2); the script itself asserts.
 
+mod common;
+
 use std::process::Command;
 
 #[test]
 fn predict_script_matches_diffusers_in_both_layouts() {
-    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["run", "tests/scripts/predict_parity.rhai"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("running baton");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let run = common::baton_run("tests/scripts/predict_parity.rhai".as_ref(), None, None);
+    run.assert_ok();
+    let stdout = &run.stdout;
     for layout in ["original", "diffusers"] {
         for case in ["case0", "case1", "case2", "case3", "bf16"] {
             assert!(

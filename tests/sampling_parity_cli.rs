@@ -3,18 +3,13 @@
 //! with baton's own schedules and the stdlib recipe; the script asserts each
 //! step and this test checks that every check ran.
 
-use std::process::Command;
+mod common;
 
 #[test]
 fn sampling_parity_script_passes() {
-    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["run", "tests/scripts/sampling_parity.rhai"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("running baton");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let run = common::baton_run("tests/scripts/sampling_parity.rhai".as_ref(), None, None);
+    run.assert_ok();
+    let stdout = &run.stdout;
     for name in ["euler", "unipc"] {
         for k in 0..6 {
             assert!(

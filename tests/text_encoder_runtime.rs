@@ -186,14 +186,9 @@ print(`rows ${{ctx.shape[1]}}`);
         ),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .arg("run")
-        .arg(&script)
-        .output()
-        .expect("running baton");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let run = common::baton_run(&script, None, None);
+    run.assert_ok();
+    let (stdout, stderr) = (&run.stdout, &run.stderr);
     assert!(stdout.contains("rows 512"), "{stdout}");
     assert!(
         stderr.contains("more than 512") && stderr.contains("were dropped"),

@@ -8,7 +8,6 @@
 mod common;
 
 use common::{as_f64, eval, eval_err, run, session_with};
-use std::process::Command;
 
 const SETUP: &str = r#"
 let vae = load_model("tests/fixtures/wan_vae_tiny/original.safetensors", #{ name: "vae" });
@@ -93,16 +92,13 @@ fn misuse_is_a_clear_error_and_the_session_survives() {
 fn prompt_to_video_script_runs() {
     let cache = tempfile::tempdir().unwrap();
     let out_dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["run", "scripts/wan22_t2v.rhai", "--out"])
-        .arg(out_dir.path())
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("BATON_CACHE_DIR", cache.path())
-        .output()
-        .expect("running baton");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let run = common::baton_run(
+        "scripts/wan22_t2v.rhai".as_ref(),
+        Some(out_dir.path()),
+        Some(cache.path()),
+    );
+    run.assert_ok();
+    let stdout = &run.stdout;
     assert!(stdout.contains("video [1, 3, 9, 160, 160]"), "{stdout}");
     for stage in [
         "text encoder deleted",

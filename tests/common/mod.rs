@@ -103,3 +103,46 @@ pub fn as_f64(v: rhai::Dynamic) -> f64 {
 pub fn run(s: &mut baton::host::Session, code: &str) {
     let _ = eval(s, code);
 }
+
+/// What one `baton run` printed.
+pub struct BatonRun {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl BatonRun {
+    /// Panics with both streams unless the run succeeded.
+    pub fn assert_ok(&self) {
+        assert!(
+            self.ok,
+            "baton run failed:\n{}\n{}",
+            self.stdout, self.stderr
+        );
+    }
+}
+
+/// Runs `baton run SCRIPT [--out OUT]` from the repository root, with its
+/// own built-in model cache when `cache` is given.
+pub fn baton_run(
+    script: &std::path::Path,
+    out: Option<&std::path::Path>,
+    cache: Option<&std::path::Path>,
+) -> BatonRun {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+    cmd.arg("run")
+        .arg(script)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    if let Some(o) = out {
+        cmd.arg("--out").arg(o);
+    }
+    if let Some(c) = cache {
+        cmd.env("BATON_CACHE_DIR", c);
+    }
+    let o = cmd.output().expect("running baton");
+    BatonRun {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
