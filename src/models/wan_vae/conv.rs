@@ -104,17 +104,24 @@ impl FeatCache {
 /// kt-1 frames in front only, in time.
 #[derive(Debug, Clone)]
 pub struct CausalConv3d {
-    /// kt × [O, C, kh, kw], contiguous (per-tap lowering).
-    taps: Vec<Tensor>,
-    /// [O, kt*C, kh, kw] (folded lowering), built on demand.
-    folded: Tensor,
+    /// The weights in the layout `imp` uses; only that one is kept, so a
+    /// loaded VAE holds each weight once (the ledger counts it once).
+    kernel: Kernel,
     /// [1, O, 1, 1].
     bias: Tensor,
     c_in: usize,
     c_out: usize,
     kt: usize,
     pad: usize,
-    imp: Conv3dImpl,
+}
+
+/// A causal conv's weights, lowered for one strategy.
+#[derive(Debug, Clone)]
+enum Kernel {
+    /// kt × [O, C, kh, kw], contiguous.
+    Taps(Vec<Tensor>),
+    /// [O, kt·C, kh, kw].
+    Folded(Tensor),
 }
 
 impl CausalConv3d {
@@ -132,22 +139,25 @@ impl CausalConv3d {
         if kh != kw || kh % 2 == 0 {
             candle_core::bail!("wan vae: conv kernel {:?} is not square and odd", w.dims())
         }
-        let taps = (0..kt)
-            .map(|k| w.narrow(2, k, 1)?.squeeze(2)?.contiguous())
-            .collect::<Result<Vec<_>>>()?;
-        let folded =
-            w.permute((0, 2, 1, 3, 4))?
-                .contiguous()?
-                .reshape((c_out, kt * c_in, kh, kw))?;
+        let kernel = match imp {
+            Conv3dImpl::PerTap => Kernel::Taps(
+                (0..kt)
+                    .map(|k| w.narrow(2, k, 1)?.squeeze(2)?.contiguous())
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            Conv3dImpl::Folded => Kernel::Folded(
+                w.permute((0, 2, 1, 3, 4))?
+                    .contiguous()?
+                    .reshape((c_out, kt * c_in, kh, kw))?,
+            ),
+        };
         Ok(Self {
-            taps,
-            folded,
+            kernel,
             bias: bias.reshape((1, c_out, 1, 1))?,
             c_in,
             c_out,
             kt,
             pad: (kh - 1) / 2,
-            imp,
         })
     }
 
@@ -184,10 +194,10 @@ impl CausalConv3d {
             };
             xs.reshape((b * t_out, c, h, w))
         };
-        let y = match self.imp {
-            Conv3dImpl::PerTap => {
+        let y = match &self.kernel {
+            Kernel::Taps(taps) => {
                 let mut acc: Option<Tensor> = None;
-                for (k, wk) in self.taps.iter().enumerate() {
+                for (k, wk) in taps.iter().enumerate() {
                     let y = shifted(k)?.conv2d(wk, self.pad, 1, 1, 1)?;
                     acc = Some(match acc {
                         None => y,
@@ -196,13 +206,13 @@ impl CausalConv3d {
                 }
                 acc.expect("kt >= 1 by construction")
             }
-            Conv3dImpl::Folded => {
+            Kernel::Folded(folded) => {
                 let parts = (0..self.kt)
                     .map(|k| shifted(k)?.reshape((b, t_out, c, h, w)))
                     .collect::<Result<Vec<_>>>()?;
                 Tensor::cat(&parts, 2)?
                     .reshape((b * t_out, self.kt * c, h, w))?
-                    .conv2d(&self.folded, self.pad, 1, 1, 1)?
+                    .conv2d(folded, self.pad, 1, 1, 1)?
             }
         };
         y.broadcast_add(&self.bias)?
