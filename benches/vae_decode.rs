@@ -25,7 +25,10 @@
 //! they stream). At the real latent size, `decode 16 2 60 104` (5x480x832)
 //! took 127.5 s (about 110 s for the 4-frame chunk) with 2682 MiB peak RSS and
 //! a 601 MiB feature cache, so a full 16x21x60x104 decode at width 16 would
-//! take roughly 35-40 minutes here and was not run. The feature cache holds
+//! take roughly 35-40 minutes here and was not run. At base width 4 (the
+//! fixture's), `decode 4 21 60 104` (the full 81x480x832) took 446.5 s
+//! (21.3 s per latent frame, cores shared with compile jobs) with 978 MiB peak
+//! RSS, of which the output video is 389 MiB, and a 150.8 MiB feature cache. The feature cache holds
 //! two frames per causal conv at each resolution, and scales with width: about
 //! 3.6 GiB for the real width-96 model at 480x832.
 use std::collections::HashMap;
