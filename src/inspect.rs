@@ -22,7 +22,31 @@ pub fn inspect(path: &Path, heads: Option<usize>) -> anyhow::Result<String> {
         .map(|(d, b)| format!("{d} {}", mib(*b)))
         .collect();
     writeln!(out, "dtypes:     {}", dtypes.join(", "))?;
-    match detect(&header, heads) {
+    if crate::runtime::text_encoder::is_text_encoder(&header) {
+        text_encoder_summary(&mut out, &header)?;
+    } else if crate::runtime::vae::is_vae(&header) {
+        vae_summary(&mut out, &header)?;
+    } else {
+        dit_summary(&mut out, &header, heads)?;
+    }
+    if !header.metadata.is_empty() {
+        let mut keys: Vec<_> = header.metadata.iter().collect();
+        keys.sort();
+        for (k, v) in keys {
+            let v = if v.len() > 60 {
+                format!("{}...", &v[..60])
+            } else {
+                v.clone()
+            };
+            writeln!(out, "metadata:   {k} = {v}")?;
+        }
+    }
+    Ok(out)
+}
+
+/// The Wan DiT part of `inspect`.
+fn dit_summary(out: &mut String, header: &Header, heads: Option<usize>) -> anyhow::Result<()> {
+    match detect(header, heads) {
         Ok(d) => {
             let c = &d.cfg;
             writeln!(out, "arch:       {} {}", d.arch, d.variant)?;
@@ -49,17 +73,42 @@ pub fn inspect(path: &Path, heads: Option<usize>) -> anyhow::Result<String> {
         }
         Err(e) => writeln!(out, "arch:       not recognised: {e}")?,
     }
-    if !header.metadata.is_empty() {
-        let mut keys: Vec<_> = header.metadata.iter().collect();
-        keys.sort();
-        for (k, v) in keys {
-            let v = if v.len() > 60 {
-                format!("{}...", &v[..60])
-            } else {
-                v.clone()
-            };
-            writeln!(out, "metadata:   {k} = {v}")?;
+    Ok(())
+}
+
+/// The umT5 part of `inspect`.
+fn text_encoder_summary(out: &mut String, header: &Header) -> anyhow::Result<()> {
+    match crate::runtime::text_encoder::plan(header, None) {
+        Ok(p) => {
+            let c = &p.cfg;
+            writeln!(out, "arch:       {} {}", p.info.arch, p.info.variant)?;
+            writeln!(
+                out,
+                "config:     d_model {} | heads {} (d_kv {}) | layers {} | d_ff {} | vocab {} | buckets {}",
+                c.d_model, c.num_heads, c.d_kv, c.num_layers, c.d_ff, c.vocab_size, c.num_buckets
+            )?;
+            let spiece = p.spiece_key.as_deref().unwrap_or("none inside the file");
+            writeln!(out, "tokenizer:  {spiece}")?;
         }
+        Err(e) => writeln!(out, "arch:       umt5, but: {e}")?,
     }
-    Ok(out)
+    Ok(())
+}
+
+/// The Wan VAE part of `inspect`.
+fn vae_summary(out: &mut String, header: &Header) -> anyhow::Result<()> {
+    match crate::runtime::vae::plan(header, None, &candle_core::Device::Cpu) {
+        Ok(p) => {
+            let c = &p.cfg;
+            writeln!(out, "arch:       {} {}", p.info.arch, p.info.variant)?;
+            writeln!(out, "layout:     {}", p.info.layout)?;
+            writeln!(
+                out,
+                "config:     base dim {} | z_dim {} | dim_mult {:?} | res blocks {}",
+                c.base_dim, c.z_dim, c.dim_mult, c.num_res_blocks
+            )?;
+        }
+        Err(e) => writeln!(out, "arch:       wan-vae, but: {e}")?,
+    }
+    Ok(())
 }

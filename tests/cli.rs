@@ -69,3 +69,18 @@ fn run_honours_vram_and_out() {
     assert!(out.contains(&format!("budget {}", 3u64 << 30)), "{out}");
     assert!(out_dir.join("z.safetensors").exists());
 }
+
+#[test]
+fn inspect_recognises_the_text_encoder_and_the_vae() {
+    let (ok, out, err) = baton(&["inspect", "tests/fixtures/umt5_tiny/hf.safetensors"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("arch:       umt5 2x32"), "{out}");
+    assert!(out.contains("heads 4 (d_kv 8) | layers 2"), "{out}");
+    let (ok, out, err) = baton(&[
+        "inspect",
+        "tests/fixtures/wan_vae_tiny/original.safetensors",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("arch:       wan-vae 2.1 width 4"), "{out}");
+    assert!(out.contains("z_dim 16"), "{out}");
+}
