@@ -4,8 +4,8 @@
 //! call the runtime, and turn the result back. No ML logic lives here.
 pub mod api;
 pub mod engine;
-pub mod limits;
 pub mod errors;
+pub mod limits;
 pub mod options;
 pub mod policy;
 pub mod repl;

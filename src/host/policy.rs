@@ -186,8 +186,14 @@ mod tests {
     fn lenient_resolution_pops_dotdot_in_the_missing_part() {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().canonicalize().unwrap();
-        assert_eq!(resolve_lenient(&d.path().join("a/b/../c")), root.join("a/c"));
-        assert_eq!(resolve_lenient(&d.path().join("a/../../x")), root.parent().unwrap().join("x"));
+        assert_eq!(
+            resolve_lenient(&d.path().join("a/b/../c")),
+            root.join("a/c")
+        );
+        assert_eq!(
+            resolve_lenient(&d.path().join("a/../../x")),
+            root.parent().unwrap().join("x")
+        );
     }
 
     #[test]

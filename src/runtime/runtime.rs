@@ -1,8 +1,8 @@
 //! The runtime proper: load, delete, offload, forward and sample, with every
 //! device byte going through the ledger.
 
-use super::ledger::{Entry, Ledger};
 use super::cancel;
+use super::ledger::{Entry, Ledger};
 use super::memstat;
 use super::registry::{LoadedModel, ModelId, ModelInfo, Registry, Weights};
 use super::residency::WanResident;
@@ -753,7 +753,11 @@ fn warn_non_finite(header: &Header) -> Result<()> {
     let bad = crate::checkpoint::finite::non_finite_tensors(header)?;
     if !bad.is_empty() {
         let total: usize = bad.iter().map(|(_, n)| n).sum();
-        let names: Vec<String> = bad.iter().take(8).map(|(k, n)| format!("{k} ({n})")).collect();
+        let names: Vec<String> = bad
+            .iter()
+            .take(8)
+            .map(|(k, n)| format!("{k} ({n})"))
+            .collect();
         tracing::warn!(
             "{}: {total} NaN/Inf weights in {} tensors: {}{}",
             header.path.display(),

@@ -18,7 +18,10 @@ pub fn register(engine: &mut Engine, policy: &SharedPolicy) {
     engine.register_fn(
         "save_images",
         move |video: Tensor, pattern: &str| -> ScriptResult<Array> {
-            let p = pol.borrow().write("save_images", pattern).map_err(script_err)?;
+            let p = pol
+                .borrow()
+                .write("save_images", pattern)
+                .map_err(script_err)?;
             let frames = media::frames_from_video(&video)
                 .map_err(|e| script_err(format!("save_images: {e}")))?;
             let written = media::save_png_sequence(&frames, &p)

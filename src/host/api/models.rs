@@ -1,9 +1,9 @@
 //! Model primitives: load_model, delete_model, offload_model, loaded_models, predict.
 
 use super::{Shared, SharedPolicy};
-use crate::host::policy::PathPolicy;
 use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;
+use crate::host::policy::PathPolicy;
 use crate::runtime::registry::LoadedModel;
 use crate::runtime::{Entry, LoadOptions, ModelId, OffloadPolicy};
 use candle_core::{DType, Tensor};
@@ -83,7 +83,10 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
     let load = move |ctx: NativeCallContext, path: &str, map: Map| -> ScriptResult<ModelHandle> {
         let (path, opts) = {
             let pol = pol.borrow();
-            (model_path(&pol, "load_model", path)?, load_options(map, &pol)?)
+            (
+                model_path(&pol, "load_model", path)?,
+                load_options(map, &pol)?,
+            )
         };
         let at = call_site(&ctx);
         let mut rt = r.borrow_mut();

@@ -156,7 +156,10 @@ pub fn register(engine: &mut Engine, _rt: &Shared, policy: &SharedPolicy) {
 
     let pol = policy.clone();
     engine.register_fn("load_tensors", move |path: &str| -> ScriptResult<Map> {
-        let p = pol.borrow().read("load_tensors", path).map_err(script_err)?;
+        let p = pol
+            .borrow()
+            .read("load_tensors", path)
+            .map_err(script_err)?;
         let tensors = candle_core::safetensors::load(&p, &Device::Cpu)
             .map_err(|e| script_err(format!("load_tensors: {}: {e}", p.display())))?;
         Ok(tensors
@@ -168,7 +171,10 @@ pub fn register(engine: &mut Engine, _rt: &Shared, policy: &SharedPolicy) {
     engine.register_fn(
         "save_tensors",
         move |map: Map, path: &str| -> ScriptResult<String> {
-            let p = pol.borrow().write("save_tensors", path).map_err(script_err)?;
+            let p = pol
+                .borrow()
+                .write("save_tensors", path)
+                .map_err(script_err)?;
             save_tensors(&map, &p)?;
             Ok(p.display().to_string())
         },
