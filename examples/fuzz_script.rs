@@ -63,15 +63,23 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("models")).unwrap();
     let mut s = session(dir.path());
+    let mut seeds: Vec<String> = SEEDS.iter().map(|s| s.to_string()).collect();
+    // Past findings, kept as regression seeds.
+    if let Ok(rd) = std::fs::read_dir("fuzz/corpus/script") {
+        seeds.extend(rd.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()));
+    }
     let mut rng = Rng::new(seed);
     let (mut runs, mut ok, mut crashes) = (0u64, 0u64, 0u64);
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
-        let mut code = rng.pick(SEEDS).as_bytes().to_vec();
+        let mut code = rng.pick(&seeds).as_bytes().to_vec();
         for _ in 0..=rng.below(6) {
             mutate(&mut rng, &mut code, DICT);
         }
         let text = String::from_utf8_lossy(&code).into_owned();
+        if std::env::var_os("FUZZ_TRACE").is_some() {
+            std::fs::write("fuzz/last.rhai", &text).ok();
+        }
         let r = catch_unwind(AssertUnwindSafe(|| s.eval(&text, "fuzz.rhai").is_ok()));
         runs += 1;
         match r {
@@ -91,7 +99,6 @@ fn main() {
                 s = session(dir.path());
             }
         }
-        // Nothing may be written outside the temp dir's out/.
     }
     println!("fuzz_script: {runs} executions in {secs}s (seed {seed}), {ok} succeeded, {crashes} panics");
     if crashes > 0 {
