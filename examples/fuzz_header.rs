@@ -19,7 +19,10 @@ fn file(header: &str, data_len: usize) -> Vec<u8> {
 
 fn seeds() -> Vec<Vec<u8>> {
     let mut s = vec![
-        file(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 8),
+        file(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            8,
+        ),
         file(
             r#"{"__metadata__":{"format":"pt"},"blocks.0.self_attn.q.weight":{"dtype":"BF16","shape":[4,4],"data_offsets":[0,32]},"patch_embedding.weight":{"dtype":"F16","shape":[2,2],"data_offsets":[32,40]}}"#,
             40,
@@ -38,9 +41,26 @@ fn seeds() -> Vec<Vec<u8>> {
 }
 
 const DICT: &[&[u8]] = &[
-    b"\"dtype\"", b"\"shape\"", b"\"data_offsets\"", b"\"F32\"", b"\"BF16\"", b"\"F8_E4M3\"",
-    b"[0,0]", b"[]", b"{}", b"null", b"\"__metadata__\"", b",", b":", b"[", b"]", b"{", b"}",
-    b"\"blocks.0.ffn.0.weight\"", b"\\u0000", b"-1",
+    b"\"dtype\"",
+    b"\"shape\"",
+    b"\"data_offsets\"",
+    b"\"F32\"",
+    b"\"BF16\"",
+    b"\"F8_E4M3\"",
+    b"[0,0]",
+    b"[]",
+    b"{}",
+    b"null",
+    b"\"__metadata__\"",
+    b",",
+    b":",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"\"blocks.0.ffn.0.weight\"",
+    b"\\u0000",
+    b"-1",
 ];
 
 fn main() {
@@ -93,7 +113,9 @@ fn main() {
             }
         }
     }
-    println!("fuzz_header: {runs} executions in {secs}s (seed {seed}), {ok} parsed, {crashes} panics");
+    println!(
+        "fuzz_header: {runs} executions in {secs}s (seed {seed}), {ok} parsed, {crashes} panics"
+    );
     if crashes > 0 {
         std::process::exit(1);
     }

@@ -30,13 +30,49 @@ const SEEDS: &[&str] = &[
 ];
 
 const DICT: &[&[u8]] = &[
-    b"zeros([1,2])", b"randn([3], 1)", b"load_model(\"x\")", b"load_tensors(\"/etc/passwd\")",
-    b"save_tensors(#{}, \"../x\")", b"load_image(\"..\")", b"sample(", b"predict(", b"narrow(",
-    b"to_dtype(\"f16\")", b"[", b"]", b"(", b")", b"{", b"}", b"#{", b";", b",", b".",
-    b"-1", b"0", b"1e308", b"9223372036854775807", b"\"", b"`${", b"fn f(x) { f(x) }",
-    b"loop { }", b"while true {}", b"eval(\"1\")", b"delete_model(", b"offload_model(",
-    b".shape", b"[-1]", b"[99]", b"empty_latent(#{ width: 0 })", b"schedule(#{ steps: 0 })",
-    b"import \"../x\" as y;", b"to_list()", b"as", b"let ", b"this", b"Fn(\"f\")",
+    b"zeros([1,2])",
+    b"randn([3], 1)",
+    b"load_model(\"x\")",
+    b"load_tensors(\"/etc/passwd\")",
+    b"save_tensors(#{}, \"../x\")",
+    b"load_image(\"..\")",
+    b"sample(",
+    b"predict(",
+    b"narrow(",
+    b"to_dtype(\"f16\")",
+    b"[",
+    b"]",
+    b"(",
+    b")",
+    b"{",
+    b"}",
+    b"#{",
+    b";",
+    b",",
+    b".",
+    b"-1",
+    b"0",
+    b"1e308",
+    b"9223372036854775807",
+    b"\"",
+    b"`${",
+    b"fn f(x) { f(x) }",
+    b"loop { }",
+    b"while true {}",
+    b"eval(\"1\")",
+    b"delete_model(",
+    b"offload_model(",
+    b".shape",
+    b"[-1]",
+    b"[99]",
+    b"empty_latent(#{ width: 0 })",
+    b"schedule(#{ steps: 0 })",
+    b"import \"../x\" as y;",
+    b"to_list()",
+    b"as",
+    b"let ",
+    b"this",
+    b"Fn(\"f\")",
 ];
 
 fn session(out: &std::path::Path) -> Session {
@@ -66,7 +102,10 @@ fn main() {
     let mut seeds: Vec<String> = SEEDS.iter().map(|s| s.to_string()).collect();
     // Past findings, kept as regression seeds.
     if let Ok(rd) = std::fs::read_dir("fuzz/corpus/script") {
-        seeds.extend(rd.flatten().filter_map(|e| std::fs::read_to_string(e.path()).ok()));
+        seeds.extend(
+            rd.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok()),
+        );
     }
     let mut rng = Rng::new(seed);
     let (mut runs, mut ok, mut crashes) = (0u64, 0u64, 0u64);
@@ -100,7 +139,9 @@ fn main() {
             }
         }
     }
-    println!("fuzz_script: {runs} executions in {secs}s (seed {seed}), {ok} succeeded, {crashes} panics");
+    println!(
+        "fuzz_script: {runs} executions in {secs}s (seed {seed}), {ok} succeeded, {crashes} panics"
+    );
     if crashes > 0 {
         std::process::exit(1);
     }
