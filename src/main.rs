@@ -1,6 +1,8 @@
 //! The `baton` command line: run, repl, inspect, make-tiny.
 
+use baton::host::limits::Limits;
 use baton::host::{repl, Session, SessionConfig};
+use baton::runtime::cancel::{self, Stop};
 use baton::runtime::size::parse_size;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -25,20 +27,76 @@ struct SessionArgs {
     /// Directory searched for model files (repeatable; default: the current directory).
     #[arg(long = "models", value_name = "DIR")]
     models: Vec<PathBuf>,
-    /// Directory for outputs (default: ./out).
+    /// Directory for outputs, the only place scripts may write (default: ./out).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// Also let scripts read and write under DIR (repeatable).
+    #[arg(long = "allow-path", value_name = "DIR")]
+    allow_path: Vec<PathBuf>,
+    /// Wall-clock limit per run (or per REPL entry), in seconds.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Rhai operations per run (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_operations)]
+    max_operations: u64,
+    /// Nested function calls (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_call_depth)]
+    max_call_depth: usize,
+    /// Expression nesting depth (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_expr_depth)]
+    max_expr_depth: usize,
+    /// Bytes in one string (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_string_size)]
+    max_string_size: usize,
+    /// Items in one array (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_array_size)]
+    max_array_size: usize,
+    /// Entries in one object map (0: unlimited).
+    #[arg(long, value_name = "N", default_value_t = Limits::default().max_map_size)]
+    max_map_size: usize,
 }
 
 impl SessionArgs {
-    fn config(&self) -> SessionConfig {
-        SessionConfig {
+    fn config(&self) -> anyhow::Result<SessionConfig> {
+        let timeout = match self.timeout {
+            None => None,
+            Some(t) if t.is_finite() && t > 0.0 => Some(std::time::Duration::from_secs_f64(t)),
+            Some(t) => anyhow::bail!("--timeout must be a positive number of seconds, got {t}"),
+        };
+        Ok(SessionConfig {
             budget: self.vram,
             model_roots: self.models.clone(),
             out_dir: self.out.clone(),
-        }
+            allow_paths: self.allow_path.clone(),
+            limits: Limits {
+                max_operations: self.max_operations,
+                max_call_depth: self.max_call_depth,
+                max_expr_depth: self.max_expr_depth,
+                max_string_size: self.max_string_size,
+                max_array_size: self.max_array_size,
+                max_map_size: self.max_map_size,
+                timeout,
+            },
+        })
     }
 }
+
+/// `baton run`'s exit code when Ctrl-C stopped the script (128 + SIGINT).
+const EXIT_CANCELLED: u8 = 130;
+/// `baton run`'s exit code when `--timeout` ran out (as timeout(1)).
+const EXIT_TIMED_OUT: u8 = 124;
+
+/// An error that carries its own exit code.
+#[derive(Debug)]
+struct Stopped(Stop, String);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.1)
+    }
+}
+
+impl std::error::Error for Stopped {}
 
 #[derive(Subcommand)]
 enum Command {
@@ -88,11 +146,16 @@ fn main() -> ExitCode {
         .with_target(false)
         .without_time()
         .init();
+    cancel::install_sigint_handler();
     match execute(Cli::parse().command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<Stopped>() {
+                Some(Stopped(Stop::Cancelled, _)) => ExitCode::from(EXIT_CANCELLED),
+                Some(Stopped(Stop::TimedOut(_), _)) => ExitCode::from(EXIT_TIMED_OUT),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -100,11 +163,15 @@ fn main() -> ExitCode {
 fn execute(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Run { file, session } => {
-            let _value = Session::new(&session.config())
-                .run_file(&file)
-                .map_err(anyhow::Error::msg)?;
+            let mut s = Session::new(&session.config()?);
+            if let Err(e) = s.run_file(&file) {
+                return Err(match s.last_stop {
+                    Some(stop) => Stopped(stop, format!("{stop}: {e}")).into(),
+                    None => anyhow::Error::msg(e),
+                });
+            }
         }
-        Command::Repl { session } => repl::run(&session.config())?,
+        Command::Repl { session } => repl::run(&session.config()?)?,
         Command::Inspect { checkpoint, heads } => {
             print!("{}", baton::inspect::inspect(&checkpoint, heads)?)
         }

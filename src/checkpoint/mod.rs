@@ -3,6 +3,7 @@
 //! the memory-mapped file under the canonical (original Wan) names.
 pub mod detect;
 pub mod error;
+pub mod finite;
 pub mod header;
 pub mod layout;
 pub mod source;

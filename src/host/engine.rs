@@ -4,8 +4,11 @@
 //! same session, so variables, functions and loaded models persist, and an
 //! error in one line loses none of them.
 
-use super::api::{self, Shared};
+use super::api::{self, Shared, SharedPolicy};
 use super::errors::describe;
+use super::limits::Limits;
+use super::policy::PathPolicy;
+use crate::runtime::cancel::{self, Stop};
 use crate::runtime::Runtime;
 use candle_core::Device;
 use rhai::{Dynamic, Engine, Scope, AST};
@@ -18,13 +21,16 @@ pub struct SessionConfig {
     pub budget: Option<u64>,
     pub model_roots: Vec<PathBuf>,
     pub out_dir: Option<PathBuf>,
+    /// `--allow-path`: directories scripts may also read and write.
+    pub allow_paths: Vec<PathBuf>,
+    pub limits: Limits,
 }
 
 /// `import "x"` looks in the script's own directory first, then in the
 /// current directory (so `import "stdlib/wan22"` works from a checkout), then
 /// in `$BATON_STDLIB`. Rhai's file resolver alone only looks beside the
-/// importing file.
-fn module_resolver(script_dir: Option<&Path>) -> SearchPath {
+/// importing file. The file found must pass the read policy.
+fn module_resolver(script_dir: Option<&Path>, policy: &SharedPolicy) -> SearchPath {
     let mut dirs: Vec<PathBuf> = script_dir.map(Path::to_path_buf).into_iter().collect();
     dirs.push(PathBuf::from("."));
     if let Some(d) = std::env::var_os("BATON_STDLIB") {
@@ -33,11 +39,13 @@ fn module_resolver(script_dir: Option<&Path>) -> SearchPath {
     SearchPath {
         dirs,
         files: rhai::module_resolvers::FileModuleResolver::new(),
+        policy: policy.clone(),
     }
 }
 
 struct SearchPath {
     dirs: Vec<PathBuf>,
+    policy: SharedPolicy,
     files: rhai::module_resolvers::FileModuleResolver,
 }
 
@@ -50,10 +58,16 @@ impl rhai::ModuleResolver for SearchPath {
         pos: rhai::Position,
     ) -> Result<rhai::Shared<rhai::Module>, Box<rhai::EvalAltResult>> {
         for dir in &self.dirs {
-            let base = dir.join(path);
-            if base.with_extension("rhai").is_file() {
-                let base = base.to_string_lossy();
-                return self.files.resolve(engine, None, &base, pos);
+            let file = dir.join(path).with_extension("rhai");
+            if file.is_file() {
+                let real = self
+                    .policy
+                    .borrow()
+                    .check_import(&file)
+                    .map_err(|e| rhai::EvalAltResult::ErrorRuntime(e.into(), pos))?;
+                return self
+                    .files
+                    .resolve(engine, None, &real.to_string_lossy(), pos);
             }
         }
         let dirs: Vec<String> = self.dirs.iter().map(|d| d.display().to_string()).collect();
@@ -69,6 +83,10 @@ pub struct Session {
     pub engine: Engine,
     pub scope: Scope<'static>,
     pub runtime: Shared,
+    pub policy: SharedPolicy,
+    /// Why the last evaluation was stopped, if it was (Ctrl-C or timeout).
+    pub last_stop: Option<Stop>,
+    timeout: Option<std::time::Duration>,
     /// Functions defined so far (kept across REPL lines).
     functions: AST,
 }
@@ -85,20 +103,35 @@ impl Session {
         if let Some(out) = &cfg.out_dir {
             rt.out_dir = out.clone();
         }
+        let mut policy = PathPolicy::new(&rt.model_roots, &rt.out_dir, &cfg.allow_paths);
+        if let Some(d) = std::env::var_os("BATON_STDLIB") {
+            policy.add_read_root(Path::new(&d));
+        }
+        let policy: SharedPolicy = Rc::new(RefCell::new(policy));
         let runtime: Shared = Rc::new(RefCell::new(rt));
         let mut engine = Engine::new();
-        engine.set_max_expr_depths(256, 256);
+        cfg.limits.apply(&mut engine);
+        engine.on_progress(|ops| {
+            // Reading the clock every operation would slow loops down.
+            if ops % 256 != 0 {
+                return None;
+            }
+            cancel::check().err().map(|s| s.to_string().into())
+        });
         engine.on_print(|s| println!("{s}"));
         engine.on_debug(|s, src, pos| match (src, pos.line()) {
             (Some(src), Some(l)) => eprintln!("[{src}:{l}] {s}"),
             _ => eprintln!("{s}"),
         });
-        api::register_all(&mut engine, &runtime);
-        engine.set_module_resolver(module_resolver(None));
+        api::register_all(&mut engine, &runtime, &policy);
+        engine.set_module_resolver(module_resolver(None, &policy));
         Self {
             engine,
             scope: Scope::new(),
             runtime,
+            policy,
+            last_stop: None,
+            timeout: cfg.limits.timeout,
             functions: AST::empty(),
         }
     }
@@ -111,12 +144,28 @@ impl Session {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        self.engine.set_module_resolver(module_resolver(Some(dir)));
+        self.policy.borrow_mut().add_read_root(dir);
+        self.engine
+            .set_module_resolver(module_resolver(Some(dir), &self.policy));
         self.eval(&code, &path.display().to_string())
     }
 
     /// Evaluates code in the persistent scope; functions it defines are kept.
+    /// Ctrl-C and the timeout stop it with an error, leaving the session
+    /// (its variables and loaded models) as it was.
     pub fn eval(&mut self, code: &str, source: &str) -> Result<Dynamic, String> {
+        cancel::reset();
+        cancel::set_timeout(self.timeout);
+        self.last_stop = None;
+        let result = self.eval_inner(code, source);
+        if result.is_err() {
+            self.last_stop = cancel::check().err();
+        }
+        cancel::set_timeout(None);
+        result
+    }
+
+    fn eval_inner(&mut self, code: &str, source: &str) -> Result<Dynamic, String> {
         let mut ast = self
             .engine
             .compile_with_scope(&self.scope, code)

@@ -62,6 +62,8 @@ fn innermost(
             innermost(inner, name, chain)
         }
         EvalAltResult::ErrorRuntime(v, pos) => (source.to_string(), *pos, v.to_string()),
+        // on_progress's token says why (Ctrl-C or the timeout).
+        EvalAltResult::ErrorTerminated(why, pos) => (source.to_string(), *pos, why.to_string()),
         other => {
             let pos = other.position();
             let text = other.to_string();

@@ -5,7 +5,9 @@
 pub mod api;
 pub mod engine;
 pub mod errors;
+pub mod limits;
 pub mod options;
+pub mod policy;
 pub mod repl;
 pub mod tables;
 

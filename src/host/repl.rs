@@ -90,7 +90,12 @@ pub fn run(cfg: &SessionConfig) -> anyhow::Result<()> {
                 match session.eval(&code, &format!("<repl:{line_no}>")) {
                     Ok(v) if v.is_unit() => {}
                     Ok(v) => println!("{}", tables::display(&v)),
-                    Err(e) => eprintln!("error: {e}"),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        if session.last_stop.is_some() {
+                            eprintln!("(stopped; variables and loaded models are kept)");
+                        }
+                    }
                 }
             }
             Err(ReadlineError::Interrupted) => {

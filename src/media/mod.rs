@@ -70,6 +70,12 @@ pub fn save_png_sequence(frames: &[RgbImage], pattern: &Path) -> Result<Vec<Path
         let stem = pattern.strip_suffix(".png").unwrap_or(&pattern);
         format!("{stem}_%04d.png")
     };
+    // Rust's formatter panics on widths over 65535; no file name needs 32.
+    if let Some((_, _, w)) = find_counter(&pattern).filter(|c| c.2 > MAX_COUNTER_WIDTH) {
+        return Err(format!(
+            "{pattern}: the frame counter is {w} digits wide; at most {MAX_COUNTER_WIDTH}"
+        ));
+    }
     let mut written = Vec::with_capacity(frames.len());
     for (i, f) in frames.iter().enumerate() {
         let path = PathBuf::from(expand_counter(&pattern, i));
@@ -232,6 +238,9 @@ pub fn write_atomically(path: &Path, f: impl FnOnce(&Path) -> Result<()>) -> Res
     Ok(())
 }
 
+/// Widest `%0Nd` frame counter accepted.
+const MAX_COUNTER_WIDTH: usize = 32;
+
 /// Finds `%d` or `%0Nd` in a pattern: (start, end, width).
 fn find_counter(p: &str) -> Option<(usize, usize, usize)> {
     let start = p.find('%')?;
@@ -265,6 +274,14 @@ mod tests {
         assert_eq!(expand_counter("f%d.png", 12), "f12.png");
         assert!(find_counter("plain.png").is_none());
         assert!(find_counter("100%.png").is_none());
+    }
+
+    #[test]
+    fn an_absurd_counter_width_is_an_error_not_a_panic() {
+        let frames = vec![RgbImage::new(2, 2)];
+        let d = tempfile::tempdir().unwrap();
+        let e = save_png_sequence(&frames, &d.path().join("f_%065536d.png")).unwrap_err();
+        assert!(e.contains("65536 digits"), "{e}");
     }
 
     #[test]

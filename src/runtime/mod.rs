@@ -3,6 +3,7 @@
 //! Scripts hold model *ids*, never tensors, so `delete_model` here really drops
 //! the last reference to every weight.
 pub mod builtin;
+pub mod cancel;
 pub mod ledger;
 pub mod memstat;
 pub mod registry;

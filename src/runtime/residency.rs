@@ -84,6 +84,8 @@ impl WanResident {
         let p = self.stem.prepare(x, t, context)?;
         let mut h = p.tokens.clone();
         for (i, slot) in self.blocks.iter().enumerate() {
+            // Ctrl-C stops a long forward between blocks, not at its end.
+            super::cancel::check_candle(|| format!("in block {i}"))?;
             h = match slot {
                 Some(block) => block.forward(&h, &p)?,
                 None => self.streamed_block(i, |b| b.forward(&h, &p))?,

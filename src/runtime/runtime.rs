@@ -1,6 +1,7 @@
 //! The runtime proper: load, delete, offload, forward and sample, with every
 //! device byte going through the ledger.
 
+use super::cancel;
 use super::ledger::{Entry, Ledger};
 use super::memstat;
 use super::registry::{LoadedModel, ModelId, ModelInfo, Registry, Weights};
@@ -70,6 +71,8 @@ pub struct LoadOptions {
     pub heads: Option<usize>,
     /// A SentencePiece model for a text encoder that carries none.
     pub tokenizer: Option<PathBuf>,
+    /// Scan every weight for NaN/Inf before loading (reads the whole file).
+    pub check_weights: bool,
 }
 
 impl Default for LoadOptions {
@@ -80,6 +83,7 @@ impl Default for LoadOptions {
             dtype: None,
             heads: None,
             tokenizer: None,
+            check_weights: false,
         }
     }
 }
@@ -204,6 +208,9 @@ impl Runtime {
     pub fn load_model(&mut self, path: &str, opts: &LoadOptions, at: &str) -> Result<ModelId> {
         let path = self.resolve_model_path(path)?;
         let header = Header::read(&path)?;
+        if opts.check_weights {
+            warn_non_finite(&header)?;
+        }
         if text_encoder::is_text_encoder(&header) {
             return self.load_text_encoder(path, header, opts, at);
         }
@@ -655,10 +662,27 @@ impl Runtime {
         let dev = latent.device().clone();
         let model_t = model_timesteps(o, &full);
         let mut calls = 0usize;
+        let steps = cut.len() - 1;
+        // Steps finished in this pass, for the cancel and NaN messages.
+        let done = std::cell::Cell::new(0usize);
         let mut denoise = |x: &Tensor, sigma: f32| -> candle_core::Result<Tensor> {
+            let step = done.get();
+            cancel::check_candle(|| format!("before step {} of {steps}", step + 1))?;
+            if step > 0 && !all_finite(x)? {
+                candle_core::bail!(
+                    "the latent holds NaN or Inf after step {step} of {steps} (sigma {sigma}); stopping"
+                );
+            }
             let t = Tensor::new(&[model_t(sigma)], &dev)?;
             let d = |ctx: &Tensor| -> candle_core::Result<Tensor> {
                 let v = model.forward(x, &t, ctx)?;
+                if !all_finite(&v)? {
+                    candle_core::bail!(
+                        "the model returned NaN or Inf at step {} of {steps} (sigma {sigma}); \
+                         check its weights (load_model(..., #{{ check_weights: true }}))",
+                        step + 1
+                    );
+                }
                 x - (v * sigma as f64)?
             };
             let cond = d(&o.positive)?;
@@ -670,6 +694,10 @@ impl Runtime {
             calls += 1;
             guidance::cfg_combine(&cond, &uncond, o.cfg)
         };
+        let mut on_step = |i: usize, n: usize, sigma: f32| {
+            done.set(i + 1);
+            on_step(i, n, sigma)
+        };
         // ComfyUI's default noise sampler: a generator seeded like the initial noise.
         let mut gen = noise::TorchGenerator::new(o.seed);
         let mut draw = |x: &Tensor, _: f32, _: f32| -> candle_core::Result<Tensor> {
@@ -678,13 +706,20 @@ impl Runtime {
         let mut hooks = samplers::Hooks {
             denoise: &mut denoise,
             noise: &mut draw,
-            on_step,
+            on_step: &mut on_step,
             shift: o.shift,
         };
         state.total_steps = Some(full.len() - 1);
         let x = samplers::run(&o.sampler, &mut hooks, x, &cut, state)
             .map_err(tensor_err(format!("sampling with '{}'", m.name)))?;
         let last = *cut.last().expect("cut is non-empty");
+        if !all_finite(&x).map_err(tensor_err("the final latent"))? {
+            return Err(RuntimeError::Input(format!(
+                "sampling with '{}': the latent holds NaN or Inf after the last step \
+                 ({steps} of {steps}, sigma {last}); stopping",
+                m.name
+            )));
+        }
         // out = x / (1 − σ_last): ComfyUI's inverse noise scaling (identity when σ_last = 0).
         let out =
             samplers::div_scalar(&x, 1.0 - last).map_err(tensor_err("inverse noise scaling"))?;
@@ -709,6 +744,37 @@ impl Runtime {
         self.last_sample = report;
         Ok(out)
     }
+}
+
+/// Warns (and carries on) when weights hold NaN or Inf: some checkpoints
+/// carry unused non-finite buffers, so this is not fatal; the sampler's
+/// per-step check stops a run they would spoil.
+fn warn_non_finite(header: &Header) -> Result<()> {
+    let bad = crate::checkpoint::finite::non_finite_tensors(header)?;
+    if !bad.is_empty() {
+        let total: usize = bad.iter().map(|(_, n)| n).sum();
+        let names: Vec<String> = bad
+            .iter()
+            .take(8)
+            .map(|(k, n)| format!("{k} ({n})"))
+            .collect();
+        tracing::warn!(
+            "{}: {total} NaN/Inf weights in {} tensors: {}{}",
+            header.path.display(),
+            bad.len(),
+            names.join(", "),
+            if bad.len() > 8 { ", ..." } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// Whether every value of `t` is finite, from one sum: a NaN or Inf
+/// anywhere makes the sum non-finite, and one reduction per step is cheap
+/// next to a forward.
+fn all_finite(t: &Tensor) -> candle_core::Result<bool> {
+    let s = t.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()?;
+    Ok(s.is_finite())
 }
 
 /// The whole sigma list for `o` (steps + 1 values), before the start/end cut.

@@ -76,6 +76,7 @@ pub fn session_with(budget: Option<u64>, out: &std::path::Path) -> baton::host::
         budget,
         model_roots: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))],
         out_dir: Some(out.to_path_buf()),
+        ..Default::default()
     })
 }
 

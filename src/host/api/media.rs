@@ -1,25 +1,27 @@
 //! Media primitives: load_image, save_images, save_video.
 
-use super::tensors::{resolve_input, resolve_output};
-use super::Shared;
+use super::SharedPolicy;
 use crate::host::errors::{script_err, ScriptResult};
 use crate::host::options::Opts;
 use crate::media;
 use candle_core::Tensor;
 use rhai::{Array, Dynamic, Engine, Map};
 
-pub fn register(engine: &mut Engine, rt: &Shared) {
-    let r = rt.clone();
+pub fn register(engine: &mut Engine, policy: &SharedPolicy) {
+    let pol = policy.clone();
     engine.register_fn("load_image", move |path: &str| -> ScriptResult<Tensor> {
-        let p = resolve_input(&r, path)?;
+        let p = pol.borrow().read("load_image", path).map_err(script_err)?;
         media::load_image(&p).map_err(|e| script_err(format!("load_image: {e}")))
     });
 
-    let r = rt.clone();
+    let pol = policy.clone();
     engine.register_fn(
         "save_images",
         move |video: Tensor, pattern: &str| -> ScriptResult<Array> {
-            let p = resolve_output(&r.borrow().out_dir, pattern);
+            let p = pol
+                .borrow()
+                .write("save_images", pattern)
+                .map_err(script_err)?;
             let frames = media::frames_from_video(&video)
                 .map_err(|e| script_err(format!("save_images: {e}")))?;
             let written = media::save_png_sequence(&frames, &p)
@@ -32,11 +34,11 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         },
     );
 
-    let r = rt.clone();
+    let pol = policy.clone();
     let save_video = move |video: Tensor, path: &str, map: Map| -> ScriptResult<String> {
         let o = Opts::new("save_video", map, &["fps"])?;
         let fps = o.f64("fps", 16.0)?;
-        let p = resolve_output(&r.borrow().out_dir, path);
+        let p = pol.borrow().write("save_video", path).map_err(script_err)?;
         let frames =
             media::frames_from_video(&video).map_err(|e| script_err(format!("save_video: {e}")))?;
         media::save_video(&frames, &p, fps).map_err(|e| script_err(format!("save_video: {e}")))?;

@@ -7,6 +7,7 @@ pub mod tensors;
 pub mod text;
 pub mod video;
 
+use super::policy::PathPolicy;
 use crate::runtime::Runtime;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -14,13 +15,17 @@ use std::rc::Rc;
 /// The runtime as the primitives share it.
 pub type Shared = Rc<RefCell<Runtime>>;
 
+/// The file access policy as the primitives share it (the session adds the
+/// script's directory when it runs a file).
+pub type SharedPolicy = Rc<RefCell<PathPolicy>>;
+
 /// Registers every primitive on `engine`.
-pub fn register_all(engine: &mut rhai::Engine, rt: &Shared) {
-    tensors::register(engine, rt);
-    models::register(engine, rt);
+pub fn register_all(engine: &mut rhai::Engine, rt: &Shared, policy: &SharedPolicy) {
+    tensors::register(engine, rt, policy);
+    models::register(engine, rt, policy);
     sampling::register(engine, rt);
     memory::register(engine, rt);
-    media::register(engine, rt);
+    media::register(engine, policy);
     text::register(engine, rt);
     video::register(engine, rt);
 }

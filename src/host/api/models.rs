@@ -1,8 +1,9 @@
 //! Model primitives: load_model, delete_model, offload_model, loaded_models, predict.
 
-use super::Shared;
+use super::{Shared, SharedPolicy};
 use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;
+use crate::host::policy::PathPolicy;
 use crate::runtime::registry::LoadedModel;
 use crate::runtime::{Entry, LoadOptions, ModelId, OffloadPolicy};
 use candle_core::{DType, Tensor};
@@ -15,9 +16,26 @@ pub struct ModelHandle {
     pub name: String,
 }
 
-pub const LOAD_OPTIONS: &[&str] = &["name", "offload", "dtype", "heads", "tokenizer"];
+pub const LOAD_OPTIONS: &[&str] = &[
+    "name",
+    "offload",
+    "dtype",
+    "heads",
+    "tokenizer",
+    "check_weights",
+];
 
-fn load_options(map: Map) -> ScriptResult<LoadOptions> {
+/// A model path through the file policy; `builtin:` names live in baton's
+/// own cache and are exempt.
+fn model_path(policy: &PathPolicy, what: &str, path: &str) -> ScriptResult<String> {
+    if path.starts_with("builtin:") {
+        return Ok(path.to_string());
+    }
+    let p = policy.read(what, path).map_err(script_err)?;
+    Ok(p.to_string_lossy().into_owned())
+}
+
+fn load_options(map: Map, policy: &PathPolicy) -> ScriptResult<LoadOptions> {
     let o = Opts::new("load_model", map, LOAD_OPTIONS)?;
     let offload = match o.string("offload", "auto")?.as_str() {
         "auto" => OffloadPolicy::Auto,
@@ -37,7 +55,11 @@ fn load_options(map: Map) -> ScriptResult<LoadOptions> {
         offload,
         dtype,
         heads: o.opt_usize("heads")?,
-        tokenizer: o.opt_string("tokenizer")?.map(std::path::PathBuf::from),
+        tokenizer: match o.opt_string("tokenizer")? {
+            Some(t) => Some(model_path(policy, "load_model: tokenizer", &t)?.into()),
+            None => None,
+        },
+        check_weights: o.bool("check_weights", false)?,
     })
 }
 
@@ -53,15 +75,22 @@ pub fn parse_dtype(s: &str) -> ScriptResult<DType> {
     }
 }
 
-pub fn register(engine: &mut Engine, rt: &Shared) {
+pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
     engine.register_type_with_name::<ModelHandle>("Model");
 
     let r = rt.clone();
+    let pol = policy.clone();
     let load = move |ctx: NativeCallContext, path: &str, map: Map| -> ScriptResult<ModelHandle> {
-        let opts = load_options(map)?;
+        let (path, opts) = {
+            let pol = pol.borrow();
+            (
+                model_path(&pol, "load_model", path)?,
+                load_options(map, &pol)?,
+            )
+        };
         let at = call_site(&ctx);
         let mut rt = r.borrow_mut();
-        let id = rt.load_model(path, &opts, &at).map_err(script_err)?;
+        let id = rt.load_model(&path, &opts, &at).map_err(script_err)?;
         let name = rt.model(id).map_err(script_err)?.name.clone();
         Ok(ModelHandle { id, name })
     };

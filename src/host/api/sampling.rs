@@ -140,8 +140,14 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             )));
         }
         // Wan's VAE: 8x spatial and 4x temporal compression, first frame kept.
-        let shape = [batch, channels, (frames - 1) / 4 + 1, h / 8, w / 8];
-        Tensor::zeros(&shape, DType::F32, &Device::Cpu).map_err(tensor_err)
+        let shape = crate::host::options::check_elements(vec![
+            batch,
+            channels,
+            (frames - 1) / 4 + 1,
+            h / 8,
+            w / 8,
+        ])?;
+        Tensor::zeros(shape, DType::F32, &Device::Cpu).map_err(tensor_err)
     });
 
     let r = rt.clone();

@@ -1,11 +1,11 @@
 //! Tensor primitives: the Tensor type, arithmetic, load_tensors/save_tensors.
 
-use super::Shared;
+use super::{Shared, SharedPolicy};
 use crate::host::errors::{script_err, tensor_err, ScriptResult};
 use crate::host::options::as_dims;
 use candle_core::{DType, Device, Tensor};
 use rhai::{Array, Dynamic, Engine, Map};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn dtype_name(t: &Tensor) -> &'static str {
     crate::runtime::runtime::dtype_label(t.dtype())
@@ -40,7 +40,7 @@ fn binary(
     f(&a, &b).map_err(tensor_err)
 }
 
-pub fn register(engine: &mut Engine, rt: &Shared) {
+pub fn register(engine: &mut Engine, _rt: &Shared, policy: &SharedPolicy) {
     engine.register_type_with_name::<Tensor>("Tensor");
     engine.register_get("shape", |t: &mut Tensor| -> Array {
         t.dims().iter().map(|d| Dynamic::from(*d as i64)).collect()
@@ -154,9 +154,12 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             .map_err(tensor_err)
     });
 
-    let r = rt.clone();
+    let pol = policy.clone();
     engine.register_fn("load_tensors", move |path: &str| -> ScriptResult<Map> {
-        let p = resolve_input(&r, path)?;
+        let p = pol
+            .borrow()
+            .read("load_tensors", path)
+            .map_err(script_err)?;
         let tensors = candle_core::safetensors::load(&p, &Device::Cpu)
             .map_err(|e| script_err(format!("load_tensors: {}: {e}", p.display())))?;
         Ok(tensors
@@ -164,12 +167,14 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             .map(|(k, v)| (k.into(), Dynamic::from(v)))
             .collect())
     });
-    let r = rt.clone();
+    let pol = policy.clone();
     engine.register_fn(
         "save_tensors",
         move |map: Map, path: &str| -> ScriptResult<String> {
-            let out = r.borrow().out_dir.clone();
-            let p = resolve_output(&out, path);
+            let p = pol
+                .borrow()
+                .write("save_tensors", path)
+                .map_err(script_err)?;
             save_tensors(&map, &p)?;
             Ok(p.display().to_string())
         },
@@ -195,31 +200,6 @@ pub fn rel_l2(a: &Tensor, b: &Tensor) -> ScriptResult<f64> {
         .and_then(|d| d.sum_all()?.to_scalar::<f64>())
         .map_err(tensor_err)?;
     Ok((num / den.max(1e-300)).sqrt())
-}
-
-/// Inputs: absolute, else under a model root, else relative to the cwd.
-pub fn resolve_input(rt: &Shared, path: &str) -> ScriptResult<PathBuf> {
-    let p = Path::new(path);
-    if p.is_absolute() || p.exists() {
-        return Ok(p.to_path_buf());
-    }
-    for root in &rt.borrow().model_roots {
-        let c = root.join(p);
-        if c.exists() {
-            return Ok(c);
-        }
-    }
-    Err(script_err(format!("file '{path}' not found")))
-}
-
-/// Outputs: absolute, else under the output directory.
-pub fn resolve_output(out_dir: &Path, path: &str) -> PathBuf {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        p.to_path_buf()
-    } else {
-        out_dir.join(p)
-    }
 }
 
 /// Writes a safetensors file atomically: a temp file in the same directory,
