@@ -1,4 +1,5 @@
 //! Script primitives, one registration file per domain.
+pub mod lora;
 pub mod media;
 pub mod memory;
 pub mod models;
@@ -18,6 +19,7 @@ pub type Shared = Rc<RefCell<Runtime>>;
 pub fn register_all(engine: &mut rhai::Engine, rt: &Shared) {
     tensors::register(engine, rt);
     models::register(engine, rt);
+    lora::register(engine, rt);
     sampling::register(engine, rt);
     memory::register(engine, rt);
     media::register(engine, rt);
