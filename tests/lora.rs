@@ -34,7 +34,11 @@ fn lora(format: &str) -> String {
 
 fn targets() -> Vec<String> {
     (0..2)
-        .flat_map(|n| MODULES.iter().map(move |m| format!("blocks.{n}.{m}.weight")))
+        .flat_map(|n| {
+            MODULES
+                .iter()
+                .map(move |m| format!("blocks.{n}.{m}.weight"))
+        })
         .collect()
 }
 
@@ -50,7 +54,8 @@ fn load(rt: &mut Runtime) -> ModelId {
         dtype: Some(DType::F32),
         ..Default::default()
     };
-    rt.load_model(MODEL, &opts, "test").expect("load the tiny DiT")
+    rt.load_model(MODEL, &opts, "test")
+        .expect("load the tiny DiT")
 }
 
 /// A model whose blocks all stream: the budget is one byte short of the
@@ -77,8 +82,13 @@ fn weight(rt: &Runtime, id: ModelId, name: &str) -> Tensor {
 }
 
 fn forward(rt: &mut Runtime, id: ModelId, cases: &HashMap<String, Tensor>) -> Tensor {
-    rt.predict(id, &cases["case.x"], &cases["case.t"], &cases["case.context"])
-        .expect("forward")
+    rt.predict(
+        id,
+        &cases["case.x"],
+        &cases["case.t"],
+        &cases["case.context"],
+    )
+    .expect("forward")
 }
 
 fn cases() -> HashMap<String, Tensor> {
@@ -109,7 +119,12 @@ fn every_format_and_strength_matches_the_merged_weights_and_forward() {
             for name in targets() {
                 let w = weight(&rt, id, &name);
                 worst = worst.max(common::rel_l2(&w, &merged[&name]));
-                common::assert_close(&w, &merged[&name], 1e-5, &format!("{format} {strength} {name}"));
+                common::assert_close(
+                    &w,
+                    &merged[&name],
+                    1e-5,
+                    &format!("{format} {strength} {name}"),
+                );
             }
             let out = forward(&mut rt, id, &cases);
             let err = common::rel_l2(&out, expected_out);
@@ -117,7 +132,12 @@ fn every_format_and_strength_matches_the_merged_weights_and_forward() {
                 "{format} @ {strength}: weights worst rel L2 {worst:.2e}; forward rel L2 {err:.2e}, max abs {:.2e}",
                 common::max_abs_diff(&out, expected_out)
             );
-            common::assert_close(&out, expected_out, 1e-5, &format!("{format} {strength} forward"));
+            common::assert_close(
+                &out,
+                expected_out,
+                1e-5,
+                &format!("{format} {strength} forward"),
+            );
         }
     }
 }
@@ -128,7 +148,10 @@ fn untargeted_weights_stay_bit_identical() {
     let id = load(&mut rt);
     let before = bits(&weight(&rt, id, "blocks.0.self_attn.q.weight"));
     rt.apply_lora(id, &lora("lora_comfy_kohya"), 1.0).unwrap();
-    assert_ne!(bits(&weight(&rt, id, "blocks.0.self_attn.q.weight")), before);
+    assert_ne!(
+        bits(&weight(&rt, id, "blocks.0.self_attn.q.weight")),
+        before
+    );
     // The LoRA leaves biases, norms and the stem alone: the base forward's
     // inputs to them are unchanged, which the forward parity above covers;
     // here check a weight in the same block that no LoRA targets is intact.
@@ -150,9 +173,17 @@ fn streamed_blocks_get_the_lora_as_they_stream() {
     rt.apply_lora(id, &lora("lora_musubi"), 0.6).unwrap();
     let out = forward(&mut rt, id, &cases);
     common::assert_close(&out, &cases["case.out_lora_0.6"], 1e-5, "streamed forward");
-    assert_eq!(bits(&out), bits(&resident_out), "streamed == resident, bit for bit");
+    assert_eq!(
+        bits(&out),
+        bits(&resident_out),
+        "streamed == resident, bit for bit"
+    );
     rt.remove_lora(id, &lora("lora_musubi")).unwrap();
-    assert_eq!(bits(&forward(&mut rt, id, &cases)), bits(&base_out), "streamed remove");
+    assert_eq!(
+        bits(&forward(&mut rt, id, &cases)),
+        bits(&base_out),
+        "streamed remove"
+    );
 }
 
 #[test]
@@ -163,7 +194,8 @@ fn stacked_loras_add_and_removing_one_keeps_the_other() {
     let id = load(&mut rt);
     // 0.6 + 0.4 of the same delta from two files = strength 1.0.
     rt.apply_lora(id, &lora("lora_comfy_kohya"), 0.6).unwrap();
-    rt.apply_lora(id, &lora("lora_diffusers_peft"), 0.4).unwrap();
+    rt.apply_lora(id, &lora("lora_diffusers_peft"), 0.4)
+        .unwrap();
     for name in targets() {
         common::assert_close(&weight(&rt, id, &name), &merged[&name], 1e-5, &name);
     }
@@ -174,7 +206,8 @@ fn stacked_loras_add_and_removing_one_keeps_the_other() {
     rt.remove_lora(id, &lora("lora_comfy_kohya")).unwrap();
     let mut only = runtime();
     let other = load(&mut only);
-    only.apply_lora(other, &lora("lora_diffusers_peft"), 0.4).unwrap();
+    only.apply_lora(other, &lora("lora_diffusers_peft"), 0.4)
+        .unwrap();
     for name in targets() {
         assert_eq!(
             bits(&weight(&rt, id, &name)),
@@ -182,7 +215,10 @@ fn stacked_loras_add_and_removing_one_keeps_the_other() {
             "{name}: after removing the first LoRA, as if only the second was applied"
         );
     }
-    assert!(rt.ledger().used() < used, "the removed LoRA's factors leave the ledger");
+    assert!(
+        rt.ledger().used() < used,
+        "the removed LoRA's factors leave the ledger"
+    );
 }
 
 #[test]
@@ -191,7 +227,10 @@ fn remove_restores_the_loaded_weights_bit_for_bit() {
     let mut rt = runtime();
     let id = load(&mut rt);
     let used = rt.ledger().used();
-    let before: Vec<Vec<u32>> = targets().iter().map(|n| bits(&weight(&rt, id, n))).collect();
+    let before: Vec<Vec<u32>> = targets()
+        .iter()
+        .map(|n| bits(&weight(&rt, id, n)))
+        .collect();
     let out_before = forward(&mut rt, id, &cases);
     for format in FORMATS {
         rt.apply_lora(id, &lora(format), 0.6).unwrap();
@@ -201,7 +240,10 @@ fn remove_restores_the_loaded_weights_bit_for_bit() {
     for format in FORMATS.iter().rev() {
         rt.remove_lora(id, &lora(format)).unwrap();
     }
-    let after: Vec<Vec<u32>> = targets().iter().map(|n| bits(&weight(&rt, id, n))).collect();
+    let after: Vec<Vec<u32>> = targets()
+        .iter()
+        .map(|n| bits(&weight(&rt, id, n)))
+        .collect();
     assert!(before == after, "weights differ after remove");
     assert_eq!(bits(&forward(&mut rt, id, &cases)), bits(&out_before));
     assert_eq!(rt.ledger().used(), used);
@@ -241,15 +283,30 @@ fn errors_name_the_problem_and_leave_the_model_as_it_was() {
         dir.path(),
         "shape.safetensors",
         &[
-            ("diffusion_model.blocks.0.self_attn.q.lora_down.weight", randn(&[4, 48])),
-            ("diffusion_model.blocks.0.self_attn.q.lora_up.weight", randn(&[48, 4])),
-            ("diffusion_model.blocks.1.ffn.0.lora_down.weight", randn(&[4, 40])),
-            ("diffusion_model.blocks.1.ffn.0.lora_up.weight", randn(&[64, 4])),
+            (
+                "diffusion_model.blocks.0.self_attn.q.lora_down.weight",
+                randn(&[4, 48]),
+            ),
+            (
+                "diffusion_model.blocks.0.self_attn.q.lora_up.weight",
+                randn(&[48, 4]),
+            ),
+            (
+                "diffusion_model.blocks.1.ffn.0.lora_down.weight",
+                randn(&[4, 40]),
+            ),
+            (
+                "diffusion_model.blocks.1.ffn.0.lora_up.weight",
+                randn(&[64, 4]),
+            ),
         ],
     );
     let e = rt.apply_lora(id, &p, 1.0).unwrap_err().to_string();
     println!("{e}");
-    assert!(e.contains("blocks.1.ffn.0") && e.contains("[4, 40]") && e.contains("[64, 48]"), "{e}");
+    assert!(
+        e.contains("blocks.1.ffn.0") && e.contains("[4, 40]") && e.contains("[64, 48]"),
+        "{e}"
+    );
     unchanged(&mut rt);
 
     // Rank mismatch between the factors.
@@ -257,12 +314,21 @@ fn errors_name_the_problem_and_leave_the_model_as_it_was() {
         dir.path(),
         "rank.safetensors",
         &[
-            ("lora_unet_blocks_0_self_attn_q.lora_down.weight", randn(&[4, 48])),
-            ("lora_unet_blocks_0_self_attn_q.lora_up.weight", randn(&[48, 8])),
+            (
+                "lora_unet_blocks_0_self_attn_q.lora_down.weight",
+                randn(&[4, 48]),
+            ),
+            (
+                "lora_unet_blocks_0_self_attn_q.lora_up.weight",
+                randn(&[48, 8]),
+            ),
         ],
     );
     let e = rt.apply_lora(id, &p, 1.0).unwrap_err().to_string();
-    assert!(e.contains("lora_unet_blocks_0_self_attn_q") && e.contains("[48, 8]"), "{e}");
+    assert!(
+        e.contains("lora_unet_blocks_0_self_attn_q") && e.contains("[48, 8]"),
+        "{e}"
+    );
     unchanged(&mut rt);
 
     // A LoRA for another model (I2V image projections, block 30).
@@ -270,8 +336,14 @@ fn errors_name_the_problem_and_leave_the_model_as_it_was() {
         dir.path(),
         "nothing.safetensors",
         &[
-            ("diffusion_model.blocks.30.self_attn.q.lora_down.weight", randn(&[4, 48])),
-            ("diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight", randn(&[48, 4])),
+            (
+                "diffusion_model.blocks.30.self_attn.q.lora_down.weight",
+                randn(&[4, 48]),
+            ),
+            (
+                "diffusion_model.blocks.0.cross_attn.k_img.lora_up.weight",
+                randn(&[48, 4]),
+            ),
         ],
     );
     let e = rt.apply_lora(id, &p, 1.0).unwrap_err().to_string();
@@ -281,26 +353,50 @@ fn errors_name_the_problem_and_leave_the_model_as_it_was() {
     // Not a safetensors file; a missing file.
     let bad = dir.path().join("bad.safetensors");
     std::fs::write(&bad, b"this is not a safetensors file at all").unwrap();
-    let e = rt.apply_lora(id, &bad.display().to_string(), 1.0).unwrap_err().to_string();
+    let e = rt
+        .apply_lora(id, &bad.display().to_string(), 1.0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("bad.safetensors"), "{e}");
-    let e = rt.apply_lora(id, "no/such/lora.safetensors", 1.0).unwrap_err().to_string();
+    let e = rt
+        .apply_lora(id, "no/such/lora.safetensors", 1.0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not found"), "{e}");
     unchanged(&mut rt);
 
     // The same file twice; removing one never applied; a NaN strength.
-    let e = rt.apply_lora(id, &lora("lora_original_peft"), 0.5).unwrap_err().to_string();
+    let e = rt
+        .apply_lora(id, &lora("lora_original_peft"), 0.5)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("already applied"), "{e}");
-    let e = rt.remove_lora(id, &lora("lora_musubi")).unwrap_err().to_string();
-    assert!(e.contains("not applied") && e.contains("lora_original_peft"), "{e}");
-    let e = rt.apply_lora(id, &lora("lora_musubi"), f64::NAN).unwrap_err().to_string();
+    let e = rt
+        .remove_lora(id, &lora("lora_musubi"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not applied") && e.contains("lora_original_peft"),
+        "{e}"
+    );
+    let e = rt
+        .apply_lora(id, &lora("lora_musubi"), f64::NAN)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("finite"), "{e}");
     unchanged(&mut rt);
 
     // A deleted model.
     rt.delete_model(id, "script.rhai:9").unwrap();
-    let e = rt.apply_lora(id, &lora("lora_musubi"), 1.0).unwrap_err().to_string();
+    let e = rt
+        .apply_lora(id, &lora("lora_musubi"), 1.0)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("deleted at script.rhai:9"), "{e}");
-    let e = rt.remove_lora(id, &lora("lora_original_peft")).unwrap_err().to_string();
+    let e = rt
+        .remove_lora(id, &lora("lora_original_peft"))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("deleted at script.rhai:9"), "{e}");
 }
 
@@ -317,7 +413,10 @@ fn unknown_keys_are_kept_for_the_warning_and_diff_keys_apply() {
         &[
             ("diffusion_model.blocks.0.ffn.2.diff", diff.clone()),
             ("diffusion_model.blocks.0.ffn.2.diff_b", randn(&[48])),
-            ("diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight", randn(&[4, 48])),
+            (
+                "diffusion_model.blocks.0.cross_attn.k_img.lora_down.weight",
+                randn(&[4, 48]),
+            ),
         ],
     );
     let source = rt.model(id).unwrap().dit().unwrap().source().clone();
@@ -328,9 +427,17 @@ fn unknown_keys_are_kept_for_the_warning_and_diff_keys_apply() {
     );
     rt.apply_lora(id, &p, 0.5).unwrap();
     let want = (&base_w + (&diff * 0.5).unwrap()).unwrap();
-    common::assert_close(&weight(&rt, id, "blocks.0.ffn.2.weight"), &want, 1e-6, "diff");
+    common::assert_close(
+        &weight(&rt, id, "blocks.0.ffn.2.weight"),
+        &want,
+        1e-6,
+        "diff",
+    );
     rt.remove_lora(id, "diff.safetensors").unwrap();
-    assert_eq!(bits(&weight(&rt, id, "blocks.0.ffn.2.weight")), bits(&base_w));
+    assert_eq!(
+        bits(&weight(&rt, id, "blocks.0.ffn.2.weight")),
+        bits(&base_w)
+    );
 }
 
 #[test]

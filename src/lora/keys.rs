@@ -108,9 +108,15 @@ mod tests {
     fn every_layout_resolves_to_the_original_name() {
         let m = modules();
         let cases = [
-            ("diffusion_model.blocks.0.self_attn.q", "blocks.0.self_attn.q"),
+            (
+                "diffusion_model.blocks.0.self_attn.q",
+                "blocks.0.self_attn.q",
+            ),
             ("transformer.blocks.0.attn1.to_q", "blocks.0.self_attn.q"),
-            ("transformer.blocks.0.attn2.to_out.0", "blocks.0.cross_attn.o"),
+            (
+                "transformer.blocks.0.attn2.to_out.0",
+                "blocks.0.cross_attn.o",
+            ),
             ("transformer.blocks.1.ffn.net.2", "blocks.1.ffn.2"),
             ("lora_unet_blocks_1_ffn_2", "blocks.1.ffn.2"),
             ("lora_unet_blocks_0_cross_attn_o", "blocks.0.cross_attn.o"),

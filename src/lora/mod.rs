@@ -89,8 +89,13 @@ impl Lora {
     /// that targets nothing in the model; unknown keys are one warning.
     pub fn load(path: &Path, model: &BTreeMap<String, TensorEntry>) -> Result<Self, String> {
         let header = Header::read(path).map_err(|e| format!("LoRA {e}"))?;
-        let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-            .map_err(|e| format!("LoRA {}: {}", path.display(), crate::runtime::runtime::plain_error(&e)))?;
+        let tensors = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+            format!(
+                "LoRA {}: {}",
+                path.display(),
+                crate::runtime::runtime::plain_error(&e)
+            )
+        })?;
         let modules = Modules::new(model.keys().map(String::as_str));
         let mut entries: BTreeMap<String, LoraEntry> = BTreeMap::new();
         let mut unknown = Vec::new();
@@ -100,21 +105,18 @@ impl Lora {
                 unknown.push(key.clone());
                 continue;
             };
-            let resolved = keys::split_part(key)
-                .and_then(|(module, part)| Some((modules.resolve(module)?, part)));
-            let Some((module, part)) = resolved else {
+            let resolved = keys::split_part(key).and_then(|(file_module, part)| {
+                Some((file_module, modules.resolve(file_module)?, part))
+            });
+            let Some((file_module, module, part)) = resolved else {
                 unknown.push(key.clone());
                 continue;
             };
             let weight = format!("{module}.weight");
-            origin.entry(weight.clone()).or_insert_with(|| {
-                key.strip_suffix(match part {
-                    Part::Alpha => ".alpha",
-                    _ => "",
-                })
-                .unwrap_or(key)
-                .to_string()
-            });
+            // Messages name the module as the file spells it.
+            origin
+                .entry(weight.clone())
+                .or_insert_with(|| file_module.to_string());
             let e = entries.entry(weight).or_default();
             let t = t.clone();
             match part {
@@ -248,7 +250,11 @@ fn check_entry(
             let d_in: usize = d.iter().skip(1).product();
             let u_rank: usize = u.iter().skip(1).product();
             if d.len() < 2 || d[0] == 0 || d_in != fan_in {
-                return Err(mismatch("down (lora_down/lora_A)", d, format!("[rank, {fan_in}]")));
+                return Err(mismatch(
+                    "down (lora_down/lora_A)",
+                    d,
+                    format!("[rank, {fan_in}]"),
+                ));
             }
             if u.len() < 2 || u[0] != w[0] || u_rank != d[0] {
                 return Err(mismatch(
@@ -281,7 +287,11 @@ fn check_entry(
                     b.shape
                 ))
             }
-            None => return Err(format!("LoRA {p}: '{key}' has a diff_b but the model has no '{bias}'")),
+            None => {
+                return Err(format!(
+                    "LoRA {p}: '{key}' has a diff_b but the model has no '{bias}'"
+                ))
+            }
         }
     }
     Ok(())

@@ -57,14 +57,19 @@ impl Runtime {
         let dit = m.dit().map_err(RuntimeError::Input)?;
         let resolved = self.resolve_model_path(path).ok();
         let pos = dit.loras().iter().position(|(l, _)| {
-            Some(&l.path) == resolved.as_ref() || l.path.file_name() == std::path::Path::new(path).file_name()
+            Some(&l.path) == resolved.as_ref()
+                || l.path.file_name() == std::path::Path::new(path).file_name()
         });
         let Some(pos) = pos else {
             let on: Vec<String> = dit.loras().iter().map(|(l, _)| l.name()).collect();
             return Err(RuntimeError::Input(format!(
                 "LoRA '{path}' is not applied to '{}' (applied: {})",
                 m.name,
-                if on.is_empty() { "none".into() } else { on.join(", ") }
+                if on.is_empty() {
+                    "none".into()
+                } else {
+                    on.join(", ")
+                }
             )));
         };
         let mut set = dit.loras().clone();
@@ -92,7 +97,8 @@ impl Runtime {
         })?;
         let bytes = dit.lora_bytes();
         if let Some(e) = self.ledger.get(id).cloned() {
-            self.ledger.admit(id, crate::runtime::Entry { lora: bytes, ..e });
+            self.ledger
+                .admit(id, crate::runtime::Entry { lora: bytes, ..e });
         }
         super::memstat::trim();
         Ok(())
