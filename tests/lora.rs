@@ -660,3 +660,40 @@ fn bf16_models_round_the_merged_weight_once_and_restore_exactly() {
         .collect();
     assert!(before == after, "bf16 weights differ after remove");
 }
+
+#[test]
+fn loras_on_stem_layers_rebuild_the_stem_and_come_off_exactly() {
+    let cases = cases();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rt = runtime();
+    let id = load(&mut rt);
+    let base = forward(&mut rt, id, &cases);
+    // diffusers names for the text embedding and the output head.
+    let p = write_lora(
+        dir.path(),
+        "stem.safetensors",
+        &[
+            (
+                "transformer.condition_embedder.text_embedder.linear_1.lora_A.weight",
+                randn(&[4, 32]),
+            ),
+            (
+                "transformer.condition_embedder.text_embedder.linear_1.lora_B.weight",
+                randn(&[48, 4]),
+            ),
+            ("transformer.proj_out.lora_A.weight", randn(&[4, 48])),
+            (
+                "transformer.proj_out.lora_B.weight",
+                (randn(&[64, 4]) * 0.1).unwrap(),
+            ),
+        ],
+    );
+    rt.apply_lora(id, &p, 1.0).unwrap();
+    let with = forward(&mut rt, id, &cases);
+    assert!(
+        common::max_abs_diff(&with, &base) > 1e-3,
+        "the stem LoRA changes the output"
+    );
+    rt.remove_lora(id, &p).unwrap();
+    assert_eq!(bits(&forward(&mut rt, id, &cases)), bits(&base));
+}

@@ -71,18 +71,20 @@ impl Modules {
             return self.flat.get(rest).cloned().flatten();
         }
         if let Some(rest) = module.strip_prefix("transformer.") {
-            return self.from_diffusers(rest);
+            return self
+                .diffusers_name(rest)
+                .or_else(|| self.exact.contains(rest).then(|| rest.to_string()));
         }
         let original = strip_prefix(module);
         if self.exact.contains(original) {
             return Some(original.to_string());
         }
-        self.from_diffusers(original)
+        self.diffusers_name(original)
     }
 
     /// The layout mapper works on full weight keys, so the module gets a
     /// `.weight` suffix for the trip and loses it after.
-    fn from_diffusers(&self, module: &str) -> Option<String> {
+    fn diffusers_name(&self, module: &str) -> Option<String> {
         let key = diffusers_to_original(&format!("{module}.weight"))?;
         let m = key.strip_suffix(".weight")?;
         self.exact.contains(m).then(|| m.to_string())

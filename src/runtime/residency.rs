@@ -166,9 +166,9 @@ impl WanResident {
             self.stem = WanStem::new(&self.cfg, vb.clone())?;
             self.source.release("");
         }
-        for i in 0..self.blocks.len() {
+        for (i, &is_resident) in resident.iter().enumerate() {
             let prefix = format!("blocks.{i}.");
-            if !resident[i] || !touched.iter().any(|n| n.starts_with(&prefix)) {
+            if !is_resident || !touched.iter().any(|n| n.starts_with(&prefix)) {
                 continue;
             }
             // Drop the old layer first: the peak stays one layer, not two.
