@@ -244,6 +244,11 @@ fn check_entry(
         )
     };
     match (&e.down, &e.up) {
+        (Some(_), Some(_)) if w.is_empty() => {
+            return Err(format!(
+                "LoRA {p}: '{key}' targets '{weight}', a single number, which a LoRA cannot factor"
+            ))
+        }
         (Some(down), Some(up)) => {
             let (d, u) = (down.dims(), up.dims());
             let fan_in: usize = w.iter().skip(1).product();
