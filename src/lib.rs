@@ -6,6 +6,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod host;
 pub mod inspect;
+pub mod lora;
 pub mod media;
 pub mod models;
 pub mod runtime;

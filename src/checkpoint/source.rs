@@ -53,6 +53,11 @@ impl CheckpointSource {
         &self.path
     }
 
+    /// Every tensor under its canonical name, from the header.
+    pub fn entries(&self) -> &BTreeMap<String, TensorEntry> {
+        &self.tensors
+    }
+
     /// Copies one tensor out of the mapping, converted to `dtype`.
     pub fn tensor(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let e = self.tensors.get(name).ok_or_else(|| {

@@ -43,12 +43,12 @@ fn render_vram(m: &Map) -> String {
         return out;
     }
     out.push_str(&format!(
-        "  {:<16} {:<8} {:>12} {:>12} {:>12} {:>10}\n",
-        "model", "state", "resident", "offloaded", "host", "blocks"
+        "  {:<16} {:<8} {:>12} {:>12} {:>12} {:>10} {:>6}\n",
+        "model", "state", "resident", "offloaded", "host", "blocks", "loras"
     ));
     for mm in &models {
         out.push_str(&format!(
-            "  {:<16} {:<8} {:>12} {:>12} {:>12} {:>10}\n",
+            "  {:<16} {:<8} {:>12} {:>12} {:>12} {:>10} {:>6}\n",
             text(mm, "name"),
             text(mm, "state"),
             mib(int(mm, "resident")),
@@ -59,6 +59,9 @@ fn render_vram(m: &Map) -> String {
                 0 => "-".to_string(),
                 b => format!("{}/{b}", int(mm, "resident_blocks")),
             },
+            mm.get("loras")
+                .and_then(|v| v.clone().into_array().ok())
+                .map_or(0, |a| a.len()),
         ));
     }
     out.trim_end().to_string()

@@ -19,12 +19,16 @@ pub struct Entry {
     pub offloaded: u64,
     /// Weights held in host memory outside the device (after `offload_model`).
     pub host: u64,
+    /// LoRA factors held for `apply_lora` (the merged weights themselves
+    /// replace the originals in `weights`, so they cost nothing extra). They
+    /// stay counted as resident even after `offload_model`.
+    pub lora: u64,
 }
 
 impl Entry {
     /// Device bytes this model occupies.
     pub fn resident(&self) -> u64 {
-        self.weights + self.stream_buffer
+        self.weights + self.stream_buffer + self.lora
     }
 }
 
@@ -100,6 +104,7 @@ mod tests {
                 stream_buffer: 10,
                 offloaded: 5,
                 host: 0,
+                lora: 0,
             },
         );
         assert_eq!((l.used(), l.free()), (70, 30));

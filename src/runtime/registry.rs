@@ -70,6 +70,17 @@ impl LoadedModel {
         }
     }
 
+    /// The Wan DiT, mutable (for LoRAs), or an error naming what this model is.
+    pub fn dit_mut(&mut self) -> Result<&mut WanResident, String> {
+        if !matches!(self.weights, Weights::Dit(_)) {
+            return Err(self.not_a("a Wan diffusion model (DiT)"));
+        }
+        match &mut self.weights {
+            Weights::Dit(m) => Ok(m),
+            _ => unreachable!("checked above"),
+        }
+    }
+
     /// The Wan VAE, or an error naming what this model is instead.
     pub fn vae(&self) -> Result<&WanVae, String> {
         match &self.weights {

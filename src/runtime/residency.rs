@@ -5,6 +5,8 @@
 //! time, into a single block-sized buffer that the ledger reserves.
 
 use crate::checkpoint::CheckpointSource;
+use crate::lora::backend::LoraSet;
+use crate::lora::LoraBackend;
 use crate::models::wan::dit::{WanBlock, WanStem};
 use crate::models::wan::WanConfig;
 use candle_core::{DType, Device, Result, Tensor};
@@ -18,8 +20,14 @@ pub struct WanResident {
     stem: WanStem,
     /// `None` = streamed from `source` at each forward.
     blocks: Vec<Option<WanBlock>>,
-    /// Kept open only while some block streams.
-    source: Option<Arc<CheckpointSource>>,
+    /// The mapped checkpoint: streamed blocks are read from it at each
+    /// forward, and LoRA rebuilds re-read the originals from it (the file is
+    /// the backup; its pages are released after every read, so RSS does not
+    /// hold them).
+    source: Arc<CheckpointSource>,
+    /// Applied LoRAs, in order; resident layers have them baked in and
+    /// streamed blocks get them as they stream in.
+    loras: LoraSet,
     block_bytes: Vec<u64>,
     streamed: Cell<u64>,
 }
@@ -57,14 +65,14 @@ impl WanResident {
             }
             source.release(&format!("blocks.{i}."));
         }
-        let streams = resident_blocks < cfg.num_layers;
         Ok(Self {
             cfg: cfg.clone(),
             dtype,
             device: device.clone(),
             stem,
             blocks,
-            source: streams.then_some(source),
+            source,
+            loras: Vec::new(),
             block_bytes,
             streamed: Cell::new(0),
         })
@@ -99,15 +107,87 @@ impl WanResident {
         i: usize,
         f: impl FnOnce(&WanBlock) -> Result<Tensor>,
     ) -> Result<Tensor> {
-        let source = self.source.as_ref().ok_or_else(|| {
-            candle_core::Error::Msg(format!("block {i} is neither resident nor streamable"))
-        })?;
-        let vb = source.var_builder(self.dtype, &self.device);
+        let vb = self.var_builder();
         let block = WanBlock::new(&self.cfg, vb.pp("blocks").pp(i))?;
         let out = f(&block);
         drop(block);
-        source.release(&format!("blocks.{i}."));
+        self.source.release(&format!("blocks.{i}."));
         self.streamed.set(self.streamed.get() + self.block_bytes[i]);
         out
+    }
+
+    /// Weights as the model should see them now: checkpoint plus LoRAs.
+    fn var_builder(&self) -> candle_nn::VarBuilder<'static> {
+        LoraBackend::var_builder(&self.source, &self.loras, self.dtype, &self.device)
+    }
+
+    /// The checkpoint the model reads from.
+    pub fn source(&self) -> &Arc<CheckpointSource> {
+        &self.source
+    }
+
+    /// The applied LoRAs, in order, with their strengths.
+    pub fn loras(&self) -> &LoraSet {
+        &self.loras
+    }
+
+    /// Bytes of LoRA factors held in memory.
+    pub fn lora_bytes(&self) -> u64 {
+        self.loras.iter().map(|(l, _)| l.bytes).sum()
+    }
+
+    /// Replaces the LoRA set and rebuilds every resident layer either set
+    /// touches from the checkpoint, so the result is exactly what a fresh
+    /// load with the new set would give (removing a LoRA restores the
+    /// original bits). All or nothing: on failure the old set is rebuilt.
+    /// Layers are rebuilt one at a time, so at most one layer is held twice.
+    pub fn set_loras(&mut self, loras: LoraSet) -> Result<()> {
+        let touched: Vec<String> = self
+            .loras
+            .iter()
+            .chain(&loras)
+            .flat_map(|(l, _)| l.targets().collect::<Vec<_>>())
+            .collect();
+        let resident: Vec<bool> = self.blocks.iter().map(Option::is_some).collect();
+        let old = std::mem::replace(&mut self.loras, loras);
+        if let Err(e) = self.rebuild(&touched, &resident) {
+            self.loras = old;
+            // The old set built before, from the same file; if even that
+            // fails the model is unusable, and the first error says why.
+            if let Err(again) = self.rebuild(&touched, &resident) {
+                tracing::error!("restoring the previous LoRA set failed too: {again}");
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn rebuild(&mut self, touched: &[String], resident: &[bool]) -> Result<()> {
+        let vb = self.var_builder();
+        if touched.iter().any(|n| !n.starts_with("blocks.")) {
+            self.stem = WanStem::new(&self.cfg, vb.clone())?;
+            self.source.release("");
+        }
+        for (i, &is_resident) in resident.iter().enumerate() {
+            let prefix = format!("blocks.{i}.");
+            if !is_resident || !touched.iter().any(|n| n.starts_with(&prefix)) {
+                continue;
+            }
+            // Drop the old layer first: the peak stays one layer, not two.
+            self.blocks[i] = None;
+            let built = WanBlock::new(&self.cfg, vb.pp("blocks").pp(i));
+            self.source.release(&prefix);
+            self.blocks[i] = Some(built?);
+        }
+        Ok(())
+    }
+
+    /// A resident linear weight by canonical name (`blocks.0.ffn.0.weight`),
+    /// as the model holds it; `None` for streamed blocks and other tensors.
+    pub fn resident_weight(&self, name: &str) -> Option<Tensor> {
+        let rest = name.strip_prefix("blocks.")?;
+        let (i, rest) = rest.split_once('.')?;
+        let block = self.blocks.get(i.parse::<usize>().ok()?)?.as_ref()?;
+        block.linear_weight(rest).cloned()
     }
 }

@@ -34,6 +34,9 @@ pub enum RuntimeError {
 
 type Result<T> = std::result::Result<T, RuntimeError>;
 
+/// `apply_lora` / `remove_lora`, kept in their own file.
+mod lora;
+
 /// A candle error as one readable message: without the backtrace candle
 /// attaches when RUST_BACKTRACE is set, which means nothing to a script author.
 pub fn plain_error(e: &candle_core::Error) -> String {
@@ -314,6 +317,7 @@ impl Runtime {
                 stream_buffer: plan.stream_buffer,
                 offloaded: plan.offloaded,
                 host: 0,
+                lora: 0,
             },
         );
         self.offload_peak = self.offload_peak.max(self.ledger.offloaded());

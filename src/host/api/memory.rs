@@ -40,6 +40,8 @@ pub fn vram_report(rt: &crate::runtime::Runtime) -> Map {
                 "resident_blocks".into(),
                 int(m.weights.resident_blocks() as u64),
             );
+            mm.insert("lora_bytes".into(), int(e.lora));
+            mm.insert("loras".into(), Dynamic::from_array(lora_list(m)));
             Dynamic::from_map(mm)
         })
         .collect();
@@ -55,6 +57,23 @@ pub fn vram_report(rt: &crate::runtime::Runtime) -> Map {
     v.insert("offloaded".into(), int(l.offloaded()));
     v.insert("models".into(), Dynamic::from_array(models));
     v
+}
+
+/// The model's LoRAs in the order applied: name, path and strength.
+fn lora_list(m: &crate::runtime::registry::LoadedModel) -> rhai::Array {
+    let Ok(dit) = m.dit() else {
+        return rhai::Array::new();
+    };
+    dit.loras()
+        .iter()
+        .map(|(l, s)| {
+            let mut lm = Map::new();
+            lm.insert("name".into(), l.name().into());
+            lm.insert("path".into(), l.path.display().to_string().into());
+            lm.insert("strength".into(), Dynamic::from(*s as rhai::FLOAT));
+            Dynamic::from_map(lm)
+        })
+        .collect()
 }
 
 pub fn ram_report(rt: &crate::runtime::Runtime) -> Map {

@@ -1,4 +1,5 @@
 //! Script primitives, one registration file per domain.
+pub mod lora;
 pub mod media;
 pub mod memory;
 pub mod models;
@@ -23,6 +24,7 @@ pub type SharedPolicy = Rc<RefCell<PathPolicy>>;
 pub fn register_all(engine: &mut rhai::Engine, rt: &Shared, policy: &SharedPolicy) {
     tensors::register(engine, rt, policy);
     models::register(engine, rt, policy);
+    lora::register(engine, rt, policy);
     sampling::register(engine, rt);
     memory::register(engine, rt);
     media::register(engine, policy);

@@ -27,7 +27,7 @@ pub const LOAD_OPTIONS: &[&str] = &[
 
 /// A model path through the file policy; `builtin:` names live in baton's
 /// own cache and are exempt.
-fn model_path(policy: &PathPolicy, what: &str, path: &str) -> ScriptResult<String> {
+pub(super) fn model_path(policy: &PathPolicy, what: &str, path: &str) -> ScriptResult<String> {
     if path.starts_with("builtin:") {
         return Ok(path.to_string());
     }

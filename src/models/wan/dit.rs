@@ -357,6 +357,26 @@ impl WanBlock {
         })
     }
 
+    /// The weight of one of the block's linears (`self_attn.q.weight`,
+    /// `ffn.0.weight`, ...), for checking what a LoRA merged into it.
+    pub fn linear_weight(&self, name: &str) -> Option<&Tensor> {
+        let (attn, rest) = match name.split_once('.') {
+            Some(("self_attn", r)) => (Some(&self.self_attn), r),
+            Some(("cross_attn", r)) => (Some(&self.cross_attn), r),
+            _ => (None, name),
+        };
+        let proj = match (attn, rest) {
+            (Some(a), "q.weight") => &a.q,
+            (Some(a), "k.weight") => &a.k,
+            (Some(a), "v.weight") => &a.v,
+            (Some(a), "o.weight") => &a.o,
+            (None, "ffn.0.weight") => &self.ffn_0,
+            (None, "ffn.2.weight") => &self.ffn_2,
+            _ => return None,
+        };
+        Some(proj.inner.weight())
+    }
+
     /// x [B, S, dim] -> [B, S, dim], same dtype as x.
     pub fn forward(&self, x: &Tensor, p: &Prepared) -> Result<Tensor> {
         let dtype = x.dtype();

@@ -1,0 +1,43 @@
+//! LoRA primitives: apply_lora(model, path[, strength]), remove_lora(model, path).
+
+use super::models::{model_path, ModelHandle};
+use super::{Shared, SharedPolicy};
+use crate::host::errors::{script_err, ScriptResult};
+use crate::host::options::as_f64;
+use rhai::{Dynamic, Engine};
+
+pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
+    let r = rt.clone();
+    let pol = policy.clone();
+    let apply = move |m: ModelHandle, path: &str, strength: Dynamic| -> ScriptResult<ModelHandle> {
+        // The LoRA file is read like a model file: only under the allowed roots.
+        let path = model_path(&pol.borrow(), "apply_lora", path)?;
+        let s = as_f64(&strength).ok_or_else(|| {
+            script_err(format!(
+                "apply_lora: strength must be a number, got {}",
+                strength.type_name()
+            ))
+        })?;
+        r.borrow_mut()
+            .apply_lora(m.id, &path, s)
+            .map_err(script_err)?;
+        Ok(m)
+    };
+    let apply1 = apply.clone();
+    engine.register_fn("apply_lora", apply);
+    engine.register_fn(
+        "apply_lora",
+        move |m: ModelHandle, path: &str| -> ScriptResult<ModelHandle> {
+            apply1(m, path, Dynamic::from(1.0 as rhai::FLOAT))
+        },
+    );
+
+    let r = rt.clone();
+    engine.register_fn(
+        "remove_lora",
+        move |m: ModelHandle, path: &str| -> ScriptResult<ModelHandle> {
+            r.borrow_mut().remove_lora(m.id, path).map_err(script_err)?;
+            Ok(m)
+        },
+    );
+}
