@@ -101,15 +101,7 @@ fn main() {
             Ok(false) => {}
             Err(p) => {
                 crashes += 1;
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                std::fs::create_dir_all("fuzz/crashes").ok();
-                let out = format!("fuzz/crashes/header-{seed}-{runs}.safetensors");
-                std::fs::write(&out, &data).ok();
-                eprintln!("PANIC on {out}: {msg}");
+                rng::record_crash(&format!("header-{seed}-{runs}.safetensors"), &data, p);
             }
         }
     }

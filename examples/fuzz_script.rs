@@ -126,15 +126,7 @@ fn main() {
             Ok(false) => {}
             Err(p) => {
                 crashes += 1;
-                let msg = p
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default();
-                std::fs::create_dir_all("fuzz/crashes").ok();
-                let out = format!("fuzz/crashes/script-{seed}-{runs}.rhai");
-                std::fs::write(&out, &text).ok();
-                eprintln!("PANIC on {out}: {msg}");
+                rng::record_crash(&format!("script-{seed}-{runs}.rhai"), text.as_bytes(), p);
                 s = session(dir.path());
             }
         }

@@ -98,3 +98,17 @@ pub fn mutate(rng: &mut Rng, data: &mut Vec<u8>, dict: &[&[u8]]) {
         }
     }
 }
+
+/// Saves an input that made the target panic under `fuzz/crashes/` and prints
+/// the panic message, so the crash can be replayed and added to the corpus.
+pub fn record_crash(name: &str, data: &[u8], payload: Box<dyn std::any::Any + Send>) {
+    let msg = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    std::fs::create_dir_all("fuzz/crashes").ok();
+    let out = format!("fuzz/crashes/{name}");
+    std::fs::write(&out, data).ok();
+    eprintln!("PANIC on {out}: {msg}");
+}

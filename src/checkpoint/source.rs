@@ -182,16 +182,7 @@ impl SimpleBackend for Backend {
         dtype: DType,
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
-        let t = self.0.tensor(name, dtype, dev)?;
-        if t.shape() != &s {
-            candle_core::bail!(
-                "{}: tensor '{name}' has shape {:?}, the model expects {:?}",
-                self.0.path.display(),
-                t.dims(),
-                s.dims()
-            );
-        }
-        Ok(t)
+        expect_shape(&self.0.path, name, self.0.tensor(name, dtype, dev)?, &s)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
@@ -201,4 +192,18 @@ impl SimpleBackend for Backend {
     fn contains_tensor(&self, name: &str) -> bool {
         self.0.tensors.contains_key(name)
     }
+}
+
+/// `t` if it has the shape the model asks for, else an error naming the file
+/// and the tensor: what every `VarBuilder` backend over a checkpoint checks.
+pub fn expect_shape(path: &Path, name: &str, t: Tensor, s: &Shape) -> candle_core::Result<Tensor> {
+    if t.shape() != s {
+        candle_core::bail!(
+            "{}: tensor '{name}' has shape {:?}, the model expects {:?}",
+            path.display(),
+            t.dims(),
+            s.dims()
+        );
+    }
+    Ok(t)
 }

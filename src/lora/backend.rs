@@ -66,15 +66,7 @@ impl SimpleBackend for LoraBackend {
         dev: &Device,
     ) -> candle_core::Result<Tensor> {
         let t = self.merged(name, dtype, dev)?;
-        if t.shape() != &s {
-            candle_core::bail!(
-                "{}: tensor '{name}' has shape {:?}, the model expects {:?}",
-                self.base.path().display(),
-                t.dims(),
-                s.dims()
-            );
-        }
-        Ok(t)
+        crate::checkpoint::source::expect_shape(self.base.path(), name, t, &s)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
