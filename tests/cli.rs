@@ -84,3 +84,31 @@ fn inspect_recognises_the_text_encoder_and_the_vae() {
     assert!(out.contains("arch:       wan-vae 2.1 width 4"), "{out}");
     assert!(out.contains("z_dim 16"), "{out}");
 }
+
+/// The bundled stdlib needs no file access: it imports under any --models,
+/// and a file a recipe brings along cannot shadow it.
+#[test]
+fn bundled_stdlib_imports_under_any_model_root() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("stdlib")).unwrap();
+    std::fs::write(
+        dir.path().join("stdlib/wan22.rhai"),
+        "fn defaults(o) { throw \"shadowed\"; }\n",
+    )
+    .unwrap();
+    let script = dir.path().join("r.rhai");
+    std::fs::write(
+        &script,
+        "import \"stdlib/wan22\" as wan;\nprint(`split ${wan::defaults(#{}).split}`);\n",
+    )
+    .unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let (ok, out, err) = baton(&[
+        "run",
+        script.to_str().unwrap(),
+        "--models",
+        models.path().to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.contains("split 10"), "{out}");
+}

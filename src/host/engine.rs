@@ -43,6 +43,25 @@ fn module_resolver(script_dir: Option<&Path>, policy: &SharedPolicy) -> SearchPa
     }
 }
 
+/// Recipes compiled into the binary: `import "stdlib/wan22"` (or `"wan22"`)
+/// always means baton's own copy, needs no file access (so it works under any
+/// `--models`), and cannot be shadowed by a file a shared recipe brings along.
+const BUNDLED: &[(&str, &str)] = &[("wan22", include_str!("../../stdlib/wan22.rhai"))];
+
+fn bundled(
+    engine: &Engine,
+    path: &str,
+) -> Option<Result<rhai::Shared<rhai::Module>, Box<rhai::EvalAltResult>>> {
+    let name = path.strip_prefix("stdlib/").unwrap_or(path);
+    let (name, src) = BUNDLED.iter().find(|(n, _)| *n == name)?;
+    Some((|| {
+        let mut ast = engine.compile(*src)?;
+        ast.set_source(format!("stdlib/{name}.rhai"));
+        let m = rhai::Module::eval_ast_as_new(rhai::Scope::new(), &ast, engine)?;
+        Ok(m.into())
+    })())
+}
+
 struct SearchPath {
     dirs: Vec<PathBuf>,
     policy: SharedPolicy,
@@ -57,6 +76,9 @@ impl rhai::ModuleResolver for SearchPath {
         path: &str,
         pos: rhai::Position,
     ) -> Result<rhai::Shared<rhai::Module>, Box<rhai::EvalAltResult>> {
+        if let Some(m) = bundled(engine, path) {
+            return m;
+        }
         for dir in &self.dirs {
             let file = dir.join(path).with_extension("rhai");
             if file.is_file() {
