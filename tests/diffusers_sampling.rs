@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{as_f64, eval, run, session_with};
+use common::{as_f64, eval, run};
 
 const SETUP: &str = r#"
 let c = load_tensors("tests/fixtures/wan_tiny/sampling_cases.safetensors");
@@ -18,9 +18,7 @@ const TRAJ_TOL: f64 = 1e-5;
 
 #[test]
 fn euler_trace_matches_diffusers() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     let err = as_f64(eval(
         &mut s,
         r#"
@@ -34,9 +32,7 @@ fn euler_trace_matches_diffusers() {
 
 #[test]
 fn euler_each_step_matches_diffusers() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     for step in 0..6 {
         // A pass ending at step k+1 with leftover noise returns x/(1-σ); undo it.
         let err = as_f64(eval(
@@ -57,9 +53,7 @@ fn euler_each_step_matches_diffusers() {
 
 #[test]
 fn two_expert_switch_matches_diffusers() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     // Timesteps >= 875 (boundary_ratio 0.875) go to the high expert: steps 0..3.
     let (mid, fin) = {
         let v = eval(
@@ -83,9 +77,7 @@ fn two_expert_switch_matches_diffusers() {
 
 #[test]
 fn split_at_k_reproduces_the_full_run() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     run(
         &mut s,
         r#"
@@ -123,9 +115,7 @@ fn split_at_k_reproduces_the_full_run() {
 /// while ComfyUI-style fresh passes restart a multistep sampler's history.
 #[test]
 fn sampler_state_carries_the_solver_across_passes() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     let v = eval(
         &mut s,
         r#"
@@ -178,9 +168,7 @@ fn sampler_state_carries_the_solver_across_passes() {
 
 #[test]
 fn sampler_state_misuse_is_a_clear_error() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     run(
         &mut s,
         r#"

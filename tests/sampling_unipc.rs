@@ -18,7 +18,7 @@ mod common;
 use baton::sampling::{samplers, sigmas};
 use candle_core::{Result, Tensor};
 use common::comfy::*;
-use common::{as_f64, eval, max_abs_diff, rel_l2, run, session_with};
+use common::{as_f64, eval, max_abs_diff, rel_l2};
 
 // ---------------------------------------------------------------------------
 // helpers
@@ -415,9 +415,7 @@ let high = load_model("tests/fixtures/wan_tiny/original.safetensors", #{ name: "
 
 #[test]
 fn unipc_flow_end_to_end_matches_diffusers() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     // The runtime starts from x = σ0·noise (σ0 = 1 − 1e-6 here) where diffusers starts
     // from noise itself: a 1e-6 relative difference on top of the network's f32
     // rounding (CFG on x0 here, on v in diffusers). 1e-4 relative L2 covers both.
@@ -535,9 +533,7 @@ fn short_and_edge_runs_are_finite() {
 /// each pass is a run of its own (ComfyUI's KSamplerAdvanced) and differs.
 #[test]
 fn uni_pc_split_through_script_state() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     let v = eval(
         &mut s,
         r#"

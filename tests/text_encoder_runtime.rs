@@ -16,9 +16,7 @@ let c = load_tensors("tests/fixtures/umt5_tiny/cases.safetensors");
 
 #[test]
 fn encode_ids_matches_transformers() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     for case in ["case0", "case_long"] {
         let err = as_f64(eval(
             &mut s,
@@ -36,9 +34,7 @@ fn encode_ids_matches_transformers() {
 
 #[test]
 fn tokenize_and_encode_text() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     // SentencePiece with byte fallback (what ComfyUI gets); tokens.json's spm_eos_ids.
     let ids = eval(
         &mut s,
@@ -78,9 +74,7 @@ fn tokenize_and_encode_text() {
 
 #[test]
 fn long_prompts_are_truncated_and_reported() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     let v = eval(
         &mut s,
         r#"
@@ -99,9 +93,7 @@ fn long_prompts_are_truncated_and_reported() {
 
 #[test]
 fn wrong_model_kinds_are_clear_errors() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     run(
         &mut s,
         r#"let dit = load_model("tests/fixtures/wan_tiny/original.safetensors", #{ name: "dit" });"#,

@@ -7,7 +7,7 @@
 //! pipeline runs in `prompt_to_video_script_runs`.
 mod common;
 
-use common::{as_f64, eval, eval_err, run, session_with};
+use common::{as_f64, eval, eval_err, run};
 
 const SETUP: &str = r#"
 let vae = load_model("tests/fixtures/wan_vae_tiny/original.safetensors", #{ name: "vae" });
@@ -16,9 +16,7 @@ let c = load_tensors("tests/fixtures/wan_vae_tiny/cases.safetensors");
 
 #[test]
 fn decode_and_encode_match_diffusers() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (_out, mut s) = common::session_after(SETUP);
     assert_eq!(
         eval(&mut s, "vae.arch").into_string().unwrap(),
         "wan-vae 2.1 width 4"
@@ -55,9 +53,7 @@ fn decode_and_encode_match_diffusers() {
 
 #[test]
 fn misuse_is_a_clear_error_and_the_session_survives() {
-    let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(&mut s, SETUP);
+    let (out, mut s) = common::session_after(SETUP);
     run(
         &mut s,
         r#"let dit = load_model("tests/fixtures/wan_tiny/original.safetensors", #{ name: "dit" });"#,

@@ -147,3 +147,12 @@ pub fn baton_run(
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
 }
+
+/// A session (writing into a fresh temp dir, returned so it lives as long as
+/// the session) that has already run `setup`.
+pub fn session_after(setup: &str) -> (tempfile::TempDir, baton::host::Session) {
+    let out = tempfile::tempdir().unwrap();
+    let mut s = session_with(None, out.path());
+    run(&mut s, setup);
+    (out, s)
+}
