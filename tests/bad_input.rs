@@ -132,8 +132,10 @@ fn shape_mismatch() {
     assert_survivor_works(&mut s);
 }
 
+/// fp8 weights load (dequantised), but a scale that fits neither per-tensor
+/// nor per-output-channel is an error naming the scale and the weight.
 #[test]
-fn fp8_is_refused_clearly() {
+fn a_misshapen_fp8_scale_is_refused_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fp8.safetensors");
     write_modified(&path, |t| {
@@ -141,11 +143,15 @@ fn fp8_is_refused_clearly() {
             .to_dtype(candle_core::DType::F8E4M3)
             .unwrap();
         t.insert("blocks.0.ffn.0.weight".into(), w);
+        let bad = candle_core::Tensor::ones(3, candle_core::DType::F32, &candle_core::Device::Cpu);
+        t.insert("blocks.0.ffn.0.scale_weight".into(), bad.unwrap());
     });
     let mut s = session_with_survivor(dir.path());
     let e = load_error(&mut s, &path);
     assert!(
-        e.contains("fp8") && e.contains("blocks.0.ffn.0.weight"),
+        e.contains("blocks.0.ffn.0.scale_weight")
+            && e.contains("blocks.0.ffn.0.weight")
+            && e.contains("3 values"),
         "{e}"
     );
     assert_survivor_works(&mut s);

@@ -86,9 +86,17 @@ pub fn detect(header: &Header, heads: Option<usize>) -> Result<Detected, Checkpo
     let mut tensors = BTreeMap::new();
     let mut unmapped = Vec::new();
     for (key, entry) in stripped {
+        if is_quant_marker(key) {
+            continue;
+        }
         let canonical = match layout {
             Layout::Original => Some(key.to_string()),
-            Layout::Diffusers => diffusers_to_original(key),
+            Layout::Diffusers => match fp8_scale_stem(key) {
+                // A scale follows its weight through the layout mapping.
+                Some((stem, suffix)) => diffusers_to_original(&format!("{stem}.weight"))
+                    .and_then(|w| Some(format!("{}.{suffix}", w.strip_suffix(".weight")?))),
+                None => diffusers_to_original(key),
+            },
         };
         match canonical {
             Some(c) => {
@@ -179,11 +187,20 @@ pub fn detect(header: &Header, heads: Option<usize>) -> Result<Detected, Checkpo
     for e in tensors.values() {
         *by_dtype.entry(dtype_name(e.dtype)).or_default() += e.bytes() as u64;
     }
-    let dtype = by_dtype
-        .into_iter()
-        .max_by_key(|(_, b)| *b)
-        .map(|(d, _)| d)
-        .unwrap_or_default();
+    // An fp8 file is an fp8 model even where its f32 norms and biases
+    // outweigh the quantised linears (as in tiny test models).
+    let fp8 = tensors
+        .values()
+        .any(|e| e.dtype == safetensors::Dtype::F8_E4M3);
+    let dtype = if fp8 {
+        dtype_name(safetensors::Dtype::F8_E4M3)
+    } else {
+        by_dtype
+            .into_iter()
+            .max_by_key(|(_, b)| *b)
+            .map(|(d, _)| d)
+            .unwrap_or_default()
+    };
     Ok(Detected {
         arch: "wan-dit",
         variant,
@@ -195,6 +212,23 @@ pub fn detect(header: &Header, heads: Option<usize>) -> Result<Detected, Checkpo
     })
 }
 
+/// ComfyUI's fp8_scaled bookkeeping that carries no weight: the legacy
+/// `scaled_fp8` marker, the newer per-layer `comfy_quant` format records, and
+/// activation scales (`input_scale`, used only by fp8 matmul kernels).
+fn is_quant_marker(key: &str) -> bool {
+    key == "scaled_fp8" || key.ends_with(".comfy_quant") || key.ends_with(".input_scale")
+}
+
+/// `(layer, suffix)` for a per-layer fp8 weight scale: the legacy
+/// `<layer>.scale_weight` or the newer `<layer>.weight_scale`.
+pub fn fp8_scale_stem(key: &str) -> Option<(&str, &'static str)> {
+    if let Some(stem) = key.strip_suffix(".scale_weight") {
+        return Some((stem, "scale_weight"));
+    }
+    key.strip_suffix(".weight_scale")
+        .map(|stem| (stem, "weight_scale"))
+}
+
 fn check_dtypes(
     path: &Path,
     tensors: &BTreeMap<String, TensorEntry>,
@@ -202,10 +236,11 @@ fn check_dtypes(
     use safetensors::Dtype::*;
     for (key, e) in tensors {
         match e.dtype {
-            F32 | F16 | BF16 => {}
+            // F8_E4M3 weights are dequantised at load (fp8_scaled: times their scale).
+            F32 | F16 | BF16 | F8_E4M3 => {}
             other => {
-                let hint = if matches!(other, F8_E4M3 | F8_E5M2) {
-                    " (fp8 / fp8_scaled checkpoints are not supported yet; use a bf16 or fp16 file)"
+                let hint = if matches!(other, F8_E5M2) {
+                    " (fp8 e5m2 checkpoints are not supported; use an e4m3fn, bf16 or fp16 file)"
                 } else {
                     ""
                 };

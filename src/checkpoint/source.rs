@@ -67,6 +67,7 @@ impl CheckpointSource {
             safetensors::Dtype::F32 => DType::F32,
             safetensors::Dtype::F16 => DType::F16,
             safetensors::Dtype::BF16 => DType::BF16,
+            safetensors::Dtype::F8_E4M3 => DType::F8E4M3,
             other => candle_core::bail!(
                 "{}: tensor '{name}' has unsupported dtype {other:?}",
                 self.path.display()
@@ -74,6 +75,11 @@ impl CheckpointSource {
         };
         let bytes = &self.mmap[e.start..e.end];
         let t = Tensor::from_raw_buffer(bytes, file_dtype, &e.shape, &Device::Cpu)?;
+        let (t, file_dtype) = if file_dtype == DType::F8E4M3 {
+            (self.dequantise(name, t)?, DType::F32)
+        } else {
+            (t, file_dtype)
+        };
         let t = if file_dtype == dtype {
             t
         } else {
@@ -83,6 +89,41 @@ impl CheckpointSource {
             Ok(t)
         } else {
             t.to_device(dev)
+        }
+    }
+
+    /// An fp8 weight in f32: times its per-tensor (or per-output-channel)
+    /// scale when the file is fp8_scaled, as ComfyUI stores it either as
+    /// `<layer>.scale_weight` (legacy) or `<layer>.weight_scale`; plain fp8
+    /// (no scale) is taken as is. The caller rounds once to the resident dtype.
+    fn dequantise(&self, name: &str, q: Tensor) -> candle_core::Result<Tensor> {
+        let w = q.to_dtype(DType::F32)?;
+        let Some(stem) = name.strip_suffix(".weight") else {
+            return Ok(w);
+        };
+        let scale_key = [
+            format!("{stem}.scale_weight"),
+            format!("{stem}.weight_scale"),
+        ]
+        .into_iter()
+        .find(|k| self.tensors.contains_key(k));
+        let Some(key) = scale_key else {
+            return Ok(w);
+        };
+        let s = self.tensor(&key, DType::F32, &Device::Cpu)?.flatten_all()?;
+        let out = w.dims().first().copied().unwrap_or(0);
+        match s.elem_count() {
+            1 => w.broadcast_mul(&s.reshape(())?),
+            n if n == out => {
+                let mut shape = vec![1; w.rank()];
+                shape[0] = n;
+                w.broadcast_mul(&s.reshape(shape)?)
+            }
+            n => candle_core::bail!(
+                "{}: '{key}' has {n} values; an fp8 scale for '{name}' {:?} must have 1 or {out}",
+                self.path.display(),
+                w.dims()
+            ),
         }
     }
 

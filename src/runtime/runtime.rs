@@ -949,7 +949,8 @@ fn check_sigmas(s: &[f32]) -> Result<()> {
 fn dominant_dtype(d: &Detected) -> DType {
     match d.dtype.as_str() {
         "f16" => DType::F16,
-        "bf16" => DType::BF16,
+        // fp8 weights are dequantised once at load; bf16 keeps them at 2 bytes.
+        "bf16" | "fp8_e4m3" => DType::BF16,
         _ => DType::F32,
     }
 }
