@@ -187,3 +187,83 @@ print(`rows ${{ctx.shape[1]}}`);
         "{stderr}"
     );
 }
+
+/// ComfyUI's scaled-fp8 text encoders load: each linear is F8_E4M3 with a
+/// `scale_weight`, dequantised at load; kept in f32 the encoder equals the
+/// dequantised reference exactly.
+#[test]
+fn a_scaled_fp8_text_encoder_matches_its_dequantised_reference() {
+    use candle_core::{DType, Device, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    let base = common::load_fixture("umt5_tiny/hf.safetensors");
+    let (mut fp8, mut reference) = (
+        std::collections::HashMap::new(),
+        std::collections::HashMap::new(),
+    );
+    for (k, w) in base {
+        let linear = k.starts_with("encoder.block.")
+            && w.rank() == 2
+            && !k.contains("relative_attention_bias");
+        if !linear {
+            fp8.insert(k.clone(), w.clone());
+            reference.insert(k, w);
+            continue;
+        }
+        let amax = w
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let scale = amax / 448.0;
+        let q = (&w / scale as f64)
+            .unwrap()
+            .to_dtype(DType::F8E4M3)
+            .unwrap();
+        let deq = (q.to_dtype(DType::F32).unwrap() * scale as f64).unwrap();
+        let stem = k.strip_suffix(".weight").unwrap();
+        fp8.insert(
+            format!("{stem}.scale_weight"),
+            Tensor::new(&[scale], &Device::Cpu).unwrap(),
+        );
+        fp8.insert(k.clone(), q);
+        reference.insert(k, deq);
+    }
+    fp8.insert(
+        "scaled_fp8".into(),
+        Tensor::zeros(0, DType::F8E4M3, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&fp8, dir.path().join("te_fp8.safetensors")).unwrap();
+    candle_core::safetensors::save(&reference, dir.path().join("te_ref.safetensors")).unwrap();
+    let mut s = session_with(None, dir.path());
+    let d = dir.path().display();
+    let v = eval(
+        &mut s,
+        &format!(
+            r#"
+            let c = load_tensors("{}");
+            let q = load_model("{d}/te_fp8.safetensors", #{{ name: "q", dtype: "f32" }});
+            let qb = load_model("{d}/te_fp8.safetensors", #{{ name: "qb" }});
+            let r = load_model("{d}/te_ref.safetensors", #{{ name: "r" }});
+            let want = encode_ids(r, c["case0.input_ids"], c["case0.attention_mask"]);
+            [rel_l2(encode_ids(q, c["case0.input_ids"], c["case0.attention_mask"]), want),
+             rel_l2(encode_ids(qb, c["case0.input_ids"], c["case0.attention_mask"]), want),
+             rel_l2(want, c["case0.last_hidden_state"]), qb.dtype]
+            "#,
+            common::fixture("umt5_tiny/cases.safetensors").display()
+        ),
+    )
+    .into_array()
+    .unwrap();
+    let (exact, bf16, quant) = (
+        as_f64(v[0].clone()),
+        as_f64(v[1].clone()),
+        as_f64(v[2].clone()),
+    );
+    println!("fp8 umT5: f32 {exact:.2e}, bf16 {bf16:.2e}, quantisation {quant:.2e}");
+    assert!(exact <= 1e-6, "{exact:.3e}");
+    assert_eq!(v[3].clone().into_string().unwrap(), "bf16");
+    assert!(bf16 <= 3e-2, "{bf16:.3e}");
+    assert!(quant > 1e-4, "quantisation changed nothing");
+}

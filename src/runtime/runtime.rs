@@ -962,6 +962,9 @@ pub fn dominant_dtype_of<'a>(entries: impl Iterator<Item = &'a TensorEntry>) -> 
         match e.dtype {
             safetensors::Dtype::F16 => bytes[1] += e.bytes() as u64,
             safetensors::Dtype::BF16 => bytes[2] += e.bytes() as u64,
+            // An fp8 file is dequantised once at load and held in bf16 (2
+            // bytes a weight), even where its f32 norms outweigh the linears.
+            safetensors::Dtype::F8_E4M3 => return DType::BF16,
             _ => bytes[0] += e.bytes() as u64,
         }
     }

@@ -59,6 +59,11 @@ pub fn strip_prefix(key: &str) -> &str {
 /// `shared.weight` and maps to it; [`canonical_map`] resolves the pair.
 pub fn to_canonical(key: &str) -> Option<String> {
     let key = strip_prefix(key);
+    // An fp8_scaled weight's scale follows its weight's name.
+    if let Some((stem, suffix)) = crate::checkpoint::detect::fp8_scale_stem(key) {
+        let w = to_canonical(&format!("{stem}.weight"))?;
+        return Some(format!("{}.{suffix}", w.strip_suffix(".weight")?));
+    }
     if key == "shared.weight" || key == "encoder.embed_tokens.weight" {
         return Some("shared.weight".into());
     }
@@ -141,20 +146,14 @@ pub fn is_umt5<'a>(keys: impl IntoIterator<Item = &'a str>) -> bool {
         })
 }
 
-/// Rejects files whose weights the encoder would read wrongly: ComfyUI's
-/// "scaled fp8" text encoders store each linear as fp8 plus a `scale_weight`
-/// that must multiply it, and Wan's `shared_pos` variant keeps one position
-/// table for all blocks. Loading either as a plain umT5 would not fail; it
-/// would produce wrong embeddings.
+/// Rejects files whose weights the encoder would read wrongly: Wan's
+/// `shared_pos` variant keeps one position table for all blocks, and loading
+/// it as umT5 would not fail; it would produce wrong embeddings. (ComfyUI's
+/// scaled-fp8 files are fine: each `scale_weight` maps beside its weight and
+/// the checkpoint reader dequantises.)
 pub fn check_supported<'a>(keys: impl IntoIterator<Item = &'a str>) -> Result<(), String> {
     for key in keys {
         let k = strip_prefix(key);
-        if k == "scaled_fp8" || k.ends_with(".scale_weight") || k.ends_with(".scale_input") {
-            return Err(format!(
-                "umt5: '{key}' marks a scaled-fp8 text encoder, which is not supported; \
-                 use the bf16 or fp16 umt5_xxl file"
-            ));
-        }
         if k == "pos_embedding.embedding.weight" {
             return Err(format!(
                 "umt5: '{key}' is a shared position table (plain T5 in Wan's layout), not umT5"
@@ -231,7 +230,12 @@ mod tests {
             "blocks.0.self_attn.q.weight",
             "head.head.weight"
         ]));
-        assert!(check_supported(["scaled_fp8", "shared.weight"]).is_err());
+        assert!(check_supported(["scaled_fp8", "shared.weight"]).is_ok());
+        assert!(check_supported(["pos_embedding.embedding.weight"]).is_err());
+        assert_eq!(
+            to_canonical("umt5xxl.transformer.blocks.0.attn.q.scale_weight").as_deref(),
+            Some("encoder.block.0.layer.0.SelfAttention.q.scale_weight")
+        );
         assert!(check_supported(umt5).is_ok());
     }
 }
