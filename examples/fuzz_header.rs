@@ -64,9 +64,7 @@ const DICT: &[&[u8]] = &[
 ];
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let secs: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(60);
-    let seed: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(1);
+    let (secs, seed) = rng::secs_and_seed();
     std::panic::set_hook(Box::new(|_| {}));
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("fuzz.safetensors");

@@ -11,9 +11,6 @@ use common::{as_f64, eval, run};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// The largest finite F8_E4M3 value: the scale maps each weight's max |w| there.
-const FP8_MAX: f64 = 448.0;
-
 /// (fp8 file tensors, f32 reference tensors) for one encoding.
 fn quantised(legacy: bool) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
     let base = common::load_fixture("wan_tiny/original.safetensors");
@@ -25,23 +22,7 @@ fn quantised(legacy: bool) -> (HashMap<String, Tensor>, HashMap<String, Tensor>)
             reference.insert(k, w);
             continue;
         }
-        let amax = w
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap() as f64;
-        let scale = (amax / FP8_MAX) as f32;
-        let q = (&w / scale as f64)
-            .unwrap()
-            .to_dtype(DType::F8E4M3)
-            .unwrap();
-        let deq = q
-            .to_dtype(DType::F32)
-            .unwrap()
-            .broadcast_mul(&Tensor::new(scale, &Device::Cpu).unwrap())
-            .unwrap();
+        let (q, scale, deq) = common::quantise_fp8(&w);
         let stem = k.strip_suffix(".weight").unwrap();
         let p = "model.diffusion_model.";
         if legacy {

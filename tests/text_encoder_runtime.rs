@@ -209,19 +209,7 @@ fn a_scaled_fp8_text_encoder_matches_its_dequantised_reference() {
             reference.insert(k, w);
             continue;
         }
-        let amax = w
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        let scale = amax / 448.0;
-        let q = (&w / scale as f64)
-            .unwrap()
-            .to_dtype(DType::F8E4M3)
-            .unwrap();
-        let deq = (q.to_dtype(DType::F32).unwrap() * scale as f64).unwrap();
+        let (q, scale, deq) = common::quantise_fp8(&w);
         let stem = k.strip_suffix(".weight").unwrap();
         fp8.insert(
             format!("{stem}.scale_weight"),

@@ -112,3 +112,10 @@ pub fn record_crash(name: &str, data: &[u8], payload: Box<dyn std::any::Any + Se
     std::fs::write(&out, data).ok();
     eprintln!("PANIC on {out}: {msg}");
 }
+
+/// The fuzzers' command line: `SECONDS [SEED]` (defaults 60 and 1).
+pub fn secs_and_seed() -> (u64, u64) {
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |i: usize, d: u64| args.get(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    (arg(1, 60), arg(2, 1))
+}

@@ -156,3 +156,25 @@ pub fn session_after(setup: &str) -> (tempfile::TempDir, baton::host::Session) {
     run(&mut s, setup);
     (out, s)
 }
+
+/// ComfyUI-style fp8_scaled quantisation of one weight: a per-tensor scale
+/// mapping max |w| to F8_E4M3's largest finite value (448). Returns (the
+/// F8_E4M3 tensor, its scale, the dequantised `fp8 · scale` in f32: the
+/// reference a loader must reproduce).
+pub fn quantise_fp8(w: &Tensor) -> (Tensor, f32, Tensor) {
+    let amax = w
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    let scale = amax / 448.0;
+    let q = (w / scale as f64).unwrap().to_dtype(DType::F8E4M3).unwrap();
+    let deq = q
+        .to_dtype(DType::F32)
+        .unwrap()
+        .broadcast_mul(&Tensor::new(scale, w.device()).unwrap())
+        .unwrap();
+    (q, scale, deq)
+}
