@@ -9,5 +9,6 @@ pub mod inspect;
 pub mod lora;
 pub mod media;
 pub mod models;
+pub mod plan;
 pub mod runtime;
 pub mod sampling;

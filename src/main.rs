@@ -77,6 +77,7 @@ impl SessionArgs {
                 max_map_size: self.max_map_size,
                 timeout,
             },
+            dry: false,
         })
     }
 }
@@ -103,6 +104,19 @@ enum Command {
     /// Run a .rhai pipeline script.
     Run {
         file: PathBuf,
+        /// Record every ledger change and RSS sample to FILE.json (draw it with `baton trace`).
+        #[arg(long, value_name = "FILE.json")]
+        trace: Option<PathBuf>,
+        #[command(flatten)]
+        session: SessionArgs,
+    },
+    /// Predict a script's memory without running it: load, sample and delete
+    /// on headers only, with the peak and where a delete_model would help.
+    Plan {
+        file: PathBuf,
+        /// Print the plan as JSON (events, predictions, warnings) instead of a table.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         session: SessionArgs,
     },
@@ -162,9 +176,36 @@ fn main() -> ExitCode {
 
 fn execute(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Run { file, session } => {
+        Command::Run {
+            file,
+            trace,
+            session,
+        } => {
+            let baseline = baton::runtime::memstat::rss();
             let mut s = Session::new(&session.config()?);
-            if let Err(e) = s.run_file(&file) {
+            if trace.is_some() {
+                s.runtime.borrow_mut().timeline.sample_rss(20);
+            }
+            let result = s.run_file(&file);
+            if let Some(path) = &trace {
+                let t = s.runtime.borrow_mut().timeline.finish(
+                    &file.display().to_string(),
+                    false,
+                    baseline,
+                );
+                let json = serde_json::to_vec_pretty(&t)?;
+                baton::media::write_atomically(path, |tmp| {
+                    std::fs::write(tmp, &json).map_err(|e| e.to_string())
+                })
+                .map_err(anyhow::Error::msg)?;
+                eprintln!(
+                    "trace written to {} ({} events, {} RSS samples)",
+                    path.display(),
+                    t.events.len(),
+                    t.rss.len()
+                );
+            }
+            if let Err(e) = result {
                 return Err(match s.last_stop {
                     Some(stop) => Stopped(stop, format!("{stop}: {e}")).into(),
                     None => anyhow::Error::msg(e),
@@ -172,6 +213,21 @@ fn execute(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Repl { session } => repl::run(&session.config()?)?,
+        Command::Plan {
+            file,
+            json,
+            session,
+        } => {
+            let plan = baton::plan::plan_file(&file, &session.config()?);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", baton::plan::render(&plan));
+            }
+            if plan.error.is_some() {
+                anyhow::bail!("the plan stops where the script fails");
+            }
+        }
         Command::Inspect { checkpoint, heads } => {
             print!("{}", baton::inspect::inspect(&checkpoint, heads)?)
         }

@@ -1,6 +1,7 @@
 //! The README's main job: `baton run scripts/demo.rhai`. The sequential way
 //! must offload nothing and peak lower in RSS than the both-loaded way; both
 //! figures are measured by the script (ledger and /proc), not assumed here.
+//! The run is traced, and `baton plan`'s prediction must match it.
 mod common;
 
 fn number_after(line: &str, key: &str) -> f64 {
@@ -19,9 +20,16 @@ fn number_after(line: &str, key: &str) -> f64 {
 fn demo_runs_both_ways_and_sequential_wins() {
     let cache = tempfile::tempdir().unwrap();
     let out_dir = tempfile::tempdir().unwrap();
-    let run = common::baton_run(
-        "scripts/demo.rhai".as_ref(),
-        Some(out_dir.path()),
+    let trace_path = out_dir.path().join("demo_trace.json");
+    let run = common::baton(
+        &[
+            "run".as_ref(),
+            "scripts/demo.rhai".as_ref(),
+            "--out".as_ref(),
+            out_dir.path().as_os_str(),
+            "--trace".as_ref(),
+            trace_path.as_os_str(),
+        ],
         Some(cache.path()),
     );
     run.assert_ok();
@@ -58,4 +66,37 @@ fn demo_runs_both_ways_and_sequential_wins() {
         .expect("result line");
     assert!(number_after(same, "difference") < 1e-6, "{same}");
     assert!(out_dir.path().join("demo_latent.safetensors").exists());
+
+    // The plan predicts both halves: ComfyUI way up to the delete of 'low'
+    // (line 44), sequential after it.
+    use common::plan::{assert_close, measured_peak, plan_json, predicted_peak, read_json};
+    let trace = read_json(&trace_path);
+    let plan = plan_json("scripts/demo.rhai", cache.path());
+    let kinds = |v: &serde_json::Value| -> Vec<String> {
+        v["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| format!("{} {} {}", e["at"], e["kind"], e["model"]))
+            .collect()
+    };
+    // The dry run goes through exactly the events the real one did.
+    assert_eq!(kinds(&trace), kinds(&plan["trace"]));
+    let events = trace["events"].as_array().unwrap();
+    let split = events
+        .iter()
+        .position(|e| e["at"] == "scripts/demo.rhai:44")
+        .expect("delete low");
+    let t_split = events[split]["t"].as_f64().unwrap();
+    let t_end = events.last().unwrap()["t"].as_f64().unwrap() + 1.0;
+    assert_close(
+        "ComfyUI way",
+        predicted_peak(&plan, 0..split + 1),
+        measured_peak(&trace, 0.0, t_split),
+    );
+    assert_close(
+        "sequential",
+        predicted_peak(&plan, split + 1..events.len()),
+        measured_peak(&trace, t_split, t_end),
+    );
 }

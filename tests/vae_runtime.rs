@@ -88,9 +88,16 @@ fn misuse_is_a_clear_error_and_the_session_survives() {
 fn prompt_to_video_script_runs() {
     let cache = tempfile::tempdir().unwrap();
     let out_dir = tempfile::tempdir().unwrap();
-    let run = common::baton_run(
-        "scripts/wan22_t2v.rhai".as_ref(),
-        Some(out_dir.path()),
+    let trace_path = out_dir.path().join("t2v_trace.json");
+    let run = common::baton(
+        &[
+            "run".as_ref(),
+            "scripts/wan22_t2v.rhai".as_ref(),
+            "--out".as_ref(),
+            out_dir.path().as_os_str(),
+            "--trace".as_ref(),
+            trace_path.as_os_str(),
+        ],
         Some(cache.path()),
     );
     run.assert_ok();
@@ -110,4 +117,15 @@ fn prompt_to_video_script_runs() {
     assert!(o.join("wan22_t2v_latent.safetensors").exists());
     let img = image::open(o.join("wan22_t2v/frame_0000.png")).unwrap();
     assert_eq!((img.width(), img.height()), (160, 160));
+
+    // `baton plan` predicts the peak of the whole run (the VAE decode).
+    use common::plan::{assert_close, measured_peak, plan_json, predicted_peak, read_json};
+    let trace = read_json(&trace_path);
+    let plan = plan_json("scripts/wan22_t2v.rhai", cache.path());
+    let n = plan["predicted"].as_array().unwrap().len();
+    assert_close(
+        "wan22_t2v",
+        predicted_peak(&plan, 0..n),
+        measured_peak(&trace, 0.0, f64::MAX),
+    );
 }

@@ -24,6 +24,8 @@ pub struct SessionConfig {
     /// `--allow-path`: directories scripts may also read and write.
     pub allow_paths: Vec<PathBuf>,
     pub limits: Limits,
+    /// Plan instead of run: headers only, no math, no files written.
+    pub dry: bool,
 }
 
 /// `import "x"` looks in the script's own directory first, then in the
@@ -115,7 +117,11 @@ pub struct Session {
 
 impl Session {
     pub fn new(cfg: &SessionConfig) -> Self {
-        let mut rt = Runtime::new(Device::Cpu, cfg.budget);
+        let mut rt = if cfg.dry {
+            Runtime::new_dry(cfg.budget)
+        } else {
+            Runtime::new(Device::Cpu, cfg.budget)
+        };
         if !cfg.model_roots.is_empty() {
             rt.model_roots = cfg.model_roots.clone();
         }
@@ -129,6 +135,7 @@ impl Session {
         if let Some(d) = std::env::var_os("BATON_STDLIB") {
             policy.add_read_root(Path::new(&d));
         }
+        policy.set_dry(cfg.dry);
         let policy: SharedPolicy = Rc::new(RefCell::new(policy));
         let runtime: Shared = Rc::new(RefCell::new(rt));
         let mut engine = Engine::new();
@@ -140,7 +147,13 @@ impl Session {
             }
             cancel::check().err().map(|s| s.to_string().into())
         });
-        engine.on_print(|s| println!("{s}"));
+        if cfg.dry {
+            // A plan prints its own table; the script's prints would show
+            // figures of a run that did not happen.
+            engine.on_print(|_| {});
+        } else {
+            engine.on_print(|s| println!("{s}"));
+        }
         engine.on_debug(|s, src, pos| match (src, pos.line()) {
             (Some(src), Some(l)) => eprintln!("[{src}:{l}] {s}"),
             _ => eprintln!("{s}"),

@@ -32,6 +32,8 @@ pub struct PathPolicy {
     read: Vec<Root>,
     write: Vec<Root>,
     out_dir: PathBuf,
+    /// A plan checks every write but performs none.
+    dry: bool,
 }
 
 impl PathPolicy {
@@ -61,6 +63,16 @@ impl PathPolicy {
         }
         self.read.push(Root::new(dir));
         self.search.push(dir.to_path_buf());
+    }
+
+    /// Makes writes check-only (for `baton plan`).
+    pub fn set_dry(&mut self, dry: bool) {
+        self.dry = dry;
+    }
+
+    /// Whether outputs are really written (false while planning).
+    pub fn writes_enabled(&self) -> bool {
+        !self.dry
     }
 
     pub fn out_dir(&self) -> &Path {

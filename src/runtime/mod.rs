@@ -2,8 +2,10 @@
 //!
 //! Scripts hold model *ids*, never tensors, so `delete_model` here really drops
 //! the last reference to every weight.
+pub mod activations;
 pub mod builtin;
 pub mod cancel;
+pub mod dry;
 pub mod ledger;
 pub mod memstat;
 pub mod registry;
@@ -12,6 +14,7 @@ pub mod residency;
 pub mod runtime;
 pub mod size;
 pub mod text_encoder;
+pub mod timeline;
 pub mod vae;
 
 pub use ledger::{Entry, Ledger};

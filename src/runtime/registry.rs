@@ -34,6 +34,8 @@ pub enum Weights {
     Dit(Box<WanResident>),
     Text(Box<TextEncoder>),
     Vae(Box<WanVae>),
+    /// A dry runtime's model: config only (see `runtime::dry`).
+    Planned(super::dry::Planned),
 }
 
 impl Weights {
@@ -43,6 +45,7 @@ impl Weights {
             Weights::Dit(m) => m.resident_blocks(),
             Weights::Text(t) => t.encoder.config().num_layers,
             Weights::Vae(_) => 0,
+            Weights::Planned(_) => 0,
         }
     }
 }
@@ -89,6 +92,14 @@ impl LoadedModel {
         }
     }
 
+    /// The config of a model on a dry runtime, `None` for real weights.
+    pub fn planned(&self) -> Option<&super::dry::Planned> {
+        match &self.weights {
+            Weights::Planned(p) => Some(p),
+            _ => None,
+        }
+    }
+
     /// The umT5 text encoder, or an error naming what this model is instead.
     pub fn text_encoder(&self) -> Result<&TextEncoder, String> {
         match &self.weights {
@@ -99,6 +110,18 @@ impl LoadedModel {
 
     /// "'vae' is a wan-vae, not <what>": for primitives handed the wrong model.
     pub fn not_a(&self, what: &str) -> String {
+        let planned_kind = match &self.weights {
+            Weights::Planned(super::dry::Planned::Dit(_)) => "a Wan diffusion model (DiT)",
+            Weights::Planned(super::dry::Planned::Vae(_)) => "a VAE",
+            Weights::Planned(super::dry::Planned::Text(_)) => "a text encoder (umT5)",
+            _ => "",
+        };
+        if planned_kind == what {
+            return format!(
+                "'{}' has no weights while planning: this primitive is not covered by baton plan",
+                self.name
+            );
+        }
         format!("'{}' is a {} model, not {what}", self.name, self.info.arch)
     }
 }

@@ -1,8 +1,12 @@
 //! Where a model's weights live: wholly resident, or partly streamed.
 //!
 //! A partially loaded model keeps its first blocks resident and re-reads the
-//! others from the memory-mapped checkpoint at every forward, one block at a
-//! time, into a single block-sized buffer that the ledger reserves.
+//! others from the memory-mapped checkpoint at every forward. Reads are
+//! double-buffered: while block i computes, a helper thread reads block i+1
+//! (copying it out of the page cache, dequantising fp8, applying LoRAs), so
+//! the ledger reserves two block-sized buffers when two or more blocks
+//! stream. This is the seam where a CUDA copy stream with pinned host
+//! buffers and events takes the helper thread's place.
 
 use crate::checkpoint::CheckpointSource;
 use crate::lora::backend::LoraSet;
@@ -10,7 +14,7 @@ use crate::lora::LoraBackend;
 use crate::models::wan::dit::{WanBlock, WanStem};
 use crate::models::wan::WanConfig;
 use candle_core::{DType, Device, Result, Tensor};
-use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 pub struct WanResident {
@@ -29,7 +33,20 @@ pub struct WanResident {
     /// streamed blocks get them as they stream in.
     loras: LoraSet,
     block_bytes: Vec<u64>,
-    streamed: Cell<u64>,
+    streamed: AtomicU64,
+    /// Read the next streamed block while the current one computes.
+    prefetch: bool,
+}
+
+/// Streamed-block buffers the ledger reserves for a model that streams
+/// `streamed_blocks` blocks: two while one computes and the next is read.
+pub fn stream_buffers(streamed_blocks: usize, prefetch: bool) -> u64 {
+    match streamed_blocks {
+        0 => 0,
+        1 => 1,
+        _ if prefetch => 2,
+        _ => 1,
+    }
 }
 
 impl WanResident {
@@ -41,6 +58,7 @@ impl WanResident {
         device: &Device,
         resident_blocks: usize,
         block_bytes: Vec<u64>,
+        prefetch: bool,
     ) -> Result<Self> {
         let vb = source.var_builder(dtype, device);
         let stem = WanStem::new(cfg, vb.clone())?;
@@ -74,7 +92,8 @@ impl WanResident {
             source,
             loras: Vec::new(),
             block_bytes,
-            streamed: Cell::new(0),
+            streamed: AtomicU64::new(0),
+            prefetch,
         })
     }
 
@@ -84,36 +103,55 @@ impl WanResident {
 
     /// Bytes streamed in by forwards since the last call.
     pub fn take_streamed(&self) -> u64 {
-        self.streamed.replace(0)
+        self.streamed.swap(0, Ordering::Relaxed)
     }
 
     /// One forward: x [B,C,F,H,W], t [B] timesteps, context [B,L,text_dim] -> velocity (f32).
     pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
         let p = self.stem.prepare(x, t, context)?;
-        let mut h = p.tokens.clone();
-        for (i, slot) in self.blocks.iter().enumerate() {
-            // Ctrl-C stops a long forward between blocks, not at its end.
-            super::cancel::check_candle(|| format!("in block {i}"))?;
-            h = match slot {
-                Some(block) => block.forward(&h, &p)?,
-                None => self.streamed_block(i, |b| b.forward(&h, &p))?,
-            };
-        }
+        let n = self.blocks.len();
+        let h = std::thread::scope(|scope| -> Result<Tensor> {
+            let mut h = p.tokens.clone();
+            // The block being read ahead, by index.
+            let mut ahead: Option<(usize, std::thread::ScopedJoinHandle<'_, Result<WanBlock>>)> =
+                None;
+            for (i, slot) in self.blocks.iter().enumerate() {
+                // Ctrl-C stops a long forward between blocks, not at its end.
+                super::cancel::check_candle(|| format!("in block {i}"))?;
+                let streamed;
+                let block = match slot {
+                    Some(block) => block,
+                    None => {
+                        streamed = match ahead.take() {
+                            Some((j, read)) if j == i => read.join().map_err(|_| {
+                                candle_core::Error::Msg(format!("reading block {i} failed"))
+                            })??,
+                            _ => self.read_block(i)?,
+                        };
+                        &streamed
+                    }
+                };
+                if self.prefetch && ahead.is_none() {
+                    if let Some(j) = (i + 1..n).find(|&j| self.blocks[j].is_none()) {
+                        ahead = Some((j, scope.spawn(move || self.read_block(j))));
+                    }
+                }
+                h = block.forward(&h, &p)?;
+            }
+            Ok(h)
+        })?;
         self.stem.finish(&h, &p)
     }
 
-    fn streamed_block(
-        &self,
-        i: usize,
-        f: impl FnOnce(&WanBlock) -> Result<Tensor>,
-    ) -> Result<Tensor> {
+    /// Reads a streamed block from the checkpoint (with LoRAs applied) and
+    /// hands its file pages back: the block's own tensors are the only copy.
+    fn read_block(&self, i: usize) -> Result<WanBlock> {
         let vb = self.var_builder();
-        let block = WanBlock::new(&self.cfg, vb.pp("blocks").pp(i))?;
-        let out = f(&block);
-        drop(block);
+        let block = WanBlock::new(&self.cfg, vb.pp("blocks").pp(i));
         self.source.release(&format!("blocks.{i}."));
-        self.streamed.set(self.streamed.get() + self.block_bytes[i]);
-        out
+        self.streamed
+            .fetch_add(self.block_bytes[i], Ordering::Relaxed);
+        block
     }
 
     /// Weights as the model should see them now: checkpoint plus LoRAs.

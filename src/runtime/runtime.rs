@@ -8,7 +8,9 @@ use super::registry::{LoadedModel, ModelId, ModelInfo, Registry, Weights};
 use super::residency::WanResident;
 use super::size::{count_label, mib};
 use super::text_encoder;
+use super::timeline::{Mark, Timeline};
 use super::vae;
+use super::{activations, dry};
 use crate::checkpoint::{detect, CheckpointError, CheckpointSource, Detected, Header, TensorEntry};
 use crate::sampling::samplers::{SharedState, SolverState};
 use crate::sampling::{guidance, ksampler, noise, samplers, sigmas};
@@ -76,6 +78,8 @@ pub struct LoadOptions {
     pub tokenizer: Option<PathBuf>,
     /// Scan every weight for NaN/Inf before loading (reads the whole file).
     pub check_weights: bool,
+    /// Read streamed blocks one ahead on a helper thread (two buffers).
+    pub prefetch: bool,
 }
 
 impl Default for LoadOptions {
@@ -87,6 +91,7 @@ impl Default for LoadOptions {
             heads: None,
             tokenizer: None,
             check_weights: false,
+            prefetch: true,
         }
     }
 }
@@ -134,6 +139,10 @@ pub struct Runtime {
     pub last_sample: SampleReport,
     /// Largest offloaded total seen since the last `reset_offload_peak`.
     offload_peak: u64,
+    /// Headers only, no math: the runtime `baton plan` runs scripts on.
+    dry: bool,
+    /// Every ledger change and model use, in order.
+    pub timeline: Timeline,
 }
 
 impl Runtime {
@@ -148,7 +157,48 @@ impl Runtime {
             out_dir: PathBuf::from("out"),
             last_sample: SampleReport::default(),
             offload_peak: 0,
+            dry: false,
+            timeline: Timeline::default(),
         }
+    }
+
+    /// A runtime that reads headers but no weights and computes nothing:
+    /// loads, deletes and the ledger behave as in a real run, and operations
+    /// return correctly shaped stand-ins (see `runtime::dry`).
+    pub fn new_dry(budget: Option<u64>) -> Self {
+        Self {
+            dry: true,
+            ..Self::new(Device::Cpu, budget)
+        }
+    }
+
+    pub fn is_dry(&self) -> bool {
+        self.dry
+    }
+
+    /// Adds an event to the timeline with the ledger as it is now.
+    pub fn record(&mut self, at: &str, kind: &str, model: &str, activations: u64, note: String) {
+        self.timeline.record(
+            &self.ledger,
+            Mark {
+                at,
+                kind,
+                model,
+                activations,
+                note,
+            },
+        );
+    }
+
+    /// Records a use of a model by a primitive that works on it directly
+    /// (text encoding, VAE decode and encode).
+    pub fn note_use(&mut self, id: ModelId, at: &str, kind: &str, activations: u64, note: String) {
+        let name = self
+            .registry
+            .get(id)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        self.record(at, kind, &name, activations, note);
     }
 
     pub fn ledger(&self) -> &Ledger {
@@ -156,8 +206,14 @@ impl Runtime {
     }
 
     pub fn set_budget(&mut self, bytes: u64) {
+        self.set_budget_at(bytes, "")
+    }
+
+    /// `set_budget`, recorded on the timeline at script position `at`.
+    pub fn set_budget_at(&mut self, bytes: u64, at: &str) {
         self.ledger.set_budget(bytes);
         tracing::info!("vram budget set to {}", mib(bytes));
+        self.record(at, "budget", "", 0, mib(bytes));
     }
 
     pub fn models(&self) -> impl Iterator<Item = &LoadedModel> {
@@ -247,20 +303,45 @@ impl Runtime {
             .map(|i| bytes_in(&format!("blocks.{i}.")))
             .collect();
         let stem_bytes = total - block_bytes.iter().sum::<u64>();
+        // A load maps one unit (the stem, then each block) of the file at a
+        // time and releases its pages once converted.
+        let in_file = |prefix: &str| file_bytes(detected.tensors.iter(), prefix);
+        let blocks_in_file: Vec<u64> = (0..cfg.num_layers)
+            .map(|i| in_file(&format!("blocks.{i}.")))
+            .collect();
+        let transient = blocks_in_file
+            .iter()
+            .copied()
+            .chain([in_file("") - blocks_in_file.iter().sum::<u64>()])
+            .max()
+            .unwrap_or(0);
         let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
-        let plan = self.plan_residency(&name, total, stem_bytes, &block_bytes, opts.offload)?;
+        let plan = self.plan_residency(
+            &name,
+            total,
+            stem_bytes,
+            &block_bytes,
+            opts.offload,
+            opts.prefetch,
+        )?;
 
         let rss_before = memstat::rss();
-        let source = CheckpointSource::open(&path, detected.tensors.clone())?;
-        let model = WanResident::load(
-            &cfg,
-            source,
-            dtype,
-            &self.device,
-            plan.resident_blocks,
-            block_bytes.clone(),
-        )
-        .map_err(|e| RuntimeError::Model(plain_error(&e)))?;
+        let weights = if self.dry {
+            Weights::Planned(dry::Planned::Dit(cfg.clone()))
+        } else {
+            let source = CheckpointSource::open(&path, detected.tensors.clone())?;
+            let model = WanResident::load(
+                &cfg,
+                source,
+                dtype,
+                &self.device,
+                plan.resident_blocks,
+                block_bytes.clone(),
+                plan.prefetch,
+            )
+            .map_err(|e| RuntimeError::Model(plain_error(&e)))?;
+            Weights::Dit(Box::new(model))
+        };
         let info = ModelInfo {
             arch: detected.arch,
             variant: detected.variant.clone(),
@@ -276,10 +357,15 @@ impl Runtime {
             String::new()
         } else {
             format!(
-                " ({}/{} blocks + {} stream buffer)",
+                " ({}/{} blocks + {} stream buffer{})",
                 plan.resident_blocks,
                 cfg.num_layers,
-                mib(plan.stream_buffer)
+                mib(plan.stream_buffer),
+                if plan.prefetch {
+                    "s, read one block ahead"
+                } else {
+                    ""
+                }
             )
         };
         tracing::debug!(
@@ -296,16 +382,25 @@ impl Runtime {
                 bytes: total,
                 loaded_at: at.to_string(),
                 on_device: true,
-                weights: Weights::Dit(Box::new(model)),
+                weights,
             },
             &plan,
             &how,
+            transient,
         ))
     }
 
     /// Enters a freshly read model in the ledger and the registry, and logs
     /// where its bytes went: the one place a load becomes visible.
-    fn admit_loaded(&mut self, mut m: LoadedModel, plan: &Plan, detail: &str) -> ModelId {
+    /// `transient` is the file bytes mapped at once while reading, for the
+    /// timeline.
+    fn admit_loaded(
+        &mut self,
+        mut m: LoadedModel,
+        plan: &Plan,
+        detail: &str,
+        transient: u64,
+    ) -> ModelId {
         let id = self.registry.next_id();
         m.id = id;
         let weights = m.bytes - plan.offloaded;
@@ -315,6 +410,7 @@ impl Runtime {
                 name: m.name.clone(),
                 weights,
                 stream_buffer: plan.stream_buffer,
+                stream_block: plan.stream_block,
                 offloaded: plan.offloaded,
                 host: 0,
                 lora: 0,
@@ -343,7 +439,10 @@ impl Runtime {
             count_label(i.params),
             dtype_label(i.dtype),
         );
+        let name = m.name.clone();
+        let at = m.loaded_at.clone();
         self.registry.insert(m);
+        self.record(&at, "load", &name, transient, how);
         id
     }
 
@@ -365,14 +464,20 @@ impl Runtime {
             .sum();
         self.check_fits(&name, total)?;
         let info = planned.info.clone();
+        let transient = file_bytes(planned.tensors.iter(), "");
         let tokenizer = match &opts.tokenizer {
             Some(t) => Some(self.resolve_model_path(&t.to_string_lossy())?),
             None => None,
         };
+        if self.dry {
+            let weights = Weights::Planned(dry::Planned::Text(planned.cfg.clone()));
+            return Ok(self.admit_whole(name, path, info, (total, transient), weights, at));
+        }
         let te = text_encoder::load(&header, planned, tokenizer.as_deref(), &self.device)
             .map_err(RuntimeError::Model)?;
         tracing::info!("{name}: tokenizer from {}", te.tokenizer_from);
-        Ok(self.admit_whole(name, path, info, total, Weights::Text(Box::new(te)), at))
+        let weights = Weights::Text(Box::new(te));
+        Ok(self.admit_whole(name, path, info, (total, transient), weights, at))
     }
 
     /// Loads a Wan VAE whole; it must fit the free budget.
@@ -386,25 +491,25 @@ impl Runtime {
         let planned = vae::plan(&header, opts.dtype, &self.device)?;
         let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
         let total = planned.info.params * planned.info.dtype.size_in_bytes() as u64;
+        let transient = file_bytes(planned.tensors.iter(), "");
         self.check_fits(&name, total)?;
-        let model = vae::load(&header, &planned, &self.device).map_err(RuntimeError::Model)?;
-        Ok(self.admit_whole(
-            name,
-            path,
-            planned.info,
-            total,
-            Weights::Vae(Box::new(model)),
-            at,
-        ))
+        let weights = if self.dry {
+            Weights::Planned(dry::Planned::Vae(planned.cfg.clone()))
+        } else {
+            let model = vae::load(&header, &planned, &self.device).map_err(RuntimeError::Model)?;
+            Weights::Vae(Box::new(model))
+        };
+        Ok(self.admit_whole(name, path, planned.info, (total, transient), weights, at))
     }
 
-    /// Admits a model that is loaded whole (nothing offloaded or streamed).
+    /// Admits a model that is loaded whole (nothing offloaded or streamed);
+    /// `bytes` is (resident, file bytes mapped while reading).
     fn admit_whole(
         &mut self,
         name: String,
         path: PathBuf,
         info: ModelInfo,
-        bytes: u64,
+        (bytes, transient): (u64, u64),
         weights: Weights,
         at: &str,
     ) -> ModelId {
@@ -412,6 +517,8 @@ impl Runtime {
             resident_blocks: info.blocks,
             offloaded: 0,
             stream_buffer: 0,
+            stream_block: 0,
+            prefetch: false,
         };
         self.admit_loaded(
             LoadedModel {
@@ -426,6 +533,7 @@ impl Runtime {
             },
             &plan,
             "",
+            transient,
         )
     }
 
@@ -452,6 +560,7 @@ impl Runtime {
         stem_bytes: u64,
         block_bytes: &[u64],
         policy: OffloadPolicy,
+        prefetch: bool,
     ) -> Result<Plan> {
         let free = self.ledger.free();
         if total <= free {
@@ -459,6 +568,8 @@ impl Runtime {
                 resident_blocks: block_bytes.len(),
                 offloaded: 0,
                 stream_buffer: 0,
+                stream_block: 0,
+                prefetch: false,
             });
         }
         let loaded = self.loaded_summary();
@@ -472,29 +583,40 @@ impl Runtime {
                 loaded
             )));
         }
-        let buffer = block_bytes.iter().copied().max().unwrap_or(0);
-        let mut used = stem_bytes + buffer;
-        if used > free {
+        let block = block_bytes.iter().copied().max().unwrap_or(0);
+        let n = block_bytes.len();
+        // The most resident blocks that fit beside the stream buffers they
+        // leave (two when reads are double-buffered); without room for the
+        // second buffer, stream through one and do not read ahead.
+        let fits = |prefetch: bool| {
+            (0..=n).rev().find_map(|r| {
+                let buffers = super::residency::stream_buffers(n - r, prefetch) * block;
+                let used = stem_bytes + block_bytes[..r].iter().sum::<u64>() + buffers;
+                (used <= free).then_some((r, buffers))
+            })
+        };
+        let chosen = if prefetch {
+            fits(true).map(|f| (f, true))
+        } else {
+            None
+        };
+        let Some(((resident_blocks, stream_buffer), prefetch)) =
+            chosen.or_else(|| fits(false).map(|f| (f, false)))
+        else {
             return Err(RuntimeError::Budget(format!(
                 "'{name}' cannot run even with every block offloaded: it needs {} \
                  (non-block weights + one block buffer) but only {} is free ({})",
-                mib(used),
+                mib(stem_bytes + block),
                 mib(free),
                 loaded
             )));
-        }
-        let mut resident_blocks = 0;
-        for b in block_bytes {
-            if used + b > free {
-                break;
-            }
-            used += b;
-            resident_blocks += 1;
-        }
+        };
         Ok(Plan {
             resident_blocks,
             offloaded: block_bytes[resident_blocks..].iter().sum(),
-            stream_buffer: buffer,
+            stream_buffer,
+            stream_block: if resident_blocks < n { block } else { 0 },
+            prefetch,
         })
     }
 
@@ -521,17 +643,19 @@ impl Runtime {
         let name = m.name.clone();
         drop(m);
         memstat::trim();
-        tracing::info!(
-            "deleted {name}: freed {} device, {} host",
+        let freed = format!(
+            "freed {} device, {} host",
             mib(entry.resident()),
             mib(entry.host)
         );
+        tracing::info!("deleted {name}: {freed}");
+        self.record(at, "delete", &name, 0, freed);
         Ok(())
     }
 
     /// ComfyUI-style unload: frees the device bytes but keeps the weights in
     /// host memory, so RAM is not freed. The next use brings it back.
-    pub fn offload_model(&mut self, id: ModelId) -> Result<()> {
+    pub fn offload_model(&mut self, id: ModelId, at: &str) -> Result<()> {
         let m = self.registry.get_mut(id).map_err(RuntimeError::Model)?;
         if !m.on_device {
             return Ok(());
@@ -548,20 +672,23 @@ impl Runtime {
                 ..entry
             },
         );
-        tracing::info!(
-            "offloaded {} to host: {} device freed, {} still held in RAM",
-            self.registry
-                .get(id)
-                .map(|m| m.name.clone())
-                .unwrap_or_default(),
+        let name = self
+            .registry
+            .get(id)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let note = format!(
+            "{} device freed, {} still held in RAM",
             mib(host),
             mib(host)
         );
+        tracing::info!("offloaded {name} to host: {note}");
+        self.record(at, "offload", &name, 0, note);
         Ok(())
     }
 
     /// Brings an offloaded model back onto the device before use.
-    fn ensure_on_device(&mut self, id: ModelId) -> Result<()> {
+    fn ensure_on_device(&mut self, id: ModelId, at: &str) -> Result<()> {
         let m = self.registry.get(id).map_err(RuntimeError::Model)?;
         if m.on_device {
             return Ok(());
@@ -586,10 +713,10 @@ impl Runtime {
                 ..entry
             },
         );
-        self.registry
-            .get_mut(id)
-            .map_err(RuntimeError::Model)?
-            .on_device = true;
+        let m = self.registry.get_mut(id).map_err(RuntimeError::Model)?;
+        m.on_device = true;
+        let name = m.name.clone();
+        self.record(at, "reload", &name, 0, mib(entry.host));
         Ok(())
     }
 
@@ -601,16 +728,50 @@ impl Runtime {
         t: &Tensor,
         context: &Tensor,
     ) -> Result<Tensor> {
-        self.ensure_on_device(id)?;
+        self.predict_at(id, x, t, context, "")
+    }
+
+    /// `predict`, recorded on the timeline at script position `at`.
+    pub fn predict_at(
+        &mut self,
+        id: ModelId,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+        at: &str,
+    ) -> Result<Tensor> {
+        self.ensure_on_device(id, at)?;
         let m = self.model(id)?;
-        let dit = m.dit().map_err(RuntimeError::Input)?;
-        check_inputs(&m.name, dit, x, context)?;
-        // The stem takes a scalar, [1] or [B] timestep in any float dtype.
-        let out = dit
-            .forward(x, t, context)
-            .map_err(tensor_err(format!("forward of '{}'", m.name)))?;
-        dit.take_streamed();
+        let cfg = self.dit_config(m)?;
+        check_inputs(&m.name, cfg, x, context)?;
+        let act = activations::dit_forward(
+            cfg,
+            activations::dit_tokens(cfg, x.dims()),
+            context.dim(1).unwrap_or(0) as u64,
+        );
+        let name = m.name.clone();
+        let out = if self.dry {
+            dry::stand_in(x.dims()).map_err(tensor_err("predict"))?
+        } else {
+            let dit = m.dit().map_err(RuntimeError::Input)?;
+            // The stem takes a scalar, [1] or [B] timestep in any float dtype.
+            let out = dit
+                .forward(x, t, context)
+                .map_err(tensor_err(format!("forward of '{name}'")))?;
+            dit.take_streamed();
+            out
+        };
+        self.record(at, "predict", &name, act, String::new());
         Ok(out)
+    }
+
+    /// A DiT's config, from its weights or from its plan.
+    fn dit_config<'a>(&self, m: &'a LoadedModel) -> Result<&'a crate::models::wan::WanConfig> {
+        match m.planned() {
+            Some(dry::Planned::Dit(cfg)) => Ok(cfg),
+            Some(_) => Err(RuntimeError::Input(m.not_a("a Wan diffusion model (DiT)"))),
+            None => Ok(&m.dit().map_err(RuntimeError::Input)?.cfg),
+        }
     }
 
     /// Runs a KSamplerAdvanced-style pass and returns the new latent.
@@ -620,8 +781,9 @@ impl Runtime {
         latent: &Tensor,
         o: &SampleOptions,
         on_step: &mut dyn FnMut(usize, usize, f32),
+        at: &str,
     ) -> Result<Tensor> {
-        self.ensure_on_device(id)?;
+        self.ensure_on_device(id, at)?;
         if samplers::find(&o.sampler).is_none() {
             return Err(RuntimeError::Input(format!(
                 "unknown sampler '{}' (available: {})",
@@ -631,10 +793,10 @@ impl Runtime {
         }
         let full = full_sigmas(o)?;
         let m = self.model(id)?;
-        let model = m.dit().map_err(RuntimeError::Input)?;
-        check_inputs(&m.name, model, latent, &o.positive)?;
+        let cfg = self.dit_config(m)?;
+        check_inputs(&m.name, cfg, latent, &o.positive)?;
         if let Some(neg) = &o.negative {
-            check_inputs(&m.name, model, latent, neg)?;
+            check_inputs(&m.name, cfg, latent, neg)?;
         }
         let needs_uncond = guidance::needs_uncond(o.cfg);
         if needs_uncond && o.negative.is_none() {
@@ -653,6 +815,20 @@ impl Runtime {
             return Ok(latent.clone());
         };
         check_sigmas(&cut)?;
+        let act =
+            activations::dit_sample(cfg, latent.dims(), o.positive.dim(1).unwrap_or(0) as u64);
+        let name = m.name.clone();
+        if self.dry {
+            let note = format!(
+                "{} steps, {} model calls (planned)",
+                cut.len() - 1,
+                (cut.len() - 1) * if needs_uncond { 2 } else { 1 }
+            );
+            let out = latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?;
+            self.record(at, "sample", &name, act, note);
+            return Ok(out);
+        }
+        let model = m.dit().map_err(RuntimeError::Input)?;
         let mut local = SolverState::default();
         let mut shared = o.state.as_ref().map(|s| s.borrow_mut());
         let state: &mut SolverState = match shared.as_deref_mut() {
@@ -745,7 +921,15 @@ impl Runtime {
             report.seconds,
             mib(report.streamed_bytes)
         );
+        let note = format!(
+            "{} steps, {} model calls, {:.2}s, {} streamed",
+            report.steps_run,
+            report.model_calls,
+            report.seconds,
+            mib(report.streamed_bytes)
+        );
         self.last_sample = report;
+        self.record(at, "sample", &name, act, note);
         Ok(out)
     }
 }
@@ -891,10 +1075,28 @@ struct Plan {
     resident_blocks: usize,
     offloaded: u64,
     stream_buffer: u64,
+    stream_block: u64,
+    /// Streamed blocks are read one ahead (two buffers).
+    prefetch: bool,
 }
 
-fn check_inputs(name: &str, dit: &WanResident, x: &Tensor, context: &Tensor) -> Result<()> {
-    let cfg = &dit.cfg;
+/// File bytes of the tensors under `prefix`.
+fn file_bytes<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a TensorEntry)>,
+    prefix: &str,
+) -> u64 {
+    entries
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, e)| (e.end - e.start) as u64)
+        .sum()
+}
+
+fn check_inputs(
+    name: &str,
+    cfg: &crate::models::wan::WanConfig,
+    x: &Tensor,
+    context: &Tensor,
+) -> Result<()> {
     let d = x.dims();
     if d.len() != 5 || d[1] != cfg.in_dim {
         return Err(RuntimeError::Input(format!(

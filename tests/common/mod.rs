@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 pub mod comfy;
+pub mod plan;
 
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -130,13 +131,18 @@ pub fn baton_run(
     out: Option<&std::path::Path>,
     cache: Option<&std::path::Path>,
 ) -> BatonRun {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
-    cmd.arg("run")
-        .arg(script)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    let mut args: Vec<&std::ffi::OsStr> = vec!["run".as_ref(), script.as_ref()];
     if let Some(o) = out {
-        cmd.arg("--out").arg(o);
+        args.extend(["--out".as_ref(), o.as_os_str()]);
     }
+    baton(&args, cache)
+}
+
+/// Runs `baton ARGS...` from the repository root, with its own built-in
+/// model cache when `cache` is given.
+pub fn baton(args: &[&std::ffi::OsStr], cache: Option<&std::path::Path>) -> BatonRun {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+    cmd.args(args).current_dir(env!("CARGO_MANIFEST_DIR"));
     if let Some(c) = cache {
         cmd.env("BATON_CACHE_DIR", c);
     }

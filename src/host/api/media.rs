@@ -22,6 +22,9 @@ pub fn register(engine: &mut Engine, policy: &SharedPolicy) {
                 .borrow()
                 .write("save_images", pattern)
                 .map_err(script_err)?;
+            if !pol.borrow().writes_enabled() {
+                return Ok(vec![Dynamic::from(p.display().to_string())]);
+            }
             let frames = media::frames_from_video(&video)
                 .map_err(|e| script_err(format!("save_images: {e}")))?;
             let written = media::save_png_sequence(&frames, &p)
@@ -39,6 +42,9 @@ pub fn register(engine: &mut Engine, policy: &SharedPolicy) {
         let o = Opts::new("save_video", map, &["fps"])?;
         let fps = o.f64("fps", 16.0)?;
         let p = pol.borrow().write("save_video", path).map_err(script_err)?;
+        if !pol.borrow().writes_enabled() {
+            return Ok(p.display().to_string());
+        }
         let frames =
             media::frames_from_video(&video).map_err(|e| script_err(format!("save_video: {e}")))?;
         media::save_video(&frames, &p, fps).map_err(|e| script_err(format!("save_video: {e}")))?;

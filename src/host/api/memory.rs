@@ -91,23 +91,27 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
     let r = rt.clone();
     engine.register_fn("ram", move || ram_report(&r.borrow()));
     let r = rt.clone();
-    engine.register_fn("vram_budget", move |size: Dynamic| -> ScriptResult<()> {
-        let bytes = if let Ok(i) = size.as_int() {
-            if i < 0 {
-                return Err(script_err(format!("vram_budget: negative size {i}")));
-            }
-            i as u64
-        } else if let Ok(s) = size.clone().into_string() {
-            parse_size(&s).map_err(|e| script_err(format!("vram_budget: {e}")))?
-        } else {
-            return Err(script_err(format!(
-                "vram_budget: expected a size like \"24GiB\" or a byte count, got {}",
-                size.type_name()
-            )));
-        };
-        r.borrow_mut().set_budget(bytes);
-        Ok(())
-    });
+    engine.register_fn(
+        "vram_budget",
+        move |ctx: rhai::NativeCallContext, size: Dynamic| -> ScriptResult<()> {
+            let bytes = if let Ok(i) = size.as_int() {
+                if i < 0 {
+                    return Err(script_err(format!("vram_budget: negative size {i}")));
+                }
+                i as u64
+            } else if let Ok(s) = size.clone().into_string() {
+                parse_size(&s).map_err(|e| script_err(format!("vram_budget: {e}")))?
+            } else {
+                return Err(script_err(format!(
+                    "vram_budget: expected a size like \"24GiB\" or a byte count, got {}",
+                    size.type_name()
+                )));
+            };
+            let at = crate::host::errors::call_site(&ctx);
+            r.borrow_mut().set_budget_at(bytes, &at);
+            Ok(())
+        },
+    );
     engine.register_fn("reset_peak_rss", || -> bool { memstat::reset_peak() });
     let r = rt.clone();
     engine.register_fn("offload_peak", move || -> i64 {

@@ -23,6 +23,7 @@ pub const LOAD_OPTIONS: &[&str] = &[
     "heads",
     "tokenizer",
     "check_weights",
+    "prefetch",
 ];
 
 /// A model path through the file policy; `builtin:` names live in baton's
@@ -60,6 +61,7 @@ fn load_options(map: Map, policy: &PathPolicy) -> ScriptResult<LoadOptions> {
             None => None,
         },
         check_weights: o.bool("check_weights", false)?,
+        prefetch: o.bool("prefetch", true)?,
     })
 }
 
@@ -110,9 +112,13 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
     );
 
     let r = rt.clone();
-    engine.register_fn("offload_model", move |m: ModelHandle| -> ScriptResult<()> {
-        r.borrow_mut().offload_model(m.id).map_err(script_err)
-    });
+    engine.register_fn(
+        "offload_model",
+        move |ctx: NativeCallContext, m: ModelHandle| -> ScriptResult<()> {
+            let at = call_site(&ctx);
+            r.borrow_mut().offload_model(m.id, &at).map_err(script_err)
+        },
+    );
 
     let r = rt.clone();
     engine.register_fn("loaded_models", move || -> rhai::Array {
@@ -130,10 +136,16 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
     let r = rt.clone();
     engine.register_fn(
         "predict",
-        move |m: ModelHandle, x: Tensor, t: Dynamic, ctx: Tensor| -> ScriptResult<Tensor> {
+        move |call: NativeCallContext,
+              m: ModelHandle,
+              x: Tensor,
+              t: Dynamic,
+              ctx: Tensor|
+              -> ScriptResult<Tensor> {
             let t = timestep_tensor(&t, &x)?;
+            let at = call_site(&call);
             r.borrow_mut()
-                .predict(m.id, &x, &t, &ctx)
+                .predict_at(m.id, &x, &t, &ctx, &at)
                 .map_err(script_err)
         },
     );

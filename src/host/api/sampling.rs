@@ -153,12 +153,17 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
     let r = rt.clone();
     engine.register_fn(
         "sample",
-        move |m: ModelHandle, latent: Tensor, map: Map| -> ScriptResult<Tensor> {
+        move |ctx: rhai::NativeCallContext,
+              m: ModelHandle,
+              latent: Tensor,
+              map: Map|
+              -> ScriptResult<Tensor> {
             let opts = sample_options(map)?;
+            let at = crate::host::errors::call_site(&ctx);
             let mut rt = r.borrow_mut();
             let mut bar = Progress::new(&m.name, &opts.sampler);
             let mut on_step = |i: usize, n: usize, s: f32| bar.step(i, n, s);
-            let out = rt.sample(m.id, &latent, &opts, &mut on_step);
+            let out = rt.sample(m.id, &latent, &opts, &mut on_step, &at);
             bar.finish();
             out.map_err(script_err)
         },

@@ -175,7 +175,9 @@ pub fn register(engine: &mut Engine, _rt: &Shared, policy: &SharedPolicy) {
                 .borrow()
                 .write("save_tensors", path)
                 .map_err(script_err)?;
-            save_tensors(&map, &p)?;
+            if pol.borrow().writes_enabled() {
+                save_tensors(&map, &p)?;
+            }
             Ok(p.display().to_string())
         },
     );

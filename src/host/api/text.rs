@@ -2,16 +2,21 @@
 
 use super::models::ModelHandle;
 use super::Shared;
-use crate::host::errors::{script_err, ScriptResult};
+use crate::host::errors::{call_site, script_err, ScriptResult};
 use crate::host::options::Opts;
 use crate::models::umt5::MAX_TOKENS;
 use crate::runtime::text_encoder::CONTEXT_ROWS;
+use crate::runtime::{activations, dry};
 use candle_core::Tensor;
-use rhai::{Dynamic, Engine, Map};
+use rhai::{Dynamic, Engine, Map, NativeCallContext};
 
 pub fn register(engine: &mut Engine, rt: &Shared) {
     let r = rt.clone();
-    let encode_text = move |m: ModelHandle, text: &str, map: Map| -> ScriptResult<Tensor> {
+    let encode_text = move |ctx: NativeCallContext,
+                            m: ModelHandle,
+                            text: &str,
+                            map: Map|
+          -> ScriptResult<Tensor> {
         let o = Opts::new("encode_text", map, &["clean", "rows"])?;
         let clean = o.bool("clean", true)?;
         let rows = o.usize("rows", CONTEXT_ROWS)?;
@@ -21,9 +26,19 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
                 MAX_TOKENS * 16
             )));
         }
+        let at = call_site(&ctx);
         let rt = r.borrow();
         let lm = rt.model(m.id).map_err(script_err)?;
+        if let Some(dry::Planned::Text(cfg)) = lm.planned() {
+            let act = activations::text_encode(cfg, rows as u64);
+            let out = dry::text_context(cfg, rows).map_err(crate::host::errors::tensor_err)?;
+            drop(rt);
+            r.borrow_mut()
+                .note_use(m.id, &at, "encode_text", act, String::new());
+            return Ok(out);
+        }
         let te = lm.text_encoder().map_err(script_err)?;
+        let act = activations::text_encode(te.encoder.config(), rows as u64);
         let e = te
             .encode_text(text, clean, rows)
             .map_err(|e| script_err(format!("encode_text: {e}")))?;
@@ -35,12 +50,16 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             );
         }
         tracing::info!("encoded {} tokens with {}", e.tokens, lm.name);
+        drop(rt);
+        let note = format!("{} tokens", e.tokens);
+        r.borrow_mut().note_use(m.id, &at, "encode_text", act, note);
         Ok(e.context)
     };
     let et = encode_text.clone();
-    engine.register_fn("encode_text", move |m: ModelHandle, text: &str| {
-        et(m, text, Map::new())
-    });
+    engine.register_fn(
+        "encode_text",
+        move |ctx: NativeCallContext, m: ModelHandle, text: &str| et(ctx, m, text, Map::new()),
+    );
     engine.register_fn("encode_text", encode_text);
 
     let r = rt.clone();

@@ -2,20 +2,36 @@
 
 use super::models::ModelHandle;
 use super::Shared;
-use crate::host::errors::{script_err, tensor_err, ScriptResult};
+use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;
 use crate::models::wan_vae::{denormalize, normalize};
+use crate::runtime::{activations, dry};
 use candle_core::Tensor;
-use rhai::{Engine, Map};
+use rhai::{Engine, Map, NativeCallContext};
 
 pub fn register(engine: &mut Engine, rt: &Shared) {
     let r = rt.clone();
-    let decode = move |m: ModelHandle, latent: Tensor, map: Map| -> ScriptResult<Tensor> {
+    let decode = move |ctx: NativeCallContext,
+                       m: ModelHandle,
+                       latent: Tensor,
+                       map: Map|
+          -> ScriptResult<Tensor> {
         let o = Opts::new("decode", map, &["raw", "clamp"])?;
         let (raw, clamp) = (o.bool("raw", false)?, o.bool("clamp", true)?);
+        let at = call_site(&ctx);
         let rt = r.borrow();
         let lm = rt.model(m.id).map_err(script_err)?;
+        if let Some(dry::Planned::Vae(cfg)) = lm.planned() {
+            let act = activations::vae_decode(cfg, latent.dims());
+            let out = dry::stand_in(&activations::vae_decoded_shape(latent.dims()))
+                .map_err(tensor_err)?;
+            drop(rt);
+            r.borrow_mut()
+                .note_use(m.id, &at, "decode", act, String::new());
+            return Ok(out);
+        }
         let vae = lm.vae().map_err(script_err)?;
+        let act = activations::vae_decode(vae.config(), latent.dims());
         // The sampler works in the normalised latent space; the VAE in the raw one.
         let z = if raw {
             latent
@@ -33,30 +49,58 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             tracing::debug!("decoded latent frame {}/{total}", i + 1);
         }
         let video = Tensor::cat(&parts, 2).map_err(tensor_err)?;
-        tracing::info!(
-            "decoded {total} latent frames to {:?} with {} in {:.1}s",
+        let note = format!(
+            "{total} latent frames to {:?} in {:.1}s",
             video.dims(),
-            lm.name,
             started.elapsed().as_secs_f64()
         );
+        tracing::info!("decoded {note} with {}", lm.name);
+        drop(rt);
+        r.borrow_mut().note_use(m.id, &at, "decode", act, note);
         Ok(video)
     };
     let d = decode.clone();
-    engine.register_fn("decode", move |m: ModelHandle, latent: Tensor| {
-        d(m, latent, Map::new())
-    });
+    engine.register_fn(
+        "decode",
+        move |ctx: NativeCallContext, m: ModelHandle, latent: Tensor| d(ctx, m, latent, Map::new()),
+    );
     engine.register_fn("decode", decode);
 
     let r = rt.clone();
-    let encode = move |m: ModelHandle, video: Tensor, map: Map| -> ScriptResult<Tensor> {
+    let encode = move |ctx: NativeCallContext,
+                       m: ModelHandle,
+                       video: Tensor,
+                       map: Map|
+          -> ScriptResult<Tensor> {
         let o = Opts::new("encode", map, &["raw"])?;
         let raw = o.bool("raw", false)?;
+        let at = call_site(&ctx);
         let rt = r.borrow();
         let lm = rt.model(m.id).map_err(script_err)?;
+        if let Some(dry::Planned::Vae(cfg)) = lm.planned() {
+            let act = activations::vae_encode(cfg, video.dims());
+            let out = match video.dims() {
+                [b, _, t, h, w] => {
+                    dry::stand_in(&[*b, cfg.z_dim, (t.max(&1) - 1) / 4 + 1, h / 8, w / 8])
+                }
+                d => Err(candle_core::Error::Msg(format!(
+                    "encode: expected a video [B, 3, T, H, W], got {d:?}"
+                ))),
+            }
+            .map_err(tensor_err)?;
+            drop(rt);
+            r.borrow_mut()
+                .note_use(m.id, &at, "encode", act, String::new());
+            return Ok(out);
+        }
         let vae = lm.vae().map_err(script_err)?;
+        let act = activations::vae_encode(vae.config(), video.dims());
         let mu = vae
             .encode(&video)
             .map_err(|e| script_err(format!("encode: {}", plain(&e))))?;
+        drop(rt);
+        r.borrow_mut()
+            .note_use(m.id, &at, "encode", act, String::new());
         if raw {
             Ok(mu)
         } else {
@@ -64,9 +108,10 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         }
     };
     let e = encode.clone();
-    engine.register_fn("encode", move |m: ModelHandle, video: Tensor| {
-        e(m, video, Map::new())
-    });
+    engine.register_fn(
+        "encode",
+        move |ctx: NativeCallContext, m: ModelHandle, video: Tensor| e(ctx, m, video, Map::new()),
+    );
     engine.register_fn("encode", encode);
 }
 

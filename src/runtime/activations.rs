@@ -1,0 +1,141 @@
+//! Working memory of each operation, estimated from shapes alone.
+//!
+//! `baton plan` has no tensors to measure, so it needs the bytes an operation
+//! allocates beyond the weights as a function of its inputs. The formulas
+//! follow what the code holds at its widest point; each carries a constant
+//! fitted to peak-RSS measurements on the CPU (`benches/activations.rhai`
+//! re-measures them), so they describe this implementation, not an ideal one.
+//! Every figure is in bytes; activations on the CPU are f32 whatever the
+//! weights' dtype, because candle's CPU matmul has no half kernels.
+
+use crate::models::umt5::UmT5Config;
+use crate::models::wan::WanConfig;
+use crate::models::wan_vae::WanVaeConfig;
+
+const F32: u64 = 4;
+
+/// Attention score elements computed at once (see `models::wan::dit`).
+const ATTN_CHUNK_ELEMS: u64 = 1 << 26;
+
+/// Video tokens of a latent [B, C, F, H, W] under the model's patch size.
+pub fn dit_tokens(cfg: &WanConfig, latent: &[usize]) -> u64 {
+    let [pt, ph, pw] = cfg.patch_size;
+    match latent {
+        [b, _, f, h, w] => (b * f.div_ceil(pt) * h.div_ceil(ph) * w.div_ceil(pw)) as u64,
+        _ => 0,
+    }
+}
+
+/// Peak working set of one DiT forward over `tokens` video tokens and
+/// `text` context rows.
+///
+/// Inside a block the attention half holds the residual stream, its
+/// modulated norm, q, k, v, the rotated q and k and the attention output
+/// (8 N·dim), plus one chunk of scores and its softmax; the feed-forward
+/// half holds the residual stream, its input and the hidden layer before and
+/// after the GELU (2 N·dim + 2 N·ffn). The larger half is the peak; the stem
+/// (patch embedding, the six modulation vectors, the projected context) adds
+/// 2 N·dim and the context's k and v per block.
+pub fn dit_forward(cfg: &WanConfig, tokens: u64, text: u64) -> u64 {
+    let (n, d, f) = (tokens, cfg.dim as u64, cfg.ffn_dim as u64);
+    let heads = cfg.num_heads as u64;
+    let scores = (n * n * heads).min(ATTN_CHUNK_ELEMS.max(n * heads));
+    let attention = 8 * n * d + 2 * scores;
+    let ffn = 2 * n * d + 2 * n * f;
+    let stem = 2 * n * d + 2 * text * d + text * cfg.text_dim as u64;
+    F32 * (attention.max(ffn) + stem)
+}
+
+/// Peak working set of a sampling pass: one forward (the conditional and
+/// unconditional passes run one after the other) plus the sampler's own
+/// latent-sized tensors (x, noise, both predictions, the denoised estimate
+/// and a multistep history).
+pub fn dit_sample(cfg: &WanConfig, latent: &[usize], text: u64) -> u64 {
+    let elems: u64 = latent.iter().map(|&d| d as u64).product();
+    dit_forward(cfg, dit_tokens(cfg, latent), text) + F32 * 8 * elems
+}
+
+/// Output size of a decode: [B, 3, 1 + 4 (F - 1), 8 H, 8 W] from [B, C, F, H, W].
+pub fn vae_decoded_shape(latent: &[usize]) -> Vec<usize> {
+    match latent {
+        [b, _, f, h, w] => vec![*b, 3, 1 + 4 * (f.max(&1) - 1), 8 * h, 8 * w],
+        other => other.to_vec(),
+    }
+}
+
+/// Feature-map bytes per output pixel, per decoded frame in a chunk and per
+/// unit of `base_dim`, at the decoder's widest point (its full-resolution
+/// stages: the upsampling conv's input, the per-tap conv outputs being
+/// summed, candle's NHWC copy and the causal caches). Fitted on the CPU:
+/// 164 MiB at 160x160 and 651 MiB at 320x320 for the width-16 tiny VAE
+/// (linear in pixels), and 978 MiB peak for a width-4 VAE at 832x480 x 81.
+const VAE_FEATURES_PER_PIXEL: u64 = 24;
+
+/// Peak working set of a VAE decode. The decoder runs one latent frame at a
+/// time (four output frames after the first), so the feature maps of one
+/// chunk are live at once beside the frames decoded so far; at the end the
+/// decoded chunks are concatenated, so the output is briefly held twice.
+pub fn vae_decode(cfg: &WanVaeConfig, latent: &[usize]) -> u64 {
+    let [b, f, h, w] = match latent {
+        [b, _, f, h, w] => [*b, *f, *h, *w],
+        _ => return 0,
+    };
+    let out: u64 = vae_decoded_shape(latent)
+        .iter()
+        .map(|&d| d as u64)
+        .product();
+    let pixels = (b * 64 * h * w) as u64;
+    let frames_per_chunk = if f > 1 { 4 } else { 1 };
+    let chunk = VAE_FEATURES_PER_PIXEL * cfg.base_dim as u64 * pixels * frames_per_chunk;
+    F32 * (out + chunk).max(2 * out)
+}
+
+/// Peak working set of a VAE encode of a video [B, 3, T, H, W]: the encoder
+/// reads four frames at a time, so it mirrors the decoder.
+pub fn vae_encode(cfg: &WanVaeConfig, video: &[usize]) -> u64 {
+    match video {
+        [b, _, t, h, w] => {
+            let latent = [*b, cfg.z_dim, (t.max(&1) - 1) / 4 + 1, h / 8, w / 8];
+            vae_decode(cfg, &latent)
+        }
+        _ => 0,
+    }
+}
+
+/// Peak working set of a umT5 encode of `rows` tokens: hidden states,
+/// q/k/v and the gated FFN per layer, and the position-bias scores.
+pub fn text_encode(cfg: &UmT5Config, rows: u64) -> u64 {
+    let (d, ff) = (cfg.d_model as u64, cfg.d_ff as u64);
+    let inner = (cfg.num_heads * cfg.d_kv) as u64;
+    let heads = cfg.num_heads as u64;
+    F32 * (3 * rows * d + 3 * rows * inner + 3 * rows * ff + 2 * rows * rows * heads)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_follow_the_patch_size() {
+        let cfg = WanConfig::wan22_t2v_a14b();
+        // 720p, 81 frames: 21 x 90 x 160 latent -> 21 x 45 x 80 tokens.
+        assert_eq!(dit_tokens(&cfg, &[1, 16, 21, 90, 160]), 75_600);
+    }
+
+    #[test]
+    fn dit_activations_grow_linearly_once_scores_are_chunked() {
+        let cfg = WanConfig::wan22_t2v_a14b();
+        let a = dit_forward(&cfg, 40_000, 512);
+        let b = dit_forward(&cfg, 80_000, 512);
+        let ratio = b as f64 / a as f64;
+        assert!((1.9..2.1).contains(&ratio), "ratio {ratio}");
+    }
+
+    #[test]
+    fn decoded_shape_matches_the_vae_compression() {
+        assert_eq!(
+            vae_decoded_shape(&[1, 16, 21, 60, 104]),
+            vec![1, 3, 81, 480, 832]
+        );
+    }
+}
