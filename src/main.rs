@@ -134,8 +134,13 @@ enum Command {
     },
     /// Write the built-in tiny Wan experts (high and low) into DIR.
     MakeTiny { dir: PathBuf },
-    /// Time forwards, loads and deletes of the built-in tiny expert.
+    /// Time forwards, loads and deletes of the built-in tiny expert; `baton
+    /// bench memory` prints the memory table (load throughput, RSS after
+    /// delete, pipeline peaks, swap times, streamed forwards).
     Bench {
+        /// "forward" (default) or "memory".
+        #[arg(default_value = "forward")]
+        what: String,
         #[arg(long, default_value_t = 160)]
         width: usize,
         #[arg(long, default_value_t = 160)]
@@ -232,12 +237,28 @@ fn execute(command: Command) -> anyhow::Result<()> {
             print!("{}", baton::inspect::inspect(&checkpoint, heads)?)
         }
         Command::Bench {
+            what,
             width,
             height,
             frames,
             context,
             repeats,
         } => {
+            if what == "memory" {
+                let o = baton::bench::memory::MemoryBenchOptions {
+                    width,
+                    height,
+                    frames,
+                    context_len: context,
+                    repeats: repeats.max(1),
+                };
+                print!("{}", baton::bench::memory::run(&o)?);
+                return Ok(());
+            }
+            anyhow::ensure!(
+                what == "forward",
+                "bench: unknown table '{what}' (forward, memory)"
+            );
             let o = baton::bench::BenchOptions {
                 width,
                 height,

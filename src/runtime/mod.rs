@@ -8,6 +8,7 @@ pub mod cancel;
 pub mod dry;
 pub mod ledger;
 pub mod memstat;
+pub mod prefetch;
 pub mod registry;
 pub mod residency;
 #[allow(clippy::module_inception)]

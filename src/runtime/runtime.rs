@@ -143,6 +143,8 @@ pub struct Runtime {
     dry: bool,
     /// Every ledger change and model use, in order.
     pub timeline: Timeline,
+    /// Model files being read into the page cache (`prefetch_model`).
+    prefetches: Vec<super::prefetch::Prefetch>,
 }
 
 impl Runtime {
@@ -159,6 +161,54 @@ impl Runtime {
             offload_peak: 0,
             dry: false,
             timeline: Timeline::default(),
+            prefetches: Vec::new(),
+        }
+    }
+
+    /// Starts reading a model file into the page cache in the background, so
+    /// a later `load_model` of it reads memory, not disk. Returns the file.
+    pub fn prefetch_model(&mut self, path: &str, at: &str) -> Result<PathBuf> {
+        let path = self.resolve_model_path(path)?;
+        let size = std::fs::metadata(&path)
+            .map_err(|source| CheckpointError::Io {
+                path: path.clone(),
+                source,
+            })?
+            .len();
+        self.prefetches
+            .retain(|p| !p.is_finished() || p.path != path);
+        if !self.dry && !self.prefetches.iter().any(|p| p.path == path) {
+            self.prefetches
+                .push(super::prefetch::Prefetch::start(&path));
+        }
+        let note = format!("reading {} into the page cache", mib(size));
+        tracing::info!("prefetch {}: {note}", path.display());
+        self.record(at, "prefetch", &default_name(&path), 0, note);
+        Ok(path)
+    }
+
+    /// Waits for a prefetch of `path`, if one is running, so the load does
+    /// not race it for the disk.
+    fn finish_prefetch(&mut self, path: &Path) {
+        let Some(i) = self.prefetches.iter().position(|p| p.path == path) else {
+            return;
+        };
+        let p = self.prefetches.swap_remove(i);
+        let running = !p.is_finished();
+        let waited = std::time::Instant::now();
+        match p.wait() {
+            Ok((bytes, secs)) if running => tracing::info!(
+                "prefetch of {} still running: waited {:.2}s for the rest ({} in {secs:.2}s)",
+                path.display(),
+                waited.elapsed().as_secs_f64(),
+                mib(bytes)
+            ),
+            Ok((bytes, secs)) => tracing::debug!(
+                "prefetch of {} done: {} in {secs:.2}s",
+                path.display(),
+                mib(bytes)
+            ),
+            Err(e) => tracing::warn!("{e}"),
         }
     }
 
@@ -266,6 +316,7 @@ impl Runtime {
     /// position for messages. Nothing changes in the session if it fails.
     pub fn load_model(&mut self, path: &str, opts: &LoadOptions, at: &str) -> Result<ModelId> {
         let path = self.resolve_model_path(path)?;
+        self.finish_prefetch(&path);
         let header = Header::read(&path)?;
         if opts.check_weights {
             warn_non_finite(&header)?;

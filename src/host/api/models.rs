@@ -1,4 +1,5 @@
-//! Model primitives: load_model, delete_model, offload_model, loaded_models, predict.
+//! Model primitives: load_model, prefetch_model, delete_model, offload_model,
+//! loaded_models, predict.
 
 use super::{Shared, SharedPolicy};
 use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
@@ -117,6 +118,20 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
         move |ctx: NativeCallContext, m: ModelHandle| -> ScriptResult<()> {
             let at = call_site(&ctx);
             r.borrow_mut().offload_model(m.id, &at).map_err(script_err)
+        },
+    );
+
+    let r = rt.clone();
+    let pol = policy.clone();
+    engine.register_fn(
+        "prefetch_model",
+        move |ctx: NativeCallContext, path: &str| -> ScriptResult<()> {
+            let path = model_path(&pol.borrow(), "prefetch_model", path)?;
+            let at = call_site(&ctx);
+            r.borrow_mut()
+                .prefetch_model(&path, &at)
+                .map(|_| ())
+                .map_err(script_err)
         },
     );
 

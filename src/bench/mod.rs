@@ -89,3 +89,5 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<String> {
     }
     Ok(out)
 }
+
+pub mod memory;
