@@ -4,6 +4,7 @@
 //! the last reference to every weight.
 pub mod builtin;
 pub mod cancel;
+pub mod journal;
 pub mod ledger;
 pub mod memstat;
 pub mod registry;

@@ -134,6 +134,8 @@ pub struct Runtime {
     pub last_sample: SampleReport,
     /// Largest offloaded total seen since the last `reset_offload_peak`.
     offload_peak: u64,
+    /// Loads and sampling passes, for the run manifest.
+    pub journal: super::journal::Journal,
 }
 
 impl Runtime {
@@ -148,6 +150,7 @@ impl Runtime {
             out_dir: PathBuf::from("out"),
             last_sample: SampleReport::default(),
             offload_peak: 0,
+            journal: Default::default(),
         }
     }
 

@@ -4,6 +4,7 @@ use super::{Shared, SharedPolicy};
 use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;
 use crate::host::policy::PathPolicy;
+use crate::runtime::journal::LoadRecord;
 use crate::runtime::registry::LoadedModel;
 use crate::runtime::{Entry, LoadOptions, ModelId, OffloadPolicy};
 use candle_core::{DType, Tensor};
@@ -16,15 +17,6 @@ pub struct ModelHandle {
     pub name: String,
 }
 
-pub const LOAD_OPTIONS: &[&str] = &[
-    "name",
-    "offload",
-    "dtype",
-    "heads",
-    "tokenizer",
-    "check_weights",
-];
-
 /// A model path through the file policy; `builtin:` names live in baton's
 /// own cache and are exempt.
 pub(super) fn model_path(policy: &PathPolicy, what: &str, path: &str) -> ScriptResult<String> {
@@ -36,7 +28,7 @@ pub(super) fn model_path(policy: &PathPolicy, what: &str, path: &str) -> ScriptR
 }
 
 fn load_options(map: Map, policy: &PathPolicy) -> ScriptResult<LoadOptions> {
-    let o = Opts::new("load_model", map, LOAD_OPTIONS)?;
+    let o = Opts::documented("load_model", map)?;
     let offload = match o.string("offload", "auto")?.as_str() {
         "auto" => OffloadPolicy::Auto,
         "never" => OffloadPolicy::Never,
@@ -81,6 +73,7 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
     let r = rt.clone();
     let pol = policy.clone();
     let load = move |ctx: NativeCallContext, path: &str, map: Map| -> ScriptResult<ModelHandle> {
+        let requested = path;
         let (path, opts) = {
             let pol = pol.borrow();
             (
@@ -91,7 +84,18 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
         let at = call_site(&ctx);
         let mut rt = r.borrow_mut();
         let id = rt.load_model(&path, &opts, &at).map_err(script_err)?;
-        let name = rt.model(id).map_err(script_err)?.name.clone();
+        let lm = rt.model(id).map_err(script_err)?;
+        let name = lm.name.clone();
+        let record = LoadRecord {
+            name: name.clone(),
+            requested: requested.to_string(),
+            path: lm.path.clone(),
+            arch: format!("{} {}", lm.info.arch, lm.info.variant),
+        };
+        let used = rt.ledger().used();
+        rt.journal
+            .note(format!("{at}: load {name} ({})", record.arch), used);
+        rt.journal.loads.push(record);
         Ok(ModelHandle { id, name })
     };
     let load2 = load.clone();
@@ -105,13 +109,30 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
         "delete_model",
         move |ctx: NativeCallContext, m: ModelHandle| -> ScriptResult<()> {
             let at = call_site(&ctx);
-            r.borrow_mut().delete_model(m.id, &at).map_err(script_err)
+            let mut rt = r.borrow_mut();
+            rt.delete_model(m.id, &at).map_err(script_err)?;
+            let used = rt.ledger().used();
+            rt.journal.note(format!("{at}: delete {}", m.name), used);
+            Ok(())
         },
     );
 
     let r = rt.clone();
-    engine.register_fn("offload_model", move |m: ModelHandle| -> ScriptResult<()> {
-        r.borrow_mut().offload_model(m.id).map_err(script_err)
+    engine.register_fn(
+        "offload_model",
+        move |ctx: NativeCallContext, m: ModelHandle| -> ScriptResult<()> {
+            let mut rt = r.borrow_mut();
+            rt.offload_model(m.id).map_err(script_err)?;
+            let used = rt.ledger().used();
+            rt.journal
+                .note(format!("{}: offload {}", call_site(&ctx), m.name), used);
+            Ok(())
+        },
+    );
+
+    let r = rt.clone();
+    engine.register_fn("models", move || -> Map {
+        available_report(&r.borrow().model_roots)
     });
 
     let r = rt.clone();
@@ -193,4 +214,25 @@ fn model_getter<T: Clone + Send + Sync + 'static>(
         let entry = rt.ledger().get(m.id).cloned().unwrap_or_default();
         Ok(f(lm, &entry))
     });
+}
+
+/// `models()`: the files under the model roots, as a map that prints as a
+/// table (`kind: "models"`) with the list under `files`.
+pub fn available_report(roots: &[std::path::PathBuf]) -> Map {
+    let files: rhai::Array = crate::host::catalog::list(roots)
+        .into_iter()
+        .map(|a| {
+            let mut m = Map::new();
+            m.insert("name".into(), a.name.into());
+            m.insert("path".into(), a.path.display().to_string().into());
+            m.insert("folder".into(), a.folder.into());
+            m.insert("bytes".into(), Dynamic::from(a.bytes as i64));
+            m.insert("arch".into(), a.arch.into());
+            Dynamic::from_map(m)
+        })
+        .collect();
+    let mut m = Map::new();
+    m.insert("kind".into(), "models".into());
+    m.insert("files".into(), Dynamic::from_array(files));
+    m
 }

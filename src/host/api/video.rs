@@ -11,7 +11,7 @@ use rhai::{Engine, Map};
 pub fn register(engine: &mut Engine, rt: &Shared) {
     let r = rt.clone();
     let decode = move |m: ModelHandle, latent: Tensor, map: Map| -> ScriptResult<Tensor> {
-        let o = Opts::new("decode", map, &["raw", "clamp"])?;
+        let o = Opts::documented("decode", map)?;
         let (raw, clamp) = (o.bool("raw", false)?, o.bool("clamp", true)?);
         let rt = r.borrow();
         let lm = rt.model(m.id).map_err(script_err)?;
@@ -49,7 +49,7 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
 
     let r = rt.clone();
     let encode = move |m: ModelHandle, video: Tensor, map: Map| -> ScriptResult<Tensor> {
-        let o = Opts::new("encode", map, &["raw"])?;
+        let o = Opts::documented("encode", map)?;
         let raw = o.bool("raw", false)?;
         let rt = r.borrow();
         let lm = rt.model(m.id).map_err(script_err)?;
