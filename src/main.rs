@@ -28,7 +28,8 @@ struct SessionArgs {
     /// Directory searched for model files (repeatable; default: the current directory).
     #[arg(long = "models", value_name = "DIR")]
     models: Vec<PathBuf>,
-    /// Directory for outputs, the only place scripts may write (default: ./out).
+    /// Directory for outputs, the only place scripts may write (default: `baton
+    /// run`: out/<UTC time>-<script>/; the REPL: ./out).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// A ComfyUI install whose model folders (models/diffusion_models, unet,

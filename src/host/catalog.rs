@@ -82,7 +82,12 @@ pub fn arch_label(path: &Path) -> String {
     if crate::runtime::vae::is_vae(&header) {
         return "wan-vae".into();
     }
-    match crate::checkpoint::detect(&header, None) {
+    // The head count only shapes attention, not what the file is; a file
+    // whose count cannot be inferred (it needs `heads` at load) is still
+    // labelled.
+    let detected = crate::checkpoint::detect(&header, None)
+        .or_else(|_| crate::checkpoint::detect(&header, Some(1)));
+    match detected {
         Ok(d) => format!("{} {} {}", d.arch, d.variant, d.dtype),
         Err(_) => {
             // A LoRA has keys that name layers but no full weights.
