@@ -338,7 +338,7 @@ fn recipes_text() -> String {
     for (name, code) in baton::host::engine::BUNDLED {
         s.push_str(&format!("\n{name}\n"));
         for line in baton::host::recipe::doc_comment(code).lines() {
-            s.push_str(&format!("  {line}").trim_end().to_string());
+            s.push_str(format!("  {line}").trim_end());
             s.push('\n');
         }
     }

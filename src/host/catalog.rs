@@ -28,7 +28,7 @@ pub fn list(roots: &[PathBuf]) -> Vec<Available> {
     let mut out: Vec<Available> = Vec::new();
     for root in roots {
         let mut files = Vec::new();
-        collect(root, root, 0, &mut files);
+        collect(root, 0, &mut files);
         files.sort();
         let folder = root
             .canonicalize()
@@ -56,14 +56,14 @@ pub fn list(roots: &[PathBuf]) -> Vec<Available> {
     out
 }
 
-fn collect(root: &Path, dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+fn collect(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() && depth < 1 && !e.file_name().to_string_lossy().starts_with('.') {
-            collect(root, &p, depth + 1, out);
+            collect(&p, depth + 1, out);
         } else if p.extension().is_some_and(|x| x == "safetensors") && p.is_file() {
             out.push(p);
         }

@@ -163,12 +163,12 @@ impl ReplHelper {
                     continue;
                 }
                 let is_dir = e.path().is_dir();
-                if !is_dir
-                    && !(name.ends_with(".safetensors")
-                        || name.ends_with(".rhai")
-                        || name.ends_with(".png")
-                        || name.ends_with(".model"))
-                {
+                // Only what a primitive or .load reads: checkpoints, scripts,
+                // images, tokenizers.
+                let readable = [".safetensors", ".rhai", ".png", ".model"]
+                    .iter()
+                    .any(|x| name.ends_with(x));
+                if !is_dir && !readable {
                     continue;
                 }
                 let replacement = format!("{dir_part}{name}{}", if is_dir { "/" } else { "" });
