@@ -277,7 +277,15 @@ fn default_out_dir(script: &std::path::Path) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "script".into());
     let ts = baton::host::manifest::utc_timestamp(std::time::SystemTime::now(), false);
-    PathBuf::from("out").join(format!("{ts}-{stem}"))
+    let base = PathBuf::from("out").join(format!("{ts}-{stem}"));
+    // Two runs of one script in the same second get their own directories.
+    (1..)
+        .map(|n| match n {
+            1 => base.clone(),
+            n => PathBuf::from(format!("{}-{n}", base.display())),
+        })
+        .find(|p| !p.exists())
+        .unwrap_or(base)
 }
 
 /// Runs `file` and writes `run.json` beside its outputs, whether it
