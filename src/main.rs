@@ -1,4 +1,4 @@
-//! The `baton` command line: run, repl, inspect, make-tiny.
+//! The `baton` command line: run, repl, help, recipes, inspect, make-tiny, bench.
 
 use baton::host::limits::Limits;
 use baton::host::{repl, Session, SessionConfig};
@@ -12,6 +12,7 @@ use std::process::ExitCode;
 #[command(
     name = "baton",
     version,
+    disable_help_subcommand = true,
     about = "Scriptable, memory-honest runner for two-expert Wan 2.2 pipelines"
 )]
 struct Cli {
@@ -27,9 +28,15 @@ struct SessionArgs {
     /// Directory searched for model files (repeatable; default: the current directory).
     #[arg(long = "models", value_name = "DIR")]
     models: Vec<PathBuf>,
-    /// Directory for outputs, the only place scripts may write (default: ./out).
+    /// Directory for outputs, the only place scripts may write (default: `baton
+    /// run`: out/<UTC time>-<script>/; the REPL: ./out).
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
+    /// A ComfyUI install whose model folders (models/diffusion_models, unet,
+    /// text_encoders, clip, vae, loras, and extra_model_paths.yaml) are
+    /// searched after --models (default: $COMFYUI_PATH).
+    #[arg(long, value_name = "DIR")]
+    comfy: Option<PathBuf>,
     /// Also let scripts read and write under DIR (repeatable).
     #[arg(long = "allow-path", value_name = "DIR")]
     allow_path: Vec<PathBuf>,
@@ -63,9 +70,25 @@ impl SessionArgs {
             Some(t) if t.is_finite() && t > 0.0 => Some(std::time::Duration::from_secs_f64(t)),
             Some(t) => anyhow::bail!("--timeout must be a positive number of seconds, got {t}"),
         };
+        let mut model_roots = self.models.clone();
+        let comfy = self
+            .comfy
+            .clone()
+            .or_else(|| std::env::var_os("COMFYUI_PATH").map(PathBuf::from));
+        if let Some(dir) = comfy {
+            if model_roots.is_empty() {
+                // --models defaults to "."; keep that when ComfyUI adds folders.
+                model_roots.push(PathBuf::from("."));
+            }
+            for f in baton::host::comfy::discover(&dir).map_err(anyhow::Error::msg)? {
+                tracing::debug!("ComfyUI {} folder: {}", f.kind, f.dir.display());
+                model_roots.push(f.dir);
+            }
+        }
         Ok(SessionConfig {
             budget: self.vram,
-            model_roots: self.models.clone(),
+            model_roots,
+            params: Vec::new(),
             out_dir: self.out.clone(),
             allow_paths: self.allow_path.clone(),
             limits: Limits {
@@ -107,6 +130,16 @@ enum Command {
         /// Record every ledger change and RSS sample to FILE.json (draw it with `baton trace`).
         #[arg(long, value_name = "FILE.json")]
         trace: Option<PathBuf>,
+        /// Fill the recipe's param("NAME", ...) with VALUE (repeatable).
+        #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_set)]
+        set: Vec<(String, String)>,
+        /// List the recipe's parameters (name, default, help) without running it.
+        #[arg(long)]
+        help_recipe: bool,
+        /// Record sha256 of every model file in run.json (default: files up to
+        /// 256 MiB; larger ones by size and mtime).
+        #[arg(long)]
+        hash_models: bool,
         #[command(flatten)]
         session: SessionArgs,
     },
@@ -120,6 +153,15 @@ enum Command {
         #[command(flatten)]
         session: SessionArgs,
     },
+    /// Documentation of the script primitives (all, or one by name).
+    Help {
+        name: Option<String>,
+        /// Render the whole reference as a markdown table (the README's section).
+        #[arg(long)]
+        markdown: bool,
+    },
+    /// List the recipes bundled in the binary (import "NAME" as x;).
+    Recipes,
     /// Interactive session.
     Repl {
         #[command(flatten)]
@@ -184,39 +226,29 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Run {
             file,
             trace,
+            set,
+            help_recipe,
+            hash_models,
             session,
         } => {
-            let baseline = baton::runtime::memstat::rss();
-            let mut s = Session::new(&session.config()?);
-            if trace.is_some() {
-                s.runtime.borrow_mut().timeline.sample_rss(20);
+            if help_recipe {
+                let code = std::fs::read_to_string(&file)
+                    .map_err(|e| anyhow::anyhow!("cannot read script {}: {e}", file.display()))?;
+                let text = baton::host::recipe::render_help(&file.display().to_string(), &code)
+                    .map_err(anyhow::Error::msg)?;
+                print!("{text}");
+                return Ok(());
             }
-            let result = s.run_file(&file);
-            if let Some(path) = &trace {
-                let t = s.runtime.borrow_mut().timeline.finish(
-                    &file.display().to_string(),
-                    false,
-                    baseline,
-                );
-                let json = serde_json::to_vec_pretty(&t)?;
-                baton::media::write_atomically(path, |tmp| {
-                    std::fs::write(tmp, &json).map_err(|e| e.to_string())
-                })
-                .map_err(anyhow::Error::msg)?;
-                eprintln!(
-                    "trace written to {} ({} events, {} RSS samples)",
-                    path.display(),
-                    t.events.len(),
-                    t.rss.len()
-                );
-            }
-            if let Err(e) = result {
-                return Err(match s.last_stop {
-                    Some(stop) => Stopped(stop, format!("{stop}: {e}")).into(),
-                    None => anyhow::Error::msg(e),
-                });
-            }
+            let mut cfg = session.config()?;
+            cfg.params = set;
+            let out_dir = cfg
+                .out_dir
+                .get_or_insert_with(|| default_out_dir(&file))
+                .clone();
+            run_with_manifest(&file, &cfg, &out_dir, hash_models, trace.as_deref())?;
         }
+        Command::Help { name, markdown } => print!("{}", help_text(name.as_deref(), markdown)?),
+        Command::Recipes => print!("{}", recipes_text()),
         Command::Repl { session } => repl::run(&session.config()?)?,
         Command::Plan {
             file,
@@ -278,4 +310,120 @@ fn execute(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--set NAME=VALUE`.
+fn parse_set(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("expected NAME=VALUE, got '{s}'")),
+    }
+}
+
+/// `out/<UTC timestamp>-<script stem>/`: each run its own directory, so
+/// results never overwrite each other and sort by time.
+fn default_out_dir(script: &std::path::Path) -> PathBuf {
+    let stem = script
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "script".into());
+    let ts = baton::host::manifest::utc_timestamp(std::time::SystemTime::now(), false);
+    let base = PathBuf::from("out").join(format!("{ts}-{stem}"));
+    // Two runs of one script in the same second get their own directories.
+    (1..)
+        .map(|n| match n {
+            1 => base.clone(),
+            n => PathBuf::from(format!("{}-{n}", base.display())),
+        })
+        .find(|p| !p.exists())
+        .unwrap_or(base)
+}
+
+/// Runs `file` and writes `run.json` beside its outputs, whether it
+/// succeeded or not.
+fn run_with_manifest(
+    file: &std::path::Path,
+    cfg: &SessionConfig,
+    out_dir: &std::path::Path,
+    hash_models: bool,
+    trace: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    let started = std::time::SystemTime::now();
+    let clock = std::time::Instant::now();
+    let baseline = baton::runtime::memstat::rss();
+    let mut s = Session::new(cfg);
+    if trace.is_some() {
+        s.runtime.borrow_mut().timeline.sample_rss(20);
+    }
+    let result = s.run_file(file);
+    if let Some(path) = trace {
+        let t =
+            s.runtime
+                .borrow_mut()
+                .timeline
+                .finish(&file.display().to_string(), false, baseline);
+        let json = serde_json::to_vec_pretty(&t)?;
+        baton::media::write_atomically(path, |tmp| {
+            std::fs::write(tmp, &json).map_err(|e| e.to_string())
+        })
+        .map_err(anyhow::Error::msg)?;
+        eprintln!(
+            "trace written to {} ({} events, {} RSS samples)",
+            path.display(),
+            t.events.len(),
+            t.rss.len()
+        );
+    }
+    let err = result.as_ref().err().map(|e| match s.last_stop {
+        Some(stop) => format!("{stop}: {e}"),
+        None => e.clone(),
+    });
+    let rt = s.runtime.borrow();
+    let info = baton::host::manifest::RunInfo {
+        script: file,
+        started,
+        seconds: clock.elapsed().as_secs_f64(),
+        error: err.as_deref(),
+        parameters: s.params.borrow().resolved(),
+        journal: &rt.journal,
+        peak_device: rt.timeline.peak_device(),
+        peak_rss: baton::runtime::memstat::peak_rss(),
+        out_dir,
+        hash_all: hash_models,
+    };
+    match baton::host::manifest::write(&info) {
+        Ok(p) => eprintln!("run manifest: {}", p.display()),
+        Err(e) => eprintln!("warning: could not write the run manifest: {e}"),
+    }
+    match (err, s.last_stop) {
+        (None, _) => Ok(()),
+        (Some(e), Some(stop)) => Err(Stopped(stop, e).into()),
+        (Some(e), None) => Err(anyhow::Error::msg(e)),
+    }
+}
+
+fn help_text(name: Option<&str>, markdown: bool) -> anyhow::Result<String> {
+    use baton::host::docs;
+    if markdown {
+        return Ok(docs::render_markdown());
+    }
+    match name {
+        None => Ok(docs::render_index()),
+        Some(n) => docs::find(n)
+            .map(docs::render_text)
+            .ok_or_else(|| anyhow::anyhow!("no primitive '{n}' (baton help lists them)")),
+    }
+}
+
+fn recipes_text() -> String {
+    let mut s =
+        String::from("bundled recipes (import \"NAME\" as x; or import \"stdlib/NAME\" as x;):\n");
+    for (name, code) in baton::host::engine::BUNDLED {
+        s.push_str(&format!("\n{name}\n"));
+        for line in baton::host::recipe::doc_comment(code).lines() {
+            s.push_str(format!("  {line}").trim_end());
+            s.push('\n');
+        }
+    }
+    s
 }

@@ -4,6 +4,7 @@
 //! same session, so variables, functions and loaded models persist, and an
 //! error in one line loses none of them.
 
+use super::api::params::{Params, SharedParams};
 use super::api::{self, Shared, SharedPolicy};
 use super::errors::describe;
 use super::limits::Limits;
@@ -26,6 +27,8 @@ pub struct SessionConfig {
     pub limits: Limits,
     /// Plan instead of run: headers only, no math, no files written.
     pub dry: bool,
+    /// `--set name=value`: values for the script's `param(...)` declarations.
+    pub params: Vec<(String, String)>,
 }
 
 /// `import "x"` looks in the script's own directory first, then in the
@@ -48,7 +51,7 @@ fn module_resolver(script_dir: Option<&Path>, policy: &SharedPolicy) -> SearchPa
 /// Recipes compiled into the binary: `import "stdlib/wan22"` (or `"wan22"`)
 /// always means baton's own copy, needs no file access (so it works under any
 /// `--models`), and cannot be shadowed by a file a shared recipe brings along.
-const BUNDLED: &[(&str, &str)] = &[("wan22", include_str!("../../stdlib/wan22.rhai"))];
+pub const BUNDLED: &[(&str, &str)] = &[("wan22", include_str!("../../stdlib/wan22.rhai"))];
 
 fn bundled(
     engine: &Engine,
@@ -108,6 +111,8 @@ pub struct Session {
     pub scope: Scope<'static>,
     pub runtime: Shared,
     pub policy: SharedPolicy,
+    /// `--set` values and the parameters the script declared.
+    pub params: SharedParams,
     /// Why the last evaluation was stopped, if it was (Ctrl-C or timeout).
     pub last_stop: Option<Stop>,
     timeout: Option<std::time::Duration>,
@@ -159,22 +164,35 @@ impl Session {
             _ => eprintln!("{s}"),
         });
         api::register_all(&mut engine, &runtime, &policy);
+        let params: SharedParams = Rc::new(RefCell::new(Params::new(&cfg.params)));
+        api::params::register(&mut engine, &params);
         engine.set_module_resolver(module_resolver(None, &policy));
         Self {
             engine,
             scope: Scope::new(),
             runtime,
             policy,
+            params,
             last_stop: None,
             timeout: cfg.limits.timeout,
             functions: AST::empty(),
         }
     }
 
+    /// Names of the script functions defined so far (for completion).
+    pub fn function_names(&self) -> Vec<String> {
+        self.functions
+            .iter_functions()
+            .map(|f| f.name.to_string())
+            .collect()
+    }
+
     /// Runs a script file; errors come back as `file:line:col: message`.
     pub fn run_file(&mut self, path: &Path) -> Result<Dynamic, String> {
         let code = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read script {}: {e}", path.display()))?;
+        let shown = path.display().to_string();
+        super::recipe::check_set_names(&shown, &code, self.params.borrow().set_names())?;
         let dir = path
             .parent()
             .filter(|d| !d.as_os_str().is_empty())

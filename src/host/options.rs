@@ -25,6 +25,12 @@ impl Opts {
         Ok(Self { func, map })
     }
 
+    /// Options for `func`, accepting exactly the keys its entry in the doc
+    /// table ([`super::docs`]) lists, so help and behaviour cannot disagree.
+    pub fn documented(func: &'static str, map: Map) -> ScriptResult<Self> {
+        Self::new(func, map, &super::docs::option_keys(func))
+    }
+
     fn get(&self, key: &str) -> Option<&Dynamic> {
         self.map.get(key).filter(|v| !v.is_unit())
     }

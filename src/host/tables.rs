@@ -19,6 +19,7 @@ pub fn render(m: &Map) -> Option<String> {
     match m.get("kind")?.clone().into_string().ok()?.as_str() {
         "vram" => Some(render_vram(m)),
         "ram" => Some(render_ram(m)),
+        "models" => Some(render_models(m)),
         _ => None,
     }
 }
@@ -74,6 +75,40 @@ fn render_ram(m: &Map) -> String {
         mib(int(m, "peak_rss")),
         mib(int(m, "host"))
     )
+}
+
+fn render_models(m: &Map) -> String {
+    let files: Vec<Map> = m
+        .get("files")
+        .and_then(|v| v.clone().into_array().ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| v.try_cast::<Map>())
+        .collect();
+    if files.is_empty() {
+        return "models: no .safetensors files under the model roots (--models DIR, --comfy DIR)"
+            .into();
+    }
+    let w = files
+        .iter()
+        .map(|f| text(f, "name").len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let mut out = format!(
+        "  {:<w$} {:>12}  {:<16} {}\n",
+        "file", "size", "folder", "arch"
+    );
+    for f in &files {
+        out.push_str(&format!(
+            "  {:<w$} {:>12}  {:<16} {}\n",
+            text(f, "name"),
+            mib(int(f, "bytes")),
+            text(f, "folder"),
+            text(f, "arch")
+        ));
+    }
+    out.trim_end().to_string()
 }
 
 /// `to_string` for any script value, using the tables for reports.

@@ -6,6 +6,7 @@ pub mod activations;
 pub mod builtin;
 pub mod cancel;
 pub mod dry;
+pub mod journal;
 pub mod ledger;
 pub mod memstat;
 pub mod prefetch;

@@ -145,6 +145,8 @@ pub struct Runtime {
     pub timeline: Timeline,
     /// Model files being read into the page cache (`prefetch_model`).
     prefetches: Vec<super::prefetch::Prefetch>,
+    /// Loads and sampling passes, for the run manifest.
+    pub journal: super::journal::Journal,
 }
 
 impl Runtime {
@@ -162,6 +164,7 @@ impl Runtime {
             dry: false,
             timeline: Timeline::default(),
             prefetches: Vec::new(),
+            journal: Default::default(),
         }
     }
 

@@ -143,6 +143,11 @@ impl Timeline {
         &self.events
     }
 
+    /// Most bytes the ledger held on the device at once, at any event.
+    pub fn peak_device(&self) -> u64 {
+        self.events.iter().map(Event::resident).max().unwrap_or(0)
+    }
+
     /// Starts sampling RSS every `every_ms` in the background (for `--trace`).
     pub fn sample_rss(&mut self, every_ms: u64) {
         if self.sampler.is_none() {
@@ -158,11 +163,19 @@ impl Timeline {
             .map(RssSampler::stop)
             .unwrap_or_default();
         Trace {
+            rss,
+            ..self.snapshot(script, dry, baseline_rss)
+        }
+    }
+
+    /// The events so far (without RSS samples), leaving the timeline running.
+    pub fn snapshot(&self, script: &str, dry: bool, baseline_rss: u64) -> Trace {
+        Trace {
             script: script.to_string(),
             dry,
             baseline_rss,
             events: self.events.clone(),
-            rss,
+            rss: Vec::new(),
             peak_rss: if dry { 0 } else { memstat::peak_rss() },
         }
     }

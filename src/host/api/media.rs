@@ -39,7 +39,7 @@ pub fn register(engine: &mut Engine, policy: &SharedPolicy) {
 
     let pol = policy.clone();
     let save_video = move |video: Tensor, path: &str, map: Map| -> ScriptResult<String> {
-        let o = Opts::new("save_video", map, &["fps"])?;
+        let o = Opts::documented("save_video", map)?;
         let fps = o.f64("fps", 16.0)?;
         let p = pol.borrow().write("save_video", path).map_err(script_err)?;
         if !pol.borrow().writes_enabled() {

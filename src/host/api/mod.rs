@@ -3,6 +3,7 @@ pub mod lora;
 pub mod media;
 pub mod memory;
 pub mod models;
+pub mod params;
 pub mod sampling;
 pub mod tensors;
 pub mod text;

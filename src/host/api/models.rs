@@ -5,6 +5,7 @@ use super::{Shared, SharedPolicy};
 use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;
 use crate::host::policy::PathPolicy;
+use crate::runtime::journal::LoadRecord;
 use crate::runtime::registry::LoadedModel;
 use crate::runtime::{Entry, LoadOptions, ModelId, OffloadPolicy};
 use candle_core::{DType, Tensor};
@@ -17,16 +18,6 @@ pub struct ModelHandle {
     pub name: String,
 }
 
-pub const LOAD_OPTIONS: &[&str] = &[
-    "name",
-    "offload",
-    "dtype",
-    "heads",
-    "tokenizer",
-    "check_weights",
-    "prefetch",
-];
-
 /// A model path through the file policy; `builtin:` names live in baton's
 /// own cache and are exempt.
 pub(super) fn model_path(policy: &PathPolicy, what: &str, path: &str) -> ScriptResult<String> {
@@ -38,7 +29,7 @@ pub(super) fn model_path(policy: &PathPolicy, what: &str, path: &str) -> ScriptR
 }
 
 fn load_options(map: Map, policy: &PathPolicy) -> ScriptResult<LoadOptions> {
-    let o = Opts::new("load_model", map, LOAD_OPTIONS)?;
+    let o = Opts::documented("load_model", map)?;
     let offload = match o.string("offload", "auto")?.as_str() {
         "auto" => OffloadPolicy::Auto,
         "never" => OffloadPolicy::Never,
@@ -84,6 +75,7 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
     let r = rt.clone();
     let pol = policy.clone();
     let load = move |ctx: NativeCallContext, path: &str, map: Map| -> ScriptResult<ModelHandle> {
+        let requested = path;
         let (path, opts) = {
             let pol = pol.borrow();
             (
@@ -94,7 +86,15 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
         let at = call_site(&ctx);
         let mut rt = r.borrow_mut();
         let id = rt.load_model(&path, &opts, &at).map_err(script_err)?;
-        let name = rt.model(id).map_err(script_err)?.name.clone();
+        let lm = rt.model(id).map_err(script_err)?;
+        let name = lm.name.clone();
+        let record = LoadRecord {
+            name: name.clone(),
+            requested: requested.to_string(),
+            path: lm.path.clone(),
+            arch: format!("{} {}", lm.info.arch, lm.info.variant),
+        };
+        rt.journal.loads.push(record);
         Ok(ModelHandle { id, name })
     };
     let load2 = load.clone();
@@ -134,6 +134,11 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
                 .map_err(script_err)
         },
     );
+
+    let r = rt.clone();
+    engine.register_fn("models", move || -> Map {
+        available_report(&r.borrow().model_roots)
+    });
 
     let r = rt.clone();
     engine.register_fn("loaded_models", move || -> rhai::Array {
@@ -220,4 +225,25 @@ fn model_getter<T: Clone + Send + Sync + 'static>(
         let entry = rt.ledger().get(m.id).cloned().unwrap_or_default();
         Ok(f(lm, &entry))
     });
+}
+
+/// `models()`: the files under the model roots, as a map that prints as a
+/// table (`kind: "models"`) with the list under `files`.
+pub fn available_report(roots: &[std::path::PathBuf]) -> Map {
+    let files: rhai::Array = crate::host::catalog::list(roots)
+        .into_iter()
+        .map(|a| {
+            let mut m = Map::new();
+            m.insert("name".into(), a.name.into());
+            m.insert("path".into(), a.path.display().to_string().into());
+            m.insert("folder".into(), a.folder.into());
+            m.insert("bytes".into(), Dynamic::from(a.bytes as i64));
+            m.insert("arch".into(), a.arch.into());
+            Dynamic::from_map(m)
+        })
+        .collect();
+    let mut m = Map::new();
+    m.insert("kind".into(), "models".into());
+    m.insert("files".into(), Dynamic::from_array(files));
+    m
 }

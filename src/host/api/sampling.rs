@@ -2,14 +2,15 @@
 
 use super::models::ModelHandle;
 use super::Shared;
-use crate::host::errors::{script_err, tensor_err, ScriptResult};
+use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;
+use crate::runtime::journal::SampleRecord;
 use crate::runtime::SampleOptions;
 use crate::sampling::samplers::{SharedState, SolverState};
 use crate::sampling::sigmas;
 use candle_core::{DType, Device, Tensor};
 use indicatif::{ProgressBar, ProgressStyle};
-use rhai::{Array, Dynamic, Engine, Map};
+use rhai::{Array, Dynamic, Engine, Map, NativeCallContext};
 
 /// Defaults shared by `sample` and `schedule`, so an inspected schedule is the
 /// one `sample` would use (ComfyUI's Wan 2.2 template: 20 steps, simple, shift 8).
@@ -18,24 +19,6 @@ const DEFAULT_SCHEDULER: &str = "simple";
 const DEFAULT_SHIFT: f64 = 8.0;
 const DEFAULT_SAMPLER: &str = "euler";
 
-pub const SAMPLE_OPTIONS: &[&str] = &[
-    "positive",
-    "negative",
-    "steps",
-    "start",
-    "end",
-    "cfg",
-    "sampler",
-    "scheduler",
-    "shift",
-    "seed",
-    "add_noise",
-    "leftover_noise",
-    "sigmas",
-    "noise",
-    "state",
-];
-
 /// A script's handle on a solver history (`sampler_state()`), shared by the
 /// passes it is handed to: the first fills it, the next continues it.
 #[derive(Clone)]
@@ -43,7 +26,7 @@ pub struct StateHandle(pub SharedState);
 
 /// Defaults follow ComfyUI's Wan 2.2 template (shift 8, cfg 3.5, euler/simple).
 fn sample_options(map: Map) -> ScriptResult<SampleOptions> {
-    let o = Opts::new("sample", map, SAMPLE_OPTIONS)?;
+    let o = Opts::documented("sample", map)?;
     let positive = o.opt_tensor("positive")?.ok_or_else(|| {
         script_err("sample: option 'positive' (the text context tensor) is required")
     })?;
@@ -121,11 +104,7 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
     engine.register_fn("to_debug", |h: &mut StateHandle| describe_state(h));
 
     engine.register_fn("empty_latent", |map: Map| -> ScriptResult<Tensor> {
-        let o = Opts::new(
-            "empty_latent",
-            map,
-            &["width", "height", "frames", "batch", "channels"],
-        )?;
+        let o = Opts::documented("empty_latent", map)?;
         let (w, h) = (o.usize("width", 832)?, o.usize("height", 480)?);
         let frames = o.usize("frames", 81)?;
         let (batch, channels) = (o.usize("batch", 1)?, o.usize("channels", 16)?);
@@ -153,24 +132,43 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
     let r = rt.clone();
     engine.register_fn(
         "sample",
-        move |ctx: rhai::NativeCallContext,
+        move |ctx: NativeCallContext,
               m: ModelHandle,
               latent: Tensor,
               map: Map|
               -> ScriptResult<Tensor> {
             let opts = sample_options(map)?;
-            let at = crate::host::errors::call_site(&ctx);
+            let at = call_site(&ctx);
+            let started = std::time::Instant::now();
             let mut rt = r.borrow_mut();
             let mut bar = Progress::new(&m.name, &opts.sampler);
             let mut on_step = |i: usize, n: usize, s: f32| bar.step(i, n, s);
             let out = rt.sample(m.id, &latent, &opts, &mut on_step, &at);
             bar.finish();
-            out.map_err(script_err)
+            let out = out.map_err(script_err)?;
+            let record = SampleRecord {
+                model: m.name.clone(),
+                seed: (opts.add_noise && opts.noise.is_none()).then_some(opts.seed),
+                steps: opts
+                    .sigmas
+                    .as_ref()
+                    .map_or(opts.steps, |s| s.len().saturating_sub(1)),
+                explicit_sigmas: opts.sigmas.is_some(),
+                start: opts.start,
+                end: opts.end,
+                sampler: opts.sampler.clone(),
+                scheduler: opts.scheduler.clone(),
+                cfg: opts.cfg,
+                shift: opts.shift,
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            rt.journal.samples.push(record);
+            Ok(out)
         },
     );
 
     engine.register_fn("schedule", |map: Map| -> ScriptResult<Array> {
-        let o = Opts::new("schedule", map, &["scheduler", "steps", "shift", "sampler"])?;
+        let o = Opts::documented("schedule", map)?;
         let s = sigmas::for_sampler(
             &o.string("scheduler", DEFAULT_SCHEDULER)?,
             o.usize("steps", DEFAULT_STEPS)?,

@@ -17,7 +17,7 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
                             text: &str,
                             map: Map|
           -> ScriptResult<Tensor> {
-        let o = Opts::new("encode_text", map, &["clean", "rows"])?;
+        let o = Opts::documented("encode_text", map)?;
         let clean = o.bool("clean", true)?;
         let rows = o.usize("rows", CONTEXT_ROWS)?;
         if rows == 0 || rows > MAX_TOKENS * 16 {
@@ -64,7 +64,7 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
 
     let r = rt.clone();
     let tokenize = move |m: ModelHandle, text: &str, map: Map| -> ScriptResult<Map> {
-        let o = Opts::new("tokenize", map, &["clean", "max_len"])?;
+        let o = Opts::documented("tokenize", map)?;
         let clean = o.bool("clean", true)?;
         let max_len = o.usize("max_len", MAX_TOKENS)?;
         let rt = r.borrow();

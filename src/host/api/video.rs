@@ -16,7 +16,7 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
                        latent: Tensor,
                        map: Map|
           -> ScriptResult<Tensor> {
-        let o = Opts::new("decode", map, &["raw", "clamp"])?;
+        let o = Opts::documented("decode", map)?;
         let (raw, clamp) = (o.bool("raw", false)?, o.bool("clamp", true)?);
         let at = call_site(&ctx);
         let rt = r.borrow();
@@ -72,7 +72,7 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
                        video: Tensor,
                        map: Map|
           -> ScriptResult<Tensor> {
-        let o = Opts::new("encode", map, &["raw"])?;
+        let o = Opts::documented("encode", map)?;
         let raw = o.bool("raw", false)?;
         let at = call_site(&ctx);
         let rt = r.borrow();
