@@ -3,6 +3,7 @@ pub mod lora;
 pub mod media;
 pub mod memory;
 pub mod models;
+pub mod params;
 pub mod sampling;
 pub mod tensors;
 pub mod text;
@@ -30,4 +31,5 @@ pub fn register_all(engine: &mut rhai::Engine, rt: &Shared, policy: &SharedPolic
     media::register(engine, policy);
     text::register(engine, rt);
     video::register(engine, rt);
+    params::register(engine);
 }
