@@ -100,6 +100,8 @@ enum Val {
     /// A script variable (conditioning, latent, image, placeholder).
     Var(String),
     Video { images: String, fps: f64 },
+    /// An unknown node's output (--allow-unknown); a model keeps its shift.
+    Foreign { var: String, shift: Option<f64> },
 }
 
 struct Step {
@@ -131,6 +133,8 @@ struct Ctx<'a> {
     skip: Vec<String>,
     two_stage: bool,
     unsupported: Vec<String>,
+    /// Lines applied to a placeholder model right after it (its LoRAs).
+    pending: HashMap<String, Vec<String>>,
 }
 
 pub fn emit(g: &Graph, order: &[usize], o: &EmitOptions) -> Result<Emitted, String> {
@@ -157,6 +161,7 @@ pub fn emit(g: &Graph, order: &[usize], o: &EmitOptions) -> Result<Emitted, Stri
         skip: Vec::new(),
         two_stage: false,
         unsupported: Vec::new(),
+        pending: HashMap::new(),
     };
     // Models first: loads are placed at first use, so the loader's position
     // in the graph does not matter, and every model value is known before
@@ -168,6 +173,14 @@ pub fn emit(g: &Graph, order: &[usize], o: &EmitOptions) -> Result<Emitted, Stri
             "UNETLoader" | "CLIPLoader" | "VAELoader" | "LoraLoaderModelOnly" | "ModelSamplingSD3"
         ) {
             c.model_node(n)?;
+        } else if !nodes::is_mapped(&n.class) && !nodes::is_memory(&n.class) {
+            if !o.allow_unknown {
+                return Err(c.err(n, "no baton equivalent (use --allow-unknown)"));
+            }
+            let var = c.namer.fresh(&names::snake(&n.class));
+            for slot in 0..8 {
+                c.set(n, slot, Val::Foreign { var: var.clone(), shift: None });
+            }
         }
     }
     for &i in order {
@@ -315,14 +328,23 @@ impl Ctx<'_> {
                 });
             }
             "LoraLoaderModelOnly" => {
-                let Val::Model { h, shift, loras } = self.need(n, "model")? else {
+                let file = self.text(n, "lora_name")?;
+                let strength = self.num(n, "strength_model")?;
+                let model = self.need(n, "model")?;
+                if let Val::Foreign { var, shift } = model {
+                    let key = self.namer.fresh(&format!("{var}_lora"));
+                    self.file_key(&key, &file, "loras");
+                    let line = format!("apply_lora({var}, files.{key}, {}); // {}", float(strength), n.label());
+                    self.pending.entry(var.clone()).or_default().push(line);
+                    self.set(n, 0, Val::Foreign { var, shift });
+                    return Ok(());
+                }
+                let Val::Model { h, shift, loras } = model else {
                     return Err(self.err(n, "model is not a diffusion model"));
                 };
                 if loras != self.handles[h].loras.len() {
                     return Err(self.branch_err(n, h));
                 }
-                let file = self.text(n, "lora_name")?;
-                let strength = self.num(n, "strength_model")?;
                 let key = self.namer.fresh(&format!("{}_lora", self.handles[h].var));
                 self.file_key(&key, &file, "loras");
                 self.handles[h].loras.push((key, file, strength, n.label()));
@@ -330,7 +352,13 @@ impl Ctx<'_> {
             }
             _ => {
                 // ModelSamplingSD3: the shift travels with the model to the sampler.
-                let Val::Model { h, loras, .. } = self.need(n, "model")? else {
+                let model = self.need(n, "model")?;
+                if let Val::Foreign { var, .. } = model {
+                    let shift = self.num(n, "shift")?;
+                    self.set(n, 0, Val::Foreign { var, shift: Some(shift) });
+                    return Ok(());
+                }
+                let Val::Model { h, loras, .. } = model else {
                     return Err(self.err(n, "model is not a diffusion model"));
                 };
                 let shift = self.num(n, "shift")?;
@@ -360,6 +388,7 @@ impl Ctx<'_> {
                 Ok((Some(h), self.handles[h].var.clone(), shift.unwrap_or(WAN_DEFAULT_SHIFT)))
             }
             Val::Var(v) => Ok((None, v, WAN_DEFAULT_SHIFT)),
+            Val::Foreign { var, shift } => Ok((None, var, shift.unwrap_or(WAN_DEFAULT_SHIFT))),
             _ => Err(self.err(n, "model is not a diffusion model")),
         }
     }
@@ -367,7 +396,7 @@ impl Ctx<'_> {
     fn var_of(&self, n: &Node, name: &str) -> Result<Option<String>, String> {
         Ok(match self.input_val(n, name)? {
             None => None,
-            Some(Val::Var(v)) => Some(v),
+            Some(Val::Var(v)) | Some(Val::Foreign { var: v, .. }) => Some(v),
             Some(Val::Video { images, .. }) => Some(images),
             Some(_) => return Err(self.err(n, format!("{name}: a model where a tensor was expected"))),
         })
@@ -377,7 +406,7 @@ impl Ctx<'_> {
     fn handle_of(&self, n: &Node, name: &str) -> Result<(Option<usize>, String), String> {
         match self.need(n, name)? {
             Val::Clip(h) | Val::Vae(h) => Ok((Some(h), self.handles[h].var.clone())),
-            Val::Var(v) => Ok((None, v)),
+            Val::Var(v) | Val::Foreign { var: v, .. } => Ok((None, v)),
             _ => Err(self.err(n, format!("{name}: wrong kind of input"))),
         }
     }
@@ -413,7 +442,7 @@ impl Ctx<'_> {
             "LoadImage" => {
                 let file = self.text(n, "image")?;
                 let p = self.param("image", Value::String(file), "Start image (read under the model roots or the script's folder)");
-                let var = self.namer.fresh(&names::from_title(n.title.as_deref(), class).unwrap_or_else(|| "image".into()));
+                let var = self.namer.fresh(&names::from_title(n.title.as_deref(), class).unwrap_or_else(|| "start_image".into()));
                 let lines = vec![self.header(n, ""), format!("let {var} = load_image({p});")];
                 self.step(n, lines, vec![]);
                 self.set(n, 0, Val::Var(var));
@@ -458,7 +487,10 @@ impl Ctx<'_> {
         if !self.o.allow_unknown {
             return Err(self.err(n, "no baton equivalent (use --allow-unknown)"));
         }
-        let var = self.namer.fresh(&names::snake(&n.class));
+        let var = match self.vals.get(&(n.id.clone(), 0)) {
+            Some(Val::Foreign { var, .. }) => var.clone(),
+            _ => self.namer.fresh(&names::snake(&n.class)),
+        };
         let mut lines = vec![self.header(n, "no baton equivalent; placeholder (imported with --allow-unknown)")];
         for (name, i) in &n.inputs {
             if let Input::Value(v) = i {
@@ -470,20 +502,33 @@ impl Ctx<'_> {
             string(&format!("node {} ({}) has no baton equivalent: replace this placeholder", n.id, n.class))
         ));
         lines.push(format!("let {var} = ();"));
+        lines.extend(self.pending.remove(&var).unwrap_or_default());
         self.step(n, lines, vec![]);
         self.unsupported.push(n.label());
-        for slot in 0..8 {
-            self.set(n, slot, Val::Var(var.clone()));
-        }
         Ok(())
     }
 
-    /// Which way a conditioning goes: the input names of its consumers.
+    /// Which way a conditioning goes: the input names of its consumers
+    /// (looking through memory nodes), else its title.
     fn role(&self, n: &Node) -> Option<&'static str> {
-        let cons = self.consumers.get(&(n.id.clone(), 0))?;
-        if cons.iter().all(|(_, name)| name == "positive") {
+        let mut names = Vec::new();
+        let mut frontier = vec![n.id.clone()];
+        while let Some(id) = frontier.pop() {
+            for (to, name) in self.consumers.get(&(id, 0)).into_iter().flatten() {
+                match self.g.node(to) {
+                    Some(m) if nodes::is_memory(&m.class) && names.len() < 64 => frontier.push(m.id.clone()),
+                    _ => names.push(name.as_str()),
+                }
+            }
+        }
+        let title = n.title.as_deref().unwrap_or("").to_ascii_lowercase();
+        if !names.is_empty() && names.iter().all(|&x| x == "positive") {
             Some("positive")
-        } else if cons.iter().all(|(_, name)| name == "negative") {
+        } else if !names.is_empty() && names.iter().all(|&x| x == "negative") {
+            Some("negative")
+        } else if title.contains("positive") {
+            Some("positive")
+        } else if title.contains("negative") {
             Some("negative")
         } else {
             None
@@ -805,7 +850,7 @@ impl Ctx<'_> {
     fn save(&mut self, n: &Node) -> Result<(), String> {
         let (frames, fps) = match self.need(n, if n.class == "SaveVideo" { "video" } else { "images" })? {
             Val::Video { images, fps } => (images, fps),
-            Val::Var(v) => {
+            Val::Var(v) | Val::Foreign { var: v, .. } => {
                 let fps = if n.class == "SaveAnimatedWEBP" { self.num(n, "fps")? } else { 16.0 };
                 (v, fps)
             }
@@ -848,7 +893,11 @@ impl Ctx<'_> {
                 body.push(String::new());
             }
             for (h, hd) in self.handles.iter().enumerate() {
-                if spans[h].map(|s| s.0) != Some(i) {
+                // Kept resident, everything loads up front as the graph's
+                // loaders run first in ComfyUI; a partial load then takes what
+                // is left, so nothing could load after it.
+                let load_at = if self.o.keep_resident { spans[h].map(|_| 0) } else { spans[h].map(|s| s.0) };
+                if load_at != Some(i) {
                     continue;
                 }
                 if hd.in_recipe {
@@ -884,9 +933,18 @@ impl Ctx<'_> {
                 }
             }
         }
+        let mut files = self.files;
+        let first_use = |key: &str| {
+            self.handles
+                .iter()
+                .position(|h| h.var == key || h.loras.iter().any(|l| l.0 == key))
+                .and_then(|h| spans[h].map(|s| s.0))
+                .unwrap_or(usize::MAX)
+        };
+        files.sort_by_key(|f| first_use(&f.0));
         Ok(Emitted {
             body: body.join("\n"),
-            files: self.files,
+            files,
             params: self.params,
             spans,
             step_labels: self.steps.iter().map(|s| s.label.clone()).collect(),

@@ -54,7 +54,11 @@ pub fn render(e: &Emitted, s: &Summary, peaks: &Peaks, keep_resident: bool) -> S
     if keep_resident {
         r.push("--keep-resident: no model is ever deleted (ComfyUI's way), for comparison.".into());
     }
-    r.push("Model lifetimes (loaded right before the first use, deleted right after the last):".into());
+    r.push(if keep_resident {
+        "Model uses (all loaded at the start, none deleted):".into()
+    } else {
+        "Model lifetimes (loaded right before the first use, deleted right after the last):".to_string()
+    });
     let mut order: Vec<usize> = (0..e.handles.len()).collect();
     order.sort_by_key(|&h| e.spans[h].map_or(usize::MAX, |s| s.0));
     for h in order {
@@ -73,7 +77,9 @@ pub fn render(e: &Emitted, s: &Summary, peaks: &Peaks, keep_resident: bool) -> S
         r.push(format!("           {} {live}{inside}", hd.node));
     }
     r.push(format!("Order: {}.", e.order.join(", ")));
-    if e.coexisting.is_empty() {
+    if keep_resident {
+        r.push("Large models resident together: all of them, from the start (--keep-resident).".into());
+    } else if e.coexisting.is_empty() {
         r.push("Large models resident together: none; one large model at a time.".into());
     } else {
         for &(a, b) in &e.coexisting {
