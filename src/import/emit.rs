@@ -94,14 +94,24 @@ pub struct Emitted {
 /// A value flowing along a link, as the script sees it.
 #[derive(Clone, Debug)]
 enum Val {
-    Model { h: usize, shift: Option<f64>, loras: usize },
+    Model {
+        h: usize,
+        shift: Option<f64>,
+        loras: usize,
+    },
     Clip(usize),
     Vae(usize),
     /// A script variable (conditioning, latent, image, placeholder).
     Var(String),
-    Video { images: String, fps: f64 },
+    Video {
+        images: String,
+        fps: f64,
+    },
     /// An unknown node's output (--allow-unknown); a model keeps its shift.
-    Foreign { var: String, shift: Option<f64> },
+    Foreign {
+        var: String,
+        shift: Option<f64>,
+    },
 }
 
 struct Step {
@@ -111,8 +121,17 @@ struct Step {
 }
 
 const PARAM_NAMES: &[&str] = &[
-    "prompt", "negative_prompt", "seed", "steps", "split", "width", "height", "length", "image",
-    "files", "wan",
+    "prompt",
+    "negative_prompt",
+    "seed",
+    "steps",
+    "split",
+    "width",
+    "height",
+    "length",
+    "image",
+    "files",
+    "wan",
 ];
 
 /// ComfyUI's default shift for Wan models when no ModelSamplingSD3 is present.
@@ -142,7 +161,10 @@ pub fn emit(g: &Graph, order: &[usize], o: &EmitOptions) -> Result<Emitted, Stri
     for n in &g.nodes {
         for (name, i) in &n.inputs {
             if let Input::Link { node, slot } = i {
-                consumers.entry((node.clone(), *slot)).or_default().push((n.id.clone(), name.clone()));
+                consumers
+                    .entry((node.clone(), *slot))
+                    .or_default()
+                    .push((n.id.clone(), name.clone()));
             }
         }
     }
@@ -179,7 +201,14 @@ pub fn emit(g: &Graph, order: &[usize], o: &EmitOptions) -> Result<Emitted, Stri
             }
             let var = c.namer.fresh(&names::snake(&n.class));
             for slot in 0..8 {
-                c.set(n, slot, Val::Foreign { var: var.clone(), shift: None });
+                c.set(
+                    n,
+                    slot,
+                    Val::Foreign {
+                        var: var.clone(),
+                        shift: None,
+                    },
+                );
             }
         }
     }
@@ -192,10 +221,18 @@ pub fn emit(g: &Graph, order: &[usize], o: &EmitOptions) -> Result<Emitted, Stri
     }
     for (name, value) in o.param_defaults {
         let names: Vec<String> = c.params.iter().map(|p| p.name.clone()).collect();
-        let p = c.params.iter_mut().find(|p| p.name == *name).ok_or_else(|| {
-            format!("--param {name}: the imported script has no such parameter (it has: {})", names.join(", "))
-        })?;
-        p.value = parse_like(&p.value, value).map_err(|e| format!("--param {name}={value}: {e}"))?;
+        let p = c
+            .params
+            .iter_mut()
+            .find(|p| p.name == *name)
+            .ok_or_else(|| {
+                format!(
+                    "--param {name}: the imported script has no such parameter (it has: {})",
+                    names.join(", ")
+                )
+            })?;
+        p.value =
+            parse_like(&p.value, value).map_err(|e| format!("--param {name}={value}: {e}"))?;
     }
     c.finish()
 }
@@ -203,11 +240,18 @@ pub fn emit(g: &Graph, order: &[usize], o: &EmitOptions) -> Result<Emitted, Stri
 /// A `--param` value, read as the type of the default.
 fn parse_like(default: &Value, s: &str) -> Result<Value, String> {
     match default {
-        Value::Bool(_) => s.parse::<bool>().map(Value::Bool).map_err(|_| "expected true or false".into()),
-        Value::Number(n) if n.is_i64() || n.is_u64() => {
-            s.parse::<i64>().map(Value::from).map_err(|_| "expected an integer".into())
-        }
-        Value::Number(_) => s.parse::<f64>().map(Value::from).map_err(|_| "expected a number".into()),
+        Value::Bool(_) => s
+            .parse::<bool>()
+            .map(Value::Bool)
+            .map_err(|_| "expected true or false".into()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => s
+            .parse::<i64>()
+            .map(Value::from)
+            .map_err(|_| "expected an integer".into()),
+        Value::Number(_) => s
+            .parse::<f64>()
+            .map(Value::from)
+            .map_err(|_| "expected a number".into()),
         _ => Ok(Value::String(s.to_string())),
     }
 }
@@ -230,7 +274,8 @@ impl Ctx<'_> {
 
     fn num(&self, n: &Node, name: &str) -> Result<f64, String> {
         let v = self.value(n, name)?;
-        v.as_f64().ok_or_else(|| self.err(n, format!("{name}: expected a number, got {v}")))
+        v.as_f64()
+            .ok_or_else(|| self.err(n, format!("{name}: expected a number, got {v}")))
     }
 
     fn int(&self, n: &Node, name: &str) -> Result<i64, String> {
@@ -242,7 +287,9 @@ impl Ctx<'_> {
 
     fn text(&self, n: &Node, name: &str) -> Result<String, String> {
         let v = self.value(n, name)?;
-        v.as_str().map(str::to_string).ok_or_else(|| self.err(n, format!("{name}: expected a string, got {v}")))
+        v.as_str()
+            .map(str::to_string)
+            .ok_or_else(|| self.err(n, format!("{name}: expected a string, got {v}")))
     }
 
     /// ComfyUI's "enable"/"disable" combos (and plain booleans).
@@ -251,23 +298,32 @@ impl Ctx<'_> {
             Value::Bool(b) => Ok(*b),
             Value::String(s) if s == "enable" => Ok(true),
             Value::String(s) if s == "disable" => Ok(false),
-            v => Err(self.err(n, format!("{name}: expected \"enable\" or \"disable\", got {v}"))),
+            v => Err(self.err(
+                n,
+                format!("{name}: expected \"enable\" or \"disable\", got {v}"),
+            )),
         }
     }
 
     fn input_val(&self, n: &Node, name: &str) -> Result<Option<Val>, String> {
         match n.input(name) {
             None => Ok(None),
-            Some(Input::Value(v)) => Err(self.err(n, format!("{name} should be a link, not the value {v}"))),
+            Some(Input::Value(v)) => {
+                Err(self.err(n, format!("{name} should be a link, not the value {v}")))
+            }
             Some(Input::Link { node, slot }) => match self.vals.get(&(node.clone(), *slot)) {
                 Some(v) => Ok(Some(v.clone())),
-                None => Err(self.err(n, format!("{name}: node {node} output {slot} has no value baton can use"))),
+                None => Err(self.err(
+                    n,
+                    format!("{name}: node {node} output {slot} has no value baton can use"),
+                )),
             },
         }
     }
 
     fn need(&self, n: &Node, name: &str) -> Result<Val, String> {
-        self.input_val(n, name)?.ok_or_else(|| self.err(n, format!("{name} is not connected")))
+        self.input_val(n, name)?
+            .ok_or_else(|| self.err(n, format!("{name} is not connected")))
     }
 
     fn set(&mut self, n: &Node, slot: usize, v: Val) {
@@ -279,7 +335,11 @@ impl Ctx<'_> {
             Some(p) if p.value == value => name.to_string(),
             Some(_) => literal(&value),
             None => {
-                self.params.push(Param { name: name.into(), value, help: help.into() });
+                self.params.push(Param {
+                    name: name.into(),
+                    value,
+                    help: help.into(),
+                });
                 name.to_string()
             }
         }
@@ -303,8 +363,12 @@ impl Ctx<'_> {
                 let file = self.text(n, field)?;
                 let lower = file.to_ascii_lowercase();
                 let base = titled.unwrap_or_else(|| match kind {
-                    Kind::Dit if lower.contains("high_noise") || lower.contains("highnoise") => "high".into(),
-                    Kind::Dit if lower.contains("low_noise") || lower.contains("lownoise") => "low".into(),
+                    Kind::Dit if lower.contains("high_noise") || lower.contains("highnoise") => {
+                        "high".into()
+                    }
+                    Kind::Dit if lower.contains("low_noise") || lower.contains("lownoise") => {
+                        "low".into()
+                    }
                     Kind::Dit => "model".into(),
                     Kind::TextEncoder if lower.contains("umt5") => "umt5".into(),
                     Kind::TextEncoder => "text_encoder".into(),
@@ -321,11 +385,19 @@ impl Ctx<'_> {
                     in_recipe: false,
                 });
                 let h = self.handles.len() - 1;
-                self.set(n, 0, match kind {
-                    Kind::Dit => Val::Model { h, shift: None, loras: 0 },
-                    Kind::TextEncoder => Val::Clip(h),
-                    Kind::Vae => Val::Vae(h),
-                });
+                self.set(
+                    n,
+                    0,
+                    match kind {
+                        Kind::Dit => Val::Model {
+                            h,
+                            shift: None,
+                            loras: 0,
+                        },
+                        Kind::TextEncoder => Val::Clip(h),
+                        Kind::Vae => Val::Vae(h),
+                    },
+                );
             }
             "LoraLoaderModelOnly" => {
                 let file = self.text(n, "lora_name")?;
@@ -334,7 +406,11 @@ impl Ctx<'_> {
                 if let Val::Foreign { var, shift } = model {
                     let key = self.namer.fresh(&format!("{var}_lora"));
                     self.file_key(&key, &file, "loras");
-                    let line = format!("apply_lora({var}, files.{key}, {}); // {}", float(strength), n.label());
+                    let line = format!(
+                        "apply_lora({var}, files.{key}, {}); // {}",
+                        float(strength),
+                        n.label()
+                    );
                     self.pending.entry(var.clone()).or_default().push(line);
                     self.set(n, 0, Val::Foreign { var, shift });
                     return Ok(());
@@ -348,21 +424,44 @@ impl Ctx<'_> {
                 let key = self.namer.fresh(&format!("{}_lora", self.handles[h].var));
                 self.file_key(&key, &file, "loras");
                 self.handles[h].loras.push((key, file, strength, n.label()));
-                self.set(n, 0, Val::Model { h, shift, loras: loras + 1 });
+                self.set(
+                    n,
+                    0,
+                    Val::Model {
+                        h,
+                        shift,
+                        loras: loras + 1,
+                    },
+                );
             }
             _ => {
                 // ModelSamplingSD3: the shift travels with the model to the sampler.
                 let model = self.need(n, "model")?;
                 if let Val::Foreign { var, .. } = model {
                     let shift = self.num(n, "shift")?;
-                    self.set(n, 0, Val::Foreign { var, shift: Some(shift) });
+                    self.set(
+                        n,
+                        0,
+                        Val::Foreign {
+                            var,
+                            shift: Some(shift),
+                        },
+                    );
                     return Ok(());
                 }
                 let Val::Model { h, loras, .. } = model else {
                     return Err(self.err(n, "model is not a diffusion model"));
                 };
                 let shift = self.num(n, "shift")?;
-                self.set(n, 0, Val::Model { h, shift: Some(shift), loras });
+                self.set(
+                    n,
+                    0,
+                    Val::Model {
+                        h,
+                        shift: Some(shift),
+                        loras,
+                    },
+                );
             }
         }
         Ok(())
@@ -385,7 +484,11 @@ impl Ctx<'_> {
                 if loras != self.handles[h].loras.len() {
                     return Err(self.branch_err(n, h));
                 }
-                Ok((Some(h), self.handles[h].var.clone(), shift.unwrap_or(WAN_DEFAULT_SHIFT)))
+                Ok((
+                    Some(h),
+                    self.handles[h].var.clone(),
+                    shift.unwrap_or(WAN_DEFAULT_SHIFT),
+                ))
             }
             Val::Var(v) => Ok((None, v, WAN_DEFAULT_SHIFT)),
             Val::Foreign { var, shift } => Ok((None, var, shift.unwrap_or(WAN_DEFAULT_SHIFT))),
@@ -398,7 +501,9 @@ impl Ctx<'_> {
             None => None,
             Some(Val::Var(v)) | Some(Val::Foreign { var: v, .. }) => Some(v),
             Some(Val::Video { images, .. }) => Some(images),
-            Some(_) => return Err(self.err(n, format!("{name}: a model where a tensor was expected"))),
+            Some(_) => {
+                return Err(self.err(n, format!("{name}: a model where a tensor was expected")))
+            }
         })
     }
 
@@ -414,14 +519,21 @@ impl Ctx<'_> {
     fn single_consumer(&self, n: &Node, name: &str) -> bool {
         match n.input(name) {
             Some(Input::Link { node, slot }) => {
-                self.consumers.get(&(node.clone(), *slot)).map_or(0, Vec::len) == 1
+                self.consumers
+                    .get(&(node.clone(), *slot))
+                    .map_or(0, Vec::len)
+                    == 1
             }
             _ => false,
         }
     }
 
     fn step(&mut self, n: &Node, lines: Vec<String>, uses: Vec<usize>) {
-        self.steps.push(Step { label: n.label(), lines, uses });
+        self.steps.push(Step {
+            label: n.label(),
+            lines,
+            uses,
+        });
     }
 
     fn header(&self, n: &Node, what: &str) -> String {
@@ -435,14 +547,25 @@ impl Ctx<'_> {
     fn node(&mut self, n: &Node) -> Result<(), String> {
         let class = n.class.as_str();
         match class {
-            "UNETLoader" | "CLIPLoader" | "VAELoader" | "LoraLoaderModelOnly" | "ModelSamplingSD3" => {}
+            "UNETLoader"
+            | "CLIPLoader"
+            | "VAELoader"
+            | "LoraLoaderModelOnly"
+            | "ModelSamplingSD3" => {}
             "CLIPTextEncode" => self.encode(n)?,
             "EmptyHunyuanLatentVideo" | "Wan22ImageToVideoLatent" => self.latent(n)?,
             "WanImageToVideo" => self.image_to_video(n)?,
             "LoadImage" => {
                 let file = self.text(n, "image")?;
-                let p = self.param("image", Value::String(file), "Start image (read under the model roots or the script's folder)");
-                let var = self.namer.fresh(&names::from_title(n.title.as_deref(), class).unwrap_or_else(|| "start_image".into()));
+                let p = self.param(
+                    "image",
+                    Value::String(file),
+                    "Start image (read under the model roots or the script's folder)",
+                );
+                let var = self.namer.fresh(
+                    &names::from_title(n.title.as_deref(), class)
+                        .unwrap_or_else(|| "start_image".into()),
+                );
                 let lines = vec![self.header(n, ""), format!("let {var} = load_image({p});")];
                 self.step(n, lines, vec![]);
                 self.set(n, 0, Val::Var(var));
@@ -450,14 +573,24 @@ impl Ctx<'_> {
             "KSampler" | "KSamplerAdvanced" => self.sampler(n)?,
             "VAEDecode" => {
                 let (h, vae) = self.handle_of(n, "vae")?;
-                let latent = self.var_of(n, "samples")?.ok_or_else(|| self.err(n, "samples is not connected"))?;
-                let var = self.namer.fresh(&names::from_title(n.title.as_deref(), class).unwrap_or_else(|| "frames".into()));
-                let lines = vec![self.header(n, ""), format!("let {var} = decode({vae}, {latent});")];
+                let latent = self
+                    .var_of(n, "samples")?
+                    .ok_or_else(|| self.err(n, "samples is not connected"))?;
+                let var = self.namer.fresh(
+                    &names::from_title(n.title.as_deref(), class)
+                        .unwrap_or_else(|| "frames".into()),
+                );
+                let lines = vec![
+                    self.header(n, ""),
+                    format!("let {var} = decode({vae}, {latent});"),
+                ];
                 self.step(n, lines, h.into_iter().collect());
                 self.set(n, 0, Val::Var(var));
             }
             "CreateVideo" => {
-                let images = self.var_of(n, "images")?.ok_or_else(|| self.err(n, "images is not connected"))?;
+                let images = self
+                    .var_of(n, "images")?
+                    .ok_or_else(|| self.err(n, "images is not connected"))?;
                 let fps = self.num(n, "fps")?;
                 if n.input("audio").is_some() {
                     self.step(n, vec![self.header(n, "its audio input is dropped (baton writes video only)")], vec![]);
@@ -466,16 +599,22 @@ impl Ctx<'_> {
             }
             "SaveVideo" | "SaveAnimatedWEBP" | "SaveImage" => self.save(n)?,
             _ if nodes::is_memory(class) => {
-                let through = n
-                    .input("value")
-                    .or_else(|| n.inputs.iter().find(|(_, i)| matches!(i, Input::Link { .. })).map(|(_, i)| i));
+                let through = n.input("value").or_else(|| {
+                    n.inputs
+                        .iter()
+                        .find(|(_, i)| matches!(i, Input::Link { .. }))
+                        .map(|(_, i)| i)
+                });
                 if let Some(Input::Link { node, slot }) = through {
                     if let Some(v) = self.vals.get(&(node.clone(), *slot)).cloned() {
                         self.set(n, 0, v);
                     }
                 }
                 self.memory_nodes.push(n.label());
-                let line = self.header(n, "dropped: baton deletes each model right after its last use instead");
+                let line = self.header(
+                    n,
+                    "dropped: baton deletes each model right after its last use instead",
+                );
                 self.step(n, vec![line], vec![]);
             }
             _ => self.placeholder(n)?,
@@ -491,7 +630,10 @@ impl Ctx<'_> {
             Some(Val::Foreign { var, .. }) => var.clone(),
             _ => self.namer.fresh(&names::snake(&n.class)),
         };
-        let mut lines = vec![self.header(n, "no baton equivalent; placeholder (imported with --allow-unknown)")];
+        let mut lines = vec![self.header(
+            n,
+            "no baton equivalent; placeholder (imported with --allow-unknown)",
+        )];
         for (name, i) in &n.inputs {
             if let Input::Value(v) = i {
                 lines.push(format!("//   {name} = {}", comment_text(&literal(v), 80)));
@@ -499,7 +641,10 @@ impl Ctx<'_> {
         }
         lines.push(format!(
             "throw {};",
-            string(&format!("node {} ({}) has no baton equivalent: replace this placeholder", n.id, n.class))
+            string(&format!(
+                "node {} ({}) has no baton equivalent: replace this placeholder",
+                n.id, n.class
+            ))
         ));
         lines.push(format!("let {var} = ();"));
         lines.extend(self.pending.remove(&var).unwrap_or_default());
@@ -516,7 +661,9 @@ impl Ctx<'_> {
         while let Some(id) = frontier.pop() {
             for (to, name) in self.consumers.get(&(id, 0)).into_iter().flatten() {
                 match self.g.node(to) {
-                    Some(m) if nodes::is_memory(&m.class) && names.len() < 64 => frontier.push(m.id.clone()),
+                    Some(m) if nodes::is_memory(&m.class) && names.len() < 64 => {
+                        frontier.push(m.id.clone())
+                    }
                     _ => names.push(name.as_str()),
                 }
             }
@@ -550,7 +697,10 @@ impl Ctx<'_> {
             (None, None) => "conditioning".into(),
         };
         let var = self.namer.fresh(&base);
-        let lines = vec![self.header(n, ""), format!("let {var} = encode_text({te}, {expr});")];
+        let lines = vec![
+            self.header(n, ""),
+            format!("let {var} = encode_text({te}, {expr});"),
+        ];
         self.step(n, lines, h.into_iter().collect());
         self.set(n, 0, Val::Var(var));
         Ok(())
@@ -560,24 +710,45 @@ impl Ctx<'_> {
         let w = self.int(n, "width")?;
         let h = self.int(n, "height")?;
         let len = self.int(n, "length")?;
-        let batch = n.input("batch_size").map(|_| self.int(n, "batch_size")).transpose()?.unwrap_or(1);
-        let w = self.param("width", w.into(), "Video width in pixels (a multiple of 16)");
-        let h = self.param("height", h.into(), "Video height in pixels (a multiple of 16)");
+        let batch = n
+            .input("batch_size")
+            .map(|_| self.int(n, "batch_size"))
+            .transpose()?
+            .unwrap_or(1);
+        let w = self.param(
+            "width",
+            w.into(),
+            "Video width in pixels (a multiple of 16)",
+        );
+        let h = self.param(
+            "height",
+            h.into(),
+            "Video height in pixels (a multiple of 16)",
+        );
         let len = self.param("length", len.into(), "Frames (4k+1)");
         Ok((w, h, len, batch))
     }
 
     fn latent(&mut self, n: &Node) -> Result<(), String> {
         let (w, h, len, batch) = self.size(n)?;
-        let var = self.namer.fresh(&names::from_title(n.title.as_deref(), &n.class).unwrap_or_else(|| "latent".into()));
-        let batch = if batch == 1 { String::new() } else { format!(", batch: {batch}") };
+        let var = self.namer.fresh(
+            &names::from_title(n.title.as_deref(), &n.class).unwrap_or_else(|| "latent".into()),
+        );
+        let batch = if batch == 1 {
+            String::new()
+        } else {
+            format!(", batch: {batch}")
+        };
         let mut lines = Vec::new();
         let mut uses = Vec::new();
         if n.class == "Wan22ImageToVideoLatent" {
             if n.input("start_image").is_some() {
                 let (vh, _) = self.handle_of(n, "vae")?;
                 uses.extend(vh);
-                lines.push(self.header(n, "the start image is encoded into the first latent frame by ComfyUI"));
+                lines.push(self.header(
+                    n,
+                    "the start image is encoded into the first latent frame by ComfyUI",
+                ));
                 lines.push(format!(
                     "throw {};",
                     string(&format!(
@@ -594,7 +765,9 @@ impl Ctx<'_> {
             ));
         } else {
             lines.push(self.header(n, ""));
-            lines.push(format!("let {var} = empty_latent(#{{ width: {w}, height: {h}, frames: {len}{batch} }});"));
+            lines.push(format!(
+                "let {var} = empty_latent(#{{ width: {w}, height: {h}, frames: {len}{batch} }});"
+            ));
         }
         self.step(n, lines, uses);
         self.set(n, 0, Val::Var(var));
@@ -603,7 +776,9 @@ impl Ctx<'_> {
 
     fn image_to_video(&mut self, n: &Node) -> Result<(), String> {
         let (w, h, len, batch) = self.size(n)?;
-        let pos = self.var_of(n, "positive")?.ok_or_else(|| self.err(n, "positive is not connected"))?;
+        let pos = self
+            .var_of(n, "positive")?
+            .ok_or_else(|| self.err(n, "positive is not connected"))?;
         let neg = self.var_of(n, "negative")?;
         let mut uses = Vec::new();
         if let Some(Val::Vae(vh)) = self.input_val(n, "vae")? {
@@ -611,7 +786,11 @@ impl Ctx<'_> {
         }
         let image = self.var_of(n, "start_image")?;
         let var = self.namer.fresh("latent");
-        let batch = if batch == 1 { String::new() } else { format!(", batch: {batch}") };
+        let batch = if batch == 1 {
+            String::new()
+        } else {
+            format!(", batch: {batch}")
+        };
         let mut lines = vec![
             self.header(n, "image-to-video conditioning"),
             "// ComfyUI encodes the start image with the VAE and hands its latent and a mask to the".into(),
@@ -624,7 +803,9 @@ impl Ctx<'_> {
             "throw {};",
             string(&format!("node {}: WanImageToVideo (image-to-video conditioning) is not supported by baton yet", n.id))
         ));
-        lines.push(format!("let {var} = empty_latent(#{{ width: {w}, height: {h}, frames: {len}{batch} }});"));
+        lines.push(format!(
+            "let {var} = empty_latent(#{{ width: {w}, height: {h}, frames: {len}{batch} }});"
+        ));
         self.step(n, lines, uses);
         self.set(n, 0, Val::Var(pos));
         if let Some(neg) = neg {
@@ -648,7 +829,11 @@ impl Ctx<'_> {
             }
             // ComfyUI: with denoise < 1, the schedule is computed for
             // steps/denoise steps and the last `steps` of it are run.
-            let total = if denoise < 1.0 { (steps as f64 / denoise).floor() as i64 } else { steps };
+            let total = if denoise < 1.0 {
+                (steps as f64 / denoise).floor() as i64
+            } else {
+                steps
+            };
             return Ok(SamplerSettings {
                 node: n.label(),
                 model,
@@ -677,7 +862,11 @@ impl Ctx<'_> {
             sampler,
             scheduler,
             shift,
-            seed: if add_noise { Some(self.int(n, "noise_seed")?) } else { None },
+            seed: if add_noise {
+                Some(self.int(n, "noise_seed")?)
+            } else {
+                None
+            },
             add_noise,
             leftover_noise: self.flag(n, "return_with_leftover_noise")?,
         })
@@ -687,13 +876,21 @@ impl Ctx<'_> {
     /// graph is exactly that: high expert 0..k with leftover noise, feeding
     /// a low expert k..end without new noise, same schedule and prompts, and
     /// each expert used by nothing else.
-    fn two_stage_partner<'g>(&self, n: &Node, g: &'g Graph) -> Option<(&'g Node, SamplerSettings, SamplerSettings)> {
+    fn two_stage_partner<'g>(
+        &self,
+        n: &Node,
+        g: &'g Graph,
+    ) -> Option<(&'g Node, SamplerSettings, SamplerSettings)> {
         if self.o.keep_resident || n.class != "KSamplerAdvanced" {
             return None;
         }
         let cons = self.consumers.get(&(n.id.clone(), 0))?;
-        let [(next, input)] = cons.as_slice() else { return None };
-        let b = g.node(next).filter(|b| b.class == "KSamplerAdvanced" && input == "latent_image")?;
+        let [(next, input)] = cons.as_slice() else {
+            return None;
+        };
+        let b = g
+            .node(next)
+            .filter(|b| b.class == "KSamplerAdvanced" && input == "latent_image")?;
         let (sa, sb) = (self.settings(n).ok()?, self.settings(b).ok()?);
         let k = sa.end?;
         let pattern = sa.add_noise
@@ -719,21 +916,32 @@ impl Ctx<'_> {
         let only_here = |h: usize, node: &Node| {
             self.handles[h].loras.len() <= 1
                 && self.handles[h].kind == Kind::Dit
-                && self.g.nodes.iter().filter(|m| m.class != "LoraLoaderModelOnly" && m.class != "ModelSamplingSD3").all(|m| {
-                    m.id == node.id || !m.inputs.iter().any(|(_, i)| self.links_to_handle(i, h))
-                })
+                && self
+                    .g
+                    .nodes
+                    .iter()
+                    .filter(|m| m.class != "LoraLoaderModelOnly" && m.class != "ModelSamplingSD3")
+                    .all(|m| {
+                        m.id == node.id || !m.inputs.iter().any(|(_, i)| self.links_to_handle(i, h))
+                    })
         };
         (ha != hb && only_here(ha, n) && only_here(hb, b)).then_some((b, sa, sb))
     }
 
     fn links_to_handle(&self, i: &Input, h: usize) -> bool {
-        let Input::Link { node, slot } = i else { return false };
+        let Input::Link { node, slot } = i else {
+            return false;
+        };
         matches!(self.vals.get(&(node.clone(), *slot)), Some(Val::Model { h: x, .. }) if *x == h)
     }
 
     fn sampler(&mut self, n: &Node) -> Result<(), String> {
-        let latent_in = self.var_of(n, "latent_image")?.ok_or_else(|| self.err(n, "latent_image is not connected"))?;
-        let pos = self.var_of(n, "positive")?.ok_or_else(|| self.err(n, "positive is not connected"))?;
+        let latent_in = self
+            .var_of(n, "latent_image")?
+            .ok_or_else(|| self.err(n, "latent_image is not connected"))?;
+        let pos = self
+            .var_of(n, "positive")?
+            .ok_or_else(|| self.err(n, "positive is not connected"))?;
         let neg = self.var_of(n, "negative")?;
         let out = if self.single_consumer(n, "latent_image") {
             latent_in.clone()
@@ -752,9 +960,15 @@ impl Ctx<'_> {
             o.push(format!("negative: {neg}"));
         }
         o.push(format!("steps: {steps}"));
-        let split = |c: &mut Self, k: i64| c.param("split", k.into(), "Step where the second pass takes over");
+        let split = |c: &mut Self, k: i64| {
+            c.param("split", k.into(), "Step where the second pass takes over")
+        };
         if s.start > 0 {
-            let e = if n.class == "KSampler" { s.start.to_string() } else { split(self, s.start) };
+            let e = if n.class == "KSampler" {
+                s.start.to_string()
+            } else {
+                split(self, s.start)
+            };
             o.push(format!("start: {e}"));
         }
         if let Some(end) = s.end {
@@ -765,7 +979,10 @@ impl Ctx<'_> {
         o.push(format!("scheduler: {}", string(&s.scheduler)));
         o.push(format!("shift: {}", float(s.shift)));
         if let Some(seed) = s.seed {
-            o.push(format!("seed: {}", self.param("seed", seed.into(), "Noise seed")));
+            o.push(format!(
+                "seed: {}",
+                self.param("seed", seed.into(), "Noise seed")
+            ));
         }
         o.push(format!("add_noise: {}", s.add_noise));
         if s.leftover_noise {
@@ -778,7 +995,10 @@ impl Ctx<'_> {
         };
         let lines = vec![
             self.header(n, &format!("{what} with {model}")),
-            format!("{decl}{out} = sample({model}, {latent_in}, #{{{}}});", wrap(&o, 4)),
+            format!(
+                "{decl}{out} = sample({model}, {latent_in}, #{{{}}});",
+                wrap(&o, 4)
+            ),
         ];
         self.step(n, lines, h.into_iter().collect());
         self.samplers.push(s);
@@ -803,7 +1023,11 @@ impl Ctx<'_> {
         let (hb, _, _) = self.model(b)?;
         let (ha, hb) = (ha.expect("checked"), hb.expect("checked"));
         let steps = self.param("steps", sa.steps.into(), "Total sampling steps");
-        let split = self.param("split", sa.end.expect("checked").into(), "Step where the low-noise expert takes over");
+        let split = self.param(
+            "split",
+            sa.end.expect("checked").into(),
+            "Step where the low-noise expert takes over",
+        );
         let seed = self.param("seed", sa.seed.unwrap_or(0).into(), "Noise seed");
         let mut o = vec![format!("positive: {pos}")];
         if let Some(neg) = neg {
@@ -837,8 +1061,16 @@ impl Ctx<'_> {
         self.handles[hb].in_recipe = true;
         // The recipe runs the experts one after the other: two steps, so
         // their spans do not overlap.
-        self.steps.push(Step { label: a.label(), lines, uses: vec![ha] });
-        self.steps.push(Step { label: b.label(), lines: Vec::new(), uses: vec![hb] });
+        self.steps.push(Step {
+            label: a.label(),
+            lines,
+            uses: vec![ha],
+        });
+        self.steps.push(Step {
+            label: b.label(),
+            lines: Vec::new(),
+            uses: vec![hb],
+        });
         self.samplers.push(sa);
         self.samplers.push(sb);
         self.skip.push(b.id.clone());
@@ -848,10 +1080,21 @@ impl Ctx<'_> {
     }
 
     fn save(&mut self, n: &Node) -> Result<(), String> {
-        let (frames, fps) = match self.need(n, if n.class == "SaveVideo" { "video" } else { "images" })? {
+        let (frames, fps) = match self.need(
+            n,
+            if n.class == "SaveVideo" {
+                "video"
+            } else {
+                "images"
+            },
+        )? {
             Val::Video { images, fps } => (images, fps),
             Val::Var(v) | Val::Foreign { var: v, .. } => {
-                let fps = if n.class == "SaveAnimatedWEBP" { self.num(n, "fps")? } else { 16.0 };
+                let fps = if n.class == "SaveAnimatedWEBP" {
+                    self.num(n, "fps")?
+                } else {
+                    16.0
+                };
                 (v, fps)
             }
             _ => return Err(self.err(n, "its input is not a video")),
@@ -861,17 +1104,32 @@ impl Ctx<'_> {
         let lines = match n.class.as_str() {
             "SaveImage" => vec![
                 self.header(n, ""),
-                format!("save_images({frames}, {});", string(&format!("{prefix}_%05d.png"))),
+                format!(
+                    "save_images({frames}, {});",
+                    string(&format!("{prefix}_%05d.png"))
+                ),
             ],
             "SaveAnimatedWEBP" => vec![
                 self.header(n, "the .webp goes through ffmpeg"),
-                format!("save_video({frames}, {}, #{{ fps: {} }});", string(&format!("{prefix}.webp")), float(fps)),
+                format!(
+                    "save_video({frames}, {}, #{{ fps: {} }});",
+                    string(&format!("{prefix}.webp")),
+                    float(fps)
+                ),
             ],
             _ => vec![
                 self.header(n, "the GIF needs nothing; the mp4 needs ffmpeg on PATH"),
-                format!("save_video({frames}, {}, #{{ fps: {} }});", string(&format!("{prefix}.gif")), float(fps)),
+                format!(
+                    "save_video({frames}, {}, #{{ fps: {} }});",
+                    string(&format!("{prefix}.gif")),
+                    float(fps)
+                ),
                 "try {".into(),
-                format!("    save_video({frames}, {}, #{{ fps: {} }});", string(&format!("{prefix}.mp4")), float(fps)),
+                format!(
+                    "    save_video({frames}, {}, #{{ fps: {} }});",
+                    string(&format!("{prefix}.mp4")),
+                    float(fps)
+                ),
                 "} catch (e) {".into(),
                 "    print(`no mp4: ${e}`);".into(),
                 "}".into(),
@@ -884,7 +1142,9 @@ impl Ctx<'_> {
     fn finish(self) -> Result<Emitted, String> {
         let uses: Vec<Vec<usize>> = self.steps.iter().map(|s| s.uses.clone()).collect();
         let spans = lifetimes::spans(&uses, self.handles.len());
-        let large: Vec<usize> = (0..self.handles.len()).filter(|&h| self.handles[h].kind.large()).collect();
+        let large: Vec<usize> = (0..self.handles.len())
+            .filter(|&h| self.handles[h].kind.large())
+            .collect();
         let coexisting = lifetimes::overlapping(&spans, &large);
         let mut body = Vec::new();
         let mut order = Vec::new();
@@ -896,7 +1156,11 @@ impl Ctx<'_> {
                 // Kept resident, everything loads up front as the graph's
                 // loaders run first in ComfyUI; a partial load then takes what
                 // is left, so nothing could load after it.
-                let load_at = if self.o.keep_resident { spans[h].map(|_| 0) } else { spans[h].map(|s| s.0) };
+                let load_at = if self.o.keep_resident {
+                    spans[h].map(|_| 0)
+                } else {
+                    spans[h].map(|s| s.0)
+                };
                 if load_at != Some(i) {
                     continue;
                 }
@@ -905,7 +1169,13 @@ impl Ctx<'_> {
                     continue;
                 }
                 for &(a, b) in &coexisting {
-                    let other = if a == h { b } else if b == h { a } else { continue };
+                    let other = if a == h {
+                        b
+                    } else if b == h {
+                        a
+                    } else {
+                        continue;
+                    };
                     if spans[other].is_some_and(|s| s.0 < i) {
                         body.push(format!(
                             "// {} and {} must both be resident here: the graph uses {} again after {} is needed.",
@@ -914,9 +1184,17 @@ impl Ctx<'_> {
                     }
                 }
                 body.push(format!("// {} ({})", hd.node, hd.file));
-                body.push(format!("let {0} = load_model(files.{0}, #{{ name: {1} }});", hd.var, string(&hd.var)));
+                body.push(format!(
+                    "let {0} = load_model(files.{0}, #{{ name: {1} }});",
+                    hd.var,
+                    string(&hd.var)
+                ));
                 for (key, _, strength, node) in &hd.loras {
-                    body.push(format!("apply_lora({}, files.{key}, {}); // {node}", hd.var, float(*strength)));
+                    body.push(format!(
+                        "apply_lora({}, files.{key}, {}); // {node}",
+                        hd.var,
+                        float(*strength)
+                    ));
                 }
                 order.push(format!("load {}", hd.var));
             }

@@ -25,7 +25,12 @@ pub fn fold_constants(g: &mut Graph, source: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn fold(by_id: &HashMap<String, Node>, inp: Input, source: &str, depth: usize) -> Result<Option<Input>, String> {
+fn fold(
+    by_id: &HashMap<String, Node>,
+    inp: Input,
+    source: &str,
+    depth: usize,
+) -> Result<Option<Input>, String> {
     let Input::Link { node, .. } = &inp else {
         return Ok(Some(inp));
     };
@@ -33,7 +38,10 @@ fn fold(by_id: &HashMap<String, Node>, inp: Input, source: &str, depth: usize) -
         return Ok(Some(inp));
     };
     if depth > 64 {
-        return Err(format!("{source}: node {}: constants feed each other in a cycle", n.label()));
+        return Err(format!(
+            "{source}: node {}: constants feed each other in a cycle",
+            n.label()
+        ));
     }
     let get = |name: &str| n.input(name).cloned();
     if n.class == "ComfySwitchNode" {
@@ -54,7 +62,10 @@ fn fold(by_id: &HashMap<String, Node>, inp: Input, source: &str, depth: usize) -
         let branch = if on { "on_true" } else { "on_false" };
         return match get(branch) {
             Some(i) => fold(by_id, i, source, depth + 1),
-            None => Err(format!("{source}: node {}: {branch} is not connected", n.label())),
+            None => Err(format!(
+                "{source}: node {}: {branch} is not connected",
+                n.label()
+            )),
         };
     }
     match get("value") {
@@ -92,7 +103,9 @@ pub fn prune(g: &mut Graph) -> Result<Vec<String>, String> {
         .map(|n| n.id.clone())
         .collect();
     if stack.is_empty() {
-        return Err("the workflow has no output node (SaveVideo, SaveAnimatedWEBP or SaveImage)".into());
+        return Err(
+            "the workflow has no output node (SaveVideo, SaveAnimatedWEBP or SaveImage)".into(),
+        );
     }
     let by_id: HashMap<&str, &Node> = g.nodes.iter().map(|n| (n.id.as_str(), n)).collect();
     while let Some(id) = stack.pop() {
@@ -120,7 +133,12 @@ pub fn prune(g: &mut Graph) -> Result<Vec<String>, String> {
 /// Kahn's order over the links; among ready nodes, the lowest id first, so
 /// the script follows the order the workflow's author built it in.
 pub fn topo_order(g: &Graph, source: &str) -> Result<Vec<usize>, String> {
-    let index: HashMap<&str, usize> = g.nodes.iter().enumerate().map(|(i, n)| (n.id.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = g
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.as_str(), i))
+        .collect();
     let mut indegree = vec![0usize; g.nodes.len()];
     let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); g.nodes.len()];
     for (i, n) in g.nodes.iter().enumerate() {
@@ -159,7 +177,10 @@ pub fn topo_order(g: &Graph, source: &str) -> Result<Vec<usize>, String> {
             .filter(|&i| indegree[i] > 0)
             .map(|i| g.nodes[i].label())
             .collect();
-        return Err(format!("{source}: the graph has a cycle through {}", stuck.join(", ")));
+        return Err(format!(
+            "{source}: the graph has a cycle through {}",
+            stuck.join(", ")
+        ));
     }
     Ok(order)
 }

@@ -32,7 +32,8 @@ pub fn sniff(bytes: &[u8]) -> Container {
 pub fn workflow_json(bytes: &[u8], source: &str) -> Result<String, String> {
     let found = match sniff(bytes) {
         Container::Json => {
-            let text = std::str::from_utf8(bytes).map_err(|e| format!("{source}: not UTF-8 JSON: {e}"))?;
+            let text =
+                std::str::from_utf8(bytes).map_err(|e| format!("{source}: not UTF-8 JSON: {e}"))?;
             return Ok(text.trim_start_matches('\u{feff}').to_string());
         }
         Container::Png => png_text(bytes, source)?,
@@ -52,26 +53,39 @@ pub fn workflow_json(bytes: &[u8], source: &str) -> Result<String, String> {
 
 /// (key, json) pairs; the UI workflow first, else the API prompt.
 fn pick(found: Vec<(String, String)>) -> Option<String> {
-    let get = |k: &str| found.iter().find(|(key, _)| key.eq_ignore_ascii_case(k)).map(|(_, j)| j.clone());
+    let get = |k: &str| {
+        found
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(k))
+            .map(|(_, j)| j.clone())
+    };
     get("workflow").or_else(|| get("prompt"))
 }
 
 fn png_text(bytes: &[u8], source: &str) -> Result<Vec<(String, String)>, String> {
     let decoder = png::Decoder::new(Cursor::new(bytes));
-    let mut reader = decoder.read_info().map_err(|e| format!("{source}: bad PNG: {e}"))?;
+    let mut reader = decoder
+        .read_info()
+        .map_err(|e| format!("{source}: bad PNG: {e}"))?;
     // Text chunks may follow the image data; finish() reads them too.
-    reader.finish().map_err(|e| format!("{source}: bad PNG: {e}"))?;
+    reader
+        .finish()
+        .map_err(|e| format!("{source}: bad PNG: {e}"))?;
     let info = reader.info();
     let mut out = Vec::new();
     for c in &info.uncompressed_latin1_text {
         out.push((c.keyword.clone(), c.text.clone()));
     }
     for c in &info.compressed_latin1_text {
-        let t = c.get_text().map_err(|e| format!("{source}: zTXt chunk {}: {e}", c.keyword))?;
+        let t = c
+            .get_text()
+            .map_err(|e| format!("{source}: zTXt chunk {}: {e}", c.keyword))?;
         out.push((c.keyword.clone(), t));
     }
     for c in &info.utf8_text {
-        let t = c.get_text().map_err(|e| format!("{source}: iTXt chunk {}: {e}", c.keyword))?;
+        let t = c
+            .get_text()
+            .map_err(|e| format!("{source}: iTXt chunk {}: {e}", c.keyword))?;
         out.push((c.keyword.clone(), t));
     }
     Ok(out)
@@ -87,7 +101,9 @@ fn riff_chunks<'a>(bytes: &'a [u8], source: &str) -> Result<Vec<&'a [u8]>, Strin
         let end = start
             .checked_add(size)
             .filter(|&e| e <= bytes.len())
-            .ok_or_else(|| format!("{source}: RIFF chunk at byte {at} runs past the end of the file"))?;
+            .ok_or_else(|| {
+                format!("{source}: RIFF chunk at byte {at} runs past the end of the file")
+            })?;
         out.push(&bytes[start..end]);
         at = end + (size & 1);
     }
@@ -106,7 +122,9 @@ fn embedded(bytes: &[u8]) -> Vec<(String, String)> {
             from = pos + k.len();
             // The object starts within a few bytes (a separator, an atom header).
             let window = &bytes[from..bytes.len().min(from + 24)];
-            let Some(open) = window.iter().position(|&b| b == b'{') else { continue };
+            let Some(open) = window.iter().position(|&b| b == b'{') else {
+                continue;
+            };
             let start = from + open;
             if let Some(end) = object_end(&bytes[start..]) {
                 let text = &bytes[start..start + end];

@@ -52,13 +52,17 @@ pub struct Imported {
 /// Imports a workflow file (.json, or a PNG/WebP/MP4 ComfyUI wrote).
 pub fn import_file(path: &Path, o: &ImportOptions) -> Result<Imported, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let name = path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
     import_bytes(&bytes, &name, o)
 }
 
 pub fn import_bytes(bytes: &[u8], source: &str, o: &ImportOptions) -> Result<Imported, String> {
     let text = metadata::workflow_json(bytes, source)?;
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{source}: invalid JSON: {e}"))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{source}: invalid JSON: {e}"))?;
     let mut graph = workflow::parse(&json, source)?;
     let total = graph.nodes.len() + graph.skipped.len();
     lifetimes::fold_constants(&mut graph, source)?;
@@ -116,11 +120,17 @@ pub fn import_bytes(bytes: &[u8], source: &str, o: &ImportOptions) -> Result<Imp
     let body = report::script(&e, &summary, o.keep_resident);
     // Both variants go through the estimator: the imported plan and the
     // graph as ComfyUI would hold it.
-    let resident = if o.keep_resident { None } else { emit_with(true).ok() };
+    let resident = if o.keep_resident {
+        None
+    } else {
+        emit_with(true).ok()
+    };
     let resident_text = resident.as_ref().map(|r| report::script(r, &summary, true));
     let peaks = report::Peaks {
         imported: plan_peak(&body, source, &roots),
-        all_resident: resident_text.as_deref().and_then(|t| plan_peak(t, source, &roots)),
+        all_resident: resident_text
+            .as_deref()
+            .and_then(|t| plan_peak(t, source, &roots)),
     };
     let report = report::render(&e, &summary, &peaks, o.keep_resident);
     let script = report::assemble(&report, &body);
@@ -150,7 +160,11 @@ pub fn plan_peak(_script: &str, _source: &str, _roots: &[PathBuf]) -> Option<Res
 
 /// The roots `baton run` would search: `--models`, else `.`, plus `$BATON_MODELS`.
 fn roots(given: &[PathBuf]) -> Vec<PathBuf> {
-    let mut r = if given.is_empty() { vec![PathBuf::from(".")] } else { given.to_vec() };
+    let mut r = if given.is_empty() {
+        vec![PathBuf::from(".")]
+    } else {
+        given.to_vec()
+    };
     if let Some(extra) = std::env::var_os("BATON_MODELS") {
         r.extend(std::env::split_paths(&extra));
     }
@@ -175,7 +189,12 @@ fn workflow_files(g: &workflow::Graph) -> Vec<String> {
 /// The path the script passes to `load_model` for a workflow file, and a
 /// note for the report: mapped, found (directly under a root or in ComfyUI's
 /// `models/<folder>/` layout), or not found.
-fn resolve_file(name: &str, folder: &str, maps: &[(String, String)], roots: &[PathBuf]) -> (String, String) {
+fn resolve_file(
+    name: &str,
+    folder: &str,
+    maps: &[(String, String)],
+    roots: &[PathBuf],
+) -> (String, String) {
     if let Some((_, path)) = maps.iter().find(|(n, _)| n == name) {
         return (path.clone(), format!("--map {name}"));
     }

@@ -26,7 +26,10 @@ const DEFAULT_TITLES: &[&str] = &[
 pub fn from_title(title: Option<&str>, class: &str) -> Option<String> {
     let t = title?.trim();
     let lower = t.to_ascii_lowercase();
-    if t.is_empty() || lower == class.to_ascii_lowercase() || DEFAULT_TITLES.contains(&lower.as_str()) {
+    if t.is_empty()
+        || lower == class.to_ascii_lowercase()
+        || DEFAULT_TITLES.contains(&lower.as_str())
+    {
         return None;
     }
     let s = snake(t);
@@ -57,17 +60,74 @@ pub struct Namer {
 }
 
 const RHAI_RESERVED: &[&str] = &[
-    "let", "const", "fn", "if", "else", "while", "loop", "for", "in", "do", "until", "break",
-    "continue", "return", "throw", "try", "catch", "import", "export", "as", "private", "this",
-    "true", "false", "switch", "global", "type_of", "print", "debug", "eval", "call", "curry",
-    "is_def_var", "is_def_fn", "is_shared", "var", "static", "shared", "with", "match", "case",
-    "public", "protected", "new", "use", "module", "package", "super", "thread", "spawn", "go",
-    "await", "async", "sync", "yield", "default", "void", "null", "nil",
+    "let",
+    "const",
+    "fn",
+    "if",
+    "else",
+    "while",
+    "loop",
+    "for",
+    "in",
+    "do",
+    "until",
+    "break",
+    "continue",
+    "return",
+    "throw",
+    "try",
+    "catch",
+    "import",
+    "export",
+    "as",
+    "private",
+    "this",
+    "true",
+    "false",
+    "switch",
+    "global",
+    "type_of",
+    "print",
+    "debug",
+    "eval",
+    "call",
+    "curry",
+    "is_def_var",
+    "is_def_fn",
+    "is_shared",
+    "var",
+    "static",
+    "shared",
+    "with",
+    "match",
+    "case",
+    "public",
+    "protected",
+    "new",
+    "use",
+    "module",
+    "package",
+    "super",
+    "thread",
+    "spawn",
+    "go",
+    "await",
+    "async",
+    "sync",
+    "yield",
+    "default",
+    "void",
+    "null",
+    "nil",
 ];
 
 impl Namer {
     pub fn new(reserved: &[&str]) -> Self {
-        let used = RHAI_RESERVED.iter().chain(reserved).map(|s| s.to_string()).collect();
+        let used = RHAI_RESERVED
+            .iter()
+            .chain(reserved)
+            .map(|s| s.to_string())
+            .collect();
         Self { used }
     }
 
@@ -144,9 +204,18 @@ mod tests {
 
     #[test]
     fn titles_become_names_unless_default() {
-        assert_eq!(from_title(Some("Enable 4steps LoRA?"), "PrimitiveBoolean").as_deref(), Some("enable_4steps_lora"));
-        assert_eq!(from_title(Some("KSampler (Advanced)"), "KSamplerAdvanced"), None);
-        assert_eq!(from_title(Some("2nd pass"), "KSampler").as_deref(), Some("n_2nd_pass"));
+        assert_eq!(
+            from_title(Some("Enable 4steps LoRA?"), "PrimitiveBoolean").as_deref(),
+            Some("enable_4steps_lora")
+        );
+        assert_eq!(
+            from_title(Some("KSampler (Advanced)"), "KSamplerAdvanced"),
+            None
+        );
+        assert_eq!(
+            from_title(Some("2nd pass"), "KSampler").as_deref(),
+            Some("n_2nd_pass")
+        );
         let mut n = Namer::new(&["steps"]);
         assert_eq!(n.fresh("steps"), "steps_2");
         assert_eq!(n.fresh("let"), "let_2");
@@ -157,6 +226,9 @@ mod tests {
         assert_eq!(string("a \"b\"\n\\"), r#""a \"b\"\n\\""#);
         assert_eq!(float(8.0), "8.0");
         assert_eq!(float(8.000000000000002), "8.000000000000002");
-        assert_eq!(literal(&serde_json::json!(774388746670969u64)), "774388746670969");
+        assert_eq!(
+            literal(&serde_json::json!(774388746670969u64)),
+            "774388746670969"
+        );
     }
 }

@@ -39,7 +39,10 @@ pub fn render(e: &Emitted, s: &Summary, peaks: &Peaks, keep_resident: bool) -> S
         Format::Ui => "UI format",
         Format::Api => "API format",
     };
-    r.push(format!("Imported from {} by `baton import` ({format}).", s.source));
+    r.push(format!(
+        "Imported from {} by `baton import` ({format}).",
+        s.source
+    ));
     let mut read = format!("{} nodes read", s.total);
     if !s.subgraphs.is_empty() {
         read.push_str(&format!(", {} subgraph(s) inlined", s.subgraphs.len()));
@@ -57,7 +60,8 @@ pub fn render(e: &Emitted, s: &Summary, peaks: &Peaks, keep_resident: bool) -> S
     r.push(if keep_resident {
         "Model uses (all loaded at the start, none deleted):".into()
     } else {
-        "Model lifetimes (loaded right before the first use, deleted right after the last):".to_string()
+        "Model lifetimes (loaded right before the first use, deleted right after the last):"
+            .to_string()
     });
     let mut order: Vec<usize> = (0..e.handles.len()).collect();
     order.sort_by_key(|&h| e.spans[h].map_or(usize::MAX, |s| s.0));
@@ -73,12 +77,18 @@ pub fn render(e: &Emitted, s: &Summary, peaks: &Peaks, keep_resident: bool) -> S
             Some((a, b)) if a == b => format!("used at {}", e.step_labels[a]),
             Some((a, b)) => format!("from {} to {}", e.step_labels[a], e.step_labels[b]),
         };
-        let inside = if hd.in_recipe { " (loaded and deleted inside wan::two_stage)" } else { "" };
+        let inside = if hd.in_recipe {
+            " (loaded and deleted inside wan::two_stage)"
+        } else {
+            ""
+        };
         r.push(format!("           {} {live}{inside}", hd.node));
     }
     r.push(format!("Order: {}.", e.order.join(", ")));
     if keep_resident {
-        r.push("Large models resident together: all of them, from the start (--keep-resident).".into());
+        r.push(
+            "Large models resident together: all of them, from the start (--keep-resident).".into(),
+        );
     } else if e.coexisting.is_empty() {
         r.push("Large models resident together: none; one large model at a time.".into());
     } else {
@@ -106,7 +116,10 @@ pub fn render(e: &Emitted, s: &Summary, peaks: &Peaks, keep_resident: bool) -> S
         ));
     }
     if !e.unsupported.is_empty() {
-        r.push(format!("Placeholders (no baton equivalent): {}.", e.unsupported.join(", ")));
+        r.push(format!(
+            "Placeholders (no baton equivalent): {}.",
+            e.unsupported.join(", ")
+        ));
     }
     r.push("Files:".into());
     for (key, expr, note) in &e.files {
@@ -122,7 +135,9 @@ pub fn script(e: &Emitted, _s: &Summary, _keep_resident: bool) -> String {
         out.push("import \"stdlib/wan22\" as wan;".to_string());
         out.push(String::new());
     }
-    out.push("// Model files, as load_model resolves them (relative names: under --models DIR,".into());
+    out.push(
+        "// Model files, as load_model resolves them (relative names: under --models DIR,".into(),
+    );
     out.push("// $BATON_MODELS or the current directory).".into());
     out.push("let files = #{".into());
     for (key, expr, _) in &e.files {
@@ -153,7 +168,8 @@ pub fn script(e: &Emitted, _s: &Summary, _keep_resident: bool) -> String {
 
 /// The full script: doc line, the report as a comment block, the body.
 pub fn assemble(report: &str, body: &str) -> String {
-    let mut out = String::from("//! Wan 2.2 pipeline imported from a ComfyUI workflow by `baton import`.\n");
+    let mut out =
+        String::from("//! Wan 2.2 pipeline imported from a ComfyUI workflow by `baton import`.\n");
     for line in report.lines() {
         if line.is_empty() {
             out.push_str("//\n");

@@ -163,7 +163,11 @@ const SUBGRAPH_INPUT: i64 = -10;
 const SUBGRAPH_OUTPUT: i64 = -20;
 const MAX_SUBGRAPH_DEPTH: usize = 8;
 
-fn parse_links(links: Option<&Value>, source: &str, scope: &str) -> Result<HashMap<i64, Link>, String> {
+fn parse_links(
+    links: Option<&Value>,
+    source: &str,
+    scope: &str,
+) -> Result<HashMap<i64, Link>, String> {
     let mut table = HashMap::new();
     for l in links.and_then(Value::as_array).into_iter().flatten() {
         let int = |v: Option<&Value>| v.and_then(Value::as_i64);
@@ -176,7 +180,13 @@ fn parse_links(links: Option<&Value>, source: &str, scope: &str) -> Result<HashM
             }
         } else {
             let g = |k: &str| int(l.get(k));
-            match (g("id"), g("origin_id"), g("origin_slot"), g("target_id"), g("target_slot")) {
+            match (
+                g("id"),
+                g("origin_id"),
+                g("origin_slot"),
+                g("target_id"),
+                g("target_slot"),
+            ) {
                 (Some(id), Some(o), Some(os), Some(t), Some(ts)) => (id, (o, os, t, ts)),
                 _ => return Err(format!("{source}: {scope}: malformed link {l}")),
             }
@@ -300,10 +310,15 @@ impl<'a> Builder<'a> {
             })
         };
         let empty = Vec::new();
-        for n in graph.get("nodes").and_then(Value::as_array).unwrap_or(&empty) {
-            let local = n.get("id").and_then(id_string).ok_or_else(|| {
-                format!("{source}: {scope_name}: a node without an id")
-            })?;
+        for n in graph
+            .get("nodes")
+            .and_then(Value::as_array)
+            .unwrap_or(&empty)
+        {
+            let local = n
+                .get("id")
+                .and_then(id_string)
+                .ok_or_else(|| format!("{source}: {scope_name}: a node without an id"))?;
             let id = format!("{prefix}{local}");
             let class = n
                 .get("type")
@@ -375,7 +390,9 @@ impl<'a> Builder<'a> {
                 }
                 self.subgraphs.push(format!(
                     "{label} (\"{}\")",
-                    def.get("name").and_then(Value::as_str).unwrap_or("subgraph")
+                    def.get("name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("subgraph")
                 ));
                 continue;
             }
@@ -471,7 +488,12 @@ impl<'a> Builder<'a> {
                 .and_then(|j| values.get(j).cloned())
         };
         let mut sub_inputs = Vec::new();
-        for inp in def.get("inputs").and_then(Value::as_array).into_iter().flatten() {
+        for inp in def
+            .get("inputs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let name = inp.get("name").and_then(Value::as_str).unwrap_or("");
             let from_link = linked.iter().find(|(n, _, _)| n == name);
             sub_inputs.push(match from_link {

@@ -6,5 +6,7 @@
 use rhai::{Dynamic, Engine};
 
 pub fn register(engine: &mut Engine) {
-    engine.register_fn("param", |_name: &str, default: Dynamic, _help: &str| default);
+    engine.register_fn("param", |_name: &str, default: Dynamic, _help: &str| {
+        default
+    });
 }
