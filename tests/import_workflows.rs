@@ -486,3 +486,100 @@ fn imported_t2v_runs_with_one_expert_resident_and_the_resident_graph_offloads() 
     let out = run_t2v(kept.path(), &["--keep-resident"]);
     assert!(offloaded(&out) > 0, "{out}");
 }
+
+/// An API-format graph built here: `first` samples with A, then B, then A
+/// again, so A must stay loaded while B is.
+fn interleaved() -> String {
+    let loader = |file: &str| {
+        format!(
+            r#"{{"class_type": "UNETLoader", "inputs": {{"unet_name": "{file}", "weight_dtype": "default"}}}}"#
+        )
+    };
+    let pass = |model: &str, latent: &str| {
+        format!(
+            r#"{{"class_type": "KSampler", "inputs": {{"seed": 18446744073709551615, "steps": 4, "cfg": 1.0, "sampler_name": "euler",
+                "scheduler": "simple", "denoise": 0.5, "model": ["{model}", 0], "positive": ["4", 0], "latent_image": ["{latent}", 0]}}}}"#
+        )
+    };
+    format!(
+        r#"{{"1": {a}, "2": {b}, "3": {{"class_type": "CLIPLoader", "inputs": {{"clip_name": "te.safetensors", "type": "wan"}}}},
+            "4": {{"class_type": "CLIPTextEncode", "inputs": {{"text": "a fox", "clip": ["3", 0]}}}},
+            "5": {{"class_type": "EmptyHunyuanLatentVideo", "inputs": {{"width": 64, "height": 64, "length": 5, "batch_size": 1}}}},
+            "6": {p6}, "7": {p7}, "8": {p8},
+            "9": {{"class_type": "VAELoader", "inputs": {{"vae_name": "vae.safetensors"}}}},
+            "10": {{"class_type": "VAEDecode", "inputs": {{"samples": ["8", 0], "vae": ["9", 0]}}}},
+            "11": {{"class_type": "SaveImage", "inputs": {{"filename_prefix": "x", "images": ["10", 0]}}}}}}"#,
+        a = loader("a.safetensors"),
+        b = loader("b.safetensors"),
+        p6 = pass("1", "5"),
+        p7 = pass("2", "6"),
+        p8 = pass("1", "7"),
+    )
+}
+
+#[test]
+fn models_the_graph_needs_together_are_reported_and_commented() {
+    let imp = import_bytes(
+        interleaved().as_bytes(),
+        "interleaved.json",
+        &ImportOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        imp.coexisting,
+        vec![("model".to_string(), "model_2".to_string())]
+    );
+    assert!(
+        imp.report
+            .contains("Large models resident together: model and model_2"),
+        "{}",
+        imp.report
+    );
+    let s = &imp.script;
+    assert!(
+        s.contains("// model and model_2 must both be resident here"),
+        "{s}"
+    );
+    // The text encoder still goes as soon as the prompt is encoded.
+    let at = |needle: &str| {
+        s.find(needle)
+            .unwrap_or_else(|| panic!("no {needle} in\n{s}"))
+    };
+    assert!(at("delete_model(text_encoder);") < at("load_model(files.model,"));
+    assert!(at("delete_model(model_2);") < at("delete_model(model);"));
+    // KSampler denoise 0.5 over 4 steps: ComfyUI schedules 8 and runs the last 4.
+    let first = &imp.samplers[0];
+    assert_eq!((first.steps, first.start, first.end), (8, 4, None));
+    // A seed of 2^64-1 wraps to -1 (baton wraps back, as torch.manual_seed).
+    assert_eq!(first.seed, Some(-1));
+}
+
+#[test]
+fn files_are_found_in_a_comfyui_models_layout_under_the_roots() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("diffusion_models")).unwrap();
+    std::fs::write(
+        root.path()
+            .join("diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors"),
+        b"",
+    )
+    .unwrap();
+    std::fs::write(root.path().join("wan_2.1_vae.safetensors"), b"").unwrap();
+    let o = ImportOptions {
+        model_roots: vec![root.path().to_path_buf()],
+        ..Default::default()
+    };
+    let imp = import(T2V, &o);
+    let s = &imp.script;
+    assert!(
+        s.contains("high: \"diffusion_models/wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors\","),
+        "{s}"
+    );
+    assert!(s.contains("vae: \"wan_2.1_vae.safetensors\","), "{s}");
+    assert!(
+        imp.report
+            .contains("low          wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors  (not found"),
+        "{}",
+        imp.report
+    );
+}

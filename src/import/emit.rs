@@ -281,8 +281,21 @@ impl Ctx<'_> {
     fn int(&self, n: &Node, name: &str) -> Result<i64, String> {
         let v = self.value(n, name)?;
         v.as_i64()
-            .or_else(|| v.as_f64().filter(|x| x.fract() == 0.0).map(|x| x as i64))
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|x| x.fract() == 0.0 && x.abs() < 9.0e15)
+                    .map(|x| x as i64)
+            })
             .ok_or_else(|| self.err(n, format!("{name}: expected an integer, got {v}")))
+    }
+
+    /// A seed: ComfyUI's go up to 2^64-1, Rhai integers are i64; baton wraps
+    /// negative seeds modulo 2^64 as torch.manual_seed does, so the bits carry over.
+    fn seed(&self, n: &Node, name: &str) -> Result<i64, String> {
+        match self.value(n, name)?.as_u64() {
+            Some(u) => Ok(u as i64),
+            None => self.int(n, name),
+        }
     }
 
     fn text(&self, n: &Node, name: &str) -> Result<String, String> {
@@ -844,7 +857,7 @@ impl Ctx<'_> {
                 sampler,
                 scheduler,
                 shift,
-                seed: Some(self.int(n, "seed")?),
+                seed: Some(self.seed(n, "seed")?),
                 add_noise: true,
                 leftover_noise: false,
             });
@@ -863,7 +876,7 @@ impl Ctx<'_> {
             scheduler,
             shift,
             seed: if add_noise {
-                Some(self.int(n, "noise_seed")?)
+                Some(self.seed(n, "noise_seed")?)
             } else {
                 None
             },
