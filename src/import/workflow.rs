@@ -512,3 +512,74 @@ impl<'a> Builder<'a> {
         self.scope(def, &format!("{id}:"), &sub_inputs, &overrides, depth + 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Bypassed nodes pass their input of the same type on, reroutes are
+    /// transparent, the frontend's PrimitiveNode is its value, a muted node
+    /// leaves its consumers' inputs unconnected, and a linked widget's stale
+    /// stored value loses to the link.
+    #[test]
+    fn ui_graph_lowers_to_named_inputs() {
+        let out = |t: &str| json!([{ "name": t, "type": t }]);
+        let wf = json!({
+            "nodes": [
+                { "id": 1, "type": "UNETLoader", "widgets_values": ["a.safetensors", "default"], "outputs": out("MODEL") },
+                { "id": 2, "type": "LoraLoaderModelOnly", "mode": 4, "widgets_values": ["l.safetensors", 1.0],
+                  "inputs": [{ "name": "model", "type": "MODEL", "link": 1 }], "outputs": out("MODEL") },
+                { "id": 3, "type": "Reroute", "inputs": [{ "name": "", "type": "*", "link": 2 }], "outputs": out("MODEL") },
+                { "id": 4, "type": "ModelSamplingSD3", "widgets_values": [5.0],
+                  "inputs": [{ "name": "model", "type": "MODEL", "link": 3 }], "outputs": out("MODEL") },
+                { "id": 5, "type": "PrimitiveNode", "widgets_values": [7, "fixed"], "outputs": out("INT") },
+                { "id": 6, "type": "KSampler", "widgets_values": [1, "fixed", 20, 3.5, "euler", "simple", 1.0],
+                  "inputs": [{ "name": "model", "type": "MODEL", "link": 4 },
+                             { "name": "steps", "type": "INT", "link": 5, "widget": { "name": "steps" } }] },
+                { "id": 7, "type": "CLIPLoader", "mode": 2, "widgets_values": ["t.safetensors", "wan", "default"], "outputs": out("CLIP") },
+                { "id": 8, "type": "CLIPTextEncode", "widgets_values": ["hi"], "inputs": [{ "name": "clip", "type": "CLIP", "link": 6 }] },
+                { "id": 9, "type": "MarkdownNote", "widgets_values": ["notes"] }
+            ],
+            "links": [[1, 1, 0, 2, 0, "MODEL"], [2, 2, 0, 3, 0, "MODEL"], [3, 3, 0, 4, 0, "MODEL"],
+                      [4, 4, 0, 6, 0, "MODEL"], [5, 5, 0, 6, 1, "INT"], [6, 7, 0, 8, 0, "CLIP"]]
+        });
+        let g = parse(&wf, "wf.json").unwrap();
+        let ids: Vec<&str> = g.nodes.iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["1", "4", "6", "8"]);
+        let link = |node: &str| Input::Link {
+            node: node.into(),
+            slot: 0,
+        };
+        assert_eq!(g.node("4").unwrap().input("model"), Some(&link("1")));
+        let ks = g.node("6").unwrap();
+        assert_eq!(ks.input("steps"), Some(&Input::Value(json!(7))));
+        assert_eq!(
+            ks.input("sampler_name"),
+            Some(&Input::Value(json!("euler")))
+        );
+        assert_eq!(ks.input("model"), Some(&link("4")));
+        assert_eq!(g.node("8").unwrap().input("clip"), None);
+        assert_eq!(g.skipped.len(), 3, "{:?}", g.skipped);
+    }
+
+    #[test]
+    fn api_links_and_literals() {
+        let g = parse(&json!({ "3": { "class_type": "VAEDecode", "inputs": { "samples": ["10", 0], "vae": [7, 1] } },
+                               "10": { "class_type": "X", "inputs": { "list": [1, 2, 3] } } }), "p.json")
+            .unwrap();
+        assert_eq!(g.format, Format::Api);
+        let n = g.node("3").unwrap();
+        assert_eq!(
+            n.input("vae"),
+            Some(&Input::Link {
+                node: "7".into(),
+                slot: 1
+            })
+        );
+        assert_eq!(
+            g.node("10").unwrap().input("list"),
+            Some(&Input::Value(json!([1, 2, 3])))
+        );
+    }
+}
