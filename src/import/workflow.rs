@@ -208,6 +208,23 @@ fn parse_links(
     Ok(table)
 }
 
+/// The frontend stores `control_after_generate` after a seed widget, but a
+/// file written by a tool may leave it out; then the names shift back by one.
+fn without_missing_control(names: &[&'static str], values: &[Value]) -> Vec<&'static str> {
+    const CONTROLS: &[&str] = &["fixed", "increment", "decrement", "randomize"];
+    let mut out = names.to_vec();
+    if let Some(k) = names.iter().position(|n| *n == "control_after_generate") {
+        let is_control = values
+            .get(k)
+            .and_then(Value::as_str)
+            .is_some_and(|v| CONTROLS.contains(&v));
+        if !is_control && values.len() < names.len() {
+            out.remove(k);
+        }
+    }
+    out
+}
+
 struct Builder<'a> {
     source: &'a str,
     defs: HashMap<String, &'a Value>,
@@ -400,8 +417,9 @@ impl<'a> Builder<'a> {
             let names = nodes::widget_names(&class);
             match widgets {
                 Some(Value::Array(values)) => {
+                    let names = names.map(|ns| without_missing_control(ns, values));
                     for (i, v) in values.iter().enumerate() {
-                        let name = match names {
+                        let name = match &names {
                             Some(ns) => match ns.get(i) {
                                 Some(n) => n.to_string(),
                                 None => continue,
@@ -561,6 +579,31 @@ mod tests {
         assert_eq!(ks.input("model"), Some(&link("4")));
         assert_eq!(g.node("8").unwrap().input("clip"), None);
         assert_eq!(g.skipped.len(), 3, "{:?}", g.skipped);
+    }
+
+    #[test]
+    fn a_missing_control_after_generate_does_not_shift_the_widgets() {
+        let names = nodes::widget_names("KSampler").unwrap();
+        let stored = [
+            json!(5),
+            json!(20),
+            json!(3.5),
+            json!("euler"),
+            json!("simple"),
+            json!(1.0),
+        ];
+        let got = without_missing_control(names, &stored);
+        assert_eq!(got[1], "steps");
+        let full = [
+            json!(5),
+            json!("fixed"),
+            json!(20),
+            json!(3.5),
+            json!("euler"),
+            json!("simple"),
+            json!(1.0),
+        ];
+        assert_eq!(without_missing_control(names, &full), names);
     }
 
     #[test]
