@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod host;
+pub mod import;
 pub mod inspect;
 pub mod lora;
 pub mod media;

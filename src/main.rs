@@ -1,4 +1,4 @@
-//! The `baton` command line: run, repl, help, recipes, inspect, make-tiny, bench.
+//! The `baton` command line: run, plan, repl, help, recipes, import, inspect, make-tiny, bench.
 
 use baton::host::limits::Limits;
 use baton::host::{repl, Session, SessionConfig};
@@ -174,6 +174,30 @@ enum Command {
         #[arg(long)]
         heads: Option<usize>,
     },
+    /// Turn a ComfyUI workflow (.json, or a PNG/WebP/MP4 ComfyUI saved) into a
+    /// script that deletes each model right after its last use.
+    Import {
+        workflow: PathBuf,
+        /// Write the script here (default: the script to stdout, the report to stderr).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Use PATH for the workflow's file NAME (repeatable), e.g.
+        /// wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors=builtin:wan-tiny-high.
+        #[arg(long = "map", value_name = "NAME=PATH", value_parser = baton::import::parse_pair)]
+        map: Vec<(String, String)>,
+        /// Import unknown nodes as commented placeholders instead of failing.
+        #[arg(long)]
+        allow_unknown: bool,
+        /// Keep every model loaded (ComfyUI's way), to compare against.
+        #[arg(long)]
+        keep_resident: bool,
+        /// A different default for a recipe parameter, e.g. steps=4 (repeatable).
+        #[arg(long = "param", value_name = "NAME=VALUE", value_parser = baton::import::parse_pair)]
+        param: Vec<(String, String)>,
+        /// Where the workflow's files are looked for (as `baton run --models`).
+        #[arg(long = "models", value_name = "DIR")]
+        models: Vec<PathBuf>,
+    },
     /// Write the built-in tiny Wan experts (high and low) into DIR.
     MakeTiny { dir: PathBuf },
     /// Time forwards, loads and deletes of the built-in tiny expert; `baton
@@ -299,6 +323,37 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 repeats: repeats.max(1),
             };
             print!("{}", baton::bench::run(&o)?);
+        }
+        Command::Import {
+            workflow,
+            output,
+            map,
+            allow_unknown,
+            keep_resident,
+            param,
+            models,
+        } => {
+            let o = baton::import::ImportOptions {
+                maps: map,
+                allow_unknown,
+                keep_resident,
+                param_defaults: param,
+                model_roots: models,
+            };
+            let imported = baton::import::import_file(&workflow, &o).map_err(anyhow::Error::msg)?;
+            match output {
+                Some(path) => {
+                    baton::media::write_atomically(&path, |tmp| {
+                        std::fs::write(tmp, &imported.script).map_err(|e| e.to_string())
+                    })
+                    .map_err(anyhow::Error::msg)?;
+                    println!("{}\nwrote {}", imported.report, path.display());
+                }
+                None => {
+                    eprintln!("{}", imported.report);
+                    print!("{}", imported.script);
+                }
+            }
         }
         Command::MakeTiny { dir } => {
             std::fs::create_dir_all(&dir)?;
