@@ -117,6 +117,9 @@ enum Command {
         /// Attention heads, when they cannot be inferred.
         #[arg(long)]
         heads: Option<usize>,
+        /// Show what load_model would keep resident under this budget, e.g. 24GiB.
+        #[arg(long, value_parser = parse_size)]
+        vram: Option<u64>,
     },
     /// Write the built-in tiny Wan experts (high and low) into DIR.
     MakeTiny { dir: PathBuf },
@@ -172,9 +175,11 @@ fn execute(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Repl { session } => repl::run(&session.config()?)?,
-        Command::Inspect { checkpoint, heads } => {
-            print!("{}", baton::inspect::inspect(&checkpoint, heads)?)
-        }
+        Command::Inspect {
+            checkpoint,
+            heads,
+            vram,
+        } => print!("{}", baton::inspect::inspect(&checkpoint, heads, vram)?),
         Command::Bench {
             width,
             height,

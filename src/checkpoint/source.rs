@@ -4,7 +4,7 @@
 //! have copied out are handed back with `MADV_DONTNEED`, so file-backed pages
 //! do not linger in the process's RSS and `ram()` stays honest.
 
-use super::{CheckpointError, TensorEntry};
+use super::{CheckpointError, Header, TensorEntry};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use memmap2::Mmap;
@@ -13,38 +13,51 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub struct CheckpointSource {
+    /// What the user named (a file, an index json or a folder of shards).
     path: PathBuf,
-    mmap: Mmap,
+    /// One mapping per file of `header.files`; entries index it.
+    maps: Vec<Mmap>,
     tensors: BTreeMap<String, TensorEntry>,
 }
 
 impl CheckpointSource {
+    /// Maps every file of `header` and serves `tensors` (entries of that
+    /// header, possibly renamed) from them.
     pub fn open(
-        path: &Path,
+        header: &Header,
         tensors: BTreeMap<String, TensorEntry>,
     ) -> Result<Arc<Self>, CheckpointError> {
-        let file = std::fs::File::open(path).map_err(|source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // SAFETY: the file is opened read-only; a concurrent writer truncating it
-        // would be a user error we cannot guard against (as for every mmap reader).
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if let Some((k, e)) = tensors.iter().find(|(_, e)| e.end > mmap.len()) {
-            return Err(CheckpointError::Corrupt {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "tensor '{k}' ends at byte {} past the end of the file",
-                    e.end
-                ),
-            });
+        let mut maps = Vec::with_capacity(header.files.len());
+        for path in &header.files {
+            let io = |source| CheckpointError::Io {
+                path: path.clone(),
+                source,
+            };
+            let file = std::fs::File::open(path).map_err(io)?;
+            // SAFETY: the file is opened read-only; a concurrent writer truncating it
+            // would be a user error we cannot guard against (as for every mmap reader).
+            maps.push(unsafe { Mmap::map(&file) }.map_err(io)?);
+        }
+        for (k, e) in &tensors {
+            let Some(map) = maps.get(e.file) else {
+                return Err(CheckpointError::Corrupt {
+                    path: header.path.clone(),
+                    reason: format!("tensor '{k}' names file #{} of {}", e.file, maps.len()),
+                });
+            };
+            if e.end > map.len() {
+                return Err(CheckpointError::Corrupt {
+                    path: header.files[e.file].clone(),
+                    reason: format!(
+                        "tensor '{k}' ends at byte {} past the end of the file (it shrank?)",
+                        e.end
+                    ),
+                });
+            }
         }
         Ok(Arc::new(Self {
-            path: path.to_path_buf(),
-            mmap,
+            path: header.path.clone(),
+            maps,
             tensors,
         }))
     }
@@ -73,7 +86,7 @@ impl CheckpointSource {
                 self.path.display()
             ),
         };
-        let bytes = &self.mmap[e.start..e.end];
+        let bytes = &self.maps[e.file][e.start..e.end];
         let t = Tensor::from_raw_buffer(bytes, file_dtype, &e.shape, &Device::Cpu)?;
         let (t, file_dtype) = if file_dtype == DType::F8E4M3 {
             (self.dequantise(name, t)?, DType::F32)
@@ -140,7 +153,7 @@ impl CheckpointSource {
                 e.dtype
             ));
         }
-        Ok(&self.mmap[e.start..e.end])
+        Ok(&self.maps[e.file][e.start..e.end])
     }
 
     /// Checks that the tensors under `prefix` have the same names (after the
@@ -184,14 +197,15 @@ impl CheckpointSource {
             .filter(|(k, _)| k.starts_with(prefix))
             .map(|(_, e)| e)
         {
+            let map = &self.maps[e.file];
             let start = e.start / page * page;
-            let end = e.end.min(self.mmap.len());
+            let end = e.end.min(map.len());
             if end > start {
                 // SAFETY: DONTNEED on a read-only shared file mapping only drops
                 // our page-table entries; later reads fault the pages back in
                 // from the file, so no data can be lost or observed changed.
                 unsafe {
-                    let _ = self.mmap.unchecked_advise_range(
+                    let _ = map.unchecked_advise_range(
                         memmap2::UncheckedAdvice::DontNeed,
                         start,
                         end - start,

@@ -229,29 +229,26 @@ impl Runtime {
                 detected.unmapped
             );
         }
-        let dtype = match opts.dtype {
-            Some(d) => d,
-            None => dominant_dtype(&detected),
-        };
-        let bytes_in = |prefix: &str| -> u64 {
-            detected
-                .tensors
-                .iter()
-                .filter(|(k, _)| k.starts_with(prefix))
-                .map(|(_, e)| (e.numel() * dtype.size_in_bytes()) as u64)
-                .sum()
-        };
-        let cfg = detected.cfg.clone();
-        let total = bytes_in("");
-        let block_bytes: Vec<u64> = (0..cfg.num_layers)
-            .map(|i| bytes_in(&format!("blocks.{i}.")))
-            .collect();
-        let stem_bytes = total - block_bytes.iter().sum::<u64>();
+        if detected.clip_image {
+            return Err(RuntimeError::Input(format!(
+                "{}: a Wan 2.1 image-to-video model ({}): its CLIP image context \
+                 (img_emb, k_img/v_img) is not supported; Wan 2.2 I2V-A14B experts \
+                 (in_dim 36, no img_emb) load",
+                path.display(),
+                detected.variant
+            )));
+        }
         let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
-        let plan = self.plan_residency(&name, total, stem_bytes, &block_bytes, opts.offload)?;
+        let DitPlan {
+            dtype,
+            total,
+            block_bytes,
+            plan,
+        } = self.plan_dit(&name, &detected, opts.dtype, opts.offload)?;
+        let cfg = detected.cfg.clone();
 
         let rss_before = memstat::rss();
-        let source = CheckpointSource::open(&path, detected.tensors.clone())?;
+        let source = CheckpointSource::open(&header, detected.tensors.clone())?;
         let model = WanResident::load(
             &cfg,
             source,
@@ -301,6 +298,39 @@ impl Runtime {
             &plan,
             &how,
         ))
+    }
+
+    /// Where a Wan DiT's bytes would go if it were loaded now, in `dtype`
+    /// (default: the file's own): what `load_model` does and `baton inspect
+    /// --vram` shows, from the header alone.
+    pub fn plan_dit(
+        &self,
+        name: &str,
+        detected: &Detected,
+        dtype: Option<DType>,
+        policy: OffloadPolicy,
+    ) -> Result<DitPlan> {
+        let dtype = dtype.unwrap_or_else(|| dominant_dtype(detected));
+        let bytes_in = |prefix: &str| -> u64 {
+            detected
+                .tensors
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(_, e)| (e.numel() * dtype.size_in_bytes()) as u64)
+                .sum()
+        };
+        let total = bytes_in("");
+        let block_bytes: Vec<u64> = (0..detected.cfg.num_layers)
+            .map(|i| bytes_in(&format!("blocks.{i}.")))
+            .collect();
+        let stem_bytes = total - block_bytes.iter().sum::<u64>();
+        let plan = self.plan_residency(name, total, stem_bytes, &block_bytes, policy)?;
+        Ok(DitPlan {
+            dtype,
+            total,
+            block_bytes,
+            plan,
+        })
     }
 
     /// Enters a freshly read model in the ledger and the registry, and logs
@@ -887,10 +917,25 @@ fn same_values(a: &Tensor, b: &Tensor) -> bool {
 
 /// How a model will sit under the budget: the first `resident_blocks` on the
 /// device, the rest streamed through a `stream_buffer` of one block.
-struct Plan {
-    resident_blocks: usize,
-    offloaded: u64,
-    stream_buffer: u64,
+/// How a model's blocks are split between resident and streamed.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub resident_blocks: usize,
+    /// Bytes left in the file and streamed at each forward.
+    pub offloaded: u64,
+    /// The one block-sized buffer streamed blocks pass through.
+    pub stream_buffer: u64,
+}
+
+/// [`Runtime::plan_dit`]'s answer.
+#[derive(Debug, Clone)]
+pub struct DitPlan {
+    /// The resident dtype.
+    pub dtype: DType,
+    /// Bytes of all weights in that dtype.
+    pub total: u64,
+    pub block_bytes: Vec<u64>,
+    pub plan: Plan,
 }
 
 fn check_inputs(name: &str, dit: &WanResident, x: &Tensor, context: &Tensor) -> Result<()> {
