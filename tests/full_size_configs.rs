@@ -4,74 +4,14 @@
 //! hole (a sparse file), so the real header parser, layout detection and
 //! config inference run on a 28.6 GB "file" that takes no disk space.
 //! `baton inspect` then plans it under a 24 GiB budget.
+mod common;
+
 use baton::checkpoint::{detect, Header};
 use baton::models::wan::WanConfig;
+use common::wan_keys::wan_keys;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-
-/// (name, dtype, shape) of every tensor of a Wan DiT in the original layout.
-fn wan_keys(cfg: &WanConfig, clip_image: bool) -> Vec<(String, &'static str, Vec<usize>)> {
-    let (d, f) = (cfg.dim, cfg.ffn_dim);
-    let [pt, ph, pw] = cfg.patch_size;
-    let mut keys: Vec<(String, Vec<usize>)> = vec![
-        ("patch_embedding.weight".into(), vec![d, cfg.in_dim, pt, ph, pw]),
-        ("patch_embedding.bias".into(), vec![d]),
-        ("text_embedding.0.weight".into(), vec![d, cfg.text_dim]),
-        ("text_embedding.0.bias".into(), vec![d]),
-        ("text_embedding.2.weight".into(), vec![d, d]),
-        ("text_embedding.2.bias".into(), vec![d]),
-        ("time_embedding.0.weight".into(), vec![d, cfg.freq_dim]),
-        ("time_embedding.0.bias".into(), vec![d]),
-        ("time_embedding.2.weight".into(), vec![d, d]),
-        ("time_embedding.2.bias".into(), vec![d]),
-        ("time_projection.1.weight".into(), vec![6 * d, d]),
-        ("time_projection.1.bias".into(), vec![6 * d]),
-        ("head.head.weight".into(), vec![cfg.patch_features_out(), d]),
-        ("head.head.bias".into(), vec![cfg.patch_features_out()]),
-        ("head.modulation".into(), vec![1, 2, d]),
-    ];
-    if clip_image {
-        for (k, s) in [
-            ("img_emb.proj.0.weight", vec![1280]),
-            ("img_emb.proj.0.bias", vec![1280]),
-            ("img_emb.proj.1.weight", vec![1280, 1280]),
-            ("img_emb.proj.1.bias", vec![1280]),
-            ("img_emb.proj.3.weight", vec![d, 1280]),
-            ("img_emb.proj.3.bias", vec![d]),
-            ("img_emb.proj.4.weight", vec![d]),
-            ("img_emb.proj.4.bias", vec![d]),
-        ] {
-            keys.push((k.into(), s));
-        }
-    }
-    for i in 0..cfg.num_layers {
-        let b = format!("blocks.{i}.");
-        for attn in ["self_attn", "cross_attn"] {
-            for p in ["q", "k", "v", "o"] {
-                keys.push((format!("{b}{attn}.{p}.weight"), vec![d, d]));
-                keys.push((format!("{b}{attn}.{p}.bias"), vec![d]));
-            }
-            keys.push((format!("{b}{attn}.norm_q.weight"), vec![d]));
-            keys.push((format!("{b}{attn}.norm_k.weight"), vec![d]));
-        }
-        if clip_image {
-            for p in ["k_img", "v_img"] {
-                keys.push((format!("{b}cross_attn.{p}.weight"), vec![d, d]));
-                keys.push((format!("{b}cross_attn.{p}.bias"), vec![d]));
-            }
-            keys.push((format!("{b}cross_attn.norm_k_img.weight"), vec![d]));
-        }
-        keys.push((format!("{b}norm3.weight"), vec![d]));
-        keys.push((format!("{b}norm3.bias"), vec![d]));
-        keys.push((format!("{b}ffn.0.weight"), vec![f, d]));
-        keys.push((format!("{b}ffn.0.bias"), vec![f]));
-        keys.push((format!("{b}ffn.2.weight"), vec![d, f]));
-        keys.push((format!("{b}ffn.2.bias"), vec![d]));
-        keys.push((format!("{b}modulation"), vec![1, 6, d]));
-    }
-    keys.into_iter().map(|(k, s)| (k, "BF16", s)).collect()
-}
 
 fn bytes_per(dtype: &str) -> usize {
     match dtype {
@@ -105,7 +45,9 @@ fn write_sparse(path: &Path, keys: &[(String, &str, Vec<usize>)]) -> u64 {
 
 /// ComfyUI's fp8_scaled repackaging of `keys`: the prefix, every block
 /// linear weight in F8_E4M3 with an f32 `scale_weight`, and the marker.
-fn comfy_fp8_scaled(keys: &[(String, &'static str, Vec<usize>)]) -> Vec<(String, &'static str, Vec<usize>)> {
+fn comfy_fp8_scaled(
+    keys: &[(String, &'static str, Vec<usize>)],
+) -> Vec<(String, &'static str, Vec<usize>)> {
     let p = "model.diffusion_model.";
     let mut out = vec![("scaled_fp8".to_string(), "F8_E4M3", vec![0])];
     for (k, _, s) in keys {
@@ -133,9 +75,24 @@ fn inspect(path: &Path, vram: &str) -> String {
 fn published_configs_are_inferred_from_full_size_headers() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        ("t2v_high_noise_14B_bf16", WanConfig::wan22_t2v_a14b(), false, "t2v-A14B"),
-        ("i2v_high_noise_14B_bf16", WanConfig::wan22_i2v_a14b(), false, "i2v-A14B"),
-        ("wan2.1_i2v_480p_14B_bf16", WanConfig::wan22_i2v_a14b(), true, "wan2.1-i2v-14B"),
+        (
+            "t2v_high_noise_14B_bf16",
+            WanConfig::wan22_t2v_a14b(),
+            false,
+            "t2v-A14B",
+        ),
+        (
+            "i2v_high_noise_14B_bf16",
+            WanConfig::wan22_i2v_a14b(),
+            false,
+            "i2v-A14B",
+        ),
+        (
+            "wan2.1_i2v_480p_14B_bf16",
+            WanConfig::wan22_i2v_a14b(),
+            true,
+            "wan2.1-i2v-14B",
+        ),
         ("ti2v_5B_bf16", WanConfig::wan22_ti2v_5b(), false, "ti2v-5B"),
     ];
     let mut params = BTreeMap::new();
@@ -163,14 +120,29 @@ fn published_configs_are_inferred_from_full_size_headers() {
     // Published values, spelled out (not just compared with our own presets).
     let c = WanConfig::wan22_t2v_a14b();
     assert_eq!(
-        (c.dim, c.num_heads, c.num_layers, c.ffn_dim, c.text_dim, c.freq_dim, c.patch_size),
+        (
+            c.dim,
+            c.num_heads,
+            c.num_layers,
+            c.ffn_dim,
+            c.text_dim,
+            c.freq_dim,
+            c.patch_size
+        ),
         (5120, 40, 40, 13824, 4096, 256, [1, 2, 2])
     );
     assert_eq!((c.in_dim, c.out_dim), (16, 16));
     assert_eq!(WanConfig::wan22_i2v_a14b().in_dim, 36);
     let c = WanConfig::wan22_ti2v_5b();
     assert_eq!(
-        (c.dim, c.num_heads, c.num_layers, c.ffn_dim, c.in_dim, c.out_dim),
+        (
+            c.dim,
+            c.num_heads,
+            c.num_layers,
+            c.ffn_dim,
+            c.in_dim,
+            c.out_dim
+        ),
         (3072, 24, 30, 14336, 48, 48)
     );
 }
@@ -192,7 +164,10 @@ fn comfy_fp8_scaled_14b_header_and_inspect_under_a_budget() {
 
     let out = inspect(&path, "24GiB");
     assert!(out.contains("arch:       wan-dit t2v-A14B"), "{out}");
-    assert!(out.contains("dim 5120 | heads 40 (head_dim 128) | layers 40 | ffn 13824"), "{out}");
+    assert!(
+        out.contains("dim 5120 | heads 40 (head_dim 128) | layers 40 | ffn 13824"),
+        "{out}"
+    );
     assert!(out.contains("F8_E4M3") && out.contains("BF16"), "{out}");
     // bf16 resident is 28.6 GB: under 24 GiB only some blocks fit.
     assert!(out.contains("blocks resident"), "{out}");

@@ -80,8 +80,14 @@ fn case1_intermediates() {
         .prepare(&fx["case1_x"], &fx["case1_t"], &fx["case1_context"])
         .unwrap();
     assert_eq!(p.grid, [3, 4, 3]);
-    report(&p.e, d("temb"), tol, "temb");
-    report(&p.e0, d("timestep_proj"), tol, "timestep_proj");
+    // One timestep per sample: T = 1 in [B, T, dim] / [B, T, 6, dim].
+    report(&p.e.squeeze(1).unwrap(), d("temb"), tol, "temb");
+    report(
+        &p.e0.squeeze(1).unwrap(),
+        d("timestep_proj"),
+        tol,
+        "timestep_proj",
+    );
     report(&p.context, d("context_emb"), tol, "context_emb");
     report(&p.tokens, d("patch_tokens"), tol, "patch_tokens");
     let (cos, sin) = p.rope.interleaved().unwrap();

@@ -91,9 +91,10 @@ impl Proj {
 pub struct Prepared {
     /// Patch-embedded video tokens [B, S, dim], in the compute dtype.
     pub tokens: Tensor,
-    /// Time embedding `time_embedding(sinusoid(t))` [B, dim], f32 (head modulation).
+    /// Time embedding `time_embedding(sinusoid(t))` [B, T, dim], f32 (head
+    /// modulation); T = 1 for one timestep per sample, S for per-token ones.
     pub e: Tensor,
-    /// `time_projection(e)` [B, 6, dim], f32 (block modulations).
+    /// `time_projection(e)` [B, T, 6, dim], f32 (block modulations).
     pub e0: Tensor,
     /// `text_embedding(context)` [B, L, dim], in the compute dtype.
     pub context: Tensor,
@@ -380,8 +381,10 @@ impl WanBlock {
     /// x [B, S, dim] -> [B, S, dim], same dtype as x.
     pub fn forward(&self, x: &Tensor, p: &Prepared) -> Result<Tensor> {
         let dtype = x.dtype();
-        let m = self.modulation.broadcast_add(&p.e0)?;
-        let chunk = |i: usize| m.narrow(1, i, 1);
+        // [1, 1, 6, dim] + [B, T, 6, dim]; each chunk [B, T, dim] broadcasts
+        // over the tokens when T = 1.
+        let m = self.modulation.unsqueeze(0)?.broadcast_add(&p.e0)?;
+        let chunk = |i: usize| m.narrow(2, i, 1)?.squeeze(2);
         let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
         let (shift_ffn, scale_ffn, gate_ffn) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
@@ -467,8 +470,9 @@ impl WanStem {
         &self.cfg
     }
 
-    /// x [B, in_dim, F, H, W], t [B] (or one value for all), context
-    /// [B, L, text_dim]; inputs of any float dtype.
+    /// x [B, in_dim, F, H, W], t [B] (or one value for all) or per token
+    /// [B, S] (TI2V-5B: first-frame tokens at t = 0 when an image conditions
+    /// the clip), context [B, L, text_dim]; inputs of any float dtype.
     pub fn prepare(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Prepared> {
         let cfg = &self.cfg;
         let (b, c, f, h, w) = x.dims5()?;
@@ -505,20 +509,36 @@ impl WanStem {
             .reshape((b, s, c * pt * ph * pw))?;
         let tokens = self.patch_embedding.forward(&patches)?;
 
-        let t = t.flatten_all()?.to_dtype(DType::F32)?;
-        let t = match t.dim(0)? {
-            n if n == b => t,
-            1 => t.broadcast_as(b)?.contiguous()?,
-            n => candle_core::bail!("wan dit: {n} timesteps for batch {b}"),
+        // Timesteps as [B, T]: T = 1 (one per sample) or S (one per token).
+        let per_token = t.rank() == 2 && t.dim(1)? > 1;
+        let t = t.to_dtype(DType::F32)?;
+        let t = if per_token {
+            match t.dims2()? {
+                (tb, ts) if ts == s && (tb == b || tb == 1) => {
+                    t.broadcast_as((b, s))?.contiguous()?
+                }
+                d => candle_core::bail!(
+                    "wan dit: per-token timesteps {d:?} do not fit batch {b} x {s} tokens"
+                ),
+            }
+        } else {
+            let t = t.flatten_all()?;
+            match t.dim(0)? {
+                n if n == b => t.reshape((b, 1))?,
+                1 => t.broadcast_as(b)?.contiguous()?.reshape((b, 1))?,
+                n => candle_core::bail!("wan dit: {n} timesteps for batch {b}"),
+            }
         };
-        let sin = timestep_sinusoid(&t, cfg.freq_dim)?;
+        let steps = t.dim(1)?;
+        let sin = timestep_sinusoid(&t.flatten_all()?, cfg.freq_dim)?;
         let e = self
             .time_embedding_2
             .forward(&self.time_embedding_0.forward(&sin)?.silu()?)?;
         let e0 = self
             .time_projection_1
             .forward(&e.silu()?)?
-            .reshape((b, 6, cfg.dim))?;
+            .reshape((b, steps, 6, cfg.dim))?;
+        let e = e.reshape((b, steps, cfg.dim))?;
 
         let ctx = context.to_dtype(self.dtype)?.contiguous()?;
         let ctx = self
@@ -539,8 +559,15 @@ impl WanStem {
     /// Head output before unpatchify: [B, S, prod(patch) * out_dim] in the
     /// compute dtype.
     pub fn head(&self, x: &Tensor, p: &Prepared) -> Result<Tensor> {
-        let m = self.head.modulation.broadcast_add(&p.e.unsqueeze(1)?)?;
-        let (shift, scale) = (m.narrow(1, 0, 1)?, m.narrow(1, 1, 1)?);
+        let m = self
+            .head
+            .modulation
+            .unsqueeze(0)?
+            .broadcast_add(&p.e.unsqueeze(2)?)?;
+        let (shift, scale) = (
+            m.narrow(2, 0, 1)?.squeeze(2)?,
+            m.narrow(2, 1, 1)?.squeeze(2)?,
+        );
         let y = modulate(&layer_norm(x, self.cfg.eps)?, &shift, &scale)?.to_dtype(p.dtype)?;
         self.head.head.forward(&y)
     }
@@ -580,7 +607,8 @@ impl WanDit {
         Ok(Self { stem, blocks })
     }
 
-    /// x [B, in_dim, F, H, W], t [B], context [B, L, text_dim] -> [B, out_dim, F, H, W] f32.
+    /// x [B, in_dim, F, H, W], t [B] or per token [B, S], context
+    /// [B, L, text_dim] -> [B, out_dim, F, H, W] f32.
     pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
         let p = self.stem.prepare(x, t, context)?;
         let mut h = p.tokens.clone();
