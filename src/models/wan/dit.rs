@@ -18,17 +18,48 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::WanConfig;
 
-/// Largest attention score matrix (elements, all batches and heads together)
-/// computed at once; longer query sequences are processed in row chunks.
-const ATTN_CHUNK_ELEMS: usize = 1 << 26;
+/// Bytes of attention scores (all batches and heads together) held at once;
+/// longer query sequences are processed in row chunks, so a 75,600-token
+/// 720p forward never materialises its 40 x 75,600 x 75,600 score matrix.
+/// Scores and their softmax are both live, so attention holds twice this.
+pub const ATTN_SCORE_BYTES: usize = 256 << 20;
 
-/// The dtype a matmul over `dtype` activations actually runs in on `device`.
+static SCORE_CAP: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(ATTN_SCORE_BYTES);
+
+/// The score cap [`attention`] uses now (default [`ATTN_SCORE_BYTES`]).
+pub fn attention_score_cap() -> usize {
+    SCORE_CAP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sets the process-wide score cap (at least one query row is always
+/// computed): smaller trades speed for memory.
+pub fn set_attention_score_cap(bytes: usize) {
+    SCORE_CAP.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Query rows per attention chunk: as many as keep `batch_heads x rows x
+/// kv_tokens` scores of `score_dtype` within `cap` bytes (at least one row,
+/// at most `q_tokens`).
+pub fn attention_chunk_rows(
+    batch_heads: usize,
+    q_tokens: usize,
+    kv_tokens: usize,
+    score_dtype: DType,
+    cap: usize,
+) -> usize {
+    let row = (batch_heads * kv_tokens * score_dtype.size_in_bytes()).max(1);
+    (cap / row).clamp(1, q_tokens.max(1))
+}
+
+/// The dtype a matmul over `dtype` activations actually runs in on `device`
+/// (public for the activation memory formula in `super::memory`).
 ///
 /// candle 0.11's CPU matmul (gemm, no MKL) has no bf16 kernel (it fails with
 /// `UnsupportedDTypeForOp(BF16, "matmul")`), so on the CPU bf16 linears and the
 /// attention products run in f32 on the bf16-rounded weights and activations,
 /// and their outputs are rounded back to bf16. Elsewhere the dtype is kept.
-fn matmul_dtype(dtype: DType, device: &Device) -> DType {
+pub fn matmul_dtype(dtype: DType, device: &Device) -> DType {
     if dtype == DType::BF16 && device.is_cpu() {
         DType::F32
     } else {
@@ -229,16 +260,18 @@ pub fn apply_rope(x: &Tensor, rope: &Rope) -> Result<Tensor> {
 /// softmax(q k^T / sqrt(d)) v per head; q [B, H, Sq, d], k/v [B, H, Sk, d]
 /// (contiguous). Returns [B, Sq, H * d] in q's dtype.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    attention_chunked(q, k, v, ATTN_CHUNK_ELEMS)
+    attention_chunked(q, k, v, attention_score_cap())
 }
 
-/// [`attention`] computing at most about `max_score_elems` scores at a time
-/// (whole query rows, at least one per chunk); the result does not depend on it.
+/// [`attention`] holding at most about `max_score_bytes` of scores at a time
+/// (whole query rows, at least one per chunk); the result does not depend on
+/// it. Each chunk's output is written straight into one [B, Sq, H, d]
+/// buffer, so chunking adds no concatenation copy.
 pub fn attention_chunked(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    max_score_elems: usize,
+    max_score_bytes: usize,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
     let mm = matmul_dtype(dtype, q.device());
@@ -247,25 +280,18 @@ pub fn attention_chunked(
     let q = (q.to_dtype(mm)? * (1.0 / (d as f64).sqrt()))?;
     let kt = k.to_dtype(mm)?.t()?;
     let v = v.to_dtype(mm)?;
-    let rows = (max_score_elems / (b * h * sk).max(1)).max(1);
-    let out = if rows >= sq {
-        let p = candle_nn::ops::softmax_last_dim(&q.matmul(&kt)?)?;
-        p.matmul(&v)?
-    } else {
-        let mut outs = Vec::with_capacity(sq.div_ceil(rows));
-        let mut start = 0;
-        while start < sq {
-            let n = rows.min(sq - start);
-            let qc = q.narrow(2, start, n)?.contiguous()?;
-            let p = candle_nn::ops::softmax_last_dim(&qc.matmul(&kt)?)?;
-            outs.push(p.matmul(&v)?);
-            start += n;
-        }
-        Tensor::cat(&outs, 2)?
-    };
-    out.transpose(1, 2)?
-        .reshape((b, sq, h * d))?
-        .to_dtype(dtype)
+    let rows = attention_chunk_rows(b * h, sq, sk, mm, max_score_bytes);
+    let out = Tensor::zeros((b, sq, h, d), mm, q.device())?;
+    let mut start = 0;
+    while start < sq {
+        let n = rows.min(sq - start);
+        let qc = q.narrow(2, start, n)?.contiguous()?;
+        let p = candle_nn::ops::softmax_last_dim(&qc.matmul(&kt)?)?;
+        let o = p.matmul(&v)?.transpose(1, 2)?.contiguous()?;
+        out.slice_set(&o, 1, start)?;
+        start += n;
+    }
+    out.reshape((b, sq, h * d))?.to_dtype(dtype)
 }
 
 /// [B, S, H * d] -> [B, H, S, d], contiguous.
@@ -307,22 +333,28 @@ impl WanAttention {
 
     /// x [B, S, dim] queries; kv [B, L, dim] keys/values source (x itself for
     /// self-attention); RoPE on q and k when given.
+    ///
+    /// Each intermediate is dropped as soon as the next exists (q, k and v
+    /// before the output projection), which is what the activation formula
+    /// in `super::memory` counts.
     fn forward(&self, x: &Tensor, kv: &Tensor, rope: Option<&Rope>) -> Result<Tensor> {
         let dtype = x.dtype();
-        let q = split_heads(
-            &rms_norm(&self.q.forward(x)?, &self.norm_q, self.eps)?,
-            self.num_heads,
-        )?;
-        let k = split_heads(
-            &rms_norm(&self.k.forward(kv)?, &self.norm_k, self.eps)?,
-            self.num_heads,
-        )?;
-        let (q, k) = match rope {
-            Some(r) => (apply_rope(&q, r)?, apply_rope(&k, r)?),
-            None => (q, k),
+        let heads = |proj: &Proj, norm: &Tensor, src: &Tensor| -> Result<Tensor> {
+            let t = split_heads(
+                &rms_norm(&proj.forward(src)?, norm, self.eps)?,
+                self.num_heads,
+            )?;
+            match rope {
+                Some(r) => apply_rope(&t, r)?.to_dtype(dtype),
+                None => t.to_dtype(dtype),
+            }
         };
-        let v = split_heads(&self.v.forward(kv)?, self.num_heads)?;
-        let out = attention(&q.to_dtype(dtype)?, &k.to_dtype(dtype)?, &v)?;
+        let out = {
+            let q = heads(&self.q, &self.norm_q, x)?;
+            let k = heads(&self.k, &self.norm_k, kv)?;
+            let v = split_heads(&self.v.forward(kv)?, self.num_heads)?;
+            attention(&q, &k, &v)?
+        };
         self.o.forward(&out)
     }
 }
@@ -388,20 +420,30 @@ impl WanBlock {
         let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
         let (shift_ffn, scale_ffn, gate_ffn) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
-        let y = modulate(&layer_norm(x, self.eps)?, &shift_msa, &scale_msa)?.to_dtype(dtype)?;
-        let y = self.self_attn.forward(&y, &y, Some(&p.rope))?;
-        let x = gated_residual(x, &y, Some(&gate_msa))?;
-
-        let y = layer_norm(&x, self.eps)?
-            .broadcast_mul(&self.norm3_weight)?
-            .broadcast_add(&self.norm3_bias)?
-            .to_dtype(dtype)?;
-        let y = self.cross_attn.forward(&y, &p.context, None)?;
-        let x = gated_residual(&x, &y, None)?;
-
-        let y = modulate(&layer_norm(&x, self.eps)?, &shift_ffn, &scale_ffn)?.to_dtype(dtype)?;
-        let y = self.ffn_2.forward(&self.ffn_0.forward(&y)?.gelu()?)?;
-        gated_residual(&x, &y, Some(&gate_ffn))
+        // Every [S, dim] intermediate is dropped as soon as it is used (no
+        // shadowing, which would keep each alive to the end of the block).
+        let x1 = {
+            let y = modulate(&layer_norm(x, self.eps)?, &shift_msa, &scale_msa)?.to_dtype(dtype)?;
+            let a = self.self_attn.forward(&y, &y, Some(&p.rope))?;
+            drop(y);
+            gated_residual(x, &a, Some(&gate_msa))?
+        };
+        let x2 = {
+            let y = layer_norm(&x1, self.eps)?
+                .broadcast_mul(&self.norm3_weight)?
+                .broadcast_add(&self.norm3_bias)?
+                .to_dtype(dtype)?;
+            let c = self.cross_attn.forward(&y, &p.context, None)?;
+            drop(y);
+            gated_residual(&x1, &c, None)?
+        };
+        drop(x1);
+        let y = modulate(&layer_norm(&x2, self.eps)?, &shift_ffn, &scale_ffn)?.to_dtype(dtype)?;
+        let hidden = self.ffn_0.forward(&y)?.gelu()?;
+        drop(y);
+        let f = self.ffn_2.forward(&hidden)?;
+        drop(hidden);
+        gated_residual(&x2, &f, Some(&gate_ffn))
     }
 }
 
