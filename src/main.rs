@@ -123,8 +123,11 @@ enum Command {
     },
     /// Write the built-in tiny Wan experts (high and low) into DIR.
     MakeTiny { dir: PathBuf },
-    /// Time forwards, loads and deletes of the built-in tiny expert.
+    /// Time forwards, loads and deletes of the built-in tiny expert
+    /// (`bench load`: load throughput of a large checkpoint).
     Bench {
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
         #[arg(long, default_value_t = 160)]
         width: usize,
         #[arg(long, default_value_t = 160)]
@@ -135,6 +138,23 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         context: usize,
         #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// load_model throughput of a bf16 Wan checkpoint against a plain
+    /// sequential read of the same file (both from the page cache), and
+    /// peak RSS during the load.
+    Load {
+        /// Checkpoint size in GB (written to a temp file, removed after).
+        #[arg(long, default_value_t = 1.0)]
+        size_gb: f64,
+        /// Directory for the temp file (default: the system temp dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
 }
@@ -181,6 +201,23 @@ fn execute(command: Command) -> anyhow::Result<()> {
             vram,
         } => print!("{}", baton::inspect::inspect(&checkpoint, heads, vram)?),
         Command::Bench {
+            what:
+                Some(BenchWhat::Load {
+                    size_gb,
+                    dir,
+                    repeats,
+                }),
+            ..
+        } => {
+            let o = baton::bench_load::LoadBenchOptions {
+                size_gb,
+                dir,
+                repeats,
+            };
+            print!("{}", baton::bench_load::run(&o)?);
+        }
+        Command::Bench {
+            what: None,
             width,
             height,
             frames,
