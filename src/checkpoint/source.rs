@@ -92,6 +92,21 @@ impl CheckpointSource {
             ),
         };
         let t = self.read(name, e, file_dtype)?;
+        // fp8 resident (`dtype: "fp8"`): fp8 weights stay as they are (the
+        // model dequantises per layer at forward time, with the scale it
+        // reads beside them); everything else comes in the compute dtype.
+        let dtype = if dtype == DType::F8E4M3 {
+            if file_dtype == DType::F8E4M3 {
+                return if dev.is_cpu() {
+                    Ok(t)
+                } else {
+                    t.to_device(dev)
+                };
+            }
+            crate::models::wan::dit::compute_dtype(DType::F8E4M3, dev)
+        } else {
+            dtype
+        };
         let (t, file_dtype) = if file_dtype == DType::F8E4M3 {
             (self.dequantise(name, t)?, DType::F32)
         } else {

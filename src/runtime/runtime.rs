@@ -214,13 +214,35 @@ impl Runtime {
         if opts.check_weights {
             warn_non_finite(&header)?;
         }
-        if text_encoder::is_text_encoder(&header) {
+        let fp8 = opts.dtype == Some(DType::F8E4M3);
+        let is_te = text_encoder::is_text_encoder(&header);
+        if fp8 && (is_te || vae::is_vae(&header)) {
+            return Err(RuntimeError::Input(format!(
+                "{}: dtype \"fp8\" keeps a Wan DiT's fp8 weights resident; for text \
+                 encoders and VAEs use \"bf16\", \"f16\" or \"f32\"",
+                path.display()
+            )));
+        }
+        if is_te {
             return self.load_text_encoder(path, header, opts, at);
         }
         if vae::is_vae(&header) {
             return self.load_vae(path, header, opts, at);
         }
         let detected = detect(&header, opts.heads)?;
+        if fp8
+            && !detected
+                .tensors
+                .values()
+                .any(|e| e.dtype == safetensors::Dtype::F8_E4M3)
+        {
+            return Err(RuntimeError::Input(format!(
+                "{}: dtype \"fp8\" keeps fp8 weights as they are, but this file has \
+                 none ({}); load an fp8 / fp8_scaled file, or use \"bf16\"",
+                path.display(),
+                detected.dtype
+            )));
+        }
         if !detected.unmapped.is_empty() {
             tracing::warn!(
                 "{}: {} tensors have no place in the model and are ignored: {:?}",
@@ -311,12 +333,23 @@ impl Runtime {
         policy: OffloadPolicy,
     ) -> Result<DitPlan> {
         let dtype = dtype.unwrap_or_else(|| dominant_dtype(detected));
+        // fp8 resident keeps fp8 weights at 1 byte; the rest (norms, biases,
+        // scales, unquantised layers) is held in the compute dtype.
+        let compute = crate::models::wan::dit::compute_dtype(dtype, &self.device);
+        let held = |e: &TensorEntry| -> u64 {
+            let per = if dtype == DType::F8E4M3 && e.dtype != safetensors::Dtype::F8_E4M3 {
+                compute.size_in_bytes()
+            } else {
+                dtype.size_in_bytes()
+            };
+            (e.numel() * per) as u64
+        };
         let bytes_in = |prefix: &str| -> u64 {
             detected
                 .tensors
                 .iter()
                 .filter(|(k, _)| k.starts_with(prefix))
-                .map(|(_, e)| (e.numel() * dtype.size_in_bytes()) as u64)
+                .map(|(_, e)| held(e))
                 .sum()
         };
         let total = bytes_in("");
@@ -1022,6 +1055,7 @@ pub fn dtype_label(d: DType) -> &'static str {
         DType::F32 => "f32",
         DType::F16 => "f16",
         DType::BF16 => "bf16",
+        DType::F8E4M3 => "fp8",
         _ => "other",
     }
 }

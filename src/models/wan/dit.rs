@@ -67,36 +67,59 @@ pub fn matmul_dtype(dtype: DType, device: &Device) -> DType {
     }
 }
 
+/// The dtype activations are computed in for weights held in `weights`:
+/// the weights' own, except fp8 resident weights (`dtype: "fp8"`), which
+/// compute in the device's bf16 matmul dtype (f32 on the CPU, which has no
+/// bf16 matmul; bf16 elsewhere).
+pub fn compute_dtype(weights: DType, device: &Device) -> DType {
+    if weights == DType::F8E4M3 {
+        matmul_dtype(DType::BF16, device)
+    } else {
+        weights
+    }
+}
+
 /// A linear layer that takes and returns activations in `act_dtype` while its
 /// matmul may run in a wider dtype (see [`matmul_dtype`]). The weights stay
 /// in the checkpoint's dtype and are widened per call, so resident memory is
-/// what the ledger counts (bf16 stays 2 bytes per weight).
+/// what the ledger counts (bf16 stays 2 bytes per weight; fp8 resident stays
+/// 1 byte, dequantised as `w_fp8 · scale` for each call).
 #[derive(Debug, Clone)]
 struct Proj {
     inner: Linear,
+    /// fp8_scaled weight scale, shaped to broadcast over the weight
+    /// (`[]` per tensor or `[out, 1]` per output channel), in `mm_dtype`.
+    scale: Option<Tensor>,
     act_dtype: DType,
     mm_dtype: DType,
 }
 
 impl Proj {
     fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        let act_dtype = vb.dtype();
-        let lin = candle_nn::linear(in_dim, out_dim, vb)?;
-        let mm_dtype = matmul_dtype(act_dtype, lin.weight().device());
-        Ok(Self {
-            inner: lin,
-            act_dtype,
-            mm_dtype,
-        })
+        let act_dtype = compute_dtype(vb.dtype(), vb.device());
+        let mm_dtype = matmul_dtype(act_dtype, vb.device());
+        Self::build(in_dim, out_dim, vb, act_dtype, mm_dtype)
     }
 
     /// Always f32 in and out, whatever the checkpoint dtype (timestep path).
     fn new_f32(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        let lin = candle_nn::linear(in_dim, out_dim, vb)?;
+        Self::build(in_dim, out_dim, vb, DType::F32, DType::F32)
+    }
+
+    fn build(
+        in_dim: usize,
+        out_dim: usize,
+        vb: VarBuilder,
+        act_dtype: DType,
+        mm_dtype: DType,
+    ) -> Result<Self> {
+        let lin = candle_nn::linear(in_dim, out_dim, vb.clone())?;
+        let scale = fp8_scale(&vb, lin.weight(), mm_dtype)?;
         Ok(Self {
             inner: lin,
-            act_dtype: DType::F32,
-            mm_dtype: DType::F32,
+            scale,
+            act_dtype,
+            mm_dtype,
         })
     }
 
@@ -106,6 +129,10 @@ impl Proj {
             self.inner.forward(&x)?
         } else {
             let w = self.inner.weight().to_dtype(self.mm_dtype)?;
+            let w = match &self.scale {
+                Some(s) => w.broadcast_mul(s)?,
+                None => w,
+            };
             let b = self
                 .inner
                 .bias()
@@ -114,6 +141,38 @@ impl Proj {
             Linear::new(w, b).forward(&x)?
         };
         y.to_dtype(self.act_dtype)
+    }
+}
+
+/// The scale of an fp8 weight kept resident (`weight` is F8E4M3): the
+/// legacy `scale_weight` or the newer `weight_scale` beside it, per tensor
+/// or per output channel; `None` for other weights and unscaled fp8.
+fn fp8_scale(vb: &VarBuilder, weight: &Tensor, dtype: DType) -> Result<Option<Tensor>> {
+    if weight.dtype() != DType::F8E4M3 {
+        return Ok(None);
+    }
+    let Some(key) = ["scale_weight", "weight_scale"]
+        .into_iter()
+        .find(|k| vb.contains_tensor(k))
+    else {
+        return Ok(None);
+    };
+    let s = vb
+        .get_unchecked_dtype(key, DType::F32)?
+        .flatten_all()?
+        .to_dtype(dtype)?;
+    let out = weight.dim(0)?;
+    match s.elem_count() {
+        1 => Ok(Some(s.reshape(())?)),
+        n if n == out => {
+            let mut shape = vec![1; weight.rank()];
+            shape[0] = n;
+            Ok(Some(s.reshape(shape)?))
+        }
+        n => candle_core::bail!(
+            "fp8 scale '{}' has {n} values; it must have 1 or {out}",
+            key
+        ),
     }
 }
 
@@ -474,7 +533,8 @@ impl WanStem {
     /// `vb` at the model root (keys like `patch_embedding.weight`, `head.modulation`).
     pub fn new(cfg: &WanConfig, vb: VarBuilder) -> Result<Self> {
         let dim = cfg.dim;
-        let dtype = vb.dtype();
+        let dtype = compute_dtype(vb.dtype(), vb.device());
+        let mm_dtype = matmul_dtype(dtype, vb.device());
         let [pt, ph, pw] = cfg.patch_size;
         let patch_in = cfg.in_dim * pt * ph * pw;
         // Conv3d with kernel = stride = patch is a linear over the flattened
@@ -484,10 +544,12 @@ impl WanStem {
             .get((dim, cfg.in_dim, pt, ph, pw), "weight")?
             .reshape((dim, patch_in))?;
         let b = pvb.get(dim, "bias")?;
+        let scale = fp8_scale(&pvb, &w, mm_dtype)?;
         let patch_embedding = Proj {
             inner: Linear::new(w, Some(b)),
+            scale,
             act_dtype: dtype,
-            mm_dtype: matmul_dtype(dtype, vb.device()),
+            mm_dtype,
         };
         let head = Head {
             head: Proj::new(dim, cfg.patch_features_out(), vb.pp("head.head"))?,
