@@ -5,10 +5,26 @@ use crate::runtime::size::{count_label, mib};
 use std::fmt::Write;
 use std::path::Path;
 
-pub fn inspect(path: &Path, heads: Option<usize>) -> anyhow::Result<String> {
+/// The summary `baton inspect` prints; with `vram`, also where `load_model`
+/// would put the weights under that budget (nothing else loaded).
+pub fn inspect(path: &Path, heads: Option<usize>, vram: Option<u64>) -> anyhow::Result<String> {
     let header = Header::read(path)?;
     let mut out = String::new();
     writeln!(out, "file:       {}", path.display())?;
+    if header.files.len() > 1 {
+        let names: Vec<String> = header
+            .files
+            .iter()
+            .filter_map(|f| f.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        writeln!(
+            out,
+            "shards:     {} files ({})",
+            names.len(),
+            names.join(", ")
+        )?;
+    }
     writeln!(
         out,
         "size:       {} ({} tensors, {} params)",
@@ -27,7 +43,7 @@ pub fn inspect(path: &Path, heads: Option<usize>) -> anyhow::Result<String> {
     } else if crate::runtime::vae::is_vae(&header) {
         vae_summary(&mut out, &header)?;
     } else {
-        dit_summary(&mut out, &header, heads)?;
+        dit_summary(&mut out, &header, heads, vram)?;
     }
     if !header.metadata.is_empty() {
         let mut keys: Vec<_> = header.metadata.iter().collect();
@@ -45,11 +61,22 @@ pub fn inspect(path: &Path, heads: Option<usize>) -> anyhow::Result<String> {
 }
 
 /// The Wan DiT part of `inspect`.
-fn dit_summary(out: &mut String, header: &Header, heads: Option<usize>) -> anyhow::Result<()> {
+fn dit_summary(
+    out: &mut String,
+    header: &Header,
+    heads: Option<usize>,
+    vram: Option<u64>,
+) -> anyhow::Result<()> {
     match detect(header, heads) {
         Ok(d) => {
             let c = &d.cfg;
             writeln!(out, "arch:       {} {}", d.arch, d.variant)?;
+            if d.clip_image {
+                writeln!(
+                    out,
+                    "image:      CLIP image context (img_emb, k_img/v_img): load_model refuses it"
+                )?;
+            }
             writeln!(out, "layout:     {}", d.layout.name())?;
             writeln!(
                 out,
@@ -62,6 +89,7 @@ fn dit_summary(out: &mut String, header: &Header, heads: Option<usize>) -> anyho
                 mib(d.block_bytes(0)),
                 mib(d.total_bytes() - (0..c.num_layers).map(|i| d.block_bytes(i)).sum::<u64>())
             )?;
+            resident_summary(out, &d, vram)?;
             if !d.unmapped.is_empty() {
                 writeln!(
                     out,
@@ -72,6 +100,47 @@ fn dit_summary(out: &mut String, header: &Header, heads: Option<usize>) -> anyho
             }
         }
         Err(e) => writeln!(out, "arch:       not recognised: {e}")?,
+    }
+    Ok(())
+}
+
+/// What `load_model` would keep resident: under `vram` when given (as
+/// `load_model` plans it with nothing else loaded), else the whole model.
+fn resident_summary(
+    out: &mut String,
+    d: &crate::checkpoint::Detected,
+    vram: Option<u64>,
+) -> anyhow::Result<()> {
+    let rt = crate::runtime::Runtime::new(candle_core::Device::Cpu, Some(vram.unwrap_or(u64::MAX)));
+    let policy = crate::runtime::OffloadPolicy::Auto;
+    let layers = d.cfg.num_layers;
+    let label = |dtype: candle_core::DType| format!("{dtype:?}").to_lowercase();
+    match (rt.plan_dit("model", d, None, policy, true), vram) {
+        (Ok(p), None) => writeln!(
+            out,
+            "resident:   {} in {} (all {layers} blocks); pass --vram SIZE to plan a partial load",
+            mib(p.total),
+            label(p.dtype)
+        )?,
+        (Ok(p), Some(v)) if p.plan.offloaded == 0 => writeln!(
+            out,
+            "resident:   under --vram {}: all {layers} blocks, {} in {}",
+            mib(v),
+            mib(p.total),
+            label(p.dtype)
+        )?,
+        (Ok(p), Some(v)) => writeln!(
+            out,
+            "resident:   under --vram {}: {}/{layers} blocks resident ({} + {} stream buffer), \
+             {} streamed per forward, in {}",
+            mib(v),
+            p.plan.resident_blocks,
+            mib(p.total - p.plan.offloaded),
+            mib(p.plan.stream_buffer),
+            mib(p.plan.offloaded),
+            label(p.dtype)
+        )?,
+        (Err(e), _) => writeln!(out, "resident:   would not load: {e}")?,
     }
     Ok(())
 }

@@ -173,6 +173,9 @@ enum Command {
         /// Attention heads, when they cannot be inferred.
         #[arg(long)]
         heads: Option<usize>,
+        /// Show what load_model would keep resident under this budget, e.g. 24GiB.
+        #[arg(long, value_parser = parse_size)]
+        vram: Option<u64>,
     },
     /// Turn a ComfyUI workflow (.json, or a PNG/WebP/MP4 ComfyUI saved) into a
     /// script that deletes each model right after its last use.
@@ -200,13 +203,12 @@ enum Command {
     },
     /// Write the built-in tiny Wan experts (high and low) into DIR.
     MakeTiny { dir: PathBuf },
-    /// Time forwards, loads and deletes of the built-in tiny expert; `baton
-    /// bench memory` prints the memory table (load throughput, RSS after
-    /// delete, pipeline peaks, swap times, streamed forwards).
+    /// Time forwards, loads and deletes of the built-in tiny expert
+    /// (`bench memory`: the memory table; `bench load`: load throughput of a
+    /// large checkpoint).
     Bench {
-        /// "forward" (default) or "memory".
-        #[arg(default_value = "forward")]
-        what: String,
+        #[command(subcommand)]
+        what: Option<BenchWhat>,
         #[arg(long, default_value_t = 160)]
         width: usize,
         #[arg(long, default_value_t = 160)]
@@ -217,6 +219,28 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         context: usize,
         #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// The memory table: load throughput vs a plain read, RSS after delete,
+    /// two-expert pipeline peaks, swap times cold and warm with and without
+    /// prefetch, streamed forwards at 25/50/75% (uses the --width/--height/
+    /// --frames/--context/--repeats given before it).
+    Memory,
+    /// load_model throughput of a bf16 Wan checkpoint against a plain
+    /// sequential read of the same file (both from the page cache), and
+    /// peak RSS during the load.
+    Load {
+        /// Checkpoint size in GB (written to a temp file, removed after).
+        #[arg(long, default_value_t = 1.0)]
+        size_gb: f64,
+        /// Directory for the temp file (default: the system temp dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
         repeats: usize,
     },
 }
@@ -289,8 +313,26 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 anyhow::bail!("the plan stops where the script fails");
             }
         }
-        Command::Inspect { checkpoint, heads } => {
-            print!("{}", baton::inspect::inspect(&checkpoint, heads)?)
+        Command::Inspect {
+            checkpoint,
+            heads,
+            vram,
+        } => print!("{}", baton::inspect::inspect(&checkpoint, heads, vram)?),
+        Command::Bench {
+            what:
+                Some(BenchWhat::Load {
+                    size_gb,
+                    dir,
+                    repeats,
+                }),
+            ..
+        } => {
+            let o = baton::bench_load::LoadBenchOptions {
+                size_gb,
+                dir,
+                repeats,
+            };
+            print!("{}", baton::bench_load::run(&o)?);
         }
         Command::Bench {
             what,
@@ -300,7 +342,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
             context,
             repeats,
         } => {
-            if what == "memory" {
+            if matches!(what, Some(BenchWhat::Memory)) {
                 let o = baton::bench::memory::MemoryBenchOptions {
                     width,
                     height,
@@ -311,10 +353,6 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 print!("{}", baton::bench::memory::run(&o)?);
                 return Ok(());
             }
-            anyhow::ensure!(
-                what == "forward",
-                "bench: unknown table '{what}' (forward, memory)"
-            );
             let o = baton::bench::BenchOptions {
                 width,
                 height,

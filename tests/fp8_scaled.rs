@@ -138,3 +138,75 @@ fn streamed_fp8_blocks_dequantise_too() {
     ));
     assert_eq!(d, 0.0);
 }
+
+/// `dtype: "fp8"` keeps the F8_E4M3 weights (1 byte each) and dequantises
+/// each layer at forward time: the output matches the dequantised f32
+/// reference, the ledger counts 1 byte per quantised weight, streamed
+/// blocks work the same way, and LoRAs are refused.
+#[test]
+fn fp8_resident_dequantises_per_layer() {
+    for legacy in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let (fp8, reference) = quantised(legacy);
+        let fp8_path = save(dir.path(), "fp8.safetensors", &fp8);
+        let ref_path = save(dir.path(), "ref.safetensors", &reference);
+        // Bytes the model should hold: quantised weights at 1 byte, every
+        // other tensor (norms, biases, scales) in f32, the CPU compute dtype.
+        let want: usize = fp8
+            .iter()
+            .filter(|(k, _)| k.as_str() != "scaled_fp8" && !k.ends_with(".comfy_quant"))
+            .map(|(_, t)| match t.dtype() {
+                DType::F8E4M3 => t.elem_count(),
+                _ => 4 * t.elem_count(),
+            })
+            .sum();
+        let mut s = common::session_with(None, dir.path());
+        let v = eval(
+            &mut s,
+            &format!(
+                r#"
+                let c = load_tensors("{}");
+                let r = load_model("{ref_path}", #{{ name: "ref" }});
+                let want = predict(r, c.case1_x, c.case1_t, c.case1_context);
+                delete_model(r);
+                let q = load_model("{fp8_path}", #{{ name: "q", dtype: "fp8" }});
+                let got = predict(q, c.case1_x, c.case1_t, c.case1_context);
+                let bytes = q.bytes;
+                let dt = q.dtype;
+                delete_model(q);
+                vram_budget(bytes - 10000);
+                let p = load_model("{fp8_path}", #{{ name: "p", dtype: "fp8" }});
+                let streamed = p.offloaded_bytes;
+                [rel_l2(got, want), bytes, dt, streamed,
+                 rel_l2(predict(p, c.case1_x, c.case1_t, c.case1_context), want)]
+                "#,
+                common::fixture("wan_tiny/forward_cases.safetensors").display()
+            ),
+        )
+        .into_array()
+        .unwrap();
+        let err = as_f64(v[0].clone());
+        assert!(err <= 1e-4, "legacy {legacy}: {err:.3e}");
+        assert_eq!(
+            as_f64(v[1].clone()) as usize,
+            want,
+            "legacy {legacy}: ledger bytes"
+        );
+        assert_eq!(v[2].clone().into_string().unwrap(), "fp8");
+        assert!(as_f64(v[3].clone()) > 0.0, "expected a partial load");
+        assert!(as_f64(v[4].clone()) <= 1e-4, "streamed fp8 blocks");
+        let e = common::eval_err(
+            &mut s,
+            &format!(
+                r#"apply_lora(p, "{}", 1.0)"#,
+                common::fixture("lora_tiny/lora_original_peft.safetensors").display()
+            ),
+        );
+        assert!(e.contains("fp8"), "{e}");
+        let e = common::eval_err(
+            &mut s,
+            &format!(r#"load_model("{ref_path}", #{{ dtype: "fp8" }})"#),
+        );
+        assert!(e.contains("has none"), "{e}");
+    }
+}

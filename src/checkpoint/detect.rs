@@ -25,6 +25,9 @@ pub struct Detected {
     pub unmapped: Vec<String>,
     /// The dtype holding most bytes, e.g. "bf16".
     pub dtype: String,
+    /// Wan 2.1 image-to-video: a CLIP image projection (`img_emb.*`) and
+    /// image key/value projections in every cross-attention (`k_img`, `v_img`).
+    pub clip_image: bool,
 }
 
 impl Detected {
@@ -146,12 +149,12 @@ pub fn detect(header: &Header, heads: Option<usize>) -> Result<Detected, Checkpo
         })
         .max()
         .map_or(0, |m| m + 1);
-    if tensors.keys().any(|k| k.starts_with("img_emb.")) {
-        return Err(wrong(
-            "this is an image-to-video Wan model (img_emb.* keys); only text-to-video is supported so far"
-                .into(),
-        ));
-    }
+    // Wan 2.1 I2V keeps its CLIP path under these names; diffusers calls
+    // them `condition_embedder.image_embedder` and `attn2.add_k_proj`.
+    let clip_image = tensors.keys().any(|k| k.starts_with("img_emb."))
+        || unmapped
+            .iter()
+            .any(|k| k.starts_with("condition_embedder.image_embedder."));
     let num_heads = match heads {
         Some(h) => h,
         None => infer_heads(header, dim)?,
@@ -175,14 +178,7 @@ pub fn detect(header: &Header, heads: Option<usize>) -> Result<Detected, Checkpo
         eps: 1e-6,
         rope_theta: 10000.0,
     };
-    let variant = match (dim, in_dim) {
-        (5120, 16) => "t2v-14B",
-        (5120, 36) => "i2v-14B",
-        (3072, 48) => "ti2v-5B",
-        (1536, 16) => "t2v-1.3B",
-        _ => "custom",
-    }
-    .to_string();
+    let variant = variant_name(&cfg, clip_image).to_string();
     let mut by_dtype: BTreeMap<String, u64> = BTreeMap::new();
     for e in tensors.values() {
         *by_dtype.entry(dtype_name(e.dtype)).or_default() += e.bytes() as u64;
@@ -209,7 +205,26 @@ pub fn detect(header: &Header, heads: Option<usize>) -> Result<Detected, Checkpo
         tensors,
         unmapped,
         dtype,
+        clip_image,
     })
+}
+
+/// The published model a config is, by its shapes. A Wan 2.1 T2V-14B and
+/// each Wan 2.2 T2V-A14B expert have the same shapes, as do a Wan 2.2
+/// I2V-A14B expert and a Wan 2.1 I2V-14B without its CLIP path.
+pub fn variant_name(cfg: &WanConfig, clip_image: bool) -> &'static str {
+    let depth = (cfg.dim, cfg.num_layers, cfg.ffn_dim);
+    match (depth, cfg.in_dim, cfg.out_dim, clip_image) {
+        ((5120, 40, 13824), 16, 16, false) => "t2v-A14B",
+        ((5120, 40, 13824), 36, 16, false) => "i2v-A14B",
+        ((5120, 40, 13824), 36, 16, true) => "wan2.1-i2v-14B",
+        ((3072, 30, 14336), 48, 48, false) => "ti2v-5B",
+        ((1536, 30, 8960), 16, 16, false) => "t2v-1.3B",
+        ((1536, 30, 8960), 36, 16, true) => "wan2.1-i2v-1.3B",
+        (_, 36, _, true) => "custom-i2v-clip",
+        (_, 36, _, false) => "custom-i2v",
+        _ => "custom",
+    }
 }
 
 /// ComfyUI's fp8_scaled bookkeeping that carries no weight: the legacy
@@ -257,7 +272,7 @@ fn check_dtypes(
 }
 
 fn infer_heads(header: &Header, dim: usize) -> Result<usize, CheckpointError> {
-    if let Some(h) = header.path.parent().and_then(heads_from_config_json) {
+    if let Some(h) = header.dir().and_then(heads_from_config_json) {
         return Ok(h);
     }
     for key in ["num_heads", "num_attention_heads", "baton.num_heads"] {

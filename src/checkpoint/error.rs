@@ -13,6 +13,13 @@ pub enum CheckpointError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path}: not a Wan DiT checkpoint: {reason}")]
     WrongArchitecture { path: PathBuf, reason: String },
+    #[error("{index}: shard '{shard}' is missing (it should hold '{key}' and {} more tensors)", count - 1)]
+    MissingShard {
+        index: PathBuf,
+        shard: String,
+        key: String,
+        count: usize,
+    },
     #[error("{path}: missing tensor '{key}'")]
     MissingKey { path: PathBuf, key: String },
     #[error("{path}: tensor '{key}' has shape {found:?}, expected {expected:?}")]

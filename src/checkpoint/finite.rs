@@ -11,19 +11,22 @@ use safetensors::Dtype;
 /// Names of the floating-point tensors holding a NaN or an Inf, with the
 /// count of such values in each.
 pub fn non_finite_tensors(header: &Header) -> Result<Vec<(String, usize)>, CheckpointError> {
-    let io = |source| CheckpointError::Io {
-        path: header.path.clone(),
-        source,
-    };
-    let file = std::fs::File::open(&header.path).map_err(io)?;
-    // SAFETY: read-only map; the header check already bounded every range
-    // by the file length measured when it was read.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+    let mut maps = Vec::with_capacity(header.files.len());
+    for path in &header.files {
+        let io = |source| CheckpointError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io)?;
+        // SAFETY: read-only map; the header check already bounded every range
+        // by the file length measured when it was read.
+        maps.push(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?);
+    }
     let mut bad = Vec::new();
     for (name, e) in &header.tensors {
-        let Some(bytes) = map.get(e.start..e.end) else {
+        let Some(bytes) = maps.get(e.file).and_then(|m| m.get(e.start..e.end)) else {
             return Err(CheckpointError::Corrupt {
-                path: header.path.clone(),
+                path: header.files.get(e.file).unwrap_or(&header.path).clone(),
                 reason: format!("tensor '{name}' lies past the end of the file (it shrank?)"),
             });
         };

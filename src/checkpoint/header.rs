@@ -9,13 +9,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-/// One tensor's entry; `start..end` are absolute byte offsets in the file.
+/// One tensor's entry; `start..end` are absolute byte offsets in the file
+/// `Header::files[file]` (always 0 for a single-file checkpoint).
 #[derive(Debug, Clone)]
 pub struct TensorEntry {
     pub dtype: Dtype,
     pub shape: Vec<usize>,
     pub start: usize,
     pub end: usize,
+    pub file: usize,
 }
 
 impl TensorEntry {
@@ -27,11 +29,17 @@ impl TensorEntry {
     }
 }
 
+/// A checkpoint's tensors: one safetensors file, or a sharded set read as
+/// one (see [`super::shards`]).
 #[derive(Debug, Clone)]
 pub struct Header {
+    /// What the user named: the file, the index json or the folder.
     pub path: PathBuf,
+    /// The safetensors files holding the data; `TensorEntry::file` indexes it.
+    pub files: Vec<PathBuf>,
     pub tensors: BTreeMap<String, TensorEntry>,
     pub metadata: HashMap<String, String>,
+    /// Bytes of all the files together.
     pub file_len: u64,
 }
 
@@ -39,9 +47,18 @@ pub struct Header {
 const MAX_HEADER: u64 = 100 << 20;
 
 impl Header {
-    /// Reads and validates the header: every byte range must lie inside the file
-    /// and the ranges must exactly tile the data section.
+    /// Reads a checkpoint's header: a `.safetensors` file, or a sharded set
+    /// named by its `*.safetensors.index.json` or by its folder.
     pub fn read(path: &Path) -> Result<Self, CheckpointError> {
+        if path.is_dir() || super::shards::is_index(path) {
+            return super::shards::read(path);
+        }
+        Self::read_file(path)
+    }
+
+    /// Reads and validates one file's header: every byte range must lie inside
+    /// the file and the ranges must exactly tile the data section.
+    pub fn read_file(path: &Path) -> Result<Self, CheckpointError> {
         let io = |source| CheckpointError::Io {
             path: path.to_path_buf(),
             source,
@@ -112,6 +129,7 @@ impl Header {
                     shape: info.shape,
                     start: data_start + s,
                     end: data_start + e,
+                    file: 0,
                 },
             );
         }
@@ -129,10 +147,22 @@ impl Header {
         }
         Ok(Self {
             path: path.to_path_buf(),
+            files: vec![path.to_path_buf()],
             tensors,
             metadata,
             file_len,
         })
+    }
+
+    /// The folder where files that describe the checkpoint live
+    /// (`config.json`): the folder itself for a sharded folder, else the
+    /// folder holding the file or index.
+    pub fn dir(&self) -> Option<&Path> {
+        if self.path.is_dir() {
+            Some(&self.path)
+        } else {
+            self.path.parent()
+        }
     }
 
     pub fn total_bytes(&self) -> u64 {

@@ -4,7 +4,7 @@
 //! have copied out are handed back with `MADV_DONTNEED`, so file-backed pages
 //! do not linger in the process's RSS and `ram()` stays honest.
 
-use super::{CheckpointError, TensorEntry};
+use super::{CheckpointError, Header, TensorEntry};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use memmap2::Mmap;
@@ -13,38 +13,56 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 pub struct CheckpointSource {
+    /// What the user named (a file, an index json or a folder of shards).
     path: PathBuf,
-    mmap: Mmap,
+    /// One mapping per file of `header.files`; entries index it.
+    maps: Vec<Mmap>,
+    /// The same files, for reading tensors with `pread`.
+    files: Vec<std::fs::File>,
     tensors: BTreeMap<String, TensorEntry>,
 }
 
 impl CheckpointSource {
+    /// Maps every file of `header` and serves `tensors` (entries of that
+    /// header, possibly renamed) from them.
     pub fn open(
-        path: &Path,
+        header: &Header,
         tensors: BTreeMap<String, TensorEntry>,
     ) -> Result<Arc<Self>, CheckpointError> {
-        let file = std::fs::File::open(path).map_err(|source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // SAFETY: the file is opened read-only; a concurrent writer truncating it
-        // would be a user error we cannot guard against (as for every mmap reader).
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if let Some((k, e)) = tensors.iter().find(|(_, e)| e.end > mmap.len()) {
-            return Err(CheckpointError::Corrupt {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "tensor '{k}' ends at byte {} past the end of the file",
-                    e.end
-                ),
-            });
+        let mut maps = Vec::with_capacity(header.files.len());
+        let mut files = Vec::with_capacity(header.files.len());
+        for path in &header.files {
+            let io = |source| CheckpointError::Io {
+                path: path.clone(),
+                source,
+            };
+            let file = std::fs::File::open(path).map_err(io)?;
+            // SAFETY: the file is opened read-only; a concurrent writer truncating it
+            // would be a user error we cannot guard against (as for every mmap reader).
+            maps.push(unsafe { Mmap::map(&file) }.map_err(io)?);
+            files.push(file);
+        }
+        for (k, e) in &tensors {
+            let Some(map) = maps.get(e.file) else {
+                return Err(CheckpointError::Corrupt {
+                    path: header.path.clone(),
+                    reason: format!("tensor '{k}' names file #{} of {}", e.file, maps.len()),
+                });
+            };
+            if e.end > map.len() {
+                return Err(CheckpointError::Corrupt {
+                    path: header.files[e.file].clone(),
+                    reason: format!(
+                        "tensor '{k}' ends at byte {} past the end of the file (it shrank?)",
+                        e.end
+                    ),
+                });
+            }
         }
         Ok(Arc::new(Self {
-            path: path.to_path_buf(),
-            mmap,
+            path: header.path.clone(),
+            maps,
+            files,
             tensors,
         }))
     }
@@ -73,8 +91,22 @@ impl CheckpointSource {
                 self.path.display()
             ),
         };
-        let bytes = &self.mmap[e.start..e.end];
-        let t = Tensor::from_raw_buffer(bytes, file_dtype, &e.shape, &Device::Cpu)?;
+        let t = self.read(name, e, file_dtype)?;
+        // fp8 resident (`dtype: "fp8"`): fp8 weights stay as they are (the
+        // model dequantises per layer at forward time, with the scale it
+        // reads beside them); everything else comes in the compute dtype.
+        let dtype = if dtype == DType::F8E4M3 {
+            if file_dtype == DType::F8E4M3 {
+                return if dev.is_cpu() {
+                    Ok(t)
+                } else {
+                    t.to_device(dev)
+                };
+            }
+            crate::models::wan::dit::compute_dtype(DType::F8E4M3, dev)
+        } else {
+            dtype
+        };
         let (t, file_dtype) = if file_dtype == DType::F8E4M3 {
             (self.dequantise(name, t)?, DType::F32)
         } else {
@@ -90,6 +122,61 @@ impl CheckpointSource {
         } else {
             t.to_device(dev)
         }
+    }
+
+    /// One tensor in its file dtype, read with `pread` straight into the
+    /// tensor's own buffer: one copy from the page cache, and no file pages
+    /// mapped into the process (faulting a mapping in 4 KiB pages made loads
+    /// run at a sixth of a plain read's speed). Half floats are read as
+    /// their bits and reinterpreted; others go through a byte buffer.
+    fn read(&self, name: &str, e: &TensorEntry, dtype: DType) -> candle_core::Result<Tensor> {
+        use std::os::unix::fs::FileExt;
+        let n = e.numel();
+        let file = &self.files[e.file];
+        let err = |source: std::io::Error| {
+            candle_core::Error::Msg(format!(
+                "{}: reading tensor '{name}' (file shorter than its header says?): {source}",
+                self.path.display()
+            ))
+        };
+        if cfg!(target_endian = "little") && e.bytes() == 2 * n {
+            let mut bits = vec![0u16; n];
+            // SAFETY: a u16 buffer viewed as its bytes: same allocation,
+            // alignment 1, every byte pattern valid for u16.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(bits.as_mut_ptr().cast::<u8>(), 2 * n) };
+            file.read_exact_at(bytes, e.start as u64).map_err(err)?;
+            return match dtype {
+                DType::BF16 => Tensor::from_vec(
+                    half::vec::HalfBitsVecExt::reinterpret_into::<half::bf16>(bits),
+                    e.shape.as_slice(),
+                    &Device::Cpu,
+                ),
+                DType::F16 => Tensor::from_vec(
+                    half::vec::HalfBitsVecExt::reinterpret_into::<half::f16>(bits),
+                    e.shape.as_slice(),
+                    &Device::Cpu,
+                ),
+                _ => Tensor::from_raw_buffer(
+                    // SAFETY: as above, read-only.
+                    unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<u8>(), 2 * n) },
+                    dtype,
+                    &e.shape,
+                    &Device::Cpu,
+                ),
+            };
+        }
+        if cfg!(target_endian = "little") && dtype == DType::F32 && e.bytes() == 4 * n {
+            let mut v = vec![0f32; n];
+            // SAFETY: an f32 buffer viewed as its bytes; every bit pattern is
+            // a valid f32.
+            let bytes =
+                unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), 4 * n) };
+            file.read_exact_at(bytes, e.start as u64).map_err(err)?;
+            return Tensor::from_vec(v, e.shape.as_slice(), &Device::Cpu);
+        }
+        let bytes = &self.maps[e.file][e.start..e.end];
+        Tensor::from_raw_buffer(bytes, dtype, &e.shape, &Device::Cpu)
     }
 
     /// An fp8 weight in f32: times its per-tensor (or per-output-channel)
@@ -140,7 +227,7 @@ impl CheckpointSource {
                 e.dtype
             ));
         }
-        Ok(&self.mmap[e.start..e.end])
+        Ok(&self.maps[e.file][e.start..e.end])
     }
 
     /// Checks that the tensors under `prefix` have the same names (after the
@@ -184,14 +271,15 @@ impl CheckpointSource {
             .filter(|(k, _)| k.starts_with(prefix))
             .map(|(_, e)| e)
         {
+            let map = &self.maps[e.file];
             let start = e.start / page * page;
-            let end = e.end.min(self.mmap.len());
+            let end = e.end.min(map.len());
             if end > start {
                 // SAFETY: DONTNEED on a read-only shared file mapping only drops
                 // our page-table entries; later reads fault the pages back in
                 // from the file, so no data can be lost or observed changed.
                 unsafe {
-                    let _ = self.mmap.unchecked_advise_range(
+                    let _ = map.unchecked_advise_range(
                         memmap2::UncheckedAdvice::DontNeed,
                         start,
                         end - start,

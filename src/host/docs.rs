@@ -41,11 +41,12 @@ pub static DOCS: &[Doc] = &[
         signature: "load_model(path[, opts]) -> Model",
         summary: "Loads a Wan DiT, umT5 text encoder or Wan VAE; the architecture comes from the keys. \
                   `path` is searched under the model roots (and ComfyUI's model folders with --comfy); \
-                  `builtin:wan-tiny-high`, `builtin:wan-tiny-low`, `builtin:umt5-tiny`, `builtin:wan-vae-tiny` need no files.",
+                  `builtin:wan-tiny-high`, `builtin:wan-tiny-low`, `builtin:umt5-tiny`, `builtin:wan-vae-tiny` need no files. \
+                  A sharded set loads from its `*.safetensors.index.json` or its folder (diffusers `transformer/`).",
         options: &[
             o("name", "file stem", "the name vram() and errors show"),
             o("offload", "\"auto\"", "\"auto\" streams blocks that do not fit the budget; \"never\" fails naming what is loaded"),
-            o("dtype", "the file's", "\"f32\", \"f16\" or \"bf16\" (fp8 files default to bf16)"),
+            o("dtype", "the file's", "\"f32\", \"f16\" or \"bf16\" (fp8 files default to bf16); \"fp8\" keeps an fp8 / fp8_scaled DiT's weights at 1 byte and dequantises each layer at forward time"),
             o("heads", "inferred", "attention heads, when neither config.json nor metadata says"),
             o("tokenizer", "-", "a spiece.model for a text encoder that carries none"),
             o("check_weights", "false", "scan every weight for NaN/Inf (reads the whole file)"),

@@ -11,11 +11,9 @@
 use crate::models::umt5::UmT5Config;
 use crate::models::wan::WanConfig;
 use crate::models::wan_vae::WanVaeConfig;
+use candle_core::DType;
 
 const F32: u64 = 4;
-
-/// Attention score elements computed at once (see `models::wan::dit`).
-const ATTN_CHUNK_ELEMS: u64 = 1 << 26;
 
 /// Video tokens of a latent [B, C, F, H, W] under the model's patch size.
 pub fn dit_tokens(cfg: &WanConfig, latent: &[usize]) -> u64 {
@@ -27,32 +25,19 @@ pub fn dit_tokens(cfg: &WanConfig, latent: &[usize]) -> u64 {
 }
 
 /// Peak working set of one DiT forward over `tokens` video tokens and
-/// `text` context rows.
-///
-/// Inside a block the attention half holds the residual stream, its
-/// modulated norm, q, k, v, the rotated q and k and the attention output
-/// (8 N·dim), plus one chunk of scores and its softmax; the feed-forward
-/// half holds the residual stream, its input and the hidden layer before and
-/// after the GELU (2 N·dim + 2 N·ffn). The larger half is the peak; the stem
-/// (patch embedding, the six modulation vectors, the projected context) adds
-/// 2 N·dim and the context's k and v per block.
-pub fn dit_forward(cfg: &WanConfig, tokens: u64, text: u64) -> u64 {
-    let (n, d, f) = (tokens, cfg.dim as u64, cfg.ffn_dim as u64);
-    let heads = cfg.num_heads as u64;
-    let scores = (n * n * heads).min(ATTN_CHUNK_ELEMS.max(n * heads));
-    let attention = 8 * n * d + 2 * scores;
-    let ffn = 2 * n * d + 2 * n * f;
-    let stem = 2 * n * d + 2 * text * d + text * cfg.text_dim as u64;
-    F32 * (attention.max(ffn) + stem)
+/// `text` context rows with weights in `dtype`: the model's own formula,
+/// checked against a counting allocator (see `models::wan::memory`).
+pub fn dit_forward(cfg: &WanConfig, tokens: u64, text: u64, dtype: DType) -> u64 {
+    crate::models::wan::activation_peak_bytes(cfg, tokens as usize, text as usize, dtype)
 }
 
 /// Peak working set of a sampling pass: one forward (the conditional and
 /// unconditional passes run one after the other) plus the sampler's own
 /// latent-sized tensors (x, noise, both predictions, the denoised estimate
 /// and a multistep history).
-pub fn dit_sample(cfg: &WanConfig, latent: &[usize], text: u64) -> u64 {
+pub fn dit_sample(cfg: &WanConfig, latent: &[usize], text: u64, dtype: DType) -> u64 {
     let elems: u64 = latent.iter().map(|&d| d as u64).product();
-    dit_forward(cfg, dit_tokens(cfg, latent), text) + F32 * 8 * elems
+    dit_forward(cfg, dit_tokens(cfg, latent), text, dtype) + F32 * 8 * elems
 }
 
 /// Output size of a decode: [B, 3, 1 + 4 (F - 1), 8 H, 8 W] from [B, C, F, H, W].
@@ -125,8 +110,8 @@ mod tests {
     #[test]
     fn dit_activations_grow_linearly_once_scores_are_chunked() {
         let cfg = WanConfig::wan22_t2v_a14b();
-        let a = dit_forward(&cfg, 40_000, 512);
-        let b = dit_forward(&cfg, 80_000, 512);
+        let a = dit_forward(&cfg, 40_000, 512, DType::BF16);
+        let b = dit_forward(&cfg, 80_000, 512, DType::BF16);
         let ratio = b as f64 / a as f64;
         assert!((1.9..2.1).contains(&ratio), "ratio {ratio}");
     }

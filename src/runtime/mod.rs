@@ -21,4 +21,4 @@ pub mod vae;
 
 pub use ledger::{Entry, Ledger};
 pub use registry::ModelId;
-pub use runtime::{LoadOptions, OffloadPolicy, Runtime, RuntimeError, SampleOptions};
+pub use runtime::{DitPlan, LoadOptions, OffloadPolicy, Runtime, RuntimeError, SampleOptions};

@@ -324,13 +324,35 @@ impl Runtime {
         if opts.check_weights {
             warn_non_finite(&header)?;
         }
-        if text_encoder::is_text_encoder(&header) {
+        let fp8 = opts.dtype == Some(DType::F8E4M3);
+        let is_te = text_encoder::is_text_encoder(&header);
+        if fp8 && (is_te || vae::is_vae(&header)) {
+            return Err(RuntimeError::Input(format!(
+                "{}: dtype \"fp8\" keeps a Wan DiT's fp8 weights resident; for text \
+                 encoders and VAEs use \"bf16\", \"f16\" or \"f32\"",
+                path.display()
+            )));
+        }
+        if is_te {
             return self.load_text_encoder(path, header, opts, at);
         }
         if vae::is_vae(&header) {
             return self.load_vae(path, header, opts, at);
         }
         let detected = detect(&header, opts.heads)?;
+        if fp8
+            && !detected
+                .tensors
+                .values()
+                .any(|e| e.dtype == safetensors::Dtype::F8_E4M3)
+        {
+            return Err(RuntimeError::Input(format!(
+                "{}: dtype \"fp8\" keeps fp8 weights as they are, but this file has \
+                 none ({}); load an fp8 / fp8_scaled file, or use \"bf16\"",
+                path.display(),
+                detected.dtype
+            )));
+        }
         if !detected.unmapped.is_empty() {
             tracing::warn!(
                 "{}: {} tensors have no place in the model and are ignored: {:?}",
@@ -339,26 +361,25 @@ impl Runtime {
                 detected.unmapped
             );
         }
-        let dtype = match opts.dtype {
-            Some(d) => d,
-            None => dominant_dtype(&detected),
-        };
-        let bytes_in = |prefix: &str| -> u64 {
-            detected
-                .tensors
-                .iter()
-                .filter(|(k, _)| k.starts_with(prefix))
-                .map(|(_, e)| (e.numel() * dtype.size_in_bytes()) as u64)
-                .sum()
-        };
+        if detected.clip_image {
+            return Err(RuntimeError::Input(format!(
+                "{}: a Wan 2.1 image-to-video model ({}): its CLIP image context \
+                 (img_emb, k_img/v_img) is not supported; Wan 2.2 I2V-A14B experts \
+                 (in_dim 36, no img_emb) load",
+                path.display(),
+                detected.variant
+            )));
+        }
+        let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
+        let DitPlan {
+            dtype,
+            total,
+            block_bytes,
+            plan,
+        } = self.plan_dit(&name, &detected, opts.dtype, opts.offload, opts.prefetch)?;
         let cfg = detected.cfg.clone();
-        let total = bytes_in("");
-        let block_bytes: Vec<u64> = (0..cfg.num_layers)
-            .map(|i| bytes_in(&format!("blocks.{i}.")))
-            .collect();
-        let stem_bytes = total - block_bytes.iter().sum::<u64>();
-        // A load maps one unit (the stem, then each block) of the file at a
-        // time and releases its pages once converted.
+        // A load reads one unit (the stem, then each block) of the file at a
+        // time and lets go of the file's pages once it is converted.
         let in_file = |prefix: &str| file_bytes(detected.tensors.iter(), prefix);
         let blocks_in_file: Vec<u64> = (0..cfg.num_layers)
             .map(|i| in_file(&format!("blocks.{i}.")))
@@ -369,21 +390,12 @@ impl Runtime {
             .chain([in_file("") - blocks_in_file.iter().sum::<u64>()])
             .max()
             .unwrap_or(0);
-        let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
-        let plan = self.plan_residency(
-            &name,
-            total,
-            stem_bytes,
-            &block_bytes,
-            opts.offload,
-            opts.prefetch,
-        )?;
 
         let rss_before = memstat::rss();
         let weights = if self.dry {
             Weights::Planned(dry::Planned::Dit(cfg.clone()))
         } else {
-            let source = CheckpointSource::open(&path, detected.tensors.clone())?;
+            let source = CheckpointSource::open(&header, detected.tensors.clone())?;
             let model = WanResident::load(
                 &cfg,
                 source,
@@ -442,6 +454,51 @@ impl Runtime {
             &how,
             transient,
         ))
+    }
+
+    /// Where a Wan DiT's bytes would go if it were loaded now, in `dtype`
+    /// (default: the file's own): what `load_model` does and `baton inspect
+    /// --vram` shows, from the header alone.
+    pub fn plan_dit(
+        &self,
+        name: &str,
+        detected: &Detected,
+        dtype: Option<DType>,
+        policy: OffloadPolicy,
+        prefetch: bool,
+    ) -> Result<DitPlan> {
+        let dtype = dtype.unwrap_or_else(|| dominant_dtype(detected));
+        // fp8 resident keeps fp8 weights at 1 byte; the rest (norms, biases,
+        // scales, unquantised layers) is held in the compute dtype.
+        let compute = crate::models::wan::dit::compute_dtype(dtype, &self.device);
+        let held = |e: &TensorEntry| -> u64 {
+            let per = if dtype == DType::F8E4M3 && e.dtype != safetensors::Dtype::F8_E4M3 {
+                compute.size_in_bytes()
+            } else {
+                dtype.size_in_bytes()
+            };
+            (e.numel() * per) as u64
+        };
+        let bytes_in = |prefix: &str| -> u64 {
+            detected
+                .tensors
+                .iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(_, e)| held(e))
+                .sum()
+        };
+        let total = bytes_in("");
+        let block_bytes: Vec<u64> = (0..detected.cfg.num_layers)
+            .map(|i| bytes_in(&format!("blocks.{i}.")))
+            .collect();
+        let stem_bytes = total - block_bytes.iter().sum::<u64>();
+        let plan = self.plan_residency(name, total, stem_bytes, &block_bytes, policy, prefetch)?;
+        Ok(DitPlan {
+            dtype,
+            total,
+            block_bytes,
+            plan,
+        })
     }
 
     /// Enters a freshly read model in the ledger and the registry, and logs
@@ -802,6 +859,7 @@ impl Runtime {
             cfg,
             activations::dit_tokens(cfg, x.dims()),
             context.dim(1).unwrap_or(0) as u64,
+            m.info.dtype,
         );
         let name = m.name.clone();
         let out = if self.dry {
@@ -869,8 +927,12 @@ impl Runtime {
             return Ok(latent.clone());
         };
         check_sigmas(&cut)?;
-        let act =
-            activations::dit_sample(cfg, latent.dims(), o.positive.dim(1).unwrap_or(0) as u64);
+        let act = activations::dit_sample(
+            cfg,
+            latent.dims(),
+            o.positive.dim(1).unwrap_or(0) as u64,
+            m.info.dtype,
+        );
         let name = m.name.clone();
         if self.dry {
             let note = format!(
@@ -1125,13 +1187,30 @@ fn same_values(a: &Tensor, b: &Tensor) -> bool {
 
 /// How a model will sit under the budget: the first `resident_blocks` on the
 /// device, the rest streamed through a `stream_buffer` of one block.
-struct Plan {
-    resident_blocks: usize,
-    offloaded: u64,
-    stream_buffer: u64,
-    stream_block: u64,
+/// How a model's blocks are split between resident and streamed.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub resident_blocks: usize,
+    /// Bytes left in the file and streamed at each forward.
+    pub offloaded: u64,
+    /// The block-sized buffers streamed blocks pass through (one, or two
+    /// when the next block is read ahead).
+    pub stream_buffer: u64,
+    /// One streamed block's bytes (0 when nothing streams).
+    pub stream_block: u64,
     /// Streamed blocks are read one ahead (two buffers).
-    prefetch: bool,
+    pub prefetch: bool,
+}
+
+/// [`Runtime::plan_dit`]'s answer.
+#[derive(Debug, Clone)]
+pub struct DitPlan {
+    /// The resident dtype.
+    pub dtype: DType,
+    /// Bytes of all weights in that dtype.
+    pub total: u64,
+    pub block_bytes: Vec<u64>,
+    pub plan: Plan,
 }
 
 /// File bytes of the tensors under `prefix`.
@@ -1233,6 +1312,7 @@ pub fn dtype_label(d: DType) -> &'static str {
         DType::F32 => "f32",
         DType::F16 => "f16",
         DType::BF16 => "bf16",
+        DType::F8E4M3 => "fp8",
         _ => "other",
     }
 }

@@ -96,7 +96,7 @@ pub fn load(
     if let Some(k) = &p.spiece_key {
         mapped.insert(k.clone(), header.tensors[k].clone());
     }
-    let source = CheckpointSource::open(&header.path, mapped).map_err(|e| e.to_string())?;
+    let source = CheckpointSource::open(header, mapped).map_err(|e| e.to_string())?;
     let vb = source.var_builder(p.info.dtype, dev);
     let encoder = UmT5Encoder::new(&p.cfg, vb).map_err(|e| super::runtime::plain_error(&e))?;
     let (tokenizer, tokenizer_from) = find_tokenizer(&source, &header.path, &p, tokenizer)?;

@@ -70,8 +70,7 @@ pub fn plan(
 
 /// Reads the weights of a planned VAE.
 pub fn load(header: &Header, p: &Planned, dev: &Device) -> Result<WanVae, String> {
-    let source =
-        CheckpointSource::open(&header.path, p.tensors.clone()).map_err(|e| e.to_string())?;
+    let source = CheckpointSource::open(header, p.tensors.clone()).map_err(|e| e.to_string())?;
     let vae = WanVae::new(&p.cfg, source.var_builder(p.info.dtype, dev))
         .map_err(|e| super::runtime::plain_error(&e))?;
     source.release("");

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 pub mod comfy;
 pub mod plan;
+pub mod wan_keys;
 
 pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -41,6 +41,8 @@ fn load_options(map: Map, policy: &PathPolicy) -> ScriptResult<LoadOptions> {
     };
     let dtype = match o.opt_string("dtype")?.as_deref() {
         None | Some("auto") => None,
+        // fp8 / fp8_scaled DiT weights stay 1 byte, dequantised per layer.
+        Some("fp8") => Some(DType::F8E4M3),
         Some(s) => Some(parse_dtype(s)?),
     };
     Ok(LoadOptions {
@@ -62,7 +64,9 @@ pub fn parse_dtype(s: &str) -> ScriptResult<DType> {
         "f32" => Ok(DType::F32),
         "f16" => Ok(DType::F16),
         "bf16" => Ok(DType::BF16),
-        "fp8" => Err(script_err("dtype \"fp8\" is not supported yet")),
+        "fp8" => Err(script_err(
+            "dtype \"fp8\" exists only for load_model (fp8 weights kept resident)",
+        )),
         other => Err(script_err(format!(
             "unknown dtype \"{other}\" (use \"f32\", \"f16\" or \"bf16\")"
         ))),

@@ -57,6 +57,33 @@ impl WanConfig {
         }
     }
 
+    /// Wan 2.2 I2V-A14B, each expert: the T2V expert with a wider patch
+    /// embedding taking [noise 16, mask 4, image latent 16] channels.
+    pub fn wan22_i2v_a14b() -> Self {
+        Self {
+            in_dim: 36,
+            ..Self::wan22_t2v_a14b()
+        }
+    }
+
+    /// Wan 2.2 TI2V-5B: the 48-channel latent of the Wan 2.2 VAE, with
+    /// per-token timesteps (first-frame tokens at t = 0 when an image is given).
+    pub fn wan22_ti2v_5b() -> Self {
+        Self {
+            dim: 3072,
+            ffn_dim: 14336,
+            freq_dim: 256,
+            text_dim: 4096,
+            in_dim: 48,
+            out_dim: 48,
+            num_heads: 24,
+            num_layers: 30,
+            patch_size: [1, 2, 2],
+            eps: 1e-6,
+            rope_theta: 10000.0,
+        }
+    }
+
     /// The tiny model of the golden fixtures (`tests/fixtures/wan_tiny/config.json`).
     pub fn fixture_tiny() -> Self {
         Self {

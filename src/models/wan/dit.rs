@@ -18,17 +18,48 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::WanConfig;
 
-/// Largest attention score matrix (elements, all batches and heads together)
-/// computed at once; longer query sequences are processed in row chunks.
-const ATTN_CHUNK_ELEMS: usize = 1 << 26;
+/// Bytes of attention scores (all batches and heads together) held at once;
+/// longer query sequences are processed in row chunks, so a 75,600-token
+/// 720p forward never materialises its 40 x 75,600 x 75,600 score matrix.
+/// Scores and their softmax are both live, so attention holds twice this.
+pub const ATTN_SCORE_BYTES: usize = 256 << 20;
 
-/// The dtype a matmul over `dtype` activations actually runs in on `device`.
+static SCORE_CAP: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(ATTN_SCORE_BYTES);
+
+/// The score cap [`attention`] uses now (default [`ATTN_SCORE_BYTES`]).
+pub fn attention_score_cap() -> usize {
+    SCORE_CAP.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sets the process-wide score cap (at least one query row is always
+/// computed): smaller trades speed for memory.
+pub fn set_attention_score_cap(bytes: usize) {
+    SCORE_CAP.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Query rows per attention chunk: as many as keep `batch_heads x rows x
+/// kv_tokens` scores of `score_dtype` within `cap` bytes (at least one row,
+/// at most `q_tokens`).
+pub fn attention_chunk_rows(
+    batch_heads: usize,
+    q_tokens: usize,
+    kv_tokens: usize,
+    score_dtype: DType,
+    cap: usize,
+) -> usize {
+    let row = (batch_heads * kv_tokens * score_dtype.size_in_bytes()).max(1);
+    (cap / row).clamp(1, q_tokens.max(1))
+}
+
+/// The dtype a matmul over `dtype` activations actually runs in on `device`
+/// (public for the activation memory formula in `super::memory`).
 ///
 /// candle 0.11's CPU matmul (gemm, no MKL) has no bf16 kernel (it fails with
 /// `UnsupportedDTypeForOp(BF16, "matmul")`), so on the CPU bf16 linears and the
 /// attention products run in f32 on the bf16-rounded weights and activations,
 /// and their outputs are rounded back to bf16. Elsewhere the dtype is kept.
-fn matmul_dtype(dtype: DType, device: &Device) -> DType {
+pub fn matmul_dtype(dtype: DType, device: &Device) -> DType {
     if dtype == DType::BF16 && device.is_cpu() {
         DType::F32
     } else {
@@ -36,36 +67,59 @@ fn matmul_dtype(dtype: DType, device: &Device) -> DType {
     }
 }
 
+/// The dtype activations are computed in for weights held in `weights`:
+/// the weights' own, except fp8 resident weights (`dtype: "fp8"`), which
+/// compute in the device's bf16 matmul dtype (f32 on the CPU, which has no
+/// bf16 matmul; bf16 elsewhere).
+pub fn compute_dtype(weights: DType, device: &Device) -> DType {
+    if weights == DType::F8E4M3 {
+        matmul_dtype(DType::BF16, device)
+    } else {
+        weights
+    }
+}
+
 /// A linear layer that takes and returns activations in `act_dtype` while its
 /// matmul may run in a wider dtype (see [`matmul_dtype`]). The weights stay
 /// in the checkpoint's dtype and are widened per call, so resident memory is
-/// what the ledger counts (bf16 stays 2 bytes per weight).
+/// what the ledger counts (bf16 stays 2 bytes per weight; fp8 resident stays
+/// 1 byte, dequantised as `w_fp8 · scale` for each call).
 #[derive(Debug, Clone)]
 struct Proj {
     inner: Linear,
+    /// fp8_scaled weight scale, shaped to broadcast over the weight
+    /// (`[]` per tensor or `[out, 1]` per output channel), in `mm_dtype`.
+    scale: Option<Tensor>,
     act_dtype: DType,
     mm_dtype: DType,
 }
 
 impl Proj {
     fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        let act_dtype = vb.dtype();
-        let lin = candle_nn::linear(in_dim, out_dim, vb)?;
-        let mm_dtype = matmul_dtype(act_dtype, lin.weight().device());
-        Ok(Self {
-            inner: lin,
-            act_dtype,
-            mm_dtype,
-        })
+        let act_dtype = compute_dtype(vb.dtype(), vb.device());
+        let mm_dtype = matmul_dtype(act_dtype, vb.device());
+        Self::build(in_dim, out_dim, vb, act_dtype, mm_dtype)
     }
 
     /// Always f32 in and out, whatever the checkpoint dtype (timestep path).
     fn new_f32(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        let lin = candle_nn::linear(in_dim, out_dim, vb)?;
+        Self::build(in_dim, out_dim, vb, DType::F32, DType::F32)
+    }
+
+    fn build(
+        in_dim: usize,
+        out_dim: usize,
+        vb: VarBuilder,
+        act_dtype: DType,
+        mm_dtype: DType,
+    ) -> Result<Self> {
+        let lin = candle_nn::linear(in_dim, out_dim, vb.clone())?;
+        let scale = fp8_scale(&vb, lin.weight(), mm_dtype)?;
         Ok(Self {
             inner: lin,
-            act_dtype: DType::F32,
-            mm_dtype: DType::F32,
+            scale,
+            act_dtype,
+            mm_dtype,
         })
     }
 
@@ -75,6 +129,10 @@ impl Proj {
             self.inner.forward(&x)?
         } else {
             let w = self.inner.weight().to_dtype(self.mm_dtype)?;
+            let w = match &self.scale {
+                Some(s) => w.broadcast_mul(s)?,
+                None => w,
+            };
             let b = self
                 .inner
                 .bias()
@@ -86,14 +144,47 @@ impl Proj {
     }
 }
 
+/// The scale of an fp8 weight kept resident (`weight` is F8E4M3): the
+/// legacy `scale_weight` or the newer `weight_scale` beside it, per tensor
+/// or per output channel; `None` for other weights and unscaled fp8.
+fn fp8_scale(vb: &VarBuilder, weight: &Tensor, dtype: DType) -> Result<Option<Tensor>> {
+    if weight.dtype() != DType::F8E4M3 {
+        return Ok(None);
+    }
+    let Some(key) = ["scale_weight", "weight_scale"]
+        .into_iter()
+        .find(|k| vb.contains_tensor(k))
+    else {
+        return Ok(None);
+    };
+    let s = vb
+        .get_unchecked_dtype(key, DType::F32)?
+        .flatten_all()?
+        .to_dtype(dtype)?;
+    let out = weight.dim(0)?;
+    match s.elem_count() {
+        1 => Ok(Some(s.reshape(())?)),
+        n if n == out => {
+            let mut shape = vec![1; weight.rank()];
+            shape[0] = n;
+            Ok(Some(s.reshape(shape)?))
+        }
+        n => candle_core::bail!(
+            "fp8 scale '{}' has {n} values; it must have 1 or {out}",
+            key
+        ),
+    }
+}
+
 /// Everything the blocks need that is computed once per forward.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// Patch-embedded video tokens [B, S, dim], in the compute dtype.
     pub tokens: Tensor,
-    /// Time embedding `time_embedding(sinusoid(t))` [B, dim], f32 (head modulation).
+    /// Time embedding `time_embedding(sinusoid(t))` [B, T, dim], f32 (head
+    /// modulation); T = 1 for one timestep per sample, S for per-token ones.
     pub e: Tensor,
-    /// `time_projection(e)` [B, 6, dim], f32 (block modulations).
+    /// `time_projection(e)` [B, T, 6, dim], f32 (block modulations).
     pub e0: Tensor,
     /// `text_embedding(context)` [B, L, dim], in the compute dtype.
     pub context: Tensor,
@@ -228,16 +319,18 @@ pub fn apply_rope(x: &Tensor, rope: &Rope) -> Result<Tensor> {
 /// softmax(q k^T / sqrt(d)) v per head; q [B, H, Sq, d], k/v [B, H, Sk, d]
 /// (contiguous). Returns [B, Sq, H * d] in q's dtype.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    attention_chunked(q, k, v, ATTN_CHUNK_ELEMS)
+    attention_chunked(q, k, v, attention_score_cap())
 }
 
-/// [`attention`] computing at most about `max_score_elems` scores at a time
-/// (whole query rows, at least one per chunk); the result does not depend on it.
+/// [`attention`] holding at most about `max_score_bytes` of scores at a time
+/// (whole query rows, at least one per chunk); the result does not depend on
+/// it. Each chunk's output is written straight into one [B, Sq, H, d]
+/// buffer, so chunking adds no concatenation copy.
 pub fn attention_chunked(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    max_score_elems: usize,
+    max_score_bytes: usize,
 ) -> Result<Tensor> {
     let dtype = q.dtype();
     let mm = matmul_dtype(dtype, q.device());
@@ -246,25 +339,18 @@ pub fn attention_chunked(
     let q = (q.to_dtype(mm)? * (1.0 / (d as f64).sqrt()))?;
     let kt = k.to_dtype(mm)?.t()?;
     let v = v.to_dtype(mm)?;
-    let rows = (max_score_elems / (b * h * sk).max(1)).max(1);
-    let out = if rows >= sq {
-        let p = candle_nn::ops::softmax_last_dim(&q.matmul(&kt)?)?;
-        p.matmul(&v)?
-    } else {
-        let mut outs = Vec::with_capacity(sq.div_ceil(rows));
-        let mut start = 0;
-        while start < sq {
-            let n = rows.min(sq - start);
-            let qc = q.narrow(2, start, n)?.contiguous()?;
-            let p = candle_nn::ops::softmax_last_dim(&qc.matmul(&kt)?)?;
-            outs.push(p.matmul(&v)?);
-            start += n;
-        }
-        Tensor::cat(&outs, 2)?
-    };
-    out.transpose(1, 2)?
-        .reshape((b, sq, h * d))?
-        .to_dtype(dtype)
+    let rows = attention_chunk_rows(b * h, sq, sk, mm, max_score_bytes);
+    let out = Tensor::zeros((b, sq, h, d), mm, q.device())?;
+    let mut start = 0;
+    while start < sq {
+        let n = rows.min(sq - start);
+        let qc = q.narrow(2, start, n)?.contiguous()?;
+        let p = candle_nn::ops::softmax_last_dim(&qc.matmul(&kt)?)?;
+        let o = p.matmul(&v)?.transpose(1, 2)?.contiguous()?;
+        out.slice_set(&o, 1, start)?;
+        start += n;
+    }
+    out.reshape((b, sq, h * d))?.to_dtype(dtype)
 }
 
 /// [B, S, H * d] -> [B, H, S, d], contiguous.
@@ -306,22 +392,28 @@ impl WanAttention {
 
     /// x [B, S, dim] queries; kv [B, L, dim] keys/values source (x itself for
     /// self-attention); RoPE on q and k when given.
+    ///
+    /// Each intermediate is dropped as soon as the next exists (q, k and v
+    /// before the output projection), which is what the activation formula
+    /// in `super::memory` counts.
     fn forward(&self, x: &Tensor, kv: &Tensor, rope: Option<&Rope>) -> Result<Tensor> {
         let dtype = x.dtype();
-        let q = split_heads(
-            &rms_norm(&self.q.forward(x)?, &self.norm_q, self.eps)?,
-            self.num_heads,
-        )?;
-        let k = split_heads(
-            &rms_norm(&self.k.forward(kv)?, &self.norm_k, self.eps)?,
-            self.num_heads,
-        )?;
-        let (q, k) = match rope {
-            Some(r) => (apply_rope(&q, r)?, apply_rope(&k, r)?),
-            None => (q, k),
+        let heads = |proj: &Proj, norm: &Tensor, src: &Tensor| -> Result<Tensor> {
+            let t = split_heads(
+                &rms_norm(&proj.forward(src)?, norm, self.eps)?,
+                self.num_heads,
+            )?;
+            match rope {
+                Some(r) => apply_rope(&t, r)?.to_dtype(dtype),
+                None => t.to_dtype(dtype),
+            }
         };
-        let v = split_heads(&self.v.forward(kv)?, self.num_heads)?;
-        let out = attention(&q.to_dtype(dtype)?, &k.to_dtype(dtype)?, &v)?;
+        let out = {
+            let q = heads(&self.q, &self.norm_q, x)?;
+            let k = heads(&self.k, &self.norm_k, kv)?;
+            let v = split_heads(&self.v.forward(kv)?, self.num_heads)?;
+            attention(&q, &k, &v)?
+        };
         self.o.forward(&out)
     }
 }
@@ -380,25 +472,37 @@ impl WanBlock {
     /// x [B, S, dim] -> [B, S, dim], same dtype as x.
     pub fn forward(&self, x: &Tensor, p: &Prepared) -> Result<Tensor> {
         let dtype = x.dtype();
-        let m = self.modulation.broadcast_add(&p.e0)?;
-        let chunk = |i: usize| m.narrow(1, i, 1);
+        // [1, 1, 6, dim] + [B, T, 6, dim]; each chunk [B, T, dim] broadcasts
+        // over the tokens when T = 1.
+        let m = self.modulation.unsqueeze(0)?.broadcast_add(&p.e0)?;
+        let chunk = |i: usize| m.narrow(2, i, 1)?.squeeze(2);
         let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
         let (shift_ffn, scale_ffn, gate_ffn) = (chunk(3)?, chunk(4)?, chunk(5)?);
 
-        let y = modulate(&layer_norm(x, self.eps)?, &shift_msa, &scale_msa)?.to_dtype(dtype)?;
-        let y = self.self_attn.forward(&y, &y, Some(&p.rope))?;
-        let x = gated_residual(x, &y, Some(&gate_msa))?;
-
-        let y = layer_norm(&x, self.eps)?
-            .broadcast_mul(&self.norm3_weight)?
-            .broadcast_add(&self.norm3_bias)?
-            .to_dtype(dtype)?;
-        let y = self.cross_attn.forward(&y, &p.context, None)?;
-        let x = gated_residual(&x, &y, None)?;
-
-        let y = modulate(&layer_norm(&x, self.eps)?, &shift_ffn, &scale_ffn)?.to_dtype(dtype)?;
-        let y = self.ffn_2.forward(&self.ffn_0.forward(&y)?.gelu()?)?;
-        gated_residual(&x, &y, Some(&gate_ffn))
+        // Every [S, dim] intermediate is dropped as soon as it is used (no
+        // shadowing, which would keep each alive to the end of the block).
+        let x1 = {
+            let y = modulate(&layer_norm(x, self.eps)?, &shift_msa, &scale_msa)?.to_dtype(dtype)?;
+            let a = self.self_attn.forward(&y, &y, Some(&p.rope))?;
+            drop(y);
+            gated_residual(x, &a, Some(&gate_msa))?
+        };
+        let x2 = {
+            let y = layer_norm(&x1, self.eps)?
+                .broadcast_mul(&self.norm3_weight)?
+                .broadcast_add(&self.norm3_bias)?
+                .to_dtype(dtype)?;
+            let c = self.cross_attn.forward(&y, &p.context, None)?;
+            drop(y);
+            gated_residual(&x1, &c, None)?
+        };
+        drop(x1);
+        let y = modulate(&layer_norm(&x2, self.eps)?, &shift_ffn, &scale_ffn)?.to_dtype(dtype)?;
+        let hidden = self.ffn_0.forward(&y)?.gelu()?;
+        drop(y);
+        let f = self.ffn_2.forward(&hidden)?;
+        drop(hidden);
+        gated_residual(&x2, &f, Some(&gate_ffn))
     }
 }
 
@@ -429,7 +533,8 @@ impl WanStem {
     /// `vb` at the model root (keys like `patch_embedding.weight`, `head.modulation`).
     pub fn new(cfg: &WanConfig, vb: VarBuilder) -> Result<Self> {
         let dim = cfg.dim;
-        let dtype = vb.dtype();
+        let dtype = compute_dtype(vb.dtype(), vb.device());
+        let mm_dtype = matmul_dtype(dtype, vb.device());
         let [pt, ph, pw] = cfg.patch_size;
         let patch_in = cfg.in_dim * pt * ph * pw;
         // Conv3d with kernel = stride = patch is a linear over the flattened
@@ -439,10 +544,12 @@ impl WanStem {
             .get((dim, cfg.in_dim, pt, ph, pw), "weight")?
             .reshape((dim, patch_in))?;
         let b = pvb.get(dim, "bias")?;
+        let scale = fp8_scale(&pvb, &w, mm_dtype)?;
         let patch_embedding = Proj {
             inner: Linear::new(w, Some(b)),
+            scale,
             act_dtype: dtype,
-            mm_dtype: matmul_dtype(dtype, vb.device()),
+            mm_dtype,
         };
         let head = Head {
             head: Proj::new(dim, cfg.patch_features_out(), vb.pp("head.head"))?,
@@ -467,8 +574,9 @@ impl WanStem {
         &self.cfg
     }
 
-    /// x [B, in_dim, F, H, W], t [B] (or one value for all), context
-    /// [B, L, text_dim]; inputs of any float dtype.
+    /// x [B, in_dim, F, H, W], t [B] (or one value for all) or per token
+    /// [B, S] (TI2V-5B: first-frame tokens at t = 0 when an image conditions
+    /// the clip), context [B, L, text_dim]; inputs of any float dtype.
     pub fn prepare(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Prepared> {
         let cfg = &self.cfg;
         let (b, c, f, h, w) = x.dims5()?;
@@ -505,20 +613,36 @@ impl WanStem {
             .reshape((b, s, c * pt * ph * pw))?;
         let tokens = self.patch_embedding.forward(&patches)?;
 
-        let t = t.flatten_all()?.to_dtype(DType::F32)?;
-        let t = match t.dim(0)? {
-            n if n == b => t,
-            1 => t.broadcast_as(b)?.contiguous()?,
-            n => candle_core::bail!("wan dit: {n} timesteps for batch {b}"),
+        // Timesteps as [B, T]: T = 1 (one per sample) or S (one per token).
+        let per_token = t.rank() == 2 && t.dim(1)? > 1;
+        let t = t.to_dtype(DType::F32)?;
+        let t = if per_token {
+            match t.dims2()? {
+                (tb, ts) if ts == s && (tb == b || tb == 1) => {
+                    t.broadcast_as((b, s))?.contiguous()?
+                }
+                d => candle_core::bail!(
+                    "wan dit: per-token timesteps {d:?} do not fit batch {b} x {s} tokens"
+                ),
+            }
+        } else {
+            let t = t.flatten_all()?;
+            match t.dim(0)? {
+                n if n == b => t.reshape((b, 1))?,
+                1 => t.broadcast_as(b)?.contiguous()?.reshape((b, 1))?,
+                n => candle_core::bail!("wan dit: {n} timesteps for batch {b}"),
+            }
         };
-        let sin = timestep_sinusoid(&t, cfg.freq_dim)?;
+        let steps = t.dim(1)?;
+        let sin = timestep_sinusoid(&t.flatten_all()?, cfg.freq_dim)?;
         let e = self
             .time_embedding_2
             .forward(&self.time_embedding_0.forward(&sin)?.silu()?)?;
         let e0 = self
             .time_projection_1
             .forward(&e.silu()?)?
-            .reshape((b, 6, cfg.dim))?;
+            .reshape((b, steps, 6, cfg.dim))?;
+        let e = e.reshape((b, steps, cfg.dim))?;
 
         let ctx = context.to_dtype(self.dtype)?.contiguous()?;
         let ctx = self
@@ -539,8 +663,15 @@ impl WanStem {
     /// Head output before unpatchify: [B, S, prod(patch) * out_dim] in the
     /// compute dtype.
     pub fn head(&self, x: &Tensor, p: &Prepared) -> Result<Tensor> {
-        let m = self.head.modulation.broadcast_add(&p.e.unsqueeze(1)?)?;
-        let (shift, scale) = (m.narrow(1, 0, 1)?, m.narrow(1, 1, 1)?);
+        let m = self
+            .head
+            .modulation
+            .unsqueeze(0)?
+            .broadcast_add(&p.e.unsqueeze(2)?)?;
+        let (shift, scale) = (
+            m.narrow(2, 0, 1)?.squeeze(2)?,
+            m.narrow(2, 1, 1)?.squeeze(2)?,
+        );
         let y = modulate(&layer_norm(x, self.cfg.eps)?, &shift, &scale)?.to_dtype(p.dtype)?;
         self.head.head.forward(&y)
     }
@@ -580,7 +711,8 @@ impl WanDit {
         Ok(Self { stem, blocks })
     }
 
-    /// x [B, in_dim, F, H, W], t [B], context [B, L, text_dim] -> [B, out_dim, F, H, W] f32.
+    /// x [B, in_dim, F, H, W], t [B] or per token [B, S], context
+    /// [B, L, text_dim] -> [B, out_dim, F, H, W] f32.
     pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
         let p = self.stem.prepare(x, t, context)?;
         let mut h = p.tokens.clone();

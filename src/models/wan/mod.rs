@@ -1,5 +1,7 @@
 //! Wan 2.x: the video DiT (and later the VAE).
 pub mod config;
 pub mod dit;
+pub mod memory;
 
 pub use config::WanConfig;
+pub use memory::activation_peak_bytes;

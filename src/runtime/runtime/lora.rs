@@ -20,6 +20,13 @@ impl Runtime {
         let resolved = self.resolve_model_path(path)?;
         let m = self.model(id)?;
         let dit = m.dit().map_err(RuntimeError::Input)?;
+        if dit.dtype == candle_core::DType::F8E4M3 {
+            return Err(RuntimeError::Input(format!(
+                "apply_lora: '{}' keeps its weights in fp8 (dtype \"fp8\"), where a LoRA \
+                 cannot be merged; load it with dtype \"bf16\" to apply LoRAs",
+                m.name
+            )));
+        }
         if dit.loras().iter().any(|(l, _)| l.path == resolved) {
             return Err(RuntimeError::Input(format!(
                 "LoRA '{path}' is already applied to '{}'; remove_lora it first to change its strength",
