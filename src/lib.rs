@@ -14,3 +14,4 @@ pub mod models;
 pub mod plan;
 pub mod runtime;
 pub mod sampling;
+pub mod trace_plot;

@@ -143,6 +143,18 @@ enum Command {
         #[command(flatten)]
         session: SessionArgs,
     },
+    /// Draw a trace from `baton run --trace` (or a plan from `baton plan
+    /// --json`): bytes per model over time, RSS, the budget, and the script
+    /// line of every load and delete.
+    Trace {
+        file: PathBuf,
+        /// The picture to write.
+        #[arg(long, value_name = "OUT.png")]
+        png: PathBuf,
+        /// Picture size in pixels, WIDTHxHEIGHT.
+        #[arg(long, default_value = "1400x700")]
+        size: String,
+    },
     /// Predict a script's memory without running it: load, sample and delete
     /// on headers only, with the peak and where a delete_model would help.
     Plan {
@@ -298,6 +310,21 @@ fn execute(command: Command) -> anyhow::Result<()> {
         Command::Help { name, markdown } => print!("{}", help_text(name.as_deref(), markdown)?),
         Command::Recipes => print!("{}", recipes_text()),
         Command::Repl { session } => repl::run(&session.config()?)?,
+        Command::Trace { file, png, size } => {
+            let (w, h) = size
+                .split_once('x')
+                .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
+                .filter(|&(w, h): &(u32, u32)| {
+                    (200..=8000).contains(&w) && (150..=8000).contains(&h)
+                })
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--size must be WIDTHxHEIGHT (200..8000), got {size}")
+                })?;
+            let (trace, predicted) = baton::trace_plot::read(&file).map_err(anyhow::Error::msg)?;
+            baton::trace_plot::draw(&trace, predicted.as_deref(), &png, (w, h))
+                .map_err(anyhow::Error::msg)?;
+            eprintln!("wrote {}", png.display());
+        }
         Command::Plan {
             file,
             json,

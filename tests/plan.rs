@@ -141,3 +141,128 @@ print(video.shape);
     );
     assert!(Path::new(&script).exists());
 }
+
+#[test]
+fn a_traced_run_is_recorded_and_drawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("small.rhai");
+    std::fs::write(
+        &script,
+        r#"vram_budget("100MiB");
+let te = load_model("builtin:umt5-tiny", #{ name: "te" });
+let pos = encode_text(te, "a fox");
+delete_model(te);
+let vae = load_model("builtin:wan-vae-tiny", #{ name: "vae" });
+offload_model(vae);
+let v = decode(vae, zeros([1, 16, 2, 8, 8]));
+delete_model(vae);
+"#,
+    )
+    .unwrap();
+    let trace = dir.path().join("t.json");
+    let out = dir.path().join("out");
+    let run = common::baton(
+        &[
+            "run".as_ref(),
+            script.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--trace".as_ref(),
+            trace.as_os_str(),
+        ],
+        None,
+    );
+    run.assert_ok();
+    let t = common::plan::read_json(&trace);
+    let kinds: Vec<String> = t["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["kind"].as_str().unwrap(),
+                e["model"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "budget ",
+            "load te",
+            "encode_text te",
+            "delete te",
+            "load vae",
+            "offload vae",
+            "reload vae",
+            "decode vae",
+            "delete vae"
+        ]
+    );
+    // Every event carries the script line and the ledger after it.
+    let ev = t["events"].as_array().unwrap();
+    assert!(
+        ev[1]["at"].as_str().unwrap().ends_with("small.rhai:2"),
+        "{}",
+        ev[1]
+    );
+    let held = |e: &serde_json::Value, key: &str| -> u64 {
+        e["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m[key].as_u64().unwrap())
+            .sum()
+    };
+    assert!(held(&ev[1], "resident") > 0);
+    assert_eq!(held(&ev[3], "resident"), 0, "deleted");
+    assert!(
+        held(&ev[5], "host") > 0 && held(&ev[5], "resident") == 0,
+        "offloaded to host"
+    );
+    assert!(!t["rss"].as_array().unwrap().is_empty(), "RSS samples");
+
+    let png = dir.path().join("t.png");
+    let draw = common::baton(
+        &[
+            "trace".as_ref(),
+            trace.as_os_str(),
+            "--png".as_ref(),
+            png.as_os_str(),
+            "--size".as_ref(),
+            "800x400".as_ref(),
+        ],
+        None,
+    );
+    draw.assert_ok();
+    let img = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (800, 400));
+    // The first model's colour (te, blue) and the budget line (red) are drawn.
+    let has = |f: &dyn Fn(&image::Rgb<u8>) -> bool| img.pixels().any(f);
+    assert!(
+        has(&|p| p[2] > 200 && p[0] < 150 && p[1] < 200),
+        "no model band"
+    );
+    assert!(
+        has(&|p| p[0] > 200 && p[1] < 60 && p[2] < 60),
+        "no budget line"
+    );
+
+    // A bad file is a clear error.
+    std::fs::write(dir.path().join("bad.json"), "{}").unwrap();
+    let bad = common::baton(
+        &[
+            "trace".as_ref(),
+            dir.path().join("bad.json").as_os_str(),
+            "--png".as_ref(),
+            png.as_os_str(),
+        ],
+        None,
+    );
+    assert!(
+        !bad.ok && bad.stderr.contains("not a baton trace"),
+        "{}",
+        bad.stderr
+    );
+}

@@ -799,7 +799,7 @@ impl Runtime {
     }
 
     /// Brings an offloaded model back onto the device before use.
-    fn ensure_on_device(&mut self, id: ModelId, at: &str) -> Result<()> {
+    pub fn ensure_on_device(&mut self, id: ModelId, at: &str) -> Result<()> {
         let m = self.registry.get(id).map_err(RuntimeError::Model)?;
         if m.on_device {
             return Ok(());

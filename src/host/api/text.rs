@@ -27,6 +27,10 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             )));
         }
         let at = call_site(&ctx);
+        // An offloaded model comes back (and is counted) before it is used.
+        r.borrow_mut()
+            .ensure_on_device(m.id, &at)
+            .map_err(script_err)?;
         let rt = r.borrow();
         let lm = rt.model(m.id).map_err(script_err)?;
         if let Some(dry::Planned::Text(cfg)) = lm.planned() {

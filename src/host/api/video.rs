@@ -19,6 +19,10 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         let o = Opts::documented("decode", map)?;
         let (raw, clamp) = (o.bool("raw", false)?, o.bool("clamp", true)?);
         let at = call_site(&ctx);
+        // An offloaded model comes back (and is counted) before it is used.
+        r.borrow_mut()
+            .ensure_on_device(m.id, &at)
+            .map_err(script_err)?;
         let rt = r.borrow();
         let lm = rt.model(m.id).map_err(script_err)?;
         if let Some(dry::Planned::Vae(cfg)) = lm.planned() {
@@ -75,6 +79,10 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         let o = Opts::documented("encode", map)?;
         let raw = o.bool("raw", false)?;
         let at = call_site(&ctx);
+        // An offloaded model comes back (and is counted) before it is used.
+        r.borrow_mut()
+            .ensure_on_device(m.id, &at)
+            .map_err(script_err)?;
         let rt = r.borrow();
         let lm = rt.model(m.id).map_err(script_err)?;
         if let Some(dry::Planned::Vae(cfg)) = lm.planned() {
