@@ -26,9 +26,6 @@ const RUNTIME_OVERHEAD: u64 = 10 << 20;
 /// Fitted on the demo and on `scripts/wan22_t2v.rhai`.
 const SLACK: f64 = 0.02;
 
-/// Operations that compute with a model (and so stream its offloaded blocks).
-const COMPUTE: &[&str] = &["sample", "predict"];
-
 /// A planned run.
 #[derive(serde::Serialize)]
 pub struct Plan {
@@ -108,19 +105,8 @@ pub fn from_trace(trace: Trace, error: Option<String>) -> Plan {
 pub fn predict(baseline: u64, e: &Event) -> u64 {
     let baseline = baseline.max(e.rss);
     let held = e.resident() + e.host();
-    // A streamed block is copied out of the mapped file: its file pages are
-    // mapped (and counted in RSS) until the copy is done and they are released.
-    let streaming = if COMPUTE.contains(&e.kind.as_str()) {
-        e.models
-            .iter()
-            .find(|m| m.name == e.model)
-            .map_or(0, |m| m.stream_block)
-    } else {
-        0
-    };
-    let working = e.activations + streaming;
-    let slack = ((held + working) as f64 * SLACK) as u64;
-    baseline + RUNTIME_OVERHEAD + held + working + slack
+    let slack = ((held + e.activations) as f64 * SLACK) as u64;
+    baseline + RUNTIME_OVERHEAD + held + e.activations + slack
 }
 
 /// Large models resident together, and where a `delete_model` would avoid

@@ -15,9 +15,6 @@ pub struct Entry {
     pub weights: u64,
     /// Space reserved on the device for the block being streamed in.
     pub stream_buffer: u64,
-    /// One streamed block (the buffers hold one or two of them); 0 when
-    /// nothing streams.
-    pub stream_block: u64,
     /// Weights not on the device, streamed from the checkpoint at each forward.
     pub offloaded: u64,
     /// Weights held in host memory outside the device (after `offload_model`).
@@ -105,7 +102,6 @@ mod tests {
                 name: "a".into(),
                 weights: 60,
                 stream_buffer: 10,
-                stream_block: 10,
                 offloaded: 5,
                 host: 0,
                 lora: 0,

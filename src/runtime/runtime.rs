@@ -378,18 +378,7 @@ impl Runtime {
             plan,
         } = self.plan_dit(&name, &detected, opts.dtype, opts.offload, opts.prefetch)?;
         let cfg = detected.cfg.clone();
-        // A load reads one unit (the stem, then each block) of the file at a
-        // time and lets go of the file's pages once it is converted.
-        let in_file = |prefix: &str| file_bytes(detected.tensors.iter(), prefix);
-        let blocks_in_file: Vec<u64> = (0..cfg.num_layers)
-            .map(|i| in_file(&format!("blocks.{i}.")))
-            .collect();
-        let transient = blocks_in_file
-            .iter()
-            .copied()
-            .chain([in_file("") - blocks_in_file.iter().sum::<u64>()])
-            .max()
-            .unwrap_or(0);
+        let transient = read_transient(detected.tensors.values(), dtype);
 
         let rss_before = memstat::rss();
         let weights = if self.dry {
@@ -503,8 +492,8 @@ impl Runtime {
 
     /// Enters a freshly read model in the ledger and the registry, and logs
     /// where its bytes went: the one place a load becomes visible.
-    /// `transient` is the file bytes mapped at once while reading, for the
-    /// timeline.
+    /// `transient` is what reading holds beyond the weights (see
+    /// [`read_transient`]), for the timeline.
     fn admit_loaded(
         &mut self,
         mut m: LoadedModel,
@@ -521,7 +510,6 @@ impl Runtime {
                 name: m.name.clone(),
                 weights,
                 stream_buffer: plan.stream_buffer,
-                stream_block: plan.stream_block,
                 offloaded: plan.offloaded,
                 host: 0,
                 lora: 0,
@@ -575,7 +563,7 @@ impl Runtime {
             .sum();
         self.check_fits(&name, total)?;
         let info = planned.info.clone();
-        let transient = file_bytes(planned.tensors.iter(), "");
+        let transient = read_transient(planned.tensors.values(), info.dtype);
         let tokenizer = match &opts.tokenizer {
             Some(t) => Some(self.resolve_model_path(&t.to_string_lossy())?),
             None => None,
@@ -602,7 +590,7 @@ impl Runtime {
         let planned = vae::plan(&header, opts.dtype, &self.device)?;
         let name = opts.name.clone().unwrap_or_else(|| default_name(&path));
         let total = planned.info.params * planned.info.dtype.size_in_bytes() as u64;
-        let transient = file_bytes(planned.tensors.iter(), "");
+        let transient = read_transient(planned.tensors.values(), planned.info.dtype);
         self.check_fits(&name, total)?;
         let weights = if self.dry {
             Weights::Planned(dry::Planned::Vae(planned.cfg.clone()))
@@ -628,7 +616,6 @@ impl Runtime {
             resident_blocks: info.blocks,
             offloaded: 0,
             stream_buffer: 0,
-            stream_block: 0,
             prefetch: false,
         };
         self.admit_loaded(
@@ -679,7 +666,6 @@ impl Runtime {
                 resident_blocks: block_bytes.len(),
                 offloaded: 0,
                 stream_buffer: 0,
-                stream_block: 0,
                 prefetch: false,
             });
         }
@@ -726,7 +712,6 @@ impl Runtime {
             resident_blocks,
             offloaded: block_bytes[resident_blocks..].iter().sum(),
             stream_buffer,
-            stream_block: if resident_blocks < n { block } else { 0 },
             prefetch,
         })
     }
@@ -1196,8 +1181,6 @@ pub struct Plan {
     /// The block-sized buffers streamed blocks pass through (one, or two
     /// when the next block is read ahead).
     pub stream_buffer: u64,
-    /// One streamed block's bytes (0 when nothing streams).
-    pub stream_block: u64,
     /// Streamed blocks are read one ahead (two buffers).
     pub prefetch: bool,
 }
@@ -1214,14 +1197,24 @@ pub struct DitPlan {
 }
 
 /// File bytes of the tensors under `prefix`.
-fn file_bytes<'a>(
-    entries: impl Iterator<Item = (&'a String, &'a TensorEntry)>,
-    prefix: &str,
-) -> u64 {
+/// Memory a load holds beyond the weights it keeps: each tensor is read
+/// into a buffer of its own (no file pages are mapped), and one that needs
+/// converting is held in both dtypes until the conversion is done.
+fn read_transient<'a>(entries: impl Iterator<Item = &'a TensorEntry>, resident: DType) -> u64 {
     entries
-        .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(_, e)| (e.end - e.start) as u64)
-        .sum()
+        .filter(|e| {
+            let same = matches!(
+                (e.dtype, resident),
+                (safetensors::Dtype::F32, DType::F32)
+                    | (safetensors::Dtype::F16, DType::F16)
+                    | (safetensors::Dtype::BF16, DType::BF16)
+                    | (safetensors::Dtype::F8_E4M3, DType::F8E4M3)
+            );
+            !same
+        })
+        .map(|e| e.bytes() as u64)
+        .max()
+        .unwrap_or(0)
 }
 
 fn check_inputs(

@@ -24,10 +24,6 @@ pub struct ModelBytes {
     pub offloaded: u64,
     /// Held in host memory after `offload_model`.
     pub host: u64,
-    /// One streamed block: while it is read its file pages are mapped too
-    /// (0 when nothing streams).
-    #[serde(default)]
-    pub stream_block: u64,
 }
 
 /// One thing that happened.
@@ -123,7 +119,6 @@ impl Timeline {
                 resident: e.resident(),
                 offloaded: e.offloaded,
                 host: e.host,
-                stream_block: e.stream_block,
             })
             .collect();
         self.events.push(Event {
