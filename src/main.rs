@@ -221,16 +221,16 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: Option<BenchWhat>,
-        #[arg(long, default_value_t = 160)]
+        #[arg(long, global = true, default_value_t = 160)]
         width: usize,
-        #[arg(long, default_value_t = 160)]
+        #[arg(long, global = true, default_value_t = 160)]
         height: usize,
-        #[arg(long, default_value_t = 9)]
+        #[arg(long, global = true, default_value_t = 9)]
         frames: usize,
         /// Text context length (the real pipeline pads to 512).
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, global = true, default_value_t = 64)]
         context: usize,
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, global = true, default_value_t = 5)]
         repeats: usize,
     },
 }

@@ -94,9 +94,31 @@ fn demo_runs_both_ways_and_sequential_wins() {
         predicted_peak(&plan, 0..split + 1),
         measured_peak(&trace, 0.0, t_split),
     );
+    let seq_measured = measured_peak(&trace, t_split, t_end);
     assert_close(
         "sequential",
         predicted_peak(&plan, split + 1..events.len()),
-        measured_peak(&trace, t_split, t_end),
+        seq_measured,
+    );
+    // Issue 5's bound: the sequential run peaks within 15% of the largest
+    // model plus its working memory (everything else, runtime included,
+    // must fit in the 15%).
+    let planned = plan["trace"]["events"].as_array().unwrap();
+    let model_plus_work = planned[split + 1..]
+        .iter()
+        .map(|e| {
+            let resident: u64 = e["models"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["resident"].as_u64().unwrap())
+                .sum();
+            resident + e["activations"].as_u64().unwrap()
+        })
+        .max()
+        .unwrap();
+    assert!(
+        seq_measured as f64 <= 1.15 * model_plus_work as f64,
+        "sequential peak {seq_measured} > 1.15 x (largest model + activations) {model_plus_work}"
     );
 }
