@@ -146,55 +146,10 @@ fn block_params(c: &WanConfig) -> u64 {
     2 * (4 * (d * d + d) + 2 * d) + 2 * d + (f * d + f) + (d * f + d) + 6 * d
 }
 
-/// Every tensor of `cfg` in the original layout: (name, shape).
-fn tensors(cfg: &WanConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, f) = (cfg.dim, cfg.ffn_dim);
-    let [pt, ph, pw] = cfg.patch_size;
-    let mut v: Vec<(String, Vec<usize>)> = vec![
-        (
-            "patch_embedding.weight".into(),
-            vec![d, cfg.in_dim, pt, ph, pw],
-        ),
-        ("patch_embedding.bias".into(), vec![d]),
-        ("text_embedding.0.weight".into(), vec![d, cfg.text_dim]),
-        ("text_embedding.0.bias".into(), vec![d]),
-        ("text_embedding.2.weight".into(), vec![d, d]),
-        ("text_embedding.2.bias".into(), vec![d]),
-        ("time_embedding.0.weight".into(), vec![d, cfg.freq_dim]),
-        ("time_embedding.0.bias".into(), vec![d]),
-        ("time_embedding.2.weight".into(), vec![d, d]),
-        ("time_embedding.2.bias".into(), vec![d]),
-        ("time_projection.1.weight".into(), vec![6 * d, d]),
-        ("time_projection.1.bias".into(), vec![6 * d]),
-        ("head.head.weight".into(), vec![cfg.patch_features_out(), d]),
-        ("head.head.bias".into(), vec![cfg.patch_features_out()]),
-        ("head.modulation".into(), vec![1, 2, d]),
-    ];
-    for i in 0..cfg.num_layers {
-        let b = format!("blocks.{i}.");
-        for attn in ["self_attn", "cross_attn"] {
-            for p in ["q", "k", "v", "o"] {
-                v.push((format!("{b}{attn}.{p}.weight"), vec![d, d]));
-                v.push((format!("{b}{attn}.{p}.bias"), vec![d]));
-            }
-            v.push((format!("{b}{attn}.norm_q.weight"), vec![d]));
-            v.push((format!("{b}{attn}.norm_k.weight"), vec![d]));
-        }
-        v.push((format!("{b}norm3.weight"), vec![d]));
-        v.push((format!("{b}norm3.bias"), vec![d]));
-        v.push((format!("{b}ffn.0.weight"), vec![f, d]));
-        v.push((format!("{b}ffn.0.bias"), vec![f]));
-        v.push((format!("{b}ffn.2.weight"), vec![d, f]));
-        v.push((format!("{b}ffn.2.bias"), vec![d]));
-        v.push((format!("{b}modulation"), vec![1, 6, d]));
-    }
-    v
-}
-
 /// Streams a bf16 safetensors file for `cfg` (small seeded values, never
 /// the whole file in memory). Returns its length.
 fn write_checkpoint(path: &Path, cfg: &WanConfig) -> anyhow::Result<u64> {
-    let list = tensors(cfg);
+    let list = crate::runtime::builtin::wan_tensor_shapes(cfg);
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for (name, shape) in &list {

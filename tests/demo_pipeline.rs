@@ -21,15 +21,10 @@ fn demo_runs_both_ways_and_sequential_wins() {
     let cache = tempfile::tempdir().unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let trace_path = out_dir.path().join("demo_trace.json");
-    let run = common::baton(
-        &[
-            "run".as_ref(),
-            "scripts/demo.rhai".as_ref(),
-            "--out".as_ref(),
-            out_dir.path().as_os_str(),
-            "--trace".as_ref(),
-            trace_path.as_os_str(),
-        ],
+    let run = common::baton_run_traced(
+        "scripts/demo.rhai",
+        out_dir.path(),
+        &trace_path,
         Some(cache.path()),
     );
     run.assert_ok();
@@ -106,15 +101,7 @@ fn demo_runs_both_ways_and_sequential_wins() {
     let planned = plan["trace"]["events"].as_array().unwrap();
     let model_plus_work = planned[split + 1..]
         .iter()
-        .map(|e| {
-            let resident: u64 = e["models"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["resident"].as_u64().unwrap())
-                .sum();
-            resident + e["activations"].as_u64().unwrap()
-        })
+        .map(|e| common::plan::held(e, "resident") + e["activations"].as_u64().unwrap())
         .max()
         .unwrap();
     assert!(

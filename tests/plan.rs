@@ -3,7 +3,7 @@
 //! where those runs happen (`demo_pipeline.rs`, `vae_runtime.rs`).
 mod common;
 
-use common::plan::plan_json;
+use common::plan::{held, plan_json};
 use std::path::Path;
 
 fn events(plan: &serde_json::Value) -> Vec<serde_json::Value> {
@@ -21,13 +21,7 @@ fn demo_plan_names_the_line_a_delete_would_fix() {
         .iter()
         .find(|e| e["at"] == "scripts/demo.rhai:37" && e["kind"] == "load")
         .expect("load of low at line 37");
-    let offloaded: u64 = low["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["offloaded"].as_u64().unwrap())
-        .sum();
-    assert_eq!(offloaded >> 20, 128, "{low}");
+    assert_eq!(held(low, "offloaded") >> 20, 128, "{low}");
     let warnings: Vec<String> = plan["warnings"]
         .as_array()
         .unwrap()
@@ -61,11 +55,7 @@ fn demo_plan_names_the_line_a_delete_would_fix() {
         seq + (40 << 20) < *comfy,
         "sequential {seq} vs ComfyUI way {comfy}"
     );
-    assert!(ev[split + 1..].iter().all(|e| e["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|m| m["offloaded"] == 0)));
+    assert!(ev[split + 1..].iter().all(|e| held(e, "offloaded") == 0));
 }
 
 #[test]
@@ -207,14 +197,6 @@ delete_model(vae);
         "{}",
         ev[1]
     );
-    let held = |e: &serde_json::Value, key: &str| -> u64 {
-        e["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m[key].as_u64().unwrap())
-            .sum()
-    };
     assert!(held(&ev[1], "resident") > 0);
     assert_eq!(held(&ev[3], "resident"), 0, "deleted");
     assert!(

@@ -89,15 +89,10 @@ fn prompt_to_video_script_runs() {
     let cache = tempfile::tempdir().unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let trace_path = out_dir.path().join("t2v_trace.json");
-    let run = common::baton(
-        &[
-            "run".as_ref(),
-            "scripts/wan22_t2v.rhai".as_ref(),
-            "--out".as_ref(),
-            out_dir.path().as_os_str(),
-            "--trace".as_ref(),
-            trace_path.as_os_str(),
-        ],
+    let run = common::baton_run_traced(
+        "scripts/wan22_t2v.rhai",
+        out_dir.path(),
+        &trace_path,
         Some(cache.path()),
     );
     run.assert_ok();

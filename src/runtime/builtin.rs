@@ -255,6 +255,16 @@ impl Init {
     }
 }
 
+/// Every tensor of a Wan DiT of `cfg` in the original layout: (name, shape).
+/// The one list of Wan keys: the built-in models, `baton bench load` and the
+/// full-size header tests all write from it.
+pub fn wan_tensor_shapes(cfg: &WanConfig) -> Vec<(String, Vec<usize>)> {
+    wan_tensor_specs(cfg)
+        .into_iter()
+        .map(|(name, shape, _)| (name, shape))
+        .collect()
+}
+
 /// Every tensor of a Wan T2V DiT in the original layout, with its shape.
 fn wan_tensor_specs(cfg: &WanConfig) -> Vec<(String, Vec<usize>, Init)> {
     let d = cfg.dim;

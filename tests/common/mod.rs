@@ -139,6 +139,26 @@ pub fn baton_run(
     baton(&args, cache)
 }
 
+/// `baton run SCRIPT --out OUT --trace TRACE` from the repository root.
+pub fn baton_run_traced(
+    script: &str,
+    out: &std::path::Path,
+    trace: &std::path::Path,
+    cache: Option<&std::path::Path>,
+) -> BatonRun {
+    baton(
+        &[
+            "run".as_ref(),
+            script.as_ref(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--trace".as_ref(),
+            trace.as_os_str(),
+        ],
+        cache,
+    )
+}
+
 /// Runs `baton ARGS...` from the repository root, with its own built-in
 /// model cache when `cache` is given.
 pub fn baton(args: &[&std::ffi::OsStr], cache: Option<&std::path::Path>) -> BatonRun {

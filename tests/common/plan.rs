@@ -51,6 +51,16 @@ pub fn predicted_peak(plan: &Value, range: std::ops::Range<usize>) -> u64 {
         .unwrap_or(0)
 }
 
+/// Bytes of `key` ("resident", "offloaded", "host") over every model at an event.
+pub fn held(event: &Value, key: &str) -> u64 {
+    event["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m[key].as_u64().unwrap())
+        .sum()
+}
+
 pub fn assert_close(what: &str, predicted: u64, measured: u64) {
     let rel = (predicted as f64 - measured as f64).abs() / measured as f64;
     println!(
