@@ -84,11 +84,19 @@ pub fn plan_file(file: &Path, cfg: &SessionConfig) -> Plan {
 }
 
 /// Predictions and warnings for a recorded timeline.
+/// A recorded real run (`dry: false`) has measured RSS at each event, and
+/// that is what its `predicted` column holds.
 pub fn from_trace(trace: Trace, error: Option<String>) -> Plan {
     let predicted = trace
         .events
         .iter()
-        .map(|e| predict(trace.baseline_rss, e))
+        .map(|e| {
+            if trace.dry {
+                predict(trace.baseline_rss, e)
+            } else {
+                e.rss
+            }
+        })
         .collect();
     let warnings = warnings(&trace.events);
     Plan {
@@ -220,16 +228,28 @@ fn last_use(before: &[Event], after: &[Event], model: &str) -> Use {
 pub fn render(plan: &Plan) -> String {
     let mut out = String::new();
     let t = &plan.trace;
+    let (title, column, peak_label) = if t.dry {
+        ("plan for", "predicted", "predicted peak")
+    } else {
+        ("timeline of", "rss", "highest RSS at an event")
+    };
     let _ = writeln!(
         out,
-        "plan for {} (dry run: headers only, nothing computed)",
-        t.script
+        "{title} {}{}",
+        t.script,
+        if t.dry {
+            " (dry run: headers only, nothing computed)"
+        } else {
+            " (measured)"
+        }
     );
-    let _ = writeln!(out, "baseline {}", mib(t.baseline_rss));
+    if t.dry {
+        let _ = writeln!(out, "baseline {}", mib(t.baseline_rss));
+    }
     let _ = writeln!(
         out,
         "{:<22} {:<12} {:<10} {:>10} {:>10} {:>10} {:>11} {:>10}  note",
-        "at", "event", "model", "resident", "offloaded", "host", "activations", "predicted"
+        "at", "event", "model", "resident", "offloaded", "host", "activations", column
     );
     for (e, p) in t.events.iter().zip(&plan.predicted) {
         let _ = writeln!(
@@ -249,7 +269,7 @@ pub fn render(plan: &Plan) -> String {
     let (peak, at) = plan.peak();
     let _ = writeln!(
         out,
-        "predicted peak: {}{}",
+        "{peak_label}: {}{}",
         mib(peak),
         at.map_or(String::new(), |e| format!(
             " at {} ({} {})",
