@@ -60,7 +60,8 @@ fn read_through(path: &Path, read: &AtomicU64) -> Result<f64, String> {
     let started = Instant::now();
     let mut f = File::open(path).map_err(|e| format!("prefetch {}: {e}", path.display()))?;
     advise(&f, Advice::WillNeed);
-    let mut buf = vec![0u8; 8 << 20];
+    // Small: the buffer is the only process memory a prefetch holds.
+    let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f
             .read(&mut buf)
