@@ -783,8 +783,15 @@ impl Runtime {
         Ok(())
     }
 
+    /// The model, back on the device if it was offloaded (and counted so),
+    /// for a primitive about to compute with it at script position `at`.
+    pub fn use_model(&mut self, id: ModelId, at: &str) -> Result<&LoadedModel> {
+        self.ensure_on_device(id, at)?;
+        self.model(id)
+    }
+
     /// Brings an offloaded model back onto the device before use.
-    pub fn ensure_on_device(&mut self, id: ModelId, at: &str) -> Result<()> {
+    fn ensure_on_device(&mut self, id: ModelId, at: &str) -> Result<()> {
         let m = self.registry.get(id).map_err(RuntimeError::Model)?;
         if m.on_device {
             return Ok(());

@@ -27,18 +27,12 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             )));
         }
         let at = call_site(&ctx);
-        // An offloaded model comes back (and is counted) before it is used.
-        r.borrow_mut()
-            .ensure_on_device(m.id, &at)
-            .map_err(script_err)?;
-        let rt = r.borrow();
-        let lm = rt.model(m.id).map_err(script_err)?;
+        let mut rt = r.borrow_mut();
+        let lm = rt.use_model(m.id, &at).map_err(script_err)?;
         if let Some(dry::Planned::Text(cfg)) = lm.planned() {
             let act = activations::text_encode(cfg, rows as u64);
             let out = dry::text_context(cfg, rows).map_err(crate::host::errors::tensor_err)?;
-            drop(rt);
-            r.borrow_mut()
-                .note_use(m.id, &at, "encode_text", act, String::new());
+            rt.note_use(m.id, &at, "encode_text", act, String::new());
             return Ok(out);
         }
         let te = lm.text_encoder().map_err(script_err)?;
@@ -54,9 +48,8 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             );
         }
         tracing::info!("encoded {} tokens with {}", e.tokens, lm.name);
-        drop(rt);
         let note = format!("{} tokens", e.tokens);
-        r.borrow_mut().note_use(m.id, &at, "encode_text", act, note);
+        rt.note_use(m.id, &at, "encode_text", act, note);
         Ok(e.context)
     };
     let et = encode_text.clone();

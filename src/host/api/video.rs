@@ -19,19 +19,13 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         let o = Opts::documented("decode", map)?;
         let (raw, clamp) = (o.bool("raw", false)?, o.bool("clamp", true)?);
         let at = call_site(&ctx);
-        // An offloaded model comes back (and is counted) before it is used.
-        r.borrow_mut()
-            .ensure_on_device(m.id, &at)
-            .map_err(script_err)?;
-        let rt = r.borrow();
-        let lm = rt.model(m.id).map_err(script_err)?;
+        let mut rt = r.borrow_mut();
+        let lm = rt.use_model(m.id, &at).map_err(script_err)?;
         if let Some(dry::Planned::Vae(cfg)) = lm.planned() {
             let act = activations::vae_decode(cfg, latent.dims());
             let out = dry::stand_in(&activations::vae_decoded_shape(latent.dims()))
                 .map_err(tensor_err)?;
-            drop(rt);
-            r.borrow_mut()
-                .note_use(m.id, &at, "decode", act, String::new());
+            rt.note_use(m.id, &at, "decode", act, String::new());
             return Ok(out);
         }
         let vae = lm.vae().map_err(script_err)?;
@@ -59,8 +53,7 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             started.elapsed().as_secs_f64()
         );
         tracing::info!("decoded {note} with {}", lm.name);
-        drop(rt);
-        r.borrow_mut().note_use(m.id, &at, "decode", act, note);
+        rt.note_use(m.id, &at, "decode", act, note);
         Ok(video)
     };
     let d = decode.clone();
@@ -79,12 +72,8 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         let o = Opts::documented("encode", map)?;
         let raw = o.bool("raw", false)?;
         let at = call_site(&ctx);
-        // An offloaded model comes back (and is counted) before it is used.
-        r.borrow_mut()
-            .ensure_on_device(m.id, &at)
-            .map_err(script_err)?;
-        let rt = r.borrow();
-        let lm = rt.model(m.id).map_err(script_err)?;
+        let mut rt = r.borrow_mut();
+        let lm = rt.use_model(m.id, &at).map_err(script_err)?;
         if let Some(dry::Planned::Vae(cfg)) = lm.planned() {
             let act = activations::vae_encode(cfg, video.dims());
             let out = match video.dims() {
@@ -96,9 +85,7 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
                 ))),
             }
             .map_err(tensor_err)?;
-            drop(rt);
-            r.borrow_mut()
-                .note_use(m.id, &at, "encode", act, String::new());
+            rt.note_use(m.id, &at, "encode", act, String::new());
             return Ok(out);
         }
         let vae = lm.vae().map_err(script_err)?;
@@ -106,9 +93,7 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         let mu = vae
             .encode(&video)
             .map_err(|e| script_err(format!("encode: {}", plain(&e))))?;
-        drop(rt);
-        r.borrow_mut()
-            .note_use(m.id, &at, "encode", act, String::new());
+        rt.note_use(m.id, &at, "encode", act, String::new());
         if raw {
             Ok(mu)
         } else {
