@@ -50,7 +50,7 @@ pub struct Event {
     /// planning process itself: no weights, but the script's own tensors
     /// (latents, contexts), which a real run holds too.
     pub rss: u64,
-    /// Free text for the reader, e.g. "4 steps, 112 MiB streamed".
+    /// Free text for the reader, e.g. "4 steps, 128 MiB streamed".
     pub note: String,
 }
 
