@@ -172,7 +172,12 @@ pub fn plan_peak(script: &str, source: &str, roots: &[PathBuf]) -> Option<Result
         out_dir: Some(dir.path().join("out")),
         ..Default::default()
     };
-    let plan = crate::plan::plan_file(&file, &cfg);
+    // The dry run's load and delete lines would read as if the import had
+    // loaded models: the report says what matters.
+    let plan =
+        tracing::subscriber::with_default(tracing::subscriber::NoSubscriber::default(), || {
+            crate::plan::plan_file(&file, &cfg)
+        });
     Some(match plan.error {
         Some(e) => Err(e),
         None => Ok(plan.peak().0),
