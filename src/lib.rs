@@ -3,7 +3,6 @@
 //! A Rhai script drives a runtime that loads, samples with and deletes
 //! diffusion experts under a memory budget, accounting for every byte.
 pub mod bench;
-pub mod bench_load;
 pub mod checkpoint;
 pub mod host;
 pub mod import;

@@ -354,12 +354,12 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 }),
             ..
         } => {
-            let o = baton::bench_load::LoadBenchOptions {
+            let o = baton::bench::load::LoadBenchOptions {
                 size_gb,
                 dir,
                 repeats,
             };
-            print!("{}", baton::bench_load::run(&o)?);
+            print!("{}", baton::bench::load::run(&o)?);
         }
         Command::Bench {
             what,

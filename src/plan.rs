@@ -11,7 +11,6 @@
 use crate::host::{Session, SessionConfig};
 use crate::runtime::size::mib;
 use crate::runtime::timeline::{Event, Trace};
-use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -50,20 +49,6 @@ impl Plan {
             Some(i) => (self.predicted[i], self.trace.events.get(i)),
             None => (self.trace.baseline_rss, None),
         }
-    }
-
-    /// What keeping every model resident would need: every model the script
-    /// loads, at its whole size, at once (for `baton import`'s comparison).
-    pub fn all_resident(&self) -> u64 {
-        let mut biggest: BTreeMap<&str, u64> = BTreeMap::new();
-        for e in &self.trace.events {
-            for m in &e.models {
-                let v = biggest.entry(&m.name).or_default();
-                *v = (*v).max(m.resident + m.offloaded + m.host);
-            }
-        }
-        let act = self.trace.events.iter().map(|e| e.activations).max();
-        self.trace.baseline_rss + biggest.values().sum::<u64>() + act.unwrap_or(0)
     }
 }
 

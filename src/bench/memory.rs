@@ -173,12 +173,9 @@ pub fn run(o: &MemoryBenchOptions) -> anyhow::Result<String> {
 }
 
 fn plain_read(path: &PathBuf) -> anyhow::Result<f64> {
-    use std::io::Read;
     let (_, s) = secs(|| {
         let mut f = std::fs::File::open(path)?;
-        let mut buf = vec![0u8; 8 << 20];
-        while f.read(&mut buf)? > 0 {}
-        Ok(())
+        Ok(prefetch::read_through(&mut f, 8 << 20, |_| {})?)
     })?;
     Ok(s)
 }

@@ -90,4 +90,5 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<String> {
     Ok(out)
 }
 
+pub mod load;
 pub mod memory;

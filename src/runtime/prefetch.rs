@@ -27,17 +27,12 @@ impl Prefetch {
     pub fn start(path: &Path) -> Self {
         let read = Arc::new(AtomicU64::new(0));
         let (p, r) = (path.to_path_buf(), read.clone());
-        let thread = std::thread::spawn(move || read_through(&p, &r));
+        let thread = std::thread::spawn(move || prefetch_file(&p, &r));
         Self {
             path: path.to_path_buf(),
             read,
             thread,
         }
-    }
-
-    /// Bytes read so far.
-    pub fn bytes_read(&self) -> u64 {
-        self.read.load(Ordering::Relaxed)
     }
 
     pub fn is_finished(&self) -> bool {
@@ -56,22 +51,36 @@ impl Prefetch {
 }
 
 /// Reads the whole file once, sequentially, through a small reused buffer.
-fn read_through(path: &Path, read: &AtomicU64) -> Result<f64, String> {
+fn prefetch_file(path: &Path, read: &AtomicU64) -> Result<f64, String> {
     let started = Instant::now();
     let mut f = File::open(path).map_err(|e| format!("prefetch {}: {e}", path.display()))?;
     advise(&f, Advice::WillNeed);
     // Small: the buffer is the only process memory a prefetch holds.
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f
-            .read(&mut buf)
-            .map_err(|e| format!("prefetch {}: {e}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        read.fetch_add(n as u64, Ordering::Relaxed);
-    }
+    read_through(&mut f, 1 << 20, |n| {
+        read.fetch_add(n, Ordering::Relaxed);
+    })
+    .map_err(|e| format!("prefetch {}: {e}", path.display()))?;
     Ok(started.elapsed().as_secs_f64())
+}
+
+/// Reads `f` to its end through one reused buffer of `buf_bytes`, calling
+/// `on_read` with each chunk's length; returns the bytes read. What a prefetch
+/// does, and the plain-read baseline the load benchmarks compare against.
+pub fn read_through(
+    f: &mut impl Read,
+    buf_bytes: usize,
+    mut on_read: impl FnMut(u64),
+) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; buf_bytes];
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+        on_read(n as u64);
+    }
 }
 
 pub enum Advice {

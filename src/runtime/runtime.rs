@@ -225,10 +225,6 @@ impl Runtime {
         }
     }
 
-    pub fn is_dry(&self) -> bool {
-        self.dry
-    }
-
     /// Adds an event to the timeline with the ledger as it is now.
     pub fn record(&mut self, at: &str, kind: &str, model: &str, activations: u64, note: String) {
         self.timeline.record(

@@ -134,10 +134,6 @@ impl Timeline {
         });
     }
 
-    pub fn events(&self) -> &[Event] {
-        &self.events
-    }
-
     /// Most bytes the ledger held on the device at once, at any event.
     pub fn peak_device(&self) -> u64 {
         self.events.iter().map(Event::resident).max().unwrap_or(0)

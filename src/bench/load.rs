@@ -13,7 +13,7 @@ use crate::runtime::size::mib;
 use crate::runtime::{LoadOptions, Runtime};
 use candle_core::Device;
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -197,16 +197,11 @@ fn write_checkpoint(path: &Path, cfg: &WanConfig) -> anyhow::Result<u64> {
 /// Reads the whole file through one reused 8 MiB buffer.
 fn sequential_read(path: &Path) -> anyhow::Result<u64> {
     let mut f = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 8 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-    }
-    Ok(total)
+    Ok(crate::runtime::prefetch::read_through(
+        &mut f,
+        8 << 20,
+        |_| {},
+    )?)
 }
 
 #[cfg(test)]
