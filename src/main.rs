@@ -22,7 +22,12 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct SessionArgs {
-    /// Device memory budget, e.g. 24GiB (default: all of RAM on the CPU device).
+    /// Where models compute: auto (a CUDA card when built with the cuda
+    /// feature and one answers, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, value_name = "DEVICE", default_value = "auto")]
+    device: String,
+    /// Device memory budget, e.g. 24GiB (default: all of RAM on the CPU
+    /// device; 90% of the card's free memory on CUDA).
     #[arg(long, value_parser = parse_size)]
     vram: Option<u64>,
     /// Directory searched for model files (repeatable; default: the current directory).
@@ -101,7 +106,17 @@ impl SessionArgs {
                 timeout,
             },
             dry: false,
+            device: None,
         })
+    }
+
+    /// The session config with its device opened (run and repl; a plan
+    /// reads headers only and never touches a card).
+    fn config_on_device(&self) -> anyhow::Result<SessionConfig> {
+        let mut cfg = self.config()?;
+        cfg.device =
+            Some(baton::runtime::device::select(Some(&self.device)).map_err(anyhow::Error::msg)?);
+        Ok(cfg)
     }
 }
 
@@ -232,6 +247,9 @@ enum Command {
         context: usize,
         #[arg(long, global = true, default_value_t = 5)]
         repeats: usize,
+        /// Where the bench computes (as for `run`): auto, cpu, cuda or cuda:N.
+        #[arg(long, global = true, default_value = "auto")]
+        device: String,
     },
 }
 
@@ -254,6 +272,22 @@ enum BenchWhat {
         dir: Option<PathBuf>,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+    },
+    /// The GPU table: pinned host->device GB/s, load GB/s, delete back to
+    /// the driver's baseline, two-expert peaks sequential vs both loaded,
+    /// forward resident vs 50% streamed, swap time, and one forward at
+    /// 75,600 tokens with the 14B block dims. On the CPU the same code runs
+    /// with RSS for device memory (a dry run of scripts/device_check.sh).
+    Device {
+        /// Size of each of the two bench experts in GB.
+        #[arg(long, default_value_t = 2.0)]
+        size_gb: f64,
+        /// Tokens of the long-attention forward (0 skips it).
+        #[arg(long, default_value_t = 75_600)]
+        long_tokens: usize,
+        /// Directory for the temp checkpoints (default: the system temp dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 
@@ -299,7 +333,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 print!("{text}");
                 return Ok(());
             }
-            let mut cfg = session.config()?;
+            let mut cfg = session.config_on_device()?;
             cfg.params = set;
             let out_dir = cfg
                 .out_dir
@@ -309,7 +343,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Help { name, markdown } => print!("{}", help_text(name.as_deref(), markdown)?),
         Command::Recipes => print!("{}", recipes_text()),
-        Command::Repl { session } => repl::run(&session.config()?)?,
+        Command::Repl { session } => repl::run(&session.config_on_device()?)?,
         Command::Trace { file, png, size } => {
             let (w, h) = size
                 .split_once('x')
@@ -362,12 +396,40 @@ fn execute(command: Command) -> anyhow::Result<()> {
             print!("{}", baton::bench::load::run(&o)?);
         }
         Command::Bench {
+            what:
+                Some(BenchWhat::Device {
+                    size_gb,
+                    long_tokens,
+                    dir,
+                }),
+            width,
+            height,
+            frames,
+            context,
+            repeats,
+            device,
+        } => {
+            let dev = baton::runtime::device::select(Some(&device)).map_err(anyhow::Error::msg)?;
+            let o = baton::bench::device::DeviceBenchOptions {
+                size_gb,
+                width,
+                height,
+                frames,
+                context_len: context,
+                repeats,
+                long_tokens,
+                dir,
+            };
+            print!("{}", baton::bench::device::run(&o, &dev)?);
+        }
+        Command::Bench {
             what,
             width,
             height,
             frames,
             context,
             repeats,
+            ..
         } => {
             if matches!(what, Some(BenchWhat::Memory)) {
                 let o = baton::bench::memory::MemoryBenchOptions {

@@ -112,3 +112,35 @@ fn bundled_stdlib_imports_under_any_model_root() {
     assert!(ok, "{err}");
     assert!(out.contains("split 10"), "{out}");
 }
+
+/// `--device` picks where models compute: `cpu` always works and says so in
+/// `vram()`; a malformed name and, in a build without the cuda feature, a
+/// card both fail before the script runs, with a message that says what to do.
+#[test]
+fn device_flag_selects_or_explains() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("s.rhai");
+    std::fs::write(
+        &script,
+        "let v = vram(); print(`device ${v.device} pinned ${v.pinned} driver ${\"driver_total\" in v}`);",
+    )
+    .unwrap();
+    let s = script.to_str().unwrap();
+    let out_dir = dir.path().join("o");
+    let o = out_dir.to_str().unwrap();
+    let (ok, out, err) = baton(&["run", s, "--device", "cpu", "--out", o]);
+    assert!(ok, "{err}");
+    assert!(out.contains("device cpu pinned 0 driver false"), "{out}");
+    let (ok, _, err) = baton(&["run", s, "--device", "tpu", "--out", o]);
+    assert!(
+        !ok && err.contains("expected auto, cpu, cuda or cuda:N"),
+        "{err}"
+    );
+    if !cfg!(feature = "cuda") {
+        let (ok, _, err) = baton(&["run", s, "--device", "cuda:0", "--out", o]);
+        assert!(!ok && err.contains("--features cuda"), "{err}");
+        // auto falls back to the CPU without a word of error.
+        let (ok, out, err) = baton(&["run", s, "--out", o]);
+        assert!(ok && out.contains("device cpu"), "{err}");
+    }
+}

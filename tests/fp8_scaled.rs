@@ -13,10 +13,21 @@ use std::path::Path;
 
 /// (fp8 file tensors, f32 reference tensors) for one encoding.
 fn quantised(legacy: bool) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
+    quantised_linears(legacy, true)
+}
+
+/// `quantised`, with every linear weight quantised rather than only the
+/// blocks' when `blocks_only` is false (the tiny model's stem outweighs
+/// its blocks, unlike a real one's).
+fn quantised_linears(
+    legacy: bool,
+    blocks_only: bool,
+) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
     let base = common::load_fixture("wan_tiny/original.safetensors");
     let (mut fp8, mut reference) = (HashMap::new(), HashMap::new());
     for (k, w) in base {
-        let linear = k.starts_with("blocks.") && k.ends_with(".weight") && w.rank() == 2;
+        let linear =
+            (k.starts_with("blocks.") || !blocks_only) && k.ends_with(".weight") && w.rank() == 2;
         if !linear {
             fp8.insert(format!("model.diffusion_model.{k}"), w.clone());
             reference.insert(k, w);
@@ -209,4 +220,51 @@ fn fp8_resident_dequantises_per_layer() {
         );
         assert!(e.contains("has none"), "{e}");
     }
+}
+
+/// Without a `dtype`, an fp8 checkpoint is dequantised to bf16 at load when
+/// that fits the free budget whole, and kept as fp8 (1 byte a weight,
+/// dequantised per layer) when it does not and fp8 is the smaller; both give
+/// the reference's output within bf16 / fp8 tolerance, and the choice shows
+/// in `m.dtype`.
+#[test]
+fn fp8_without_a_dtype_dequantises_only_when_it_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fp8, reference) = quantised_linears(true, false);
+    let fp8_path = save(dir.path(), "fp8.safetensors", &fp8);
+    let ref_path = save(dir.path(), "ref.safetensors", &reference);
+    let mut s = common::session_with(None, dir.path());
+    let v = eval(
+        &mut s,
+        &format!(
+            r#"
+            let c = load_tensors("{}");
+            let r = load_model("{ref_path}", #{{ name: "ref" }});
+            let want = predict(r, c.case1_x, c.case1_t, c.case1_context);
+            let bf16_bytes = r.bytes / 2;
+            delete_model(r);
+            let a = load_model("{fp8_path}", #{{ name: "a" }});
+            let a_dtype = a.dtype;
+            let a_err = rel_l2(predict(a, c.case1_x, c.case1_t, c.case1_context), want);
+            delete_model(a);
+            vram_budget(bf16_bytes - 1000);
+            let b = load_model("{fp8_path}", #{{ name: "b" }});
+            [a_dtype, a_err, b.dtype, b.offloaded_bytes,
+             rel_l2(predict(b, c.case1_x, c.case1_t, c.case1_context), want)]
+            "#,
+            common::fixture("wan_tiny/forward_cases.safetensors").display()
+        ),
+    )
+    .into_array()
+    .unwrap();
+    assert_eq!(v[0].clone().into_string().unwrap(), "bf16");
+    let a_err = as_f64(v[1].clone());
+    assert!(a_err <= 2e-2, "bf16 dequantised at load: {a_err:.3e}");
+    assert_eq!(v[2].clone().into_string().unwrap(), "fp8");
+    assert_eq!(as_f64(v[3].clone()), 0.0, "kept as fp8 it fits whole");
+    let b_err = as_f64(v[4].clone());
+    assert!(
+        b_err <= 1e-4,
+        "fp8 per layer (f32 compute on the CPU): {b_err:.3e}"
+    );
 }

@@ -77,3 +77,27 @@ fn a_partially_loaded_model_computes_the_same_numbers() {
     assert_eq!(as_f64(eval(&mut s, "rel_l2(b, a)")), 0.0);
     assert!(as_f64(eval(&mut s, "rel_l2(b, cases.case3_out)")) < 1e-4);
 }
+
+/// The script `scripts/device_check.sh` runs on a card: offload and reload
+/// of a whole and of a partly streamed expert keep the ledger (stream
+/// buffers included) and the output exactly as they were. On the CPU the
+/// driver check is absent; on a card the same script also fails on a leak.
+#[test]
+fn offload_parity_script_passes() {
+    let out = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    let run = common::baton_run(
+        "tests/scripts/offload_parity.rhai".as_ref(),
+        Some(out.path()),
+        Some(cache.path()),
+    );
+    run.assert_ok();
+    for budget in ["4GiB", "120MiB"] {
+        assert!(
+            run.stdout.contains(&format!("budget {budget}: offloaded")),
+            "{}",
+            run.stdout
+        );
+    }
+    assert!(run.stdout.contains("offload parity: ok"), "{}", run.stdout);
+}

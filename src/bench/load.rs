@@ -26,7 +26,7 @@ pub struct LoadBenchOptions {
 }
 
 /// Removes the bench file however the bench ends.
-struct TempFile(PathBuf);
+pub(crate) struct TempFile(pub PathBuf);
 
 impl Drop for TempFile {
     fn drop(&mut self) {
@@ -141,7 +141,7 @@ fn config_for(bytes: u64) -> WanConfig {
     }
 }
 
-fn block_params(c: &WanConfig) -> u64 {
+pub(crate) fn block_params(c: &WanConfig) -> u64 {
     let (d, f) = (c.dim as u64, c.ffn_dim as u64);
     2 * (4 * (d * d + d) + 2 * d) + 2 * d + (f * d + f) + (d * f + d) + 6 * d
 }
@@ -149,6 +149,15 @@ fn block_params(c: &WanConfig) -> u64 {
 /// Streams a bf16 safetensors file for `cfg` (small seeded values, never
 /// the whole file in memory). Returns its length.
 fn write_checkpoint(path: &Path, cfg: &WanConfig) -> anyhow::Result<u64> {
+    write_checkpoint_seeded(path, cfg, 0x2545_F491_4F6C_DD1D)
+}
+
+/// [`write_checkpoint`] with its own seed (two experts that differ).
+pub(crate) fn write_checkpoint_seeded(
+    path: &Path,
+    cfg: &WanConfig,
+    seed: u64,
+) -> anyhow::Result<u64> {
     let list = crate::runtime::builtin::wan_tensor_shapes(cfg);
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
@@ -170,7 +179,7 @@ fn write_checkpoint(path: &Path, cfg: &WanConfig) -> anyhow::Result<u64> {
     let mut w = std::io::BufWriter::with_capacity(8 << 20, f);
     w.write_all(&(json.len() as u64).to_le_bytes())?;
     w.write_all(&json)?;
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut state = seed.max(1);
     let mut buf = Vec::with_capacity(8 << 20);
     for (_, shape) in &list {
         let mut left = shape.iter().product::<usize>();
@@ -195,7 +204,7 @@ fn write_checkpoint(path: &Path, cfg: &WanConfig) -> anyhow::Result<u64> {
 }
 
 /// Reads the whole file through one reused 8 MiB buffer.
-fn sequential_read(path: &Path) -> anyhow::Result<u64> {
+pub(crate) fn sequential_read(path: &Path) -> anyhow::Result<u64> {
     let mut f = std::fs::File::open(path)?;
     Ok(crate::runtime::prefetch::read_through(
         &mut f,

@@ -17,7 +17,7 @@
 use crate::runtime::prefetch;
 use crate::runtime::residency::stream_buffers;
 use crate::runtime::size::mib;
-use crate::runtime::{memstat, LoadOptions, Runtime, SampleOptions};
+use crate::runtime::{memstat, LoadOptions, Runtime};
 use candle_core::{Device, Tensor};
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -187,26 +187,6 @@ enum Pipeline {
     SequentialPrefetch,
 }
 
-fn sample_opts(i: &Inputs, start: usize, end: usize) -> SampleOptions {
-    SampleOptions {
-        positive: i.ctx.clone(),
-        negative: None,
-        steps: 4,
-        start,
-        end: Some(end),
-        cfg: 1.0,
-        sampler: "euler".into(),
-        scheduler: "simple".into(),
-        shift: 8.0,
-        seed: 42,
-        add_noise: start == 0,
-        leftover_noise: end < 4,
-        sigmas: None,
-        noise: None,
-        state: None,
-    }
-}
-
 /// Peak RSS of high (2 steps) then low (2 steps) under a budget that holds
 /// one expert, as the demo runs it.
 fn pipeline_peak(i: &Inputs, how: Pipeline) -> anyhow::Result<u64> {
@@ -224,7 +204,7 @@ fn pipeline_peak(i: &Inputs, how: Pipeline) -> anyhow::Result<u64> {
     if how == Pipeline::SequentialPrefetch {
         rt.prefetch_model(LOW, "bench")?;
     }
-    let x = rt.sample(h, &i.x, &sample_opts(i, 0, 2), &mut none, "bench")?;
+    let x = rt.sample(h, &i.x, &super::pass(&i.ctx, 8.0, 0, 2), &mut none, "bench")?;
     if how != Pipeline::BothLoaded {
         rt.delete_model(h, "bench")?;
     }
@@ -232,7 +212,7 @@ fn pipeline_peak(i: &Inputs, how: Pipeline) -> anyhow::Result<u64> {
         Some(l) => l,
         None => rt.load_model(LOW, &o, "bench")?,
     };
-    rt.sample(l, &x, &sample_opts(i, 2, 4), &mut none, "bench")?;
+    rt.sample(l, &x, &super::pass(&i.ctx, 8.0, 2, 4), &mut none, "bench")?;
     let peak = memstat::peak_rss();
     drop(rt);
     Ok(peak)
@@ -253,11 +233,11 @@ fn swap_time(i: &Inputs, low: &PathBuf, cold: bool, pf: bool) -> anyhow::Result<
     if pf {
         rt.prefetch_model(LOW, "bench")?;
     }
-    let x = rt.sample(h, &i.x, &sample_opts(i, 0, 2), &mut none, "bench")?;
+    let x = rt.sample(h, &i.x, &super::pass(&i.ctx, 8.0, 0, 2), &mut none, "bench")?;
     let (_, s) = secs(|| {
         rt.delete_model(h, "bench")?;
         let l = rt.load_model(LOW, &o, "bench")?;
-        rt.sample(l, &x, &sample_opts(i, 2, 3), &mut none, "bench")?;
+        rt.sample(l, &x, &super::pass(&i.ctx, 8.0, 2, 3), &mut none, "bench")?;
         Ok(())
     })?;
     Ok(s)

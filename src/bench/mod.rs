@@ -22,6 +22,28 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Steps `start..end` of a 4-step Euler pass with the given shift, no CFG:
+/// the two-expert split the benches time (0..2 high, 2..4 low).
+fn pass(ctx: &Tensor, shift: f32, start: usize, end: usize) -> crate::runtime::SampleOptions {
+    crate::runtime::SampleOptions {
+        positive: ctx.clone(),
+        negative: None,
+        steps: 4,
+        start,
+        end: Some(end),
+        cfg: 1.0,
+        sampler: "euler".into(),
+        scheduler: "simple".into(),
+        shift,
+        seed: 42,
+        add_noise: start == 0,
+        leftover_noise: end < 4,
+        sigmas: None,
+        noise: None,
+        state: None,
+    }
+}
+
 pub fn run(o: &BenchOptions) -> anyhow::Result<String> {
     let mut out = String::new();
     let latent = [1, 16, (o.frames - 1) / 4 + 1, o.height / 8, o.width / 8];
@@ -90,5 +112,6 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<String> {
     Ok(out)
 }
 
+pub mod device;
 pub mod load;
 pub mod memory;

@@ -280,14 +280,14 @@ pub static DOCS: &[Doc] = &[
     Doc {
         name: "vram",
         signature: "vram() -> map",
-        summary: "The ledger: `budget`, `used`, `free`, `offloaded`, `models` (each with state, resident, offloaded, host, blocks, loras). Prints as a table.",
+        summary: "The ledger: `budget`, `used`, `free`, `offloaded`, `pinned`, `models` (each with state, resident, offloaded, host, blocks, loras). On CUDA also the driver's `driver_free` and `driver_total` (after a synchronise), `driver_held` (its rise since the session started), `gap` (driver minus ledger) and `leak` (true when they are more than 5% apart). Prints as a table.",
         options: &[],
         example: "print(vram());",
     },
     Doc {
         name: "ram",
         signature: "ram() -> map",
-        summary: "`rss`, `peak_rss` (from /proc/self/status) and `host` (weights in host memory). Prints as a table.",
+        summary: "`rss`, `peak_rss` (from /proc/self/status), `host` (weights in host memory, pinned ones included) and `pinned` (offloaded blocks in page-locked memory for streaming to a card). Prints as a table.",
         options: &[],
         example: "print(ram());",
     },

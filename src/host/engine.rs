@@ -29,6 +29,8 @@ pub struct SessionConfig {
     pub dry: bool,
     /// `--set name=value`: values for the script's `param(...)` declarations.
     pub params: Vec<(String, String)>,
+    /// Where models compute (`None`: the CPU).
+    pub device: Option<Device>,
 }
 
 /// `import "x"` looks in the script's own directory first, then in the
@@ -125,7 +127,7 @@ impl Session {
         let mut rt = if cfg.dry {
             Runtime::new_dry(cfg.budget)
         } else {
-            Runtime::new(Device::Cpu, cfg.budget)
+            Runtime::new(cfg.device.clone().unwrap_or(Device::Cpu), cfg.budget)
         };
         if !cfg.model_roots.is_empty() {
             rt.model_roots = cfg.model_roots.clone();

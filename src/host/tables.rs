@@ -32,6 +32,28 @@ fn render_vram(m: &Map) -> String {
         mib(int(m, "used")),
         mib(int(m, "free"))
     );
+    if m.contains_key("driver_total") {
+        let gap = m.get("gap").and_then(|v| v.as_int().ok()).unwrap_or(0);
+        out.push_str(&format!(
+            "  driver: {} free of {} | this session holds {} (ledger {}, gap {:+} MiB){}\n",
+            mib(int(m, "driver_free")),
+            mib(int(m, "driver_total")),
+            mib(int(m, "driver_held")),
+            mib(int(m, "used")),
+            gap / (1 << 20),
+            if m.get("leak").and_then(|v| v.as_bool().ok()) == Some(true) {
+                "  LEAK: over 5% apart"
+            } else {
+                ""
+            }
+        ));
+    }
+    if int(m, "pinned") > 0 {
+        out.push_str(&format!(
+            "  pinned host memory for streamed blocks: {}\n",
+            mib(int(m, "pinned"))
+        ));
+    }
     let models: Vec<Map> = m
         .get("models")
         .and_then(|v| v.clone().into_array().ok())
@@ -119,4 +141,46 @@ pub fn display(v: &Dynamic) -> String {
         }
     }
     v.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(leak: bool) -> Map {
+        let mut m = Map::new();
+        let gib = 1i64 << 30;
+        for (k, v) in [
+            ("budget", 20 * gib),
+            ("used", 14 * gib),
+            ("free", 6 * gib),
+            ("pinned", 7 * gib),
+            ("driver_free", 60 * gib),
+            ("driver_total", 80 * gib),
+            ("driver_held", 14 * gib + (300 << 20)),
+            ("gap", 300 << 20),
+        ] {
+            m.insert(k.into(), Dynamic::from(v));
+        }
+        m.insert("kind".into(), "vram".into());
+        m.insert("device".into(), "cuda:0".into());
+        m.insert("leak".into(), leak.into());
+        m
+    }
+
+    #[test]
+    fn vram_table_shows_the_driver_beside_the_ledger() {
+        let t = render_vram(&report(false));
+        assert!(t.starts_with("vram (cuda:0): budget 20480 MiB"), "{t}");
+        assert!(
+            t.contains("driver: 61440 MiB free of 81920 MiB | this session holds 14636 MiB (ledger 14336 MiB, gap +300 MiB)"),
+            "{t}"
+        );
+        assert!(!t.contains("LEAK"), "{t}");
+        assert!(
+            t.contains("pinned host memory for streamed blocks: 7168 MiB"),
+            "{t}"
+        );
+        assert!(render_vram(&report(true)).contains("LEAK: over 5% apart"));
+    }
 }

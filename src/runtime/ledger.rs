@@ -23,6 +23,10 @@ pub struct Entry {
     /// replace the originals in `weights`, so they cost nothing extra). They
     /// stay counted as resident even after `offload_model`.
     pub lora: u64,
+    /// Offloaded weights held in page-locked host memory, the source the
+    /// copy stream streams them from (CUDA only; the CPU streams straight
+    /// from the checkpoint file, so this is 0 there).
+    pub pinned: u64,
 }
 
 impl Entry {
@@ -71,6 +75,11 @@ impl Ledger {
         self.entries.values().map(|e| e.host).sum()
     }
 
+    /// Page-locked host bytes holding offloaded blocks (CUDA streaming).
+    pub fn pinned(&self) -> u64 {
+        self.entries.values().map(|e| e.pinned).sum()
+    }
+
     /// Records (or replaces) a model's bytes.
     pub fn admit(&mut self, id: ModelId, entry: Entry) {
         self.entries.insert(id, entry);
@@ -105,6 +114,7 @@ mod tests {
                 offloaded: 5,
                 host: 0,
                 lora: 0,
+                pinned: 0,
             },
         );
         assert_eq!((l.used(), l.free()), (70, 30));

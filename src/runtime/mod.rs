@@ -5,10 +5,13 @@
 pub mod activations;
 pub mod builtin;
 pub mod cancel;
+pub mod device;
 pub mod dry;
 pub mod journal;
 pub mod ledger;
 pub mod memstat;
+#[cfg(feature = "cuda")]
+pub mod pinned;
 pub mod prefetch;
 pub mod registry;
 pub mod residency;

@@ -5,8 +5,9 @@
 //! double-buffered: while block i computes, a helper thread reads block i+1
 //! (copying it out of the page cache, dequantising fp8, applying LoRAs), so
 //! the ledger reserves two block-sized buffers when two or more blocks
-//! stream. This is the seam where a CUDA copy stream with pinned host
-//! buffers and events takes the helper thread's place.
+//! stream. On a CUDA card the offloaded blocks are held in pinned host
+//! memory instead and copied on a dedicated stream (`super::pinned`); the
+//! two buffers are then the blocks in flight on the card.
 
 use crate::checkpoint::CheckpointSource;
 use crate::lora::backend::LoraSet;
@@ -36,6 +37,9 @@ pub struct WanResident {
     streamed: AtomicU64,
     /// Read the next streamed block while the current one computes.
     prefetch: bool,
+    /// On CUDA: the offloaded blocks in pinned host memory.
+    #[cfg(feature = "cuda")]
+    pinned: Option<super::pinned::PinnedBlocks>,
 }
 
 /// Streamed-block buffers the ledger reserves for a model that streams
@@ -83,7 +87,7 @@ impl WanResident {
             }
             source.release(&format!("blocks.{i}."));
         }
-        Ok(Self {
+        let mut model = Self {
             cfg: cfg.clone(),
             dtype,
             device: device.clone(),
@@ -94,7 +98,59 @@ impl WanResident {
             block_bytes,
             streamed: AtomicU64::new(0),
             prefetch,
-        })
+            #[cfg(feature = "cuda")]
+            pinned: None,
+        };
+        model.pin()?;
+        Ok(model)
+    }
+
+    /// On a CUDA card, (re)reads the streamed blocks, LoRAs applied, into
+    /// pinned host memory; elsewhere nothing (the CPU streams from the file).
+    #[cfg(feature = "cuda")]
+    fn pin(&mut self) -> Result<()> {
+        self.pinned = None;
+        let streamed: Vec<usize> = (0..self.blocks.len())
+            .filter(|&i| self.blocks[i].is_none())
+            .collect();
+        if !self.device.is_cuda() || streamed.is_empty() {
+            return Ok(());
+        }
+        let vb = LoraBackend::var_builder(&self.source, &self.loras, self.dtype, &Device::Cpu);
+        let pinned = super::pinned::PinnedBlocks::build(
+            &self.cfg,
+            &vb,
+            &streamed,
+            self.blocks.len(),
+            &self.device,
+        )?;
+        for &i in &streamed {
+            self.source.release(&format!("blocks.{i}."));
+        }
+        self.pinned = Some(pinned);
+        Ok(())
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn pin(&mut self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Host bytes holding offloaded blocks in page-locked memory (CUDA only).
+    pub fn pinned_bytes(&self) -> u64 {
+        #[cfg(feature = "cuda")]
+        if let Some(p) = &self.pinned {
+            return p.bytes();
+        }
+        0
+    }
+
+    /// Device bytes the streamed blocks pass through: the ledger's
+    /// `stream_buffer` for this model (as `Runtime::plan_residency` sizes it).
+    pub fn stream_buffer_bytes(&self) -> u64 {
+        let streamed = self.blocks.iter().filter(|b| b.is_none()).count();
+        let block = self.block_bytes.iter().copied().max().unwrap_or(0);
+        stream_buffers(streamed, self.prefetch) * block
     }
 
     pub fn resident_blocks(&self) -> usize {
@@ -108,6 +164,10 @@ impl WanResident {
 
     /// One forward: x [B,C,F,H,W], t [B] timesteps, context [B,L,text_dim] -> velocity (f32).
     pub fn forward(&self, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if let Some(pinned) = &self.pinned {
+            return self.forward_pinned(pinned, x, t, context);
+        }
         let p = self.stem.prepare(x, t, context)?;
         let n = self.blocks.len();
         let h = std::thread::scope(|scope| -> Result<Tensor> {
@@ -140,6 +200,53 @@ impl WanResident {
             }
             Ok(h)
         })?;
+        self.stem.finish(&h, &p)
+    }
+
+    /// `forward` on a card: streamed blocks come from pinned memory over the
+    /// copy stream, the next one queued before the current one computes.
+    #[cfg(feature = "cuda")]
+    fn forward_pinned(
+        &self,
+        pinned: &super::pinned::PinnedBlocks,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor> {
+        let p = self.stem.prepare(x, t, context)?;
+        let n = self.blocks.len();
+        let next_streamed = |from: usize| (from..n).find(|&j| self.blocks[j].is_none());
+        // The first streamed block's copy overlaps the resident blocks.
+        let mut ahead = match next_streamed(0) {
+            Some(j) if self.prefetch => Some((j, pinned.upload(j)?)),
+            _ => None,
+        };
+        let mut h = p.tokens.clone();
+        for (i, slot) in self.blocks.iter().enumerate() {
+            super::cancel::check_candle(|| format!("in block {i}"))?;
+            let streamed;
+            let block = match slot {
+                Some(block) => block,
+                None => {
+                    let up = match ahead.take() {
+                        Some((j, up)) if j == i => up,
+                        other => {
+                            ahead = other;
+                            pinned.upload(i)?
+                        }
+                    };
+                    self.streamed.fetch_add(up.bytes, Ordering::Relaxed);
+                    streamed = pinned.block(&self.cfg, i, up)?;
+                    &streamed
+                }
+            };
+            if self.prefetch && ahead.is_none() {
+                if let Some(j) = next_streamed(i + 1) {
+                    ahead = Some((j, pinned.upload(j)?));
+                }
+            }
+            h = block.forward(&h, &p)?;
+        }
         self.stem.finish(&h, &p)
     }
 
@@ -216,6 +323,31 @@ impl WanResident {
             let built = WanBlock::new(&self.cfg, vb.pp("blocks").pp(i));
             self.source.release(&prefix);
             self.blocks[i] = Some(built?);
+        }
+        self.pin()
+    }
+
+    /// Rebuilds every resident weight on `dev` from the checkpoint (LoRAs
+    /// re-applied), dropping each old layer before its new copy is read, and
+    /// re-pins the streamed blocks if `dev` is a card: `offload_model` on a
+    /// card moves the weights to host memory this way and its reload moves
+    /// them back. On failure the model is rebuilt where it was.
+    pub fn relocate(&mut self, dev: &Device) -> Result<()> {
+        if self.device.same_device(dev) {
+            return Ok(());
+        }
+        let old = std::mem::replace(&mut self.device, dev.clone());
+        // Every layer: "stem" is not under "blocks.", the rest name each block.
+        let everything: Vec<String> = std::iter::once("stem".to_string())
+            .chain((0..self.blocks.len()).map(|i| format!("blocks.{i}.all")))
+            .collect();
+        let resident: Vec<bool> = self.blocks.iter().map(Option::is_some).collect();
+        if let Err(e) = self.rebuild(&everything, &resident) {
+            self.device = old;
+            if let Err(again) = self.rebuild(&everything, &resident) {
+                tracing::error!("moving the model back failed too: {again}");
+            }
+            return Err(e);
         }
         Ok(())
     }

@@ -147,13 +147,23 @@ pub struct Runtime {
     prefetches: Vec<super::prefetch::Prefetch>,
     /// Loads and sampling passes, for the run manifest.
     pub journal: super::journal::Journal,
+    /// On CUDA: the driver's used bytes when the session started (after the
+    /// warm-up kernels); `vram()` holds the ledger against the rise since.
+    driver_baseline: Option<u64>,
 }
 
 impl Runtime {
     pub fn new(device: Device, budget: Option<u64>) -> Self {
         memstat::configure_allocator();
-        let budget = budget.unwrap_or_else(memstat::total_ram);
+        let driver = super::device::driver_memory(&device);
+        // On a card the default budget leaves a tenth of its free memory to
+        // activations, which the ledger does not charge.
+        let budget = budget.unwrap_or_else(|| match driver {
+            Some(d) => d.free / 10 * 9,
+            None => memstat::total_ram(),
+        });
         Self {
+            driver_baseline: driver.map(|d| d.used()),
             device,
             ledger: Ledger::new(budget),
             registry: Registry::default(),
@@ -223,6 +233,23 @@ impl Runtime {
             dry: true,
             ..Self::new(Device::Cpu, budget)
         }
+    }
+
+    /// The driver's memory now and how it compares with the ledger; `None`
+    /// on the CPU. Synchronises the device first.
+    pub fn driver_check(&self) -> Option<(super::device::DriverMemory, super::device::LeakCheck)> {
+        let now = super::device::driver_memory(&self.device)?;
+        let check = super::device::leak_check(self.driver_baseline?, now, self.ledger.used());
+        if check.leak {
+            tracing::warn!(
+                "device memory and ledger disagree: the driver shows {} held by this session, \
+                 the ledger {} (gap {} MiB)",
+                mib(check.driver_held),
+                mib(check.ledger),
+                check.gap / (1 << 20)
+            );
+        }
+        Some((now, check))
     }
 
     /// Adds an event to the timeline with the ledger as it is now.
@@ -452,30 +479,12 @@ impl Runtime {
         policy: OffloadPolicy,
         prefetch: bool,
     ) -> Result<DitPlan> {
-        let dtype = dtype.unwrap_or_else(|| dominant_dtype(detected));
-        // fp8 resident keeps fp8 weights at 1 byte; the rest (norms, biases,
-        // scales, unquantised layers) is held in the compute dtype.
-        let compute = crate::models::wan::dit::compute_dtype(dtype, &self.device);
-        let held = |e: &TensorEntry| -> u64 {
-            let per = if dtype == DType::F8E4M3 && e.dtype != safetensors::Dtype::F8_E4M3 {
-                compute.size_in_bytes()
-            } else {
-                dtype.size_in_bytes()
-            };
-            (e.numel() * per) as u64
+        let dtype = match dtype {
+            Some(d) => d,
+            None if detected.dtype == "fp8_e4m3" => self.fp8_choice(name, detected),
+            None => dominant_dtype(detected),
         };
-        let bytes_in = |prefix: &str| -> u64 {
-            detected
-                .tensors
-                .iter()
-                .filter(|(k, _)| k.starts_with(prefix))
-                .map(|(_, e)| held(e))
-                .sum()
-        };
-        let total = bytes_in("");
-        let block_bytes: Vec<u64> = (0..detected.cfg.num_layers)
-            .map(|i| bytes_in(&format!("blocks.{i}.")))
-            .collect();
+        let (total, block_bytes) = dit_bytes(detected, dtype, &self.device);
         let stem_bytes = total - block_bytes.iter().sum::<u64>();
         let plan = self.plan_residency(name, total, stem_bytes, &block_bytes, policy, prefetch)?;
         Ok(DitPlan {
@@ -484,6 +493,40 @@ impl Runtime {
             block_bytes,
             plan,
         })
+    }
+
+    /// How an fp8 checkpoint loaded without a `dtype` is held: dequantised
+    /// once to bf16 when that fits the free budget whole (the faster
+    /// forward), else kept as fp8 on the device and dequantised per layer at
+    /// forward time, which nearly halves what has to be resident or streamed
+    /// (unless the file's unquantised tensors, held in the compute dtype,
+    /// make fp8 the larger: then bf16 and streaming).
+    fn fp8_choice(&self, name: &str, detected: &Detected) -> DType {
+        let (bf16, _) = dit_bytes(detected, DType::BF16, &self.device);
+        let (fp8, _) = dit_bytes(detected, DType::F8E4M3, &self.device);
+        let free = self.ledger.free();
+        if bf16 <= free || fp8 >= bf16 {
+            tracing::info!(
+                "{name}: fp8 weights dequantised to bf16 at load ({} {} the {} free)",
+                mib(bf16),
+                if bf16 <= free {
+                    "fits"
+                } else {
+                    "is no larger than fp8 held here; streams in"
+                },
+                mib(free)
+            );
+            DType::BF16
+        } else {
+            tracing::info!(
+                "{name}: fp8 weights kept as fp8 on the device ({}), dequantised per layer \
+                 at forward time: bf16 would need {} of the {} free",
+                mib(fp8),
+                mib(bf16),
+                mib(free)
+            );
+            DType::F8E4M3
+        }
     }
 
     /// Enters a freshly read model in the ledger and the registry, and logs
@@ -500,6 +543,7 @@ impl Runtime {
         let id = self.registry.next_id();
         m.id = id;
         let weights = m.bytes - plan.offloaded;
+        let pinned = m.dit().map(WanResident::pinned_bytes).unwrap_or(0);
         self.ledger.admit(
             id,
             Entry {
@@ -509,6 +553,7 @@ impl Runtime {
                 offloaded: plan.offloaded,
                 host: 0,
                 lora: 0,
+                pinned,
             },
         );
         self.offload_peak = self.offload_peak.max(self.ledger.offloaded());
@@ -518,9 +563,14 @@ impl Runtime {
             (
                 " partially",
                 format!(
-                    "{} resident{detail}, {} offloaded",
+                    "{} resident{detail}, {} offloaded{}",
                     mib(weights + plan.stream_buffer),
-                    mib(plan.offloaded)
+                    mib(plan.offloaded),
+                    if pinned > 0 {
+                        format!(" (held in {} of pinned host memory)", mib(pinned))
+                    } else {
+                        String::new()
+                    }
                 ),
             )
         };
@@ -752,6 +802,23 @@ impl Runtime {
         if !m.on_device {
             return Ok(());
         }
+        // On the CPU device and host memory are one; on a card the weights
+        // really move (see `WanResident::relocate`).
+        if !self.device.is_cpu() {
+            match &mut m.weights {
+                Weights::Dit(d) => d
+                    .relocate(&Device::Cpu)
+                    .map_err(|e| RuntimeError::Model(plain_error(&e)))?,
+                Weights::Planned(_) => {}
+                _ => {
+                    return Err(RuntimeError::Input(format!(
+                        "offload_model('{}'): on a card only diffusion models move to host \
+                         memory; delete_model frees a text encoder or a VAE",
+                        m.name
+                    )))
+                }
+            }
+        }
         m.on_device = false;
         let entry = self.ledger.get(id).cloned().unwrap_or_default();
         let host = entry.weights;
@@ -761,6 +828,7 @@ impl Runtime {
                 weights: 0,
                 stream_buffer: 0,
                 host,
+                pinned: 0,
                 ..entry
             },
         );
@@ -794,7 +862,9 @@ impl Runtime {
         }
         let entry = self.ledger.get(id).cloned().unwrap_or_default();
         let free = self.ledger.free();
-        let needed = entry.host + entry.stream_buffer;
+        // The stream buffers were given up with the device bytes.
+        let stream_buffer = m.dit().map(WanResident::stream_buffer_bytes).unwrap_or(0);
+        let needed = entry.host + stream_buffer;
         if needed > free {
             return Err(RuntimeError::Budget(format!(
                 "'{}' was offloaded and needs {} back on the device, but only {} is free ({})",
@@ -804,11 +874,22 @@ impl Runtime {
                 self.loaded_summary()
             )));
         }
+        let m = self.registry.get_mut(id).map_err(RuntimeError::Model)?;
+        let mut pinned = 0;
+        if !self.device.is_cpu() {
+            if let Weights::Dit(d) = &mut m.weights {
+                d.relocate(&self.device)
+                    .map_err(|e| RuntimeError::Model(plain_error(&e)))?;
+                pinned = d.pinned_bytes();
+            }
+        }
         self.ledger.admit(
             id,
             Entry {
                 weights: entry.host,
                 host: 0,
+                pinned,
+                stream_buffer,
                 ..entry
             },
         );
@@ -854,10 +935,17 @@ impl Runtime {
             dry::stand_in(x.dims()).map_err(tensor_err("predict"))?
         } else {
             let dit = m.dit().map_err(RuntimeError::Input)?;
+            let dev = &self.device;
             // The stem takes a scalar, [1] or [B] timestep in any float dtype.
-            let out = dit
-                .forward(x, t, context)
-                .map_err(tensor_err(format!("forward of '{name}'")))?;
+            let out = (|| {
+                dit.forward(
+                    &x.to_device(dev)?,
+                    &t.to_device(dev)?,
+                    &context.to_device(dev)?,
+                )?
+                .to_device(&Device::Cpu)
+            })()
+            .map_err(tensor_err(format!("forward of '{name}'")))?;
             dit.take_streamed();
             out
         };
@@ -941,9 +1029,20 @@ impl Runtime {
         };
         check_continuation(state, o, &cut)?;
         let started = std::time::Instant::now();
-        let latent = latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?;
+        // Scripts hold host tensors; the pass runs where the model is.
+        let dev = self.device.clone();
+        let on_device = |t: &Tensor, what: &str| t.to_device(&dev).map_err(tensor_err(what));
+        let latent = on_device(
+            &latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?,
+            "latent",
+        )?;
+        let positive = on_device(&o.positive, "positive context")?;
+        let negative = o
+            .negative
+            .as_ref()
+            .map(|n| on_device(n, "negative context"))
+            .transpose()?;
         let x = initial_x(state, o, &latent, cut[0])?;
-        let dev = latent.device().clone();
         let model_t = model_timesteps(o, &full);
         let mut calls = 0usize;
         let steps = cut.len() - 1;
@@ -969,17 +1068,32 @@ impl Runtime {
                 }
                 x - (v * sigma as f64)?
             };
-            let cond = d(&o.positive)?;
+            let cond = d(&positive)?;
             calls += 1;
             if !needs_uncond {
                 return Ok(cond);
             }
-            let uncond = d(o.negative.as_ref().expect("checked above"))?;
+            let uncond = d(negative.as_ref().expect("checked above"))?;
             calls += 1;
             guidance::cfg_combine(&cond, &uncond, o.cfg)
         };
+        // Streamed bytes per step, with the rate the forwards sustained.
+        let streamed_total = std::cell::Cell::new(0u64);
+        let step_started = std::cell::Cell::new(std::time::Instant::now());
         let mut on_step = |i: usize, n: usize, sigma: f32| {
             done.set(i + 1);
+            let bytes = model.take_streamed();
+            if bytes > 0 {
+                let secs = step_started.get().elapsed().as_secs_f64();
+                tracing::info!(
+                    "step {}/{n}: streamed {:.2} GB in {secs:.2}s ({:.1} GB/s effective)",
+                    i + 1,
+                    bytes as f64 / 1e9,
+                    bytes as f64 / secs.max(1e-9) / 1e9
+                );
+                streamed_total.set(streamed_total.get() + bytes);
+            }
+            step_started.set(std::time::Instant::now());
             on_step(i, n, sigma)
         };
         // ComfyUI's default noise sampler: a generator seeded like the initial noise.
@@ -1009,7 +1123,10 @@ impl Runtime {
             samplers::div_scalar(&x, 1.0 - last).map_err(tensor_err("inverse noise scaling"))?;
         state.sigma = Some(last);
         state.handoff = Some((out.clone(), x));
-        let streamed = model.take_streamed();
+        let out = out
+            .to_device(&Device::Cpu)
+            .map_err(tensor_err("the final latent"))?;
+        let streamed = streamed_total.get() + model.take_streamed();
         let report = SampleReport {
             steps_run: cut.len() - 1,
             model_calls: calls,
@@ -1152,7 +1269,9 @@ fn initial_x(state: &SolverState, o: &SampleOptions, latent: &Tensor, s0: f32) -
                         latent.dims()
                     )));
                 }
-                n.to_dtype(DType::F32).map_err(tensor_err("noise"))?
+                n.to_dtype(DType::F32)
+                    .and_then(|n| n.to_device(latent.device()))
+                    .map_err(tensor_err("noise"))?
             }
             None => {
                 let v = noise::torch_randn(o.seed, latent.elem_count());
@@ -1275,6 +1394,33 @@ fn check_sigmas(s: &[f32]) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// A DiT's bytes held in `dtype` on `device`, in all and per block. fp8
+/// resident keeps fp8 weights at 1 byte; the rest (norms, biases, scales,
+/// unquantised layers) is held in the compute dtype.
+fn dit_bytes(detected: &Detected, dtype: DType, device: &Device) -> (u64, Vec<u64>) {
+    let compute = crate::models::wan::dit::compute_dtype(dtype, device);
+    let held = |e: &TensorEntry| -> u64 {
+        let per = if dtype == DType::F8E4M3 && e.dtype != safetensors::Dtype::F8_E4M3 {
+            compute.size_in_bytes()
+        } else {
+            dtype.size_in_bytes()
+        };
+        (e.numel() * per) as u64
+    };
+    let bytes_in = |prefix: &str| -> u64 {
+        detected
+            .tensors
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, e)| held(e))
+            .sum()
+    };
+    let blocks = (0..detected.cfg.num_layers)
+        .map(|i| bytes_in(&format!("blocks.{i}.")))
+        .collect();
+    (bytes_in(""), blocks)
 }
 
 fn dominant_dtype(d: &Detected) -> DType {

@@ -20,6 +20,8 @@ pub struct TextEncoder {
     pub tokenizer: Option<UmT5Tokenizer>,
     /// Where the tokenizer came from, for messages.
     pub tokenizer_from: String,
+    /// Where the weights are: ids go there, hidden states come back.
+    pub device: Device,
 }
 
 /// What `prepare` learned from the header: the mapping and the config.
@@ -106,6 +108,7 @@ pub fn load(
         encoder,
         tokenizer,
         tokenizer_from,
+        device: dev.clone(),
     })
 }
 
@@ -181,9 +184,13 @@ impl TextEncoder {
 
     /// The encoder's last hidden state for ids and mask [B, L].
     pub fn encode_ids(&self, ids: &Tensor, mask: &Tensor) -> Result<Tensor, String> {
-        self.encoder
-            .forward(ids, mask)
-            .map_err(|e| super::runtime::plain_error(&e))
+        let dev = &self.device;
+        (|| {
+            self.encoder
+                .forward(&ids.to_device(dev)?, &mask.to_device(dev)?)?
+                .to_device(&Device::Cpu)
+        })()
+        .map_err(|e| super::runtime::plain_error(&e))
     }
 
     /// The context Wan and diffusers hand the DiT: the prompt's rows,

@@ -49,12 +49,20 @@ pub fn vram_report(rt: &crate::runtime::Runtime) -> Map {
     v.insert("kind".into(), "vram".into());
     v.insert(
         "device".into(),
-        format!("{:?}", rt.device).to_lowercase().into(),
+        crate::runtime::device::label(&rt.device).into(),
     );
     v.insert("budget".into(), int(l.budget()));
     v.insert("used".into(), int(l.used()));
     v.insert("free".into(), int(l.free()));
     v.insert("offloaded".into(), int(l.offloaded()));
+    v.insert("pinned".into(), int(l.pinned()));
+    if let Some((drv, check)) = rt.driver_check() {
+        v.insert("driver_free".into(), int(drv.free));
+        v.insert("driver_total".into(), int(drv.total));
+        v.insert("driver_held".into(), int(check.driver_held));
+        v.insert("gap".into(), Dynamic::from(check.gap));
+        v.insert("leak".into(), check.leak.into());
+    }
     v.insert("models".into(), Dynamic::from_array(models));
     v
 }
@@ -81,7 +89,11 @@ pub fn ram_report(rt: &crate::runtime::Runtime) -> Map {
     v.insert("kind".into(), "ram".into());
     v.insert("rss".into(), int(memstat::rss()));
     v.insert("peak_rss".into(), int(memstat::peak_rss()));
-    v.insert("host".into(), int(rt.ledger().host()));
+    v.insert(
+        "host".into(),
+        int(rt.ledger().host() + rt.ledger().pinned()),
+    );
+    v.insert("pinned".into(), int(rt.ledger().pinned()));
     v
 }
 

@@ -37,12 +37,17 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             denormalize(&latent).map_err(|e| script_err(format!("decode: {}", plain(&e))))?
         };
         let started = std::time::Instant::now();
+        let z = z
+            .to_device(vae.device())
+            .map_err(|e| script_err(format!("decode: {}", plain(&e))))?;
         let mut chunks = vae
             .decode_chunks(&z, clamp)
             .map_err(|e| script_err(format!("decode: {}", plain(&e))))?;
         let total = chunks.len_latent();
         let mut parts = Vec::with_capacity(total);
         for (i, c) in chunks.by_ref().enumerate() {
+            // Each frame chunk comes back to the host as it is done.
+            let c = c.and_then(|c| c.to_device(&candle_core::Device::Cpu));
             parts.push(c.map_err(|e| script_err(format!("decode: {}", plain(&e))))?);
             tracing::debug!("decoded latent frame {}/{total}", i + 1);
         }
@@ -90,8 +95,9 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
         }
         let vae = lm.vae().map_err(script_err)?;
         let act = activations::vae_encode(vae.config(), video.dims());
-        let mu = vae
-            .encode(&video)
+        let mu = video
+            .to_device(vae.device())
+            .and_then(|v| vae.encode(&v)?.to_device(&candle_core::Device::Cpu))
             .map_err(|e| script_err(format!("encode: {}", plain(&e))))?;
         rt.note_use(m.id, &at, "encode", act, String::new());
         if raw {

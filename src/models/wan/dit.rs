@@ -128,7 +128,7 @@ impl Proj {
         let y = if self.inner.weight().dtype() == self.mm_dtype {
             self.inner.forward(&x)?
         } else {
-            let w = self.inner.weight().to_dtype(self.mm_dtype)?;
+            let w = widen(self.inner.weight(), self.mm_dtype)?;
             let w = match &self.scale {
                 Some(s) => w.broadcast_mul(s)?,
                 None => w,
@@ -142,6 +142,16 @@ impl Proj {
         };
         y.to_dtype(self.act_dtype)
     }
+}
+
+/// `w` in `dtype`; fp8 on a CUDA card goes through [`super::fp8_cuda`]
+/// (candle 0.11.1's own fp8 casts fail there).
+fn widen(w: &Tensor, dtype: DType) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if w.dtype() == DType::F8E4M3 && w.device().is_cuda() {
+        return super::fp8_cuda::widen(w, dtype);
+    }
+    w.to_dtype(dtype)
 }
 
 /// The scale of an fp8 weight kept resident (`weight` is F8E4M3): the

@@ -430,6 +430,11 @@ impl WanVae {
         self.dtype
     }
 
+    /// Where the weights are (inputs must be moved there).
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Decodes raw latents z [B, z_dim, T, h, w] (denormalised: see
     /// [`denormalize`]) to video [B, 3, 1 + 4(T-1), 8h, 8w] in f32, clamped to
     /// [-1, 1] like diffusers' `decode`.

@@ -1,0 +1,645 @@
+//! `baton bench device`: the figures that make the memory promises facts on
+//! a real card, measured in one process on the session's device.
+//!
+//! - host-to-device bandwidth from pinned memory, and `load_model` of a
+//!   page-cached checkpoint onto the device;
+//! - `delete_model` against the driver: free memory back to its baseline;
+//! - the two-expert pipeline's peak device memory, sequential against both
+//!   loaded;
+//! - forward time resident against half the blocks streamed (pinned, on the
+//!   copy stream, with and without read-ahead);
+//! - the swap: delete one expert, load the other, first step;
+//! - one forward at 75,600 tokens (720p x 81 frames) with the 14B model's
+//!   block dimensions: the query-chunked attention's time and peak memory,
+//!   against the activation formula.
+//!
+//! On a card, memory figures are the driver's (`cuMemGetInfo`, polled every
+//! half millisecond for peaks, above the session's baseline); on the CPU the
+//! same code runs with RSS in their place, as a dry run of the script that
+//! carries this to a GPU machine (`scripts/device_check.sh`).
+
+use super::load::{block_params, write_checkpoint_seeded, TempFile};
+use crate::models::wan::WanConfig;
+use crate::runtime::device::{driver_memory, driver_memory_now, label};
+use crate::runtime::residency::stream_buffers;
+use crate::runtime::size::mib;
+use crate::runtime::{memstat, LoadOptions, Runtime};
+use candle_core::{DType, Device, Tensor};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct DeviceBenchOptions {
+    /// Size of each of the two bench experts, in GB (bf16, Wan 1.3B block
+    /// dimensions, as many blocks as it takes).
+    pub size_gb: f64,
+    /// Latent of the forwards and samples, in pixels and frames.
+    pub width: usize,
+    pub height: usize,
+    pub frames: usize,
+    pub context_len: usize,
+    pub repeats: usize,
+    /// Tokens of the long-attention forward (0 skips it).
+    pub long_tokens: usize,
+    pub dir: Option<PathBuf>,
+}
+
+/// A bench checkpoint in `dir`, removed when dropped.
+fn temp_file(dir: &Path, what: &str) -> TempFile {
+    TempFile(dir.join(format!(
+        "baton-bench-{what}-{}.safetensors",
+        std::process::id()
+    )))
+}
+
+/// Memory as the device counts it: the driver's used bytes on a card,
+/// RSS on the CPU.
+fn used_now(dev: &Device) -> u64 {
+    match driver_memory(dev) {
+        Some(m) => m.used(),
+        None => {
+            memstat::trim();
+            memstat::rss()
+        }
+    }
+}
+
+/// The highest memory use while it runs: a thread polling the driver on a
+/// card, the kernel's VmHWM on the CPU.
+struct PeakMeter {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PeakMeter {
+    fn start(dev: &Device) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(0));
+        let thread = if dev.is_cuda() {
+            let (dev, stop, peak) = (dev.clone(), stop.clone(), peak.clone());
+            Some(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(m) = driver_memory_now(&dev) {
+                        peak.fetch_max(m.used(), Ordering::Relaxed);
+                    }
+                    std::thread::sleep(std::time::Duration::from_micros(500));
+                }
+            }))
+        } else {
+            memstat::trim();
+            memstat::reset_peak();
+            None
+        };
+        Self { stop, peak, thread }
+    }
+
+    fn finish(mut self, dev: &Device) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.take() {
+            Some(t) => {
+                let _ = t.join();
+                self.peak.load(Ordering::Relaxed).max(used_now(dev))
+            }
+            None => memstat::peak_rss(),
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite timings"));
+    v[v.len() / 2]
+}
+
+/// Wan 2.1 T2V-1.3B block dimensions with `layers` blocks.
+fn expert_config(layers: usize) -> WanConfig {
+    WanConfig {
+        dim: 1536,
+        ffn_dim: 8960,
+        freq_dim: 256,
+        text_dim: 4096,
+        in_dim: 16,
+        out_dim: 16,
+        num_heads: 12,
+        num_layers: layers.max(2),
+        patch_size: [1, 2, 2],
+        eps: 1e-6,
+        rope_theta: 10000.0,
+    }
+}
+
+/// The 14B expert's dimensions (Wan 2.2 T2V-A14B) with `layers` blocks.
+fn a14b_config(layers: usize) -> WanConfig {
+    WanConfig {
+        dim: 5120,
+        ffn_dim: 13824,
+        num_heads: 40,
+        num_layers: layers,
+        ..expert_config(2)
+    }
+}
+
+struct Inputs {
+    x: Tensor,
+    t: Tensor,
+    ctx: Tensor,
+    tokens: usize,
+}
+
+fn inputs(width: usize, height: usize, frames: usize, context: usize) -> anyhow::Result<Inputs> {
+    let latent = [1, 16, (frames.max(1) - 1) / 4 + 1, height / 8, width / 8];
+    let tokens = latent[2] * (latent[3] / 2) * (latent[4] / 2);
+    Ok(Inputs {
+        x: Tensor::randn(0f32, 1.0, &latent, &Device::Cpu)?,
+        t: Tensor::new(&[700f32], &Device::Cpu)?,
+        ctx: (Tensor::randn(0f32, 1.0, (1, context, 4096), &Device::Cpu)? * 0.1)?,
+        tokens,
+    })
+}
+
+fn path_str(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Table rows: what, figure, how it was taken.
+struct Table(Vec<(String, String, String)>);
+
+impl Table {
+    fn row(&mut self, what: impl Into<String>, figure: impl Into<String>, note: impl Into<String>) {
+        self.0.push((what.into(), figure.into(), note.into()));
+    }
+
+    fn render(&self) -> String {
+        let w0 = self.0.iter().map(|r| r.0.len()).max().unwrap_or(0);
+        let w1 = self.0.iter().map(|r| r.1.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (a, b, c) in &self.0 {
+            let _ = writeln!(out, "{a:<w0$}  {b:>w1$}  {c}");
+        }
+        out
+    }
+}
+
+/// Everything the sections share.
+struct Ctx<'a> {
+    o: &'a DeviceBenchOptions,
+    dev: &'a Device,
+    cfg: WanConfig,
+    bytes: u64,
+    high: String,
+    low: String,
+    i: Inputs,
+    unit: &'static str,
+}
+
+/// Runs one section; a failure becomes a FAILED row and the rest still run,
+/// so one broken kernel does not cost the whole table (device time is scarce).
+fn section(t: &mut Table, name: &str, f: impl FnOnce(&mut Table) -> anyhow::Result<()>) {
+    if let Err(e) = f(t) {
+        t.row(name, "FAILED", format!("{e:#}"));
+    }
+}
+
+pub fn run(o: &DeviceBenchOptions, dev: &Device) -> anyhow::Result<String> {
+    memstat::configure_allocator();
+    let on_card = dev.is_cuda();
+    let dir = o.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let cfg = {
+        let per_block = 2 * block_params(&expert_config(1));
+        expert_config(((o.size_gb * 1e9) as u64 / per_block) as usize)
+    };
+    let high = temp_file(&dir, "high");
+    let low = temp_file(&dir, "low");
+    let t0 = Instant::now();
+    let bytes = write_checkpoint_seeded(&high.0, &cfg, 1)?;
+    write_checkpoint_seeded(&low.0, &cfg, 2)?;
+    let write_s = t0.elapsed().as_secs_f64();
+    let c = Ctx {
+        o,
+        dev,
+        cfg,
+        bytes,
+        high: path_str(&high.0),
+        low: path_str(&low.0),
+        i: inputs(o.width, o.height, o.frames, o.context_len)?,
+        unit: if on_card { "device (driver)" } else { "RSS" },
+    };
+    let mut out = String::new();
+    writeln!(
+        out,
+        "baton bench device on {}: two bf16 experts of {} (Wan 1.3B blocks: dim {}, ffn {}, {} layers; \
+         written in {write_s:.1} s), latent {:?} ({} tokens), context {}, medians of {} runs; memory is {}",
+        label(dev),
+        mib(bytes),
+        c.cfg.dim,
+        c.cfg.ffn_dim,
+        c.cfg.num_layers,
+        c.i.x.dims(),
+        c.i.tokens,
+        o.context_len,
+        o.repeats.max(1),
+        c.unit
+    )?;
+    if let Some(m) = driver_memory(dev) {
+        writeln!(out, "driver: {} free of {}", mib(m.free), mib(m.total))?;
+    }
+    let mut t = Table(Vec::new());
+    #[cfg(feature = "cuda")]
+    if on_card {
+        section(&mut t, "host->device copy, pinned", |t| {
+            let gbps = crate::runtime::pinned::h2d_gbps(dev, 1 << 30, 3)?;
+            t.row(
+                "host->device copy, pinned",
+                format!("{gbps:.1} GB/s"),
+                "1 GiB on a second stream, best of 3",
+            );
+            Ok(())
+        });
+    }
+    section(&mut t, "load and delete", |t| load_and_delete(&c, t));
+    for both in [true, false] {
+        let name = if both {
+            "two experts, both loaded"
+        } else {
+            "two experts, sequential"
+        };
+        section(&mut t, name, |t| two_experts(&c, both, t));
+    }
+    section(&mut t, "forwards", |t| forwards(&c, t));
+    section(&mut t, "swap", |t| swap(&c, t));
+    drop(high);
+    drop(low);
+    section(&mut t, "fp8_scaled on the device", |t| {
+        fp8_parity(dev, &dir, t)
+    });
+    if o.long_tokens > 0 {
+        section(&mut t, "long attention", |t| {
+            long_attention(o, dev, &dir, t)
+        });
+    } else {
+        t.row("forward at 75,600 tokens", "skipped", "--long-tokens 0");
+    }
+    out.push_str(&t.render());
+    if t.0
+        .iter()
+        .any(|r| r.1 == "FAILED" || r.2.contains("FAILED"))
+    {
+        print!("{out}");
+        anyhow::bail!("a check on {} failed (see the table)", label(dev));
+    }
+    Ok(out)
+}
+
+fn quiet() -> impl FnMut(usize, usize, f32) {
+    |_, _, _| {}
+}
+
+/// Load GB/s from the page cache, the ledger against the driver, and
+/// delete back to the baseline.
+fn load_and_delete(c: &Ctx, t: &mut Table) -> anyhow::Result<()> {
+    let dev = c.dev;
+    super::load::sequential_read(Path::new(&c.high))?;
+    let baseline = used_now(dev);
+    let mut rt = Runtime::new(dev.clone(), None);
+    let t0 = Instant::now();
+    let h = rt.load_model(&c.high, &LoadOptions::default(), "bench")?;
+    dev.synchronize()?;
+    let load_s = t0.elapsed().as_secs_f64();
+    t.row(
+        "load_model, page cache -> device",
+        format!("{:.2} GB/s", c.bytes as f64 / load_s / 1e9),
+        format!("{} in {load_s:.2} s", mib(c.bytes)),
+    );
+    let loaded = used_now(dev);
+    if let Some((_, check)) = rt.driver_check() {
+        t.row(
+            "after load: driver minus ledger",
+            format!("{:+.1} MiB", check.gap as f64 / (1 << 20) as f64),
+            format!(
+                "driver shows {} held, ledger {}{}",
+                mib(check.driver_held),
+                mib(check.ledger),
+                if check.leak { " (LEAK)" } else { "" }
+            ),
+        );
+    }
+    rt.predict(h, &c.i.x, &c.i.t, &c.i.ctx)?;
+    rt.delete_model(h, "bench")?;
+    let after = used_now(dev);
+    t.row(
+        "delete_model: back to baseline",
+        format!("{:+} bytes", after as i64 - baseline as i64),
+        format!(
+            "{} {} before load, {} loaded, {} after a forward and delete",
+            c.unit,
+            mib(baseline),
+            mib(loaded),
+            mib(after)
+        ),
+    );
+    Ok(())
+}
+
+/// Peak memory of high (2 steps) then low (2 steps), both loaded or one at
+/// a time.
+fn two_experts(c: &Ctx, both: bool, t: &mut Table) -> anyhow::Result<()> {
+    let dev = c.dev;
+    let load = LoadOptions::default();
+    let mut none = quiet();
+    super::load::sequential_read(Path::new(&c.low))?;
+    let base = used_now(dev);
+    let mut rt = Runtime::new(dev.clone(), None);
+    let meter = PeakMeter::start(dev);
+    let hi = rt.load_model(&c.high, &load, "bench")?;
+    let lo = if both {
+        Some(rt.load_model(&c.low, &load, "bench")?)
+    } else {
+        None
+    };
+    let x = rt.sample(
+        hi,
+        &c.i.x,
+        &super::pass(&c.i.ctx, 5.0, 0, 2),
+        &mut none,
+        "bench",
+    )?;
+    if !both {
+        rt.delete_model(hi, "bench")?;
+    }
+    let lo = match lo {
+        Some(l) => l,
+        None => rt.load_model(&c.low, &load, "bench")?,
+    };
+    rt.sample(
+        lo,
+        &x,
+        &super::pass(&c.i.ctx, 5.0, 2, 4),
+        &mut none,
+        "bench",
+    )?;
+    let peak = meter.finish(dev);
+    let on_card = dev.is_cuda();
+    t.row(
+        format!(
+            "two experts, {}: peak",
+            if both { "both loaded" } else { "sequential" }
+        ),
+        mib(peak.saturating_sub(if on_card { base } else { 0 })),
+        if on_card {
+            "device memory above the session's start"
+        } else {
+            "peak RSS of the process"
+        },
+    );
+    Ok(())
+}
+
+/// Forward time resident, and with half the blocks streamed with and
+/// without read-ahead.
+fn forwards(c: &Ctx, t: &mut Table) -> anyhow::Result<()> {
+    let dev = c.dev;
+    let mut resident_s = 0.0;
+    for (case, streamed_pct, ahead) in [
+        ("resident", 0usize, true),
+        ("50% streamed, read-ahead", 50, true),
+        ("50% streamed, no read-ahead", 50, false),
+    ] {
+        let block = 2 * block_params(&c.cfg);
+        let n = c.cfg.num_layers * streamed_pct / 100;
+        let budget = (n > 0)
+            .then(|| c.bytes - n as u64 * block + stream_buffers(n, ahead) * block + (8 << 20));
+        let mut rt = Runtime::new(dev.clone(), budget);
+        let opts = LoadOptions {
+            prefetch: ahead,
+            ..Default::default()
+        };
+        let m = rt.load_model(&c.high, &opts, "bench")?;
+        let offloaded = rt.ledger().get(m).map_or(0, |e| e.offloaded);
+        let (x, tt, ctx) = (&c.i.x, &c.i.t, &c.i.ctx);
+        rt.predict(m, x, tt, ctx)?; // warm-up
+        let mut times = Vec::new();
+        for _ in 0..c.o.repeats.max(1) {
+            let t0 = Instant::now();
+            rt.predict(m, x, tt, ctx)?;
+            dev.synchronize()?;
+            times.push(t0.elapsed().as_secs_f64());
+        }
+        let s = median(times);
+        if streamed_pct == 0 {
+            resident_s = s;
+        }
+        let note = if offloaded == 0 {
+            "all blocks on the device".to_string()
+        } else {
+            format!(
+                "{} streamed per forward ({:.0}% of the model), {:.1} GB/s effective, {:.2}x resident",
+                mib(offloaded),
+                100.0 * offloaded as f64 / c.bytes as f64,
+                offloaded as f64 / s / 1e9,
+                s / resident_s
+            )
+        };
+        t.row(format!("forward, {case}"), format!("{s:.3} s"), note);
+    }
+    Ok(())
+}
+
+/// delete high + load low + one step, low prefetched while high sampled.
+fn swap(c: &Ctx, t: &mut Table) -> anyhow::Result<()> {
+    let dev = c.dev;
+    let load = LoadOptions::default();
+    let mut none = quiet();
+    let mut rt = Runtime::new(dev.clone(), None);
+    let hi = rt.load_model(&c.high, &load, "bench")?;
+    rt.prefetch_model(&c.low, "bench")?;
+    let x = rt.sample(
+        hi,
+        &c.i.x,
+        &super::pass(&c.i.ctx, 5.0, 0, 2),
+        &mut none,
+        "bench",
+    )?;
+    let t0 = Instant::now();
+    rt.delete_model(hi, "bench")?;
+    let lo = rt.load_model(&c.low, &load, "bench")?;
+    rt.sample(
+        lo,
+        &x,
+        &super::pass(&c.i.ctx, 5.0, 2, 3),
+        &mut none,
+        "bench",
+    )?;
+    dev.synchronize()?;
+    t.row(
+        "swap: delete high + load low + 1 step",
+        format!("{:.2} s", t0.elapsed().as_secs_f64()),
+        "low prefetched into the page cache while high sampled",
+    );
+    Ok(())
+}
+
+/// The built-in tiny expert with every block linear quantised to fp8 (per
+/// tensor scale, ComfyUI's legacy `scale_weight` encoding), loaded kept as
+/// fp8 (`dtype: "fp8"`: dequantised per layer at forward time) and with the
+/// automatic choice, each against the same weights dequantised in f32.
+fn fp8_parity(dev: &Device, dir: &Path, t: &mut Table) -> anyhow::Result<()> {
+    let src = crate::runtime::builtin::materialise("wan-tiny-high").map_err(anyhow::Error::msg)?;
+    let base = candle_core::safetensors::load(&src, &Device::Cpu)?;
+    let (mut q, mut r) = (
+        std::collections::HashMap::new(),
+        std::collections::HashMap::new(),
+    );
+    for (k, w) in base {
+        if !(k.starts_with("blocks.") && k.ends_with(".weight") && w.rank() == 2) {
+            q.insert(k.clone(), w.clone());
+            r.insert(k, w);
+            continue;
+        }
+        let scale = w.abs()?.max_all()?.to_scalar::<f32>()? / 448.0;
+        let qw = (w / scale as f64)?.to_dtype(DType::F8E4M3)?;
+        r.insert(k.clone(), (qw.to_dtype(DType::F32)? * scale as f64)?);
+        let stem = k.strip_suffix(".weight").unwrap_or(&k);
+        q.insert(
+            format!("{stem}.scale_weight"),
+            Tensor::new(&[scale], &Device::Cpu)?,
+        );
+        q.insert(k, qw);
+    }
+    q.insert(
+        "scaled_fp8".into(),
+        Tensor::zeros(0, DType::F8E4M3, &Device::Cpu)?,
+    );
+    let fp8 = temp_file(&dir, "fp8");
+    let reference = temp_file(&dir, "ref");
+    candle_core::safetensors::save(&q, &fp8.0)?;
+    candle_core::safetensors::save(&r, &reference.0)?;
+    let tiny = crate::runtime::builtin::tiny_config();
+    let i = inputs(64, 64, 5, 16)?;
+    let mut rt = Runtime::new(dev.clone(), None);
+    let load = |dtype| LoadOptions {
+        dtype,
+        heads: Some(tiny.num_heads),
+        ..Default::default()
+    };
+    let m = rt.load_model(&path_str(&reference.0), &load(Some(DType::F32)), "bench")?;
+    let want = rt.predict(m, &i.x, &i.t, &i.ctx)?;
+    rt.delete_model(m, "bench")?;
+    let whole = {
+        let m = rt.load_model(&path_str(&fp8.0), &load(Some(DType::F8E4M3)), "bench")?;
+        let bytes = rt.model(m)?.bytes;
+        rt.delete_model(m, "bench")?;
+        bytes
+    };
+    for (case, dtype, budget) in [
+        ("kept as fp8", Some(DType::F8E4M3), None),
+        (
+            "kept as fp8, streamed",
+            Some(DType::F8E4M3),
+            Some(whole * 6 / 10),
+        ),
+        ("automatic", None, None),
+    ] {
+        rt.set_budget(budget.unwrap_or(u64::MAX / 4));
+        let m = rt.load_model(&path_str(&fp8.0), &load(dtype), "bench")?;
+        let offloaded = rt.ledger().get(m).map_or(0, |e| e.offloaded);
+        let held = rt.model(m)?.info.dtype;
+        let got = rt.predict(m, &i.x, &i.t, &i.ctx)?;
+        let err = ((&got - &want)?.sqr()?.sum_all()?.sqrt()? / want.sqr()?.sum_all()?.sqrt()?)?
+            .to_scalar::<f32>()?;
+        // Kept as fp8 the linears run in the device's bf16 matmul dtype
+        // (f32 on the CPU); bf16 rounding of activations bounds the error.
+        let tol = if held == DType::F8E4M3 && !dev.is_cuda() {
+            1e-4
+        } else {
+            2e-2
+        };
+        t.row(
+            format!("fp8_scaled, {case}: rel L2 vs f32"),
+            format!("{err:.2e}"),
+            format!(
+                "held as {} ({} on the device, {} streamed), tolerance {tol:.0e}: {}",
+                crate::runtime::runtime::dtype_label(held),
+                mib(rt.ledger().used()),
+                mib(offloaded),
+                if err <= tol { "ok" } else { "FAILED" }
+            ),
+        );
+        rt.delete_model(m, "bench")?;
+    }
+    Ok(())
+}
+
+/// One forward of a one-block model with the 14B expert's dimensions at
+/// `long_tokens` tokens (75,600 = 720p x 81 frames), in bf16.
+fn long_attention(
+    o: &DeviceBenchOptions,
+    dev: &Device,
+    dir: &Path,
+    t: &mut Table,
+) -> anyhow::Result<()> {
+    let cfg = a14b_config(1);
+    let file = temp_file(&dir, "a14b");
+    write_checkpoint_seeded(&file.0, &cfg, 3)?;
+    // A latent whose patch grid has long_tokens tokens: 21 frames of 45 x 80
+    // patches at 75,600 (720p x 81); shorter runs keep the frame count.
+    let frames = 21usize;
+    let per_frame = (o.long_tokens / frames).max(1);
+    let h = ((per_frame as f64 * 9.0 / 16.0).sqrt().round() as usize).max(1);
+    let w = (per_frame / h).max(1);
+    let x = Tensor::randn(0f32, 1.0, (1, 16, frames, 2 * h, 2 * w), &Device::Cpu)?;
+    let tokens = frames * h * w;
+    let ctx = (Tensor::randn(0f32, 1.0, (1, 512, 4096), &Device::Cpu)? * 0.1)?;
+    let tt = Tensor::new(&[700f32], &Device::Cpu)?;
+    let base = used_now(dev);
+    let mut rt = Runtime::new(dev.clone(), None);
+    let opts = LoadOptions {
+        dtype: Some(DType::BF16),
+        ..Default::default()
+    };
+    let m = rt.load_model(&path_str(&file.0), &opts, "bench")?;
+    let weights = rt.ledger().used();
+    rt.predict(m, &x, &tt, &ctx)?; // warm-up: kernels, allocator pools
+    let meter = PeakMeter::start(dev);
+    let t0 = Instant::now();
+    let out = rt.predict(m, &x, &tt, &ctx)?;
+    dev.synchronize()?;
+    let secs = t0.elapsed().as_secs_f64();
+    let peak = meter
+        .finish(dev)
+        .saturating_sub(if dev.is_cuda() { base } else { 0 });
+    let finite = out
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .sum_all()?
+        .to_scalar::<f32>()?
+        .is_finite();
+    let formula = crate::models::wan::memory::activation_peak_bytes_on(
+        &cfg,
+        tokens,
+        512,
+        DType::BF16,
+        dev,
+        false,
+        crate::models::wan::dit::attention_score_cap(),
+    );
+    t.row(
+        format!("forward at {tokens} tokens, 14B block dims"),
+        format!("{secs:.2} s"),
+        format!(
+            "query-chunked attention (score cap {}), output finite: {finite}",
+            mib(crate::models::wan::dit::attention_score_cap() as u64)
+        ),
+    );
+    t.row(
+        "  its peak memory above weights",
+        mib(peak.saturating_sub(weights)),
+        format!(
+            "formula predicts {} of activations; weights {}",
+            mib(formula),
+            mib(weights)
+        ),
+    );
+    Ok(())
+}
