@@ -26,7 +26,7 @@ fi
   "nvidia-cuda-nvcc==13.0.88" "nvidia-cuda-crt==13.0.88" "nvidia-nvvm==13.0.88" \
   "nvidia-cuda-runtime==13.0.96" "nvidia-cuda-cccl==13.0.85" "nvidia-cuda-nvrtc==13.0.88" \
   "nvidia-curand==10.4.0.35" "nvidia-cublas==13.0.2.14"
-cu13=$(echo "$venv"/lib/python3*/site-packages/nvidia/cu13)
+cu13=$(realpath "$venv"/lib/python3*/site-packages/nvidia/cu13)
 
 # The wheels ship only versioned libraries; the linker wants the plain names.
 (cd "$cu13/lib" && for f in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnvrtc.so.13 libcurand.so.10; do
