@@ -19,6 +19,7 @@
 //! carries this to a GPU machine (`scripts/device_check.sh`).
 
 use super::load::{block_params, write_checkpoint_seeded, TempFile};
+use super::{median, swap_secs, two_expert_pipeline, Pipeline};
 use crate::models::wan::WanConfig;
 use crate::runtime::device::{driver_memory, driver_memory_now, label};
 use crate::runtime::residency::stream_buffers;
@@ -106,11 +107,6 @@ impl PeakMeter {
             None => memstat::peak_rss(),
         }
     }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("finite timings"));
-    v[v.len() / 2]
 }
 
 /// Wan 2.1 T2V-1.3B block dimensions with `layers` blocks.
@@ -292,10 +288,6 @@ pub fn run(o: &DeviceBenchOptions, dev: &Device) -> anyhow::Result<String> {
     Ok(out)
 }
 
-fn quiet() -> impl FnMut(usize, usize, f32) {
-    |_, _, _| {}
-}
-
 /// Load GB/s from the page cache, the ledger against the driver, and
 /// delete back to the baseline.
 fn load_and_delete(c: &Ctx, t: &mut Table) -> anyhow::Result<()> {
@@ -346,39 +338,16 @@ fn load_and_delete(c: &Ctx, t: &mut Table) -> anyhow::Result<()> {
 /// a time.
 fn two_experts(c: &Ctx, both: bool, t: &mut Table) -> anyhow::Result<()> {
     let dev = c.dev;
-    let load = LoadOptions::default();
-    let mut none = quiet();
     super::load::sequential_read(Path::new(&c.low))?;
     let base = used_now(dev);
     let mut rt = Runtime::new(dev.clone(), None);
     let meter = PeakMeter::start(dev);
-    let hi = rt.load_model(&c.high, &load, "bench")?;
-    let lo = if both {
-        Some(rt.load_model(&c.low, &load, "bench")?)
+    let how = if both {
+        Pipeline::BothLoaded
     } else {
-        None
+        Pipeline::Sequential
     };
-    let x = rt.sample(
-        hi,
-        &c.i.x,
-        &super::pass(&c.i.ctx, 5.0, 0, 2),
-        &mut none,
-        "bench",
-    )?;
-    if !both {
-        rt.delete_model(hi, "bench")?;
-    }
-    let lo = match lo {
-        Some(l) => l,
-        None => rt.load_model(&c.low, &load, "bench")?,
-    };
-    rt.sample(
-        lo,
-        &x,
-        &super::pass(&c.i.ctx, 5.0, 2, 4),
-        &mut none,
-        "bench",
-    )?;
+    two_expert_pipeline(&mut rt, (&c.high, &c.low), how, &c.i.x, &c.i.ctx, 5.0)?;
     let peak = meter.finish(dev);
     let on_card = dev.is_cuda();
     t.row(
@@ -448,33 +417,11 @@ fn forwards(c: &Ctx, t: &mut Table) -> anyhow::Result<()> {
 
 /// delete high + load low + one step, low prefetched while high sampled.
 fn swap(c: &Ctx, t: &mut Table) -> anyhow::Result<()> {
-    let dev = c.dev;
-    let load = LoadOptions::default();
-    let mut none = quiet();
-    let mut rt = Runtime::new(dev.clone(), None);
-    let hi = rt.load_model(&c.high, &load, "bench")?;
-    rt.prefetch_model(&c.low, "bench")?;
-    let x = rt.sample(
-        hi,
-        &c.i.x,
-        &super::pass(&c.i.ctx, 5.0, 0, 2),
-        &mut none,
-        "bench",
-    )?;
-    let t0 = Instant::now();
-    rt.delete_model(hi, "bench")?;
-    let lo = rt.load_model(&c.low, &load, "bench")?;
-    rt.sample(
-        lo,
-        &x,
-        &super::pass(&c.i.ctx, 5.0, 2, 3),
-        &mut none,
-        "bench",
-    )?;
-    dev.synchronize()?;
+    let mut rt = Runtime::new(c.dev.clone(), None);
+    let s = swap_secs(&mut rt, (&c.high, &c.low), true, &c.i.x, &c.i.ctx, 5.0)?;
     t.row(
         "swap: delete high + load low + 1 step",
-        format!("{:.2} s", t0.elapsed().as_secs_f64()),
+        format!("{s:.2} s"),
         "low prefetched into the page cache while high sampled",
     );
     Ok(())
@@ -511,8 +458,8 @@ fn fp8_parity(dev: &Device, dir: &Path, t: &mut Table) -> anyhow::Result<()> {
         "scaled_fp8".into(),
         Tensor::zeros(0, DType::F8E4M3, &Device::Cpu)?,
     );
-    let fp8 = temp_file(&dir, "fp8");
-    let reference = temp_file(&dir, "ref");
+    let fp8 = temp_file(dir, "fp8");
+    let reference = temp_file(dir, "ref");
     candle_core::safetensors::save(&q, &fp8.0)?;
     candle_core::safetensors::save(&r, &reference.0)?;
     let tiny = crate::runtime::builtin::tiny_config();
@@ -580,7 +527,7 @@ fn long_attention(
     t: &mut Table,
 ) -> anyhow::Result<()> {
     let cfg = a14b_config(1);
-    let file = temp_file(&dir, "a14b");
+    let file = temp_file(dir, "a14b");
     write_checkpoint_seeded(&file.0, &cfg, 3)?;
     // A latent whose patch grid has long_tokens tokens: 21 frames of 45 x 80
     // patches at 75,600 (720p x 81); shorter runs keep the frame count.

@@ -14,6 +14,7 @@
 //! Peaks come from the kernel's VmHWM, reset before each case
 //! (`/proc/self/clear_refs`); times are medians.
 
+use super::{median, swap_secs, two_expert_pipeline, Pipeline};
 use crate::runtime::prefetch;
 use crate::runtime::residency::stream_buffers;
 use crate::runtime::size::mib;
@@ -39,11 +40,6 @@ struct Inputs {
     x: Tensor,
     ctx: Tensor,
     t: Tensor,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("finite timings"));
-    v[v.len() / 2]
 }
 
 fn secs<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
@@ -180,39 +176,13 @@ fn plain_read(path: &PathBuf) -> anyhow::Result<f64> {
     Ok(s)
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum Pipeline {
-    BothLoaded,
-    Sequential,
-    SequentialPrefetch,
-}
-
 /// Peak RSS of high (2 steps) then low (2 steps) under a budget that holds
 /// one expert, as the demo runs it.
 fn pipeline_peak(i: &Inputs, how: Pipeline) -> anyhow::Result<u64> {
     memstat::trim();
     memstat::reset_peak();
     let mut rt = Runtime::new(Device::Cpu, Some(200 << 20));
-    let o = LoadOptions::default();
-    let mut none = |_: usize, _: usize, _: f32| {};
-    let h = rt.load_model(HIGH, &o, "bench")?;
-    let l = if how == Pipeline::BothLoaded {
-        Some(rt.load_model(LOW, &o, "bench")?)
-    } else {
-        None
-    };
-    if how == Pipeline::SequentialPrefetch {
-        rt.prefetch_model(LOW, "bench")?;
-    }
-    let x = rt.sample(h, &i.x, &super::pass(&i.ctx, 8.0, 0, 2), &mut none, "bench")?;
-    if how != Pipeline::BothLoaded {
-        rt.delete_model(h, "bench")?;
-    }
-    let l = match l {
-        Some(l) => l,
-        None => rt.load_model(LOW, &o, "bench")?,
-    };
-    rt.sample(l, &x, &super::pass(&i.ctx, 8.0, 2, 4), &mut none, "bench")?;
+    two_expert_pipeline(&mut rt, (HIGH, LOW), how, &i.x, &i.ctx, 8.0)?;
     let peak = memstat::peak_rss();
     drop(rt);
     Ok(peak)
@@ -221,26 +191,13 @@ fn pipeline_peak(i: &Inputs, how: Pipeline) -> anyhow::Result<u64> {
 /// delete high + load low + one step, after high sampled two steps; the
 /// low file evicted from the page cache first when `cold`.
 fn swap_time(i: &Inputs, low: &PathBuf, cold: bool, pf: bool) -> anyhow::Result<f64> {
-    let mut rt = Runtime::new(Device::Cpu, Some(200 << 20));
-    let o = LoadOptions::default();
-    let mut none = |_: usize, _: usize, _: f32| {};
-    let h = rt.load_model(HIGH, &o, "bench")?;
     if cold {
         prefetch::evict(low)?;
     } else {
         plain_read(low)?;
     }
-    if pf {
-        rt.prefetch_model(LOW, "bench")?;
-    }
-    let x = rt.sample(h, &i.x, &super::pass(&i.ctx, 8.0, 0, 2), &mut none, "bench")?;
-    let (_, s) = secs(|| {
-        rt.delete_model(h, "bench")?;
-        let l = rt.load_model(LOW, &o, "bench")?;
-        rt.sample(l, &x, &super::pass(&i.ctx, 8.0, 2, 3), &mut none, "bench")?;
-        Ok(())
-    })?;
-    Ok(s)
+    let mut rt = Runtime::new(Device::Cpu, Some(200 << 20));
+    swap_secs(&mut rt, (HIGH, LOW), pf, &i.x, &i.ctx, 8.0)
 }
 
 /// Median forward time with about `pct`% of the blocks streamed, and the

@@ -17,6 +17,7 @@ pub struct BenchOptions {
     pub repeats: usize,
 }
 
+/// The median of timings (the middle one; the upper middle for an even count).
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).expect("finite timings"));
     v[v.len() / 2]
@@ -42,6 +43,74 @@ fn pass(ctx: &Tensor, shift: f32, start: usize, end: usize) -> crate::runtime::S
         noise: None,
         state: None,
     }
+}
+
+/// How the two experts share memory in a bench pipeline.
+#[derive(Clone, Copy, PartialEq)]
+enum Pipeline {
+    BothLoaded,
+    Sequential,
+    /// Sequential, with low read into the page cache while high samples.
+    SequentialPrefetch,
+}
+
+/// High samples steps 0..2 of a 4-step pass, then low steps 2..4: low loaded
+/// beside high from the start, or after high is deleted.
+fn two_expert_pipeline(
+    rt: &mut Runtime,
+    (high, low): (&str, &str),
+    how: Pipeline,
+    x: &Tensor,
+    ctx: &Tensor,
+    shift: f32,
+) -> anyhow::Result<()> {
+    let o = LoadOptions::default();
+    let mut none = |_: usize, _: usize, _: f32| {};
+    let h = rt.load_model(high, &o, "bench")?;
+    let l = if how == Pipeline::BothLoaded {
+        Some(rt.load_model(low, &o, "bench")?)
+    } else {
+        None
+    };
+    if how == Pipeline::SequentialPrefetch {
+        rt.prefetch_model(low, "bench")?;
+    }
+    let x = rt.sample(h, x, &pass(ctx, shift, 0, 2), &mut none, "bench")?;
+    if how != Pipeline::BothLoaded {
+        rt.delete_model(h, "bench")?;
+    }
+    let l = match l {
+        Some(l) => l,
+        None => rt.load_model(low, &o, "bench")?,
+    };
+    rt.sample(l, &x, &pass(ctx, shift, 2, 4), &mut none, "bench")?;
+    Ok(())
+}
+
+/// The swap: after high samples steps 0..2 (with low prefetched into the
+/// page cache meanwhile when `prefetch`), the seconds it takes to delete
+/// high, load low and run low's first step.
+fn swap_secs(
+    rt: &mut Runtime,
+    (high, low): (&str, &str),
+    prefetch: bool,
+    x: &Tensor,
+    ctx: &Tensor,
+    shift: f32,
+) -> anyhow::Result<f64> {
+    let o = LoadOptions::default();
+    let mut none = |_: usize, _: usize, _: f32| {};
+    let h = rt.load_model(high, &o, "bench")?;
+    if prefetch {
+        rt.prefetch_model(low, "bench")?;
+    }
+    let x = rt.sample(h, x, &pass(ctx, shift, 0, 2), &mut none, "bench")?;
+    let t0 = Instant::now();
+    rt.delete_model(h, "bench")?;
+    let l = rt.load_model(low, &o, "bench")?;
+    rt.sample(l, &x, &pass(ctx, shift, 2, 3), &mut none, "bench")?;
+    rt.device.synchronize()?;
+    Ok(t0.elapsed().as_secs_f64())
 }
 
 pub fn run(o: &BenchOptions) -> anyhow::Result<String> {

@@ -15,6 +15,7 @@
 //! (`Entry::pinned`); the two block-sized device buffers in flight are the
 //! stream buffers it already reserves.
 
+use crate::checkpoint::source::expect_shape;
 use crate::models::wan::dit::WanBlock;
 use crate::models::wan::WanConfig;
 use candle_core::cuda::cudarc::driver::{CudaEvent, CudaStream, PinnedHostSlice};
@@ -22,6 +23,7 @@ use candle_core::cuda::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::{DType, Device, Result, Shape, Storage, Tensor};
 use candle_nn::var_builder::{SimpleBackend, VarBuilder};
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// One tensor's bytes in page-locked host memory.
@@ -41,6 +43,8 @@ pub struct PinnedBlocks {
     blocks: Vec<Option<HashMap<String, PinnedTensor>>>,
     bytes: u64,
     dtype: DType,
+    /// The checkpoint, for error messages.
+    path: PathBuf,
 }
 
 /// A block's tensors on their way to the card: usable once `ready` has
@@ -62,6 +66,7 @@ impl PinnedBlocks {
     /// the block asks for, in the dtype it asks for them.
     pub fn build(
         cfg: &WanConfig,
+        path: &Path,
         source_vb: &VarBuilder<'static>,
         streamed: &[usize],
         num_blocks: usize,
@@ -84,6 +89,7 @@ impl PinnedBlocks {
             let recorder = Recorder {
                 inner: source_vb.clone(),
                 seen: seen.clone(),
+                path: path.to_path_buf(),
             };
             let vb = VarBuilder::from_backend(Box::new(recorder), source_vb.dtype(), Device::Cpu);
             drop(WanBlock::new(cfg, vb.pp("blocks").pp(i))?);
@@ -116,6 +122,7 @@ impl PinnedBlocks {
             blocks,
             bytes,
             dtype: source_vb.dtype(),
+            path: path.to_path_buf(),
         })
     }
 
@@ -188,7 +195,10 @@ impl PinnedBlocks {
             .wait(&up.ready)
             .map_err(|e| cuda_err("ordering the copy before the block", e))?;
         let vb = VarBuilder::from_backend(
-            Box::new(Replay(up.tensors)),
+            Box::new(Replay {
+                tensors: up.tensors,
+                path: self.path.clone(),
+            }),
             self.dtype,
             self.device.clone(),
         );
@@ -199,7 +209,10 @@ impl PinnedBlocks {
 /// Serves a block's uploaded tensors as they were recorded. A request in
 /// fp8 means "as the file holds it" (fp8 weights stay fp8, the rest comes
 /// in a compute dtype), so it is never converted; other requests are.
-struct Replay(HashMap<String, Tensor>);
+struct Replay {
+    tensors: HashMap<String, Tensor>,
+    path: PathBuf,
+}
 
 impl SimpleBackend for Replay {
     fn get(
@@ -210,12 +223,15 @@ impl SimpleBackend for Replay {
         dtype: DType,
         dev: &Device,
     ) -> Result<Tensor> {
-        shaped(name, self.get_unchecked(name, dtype, dev)?, &s)
+        expect_shape(&self.path, name, self.get_unchecked(name, dtype, dev)?, &s)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> Result<Tensor> {
-        let t = self.0.get(name).ok_or_else(|| {
-            candle_core::Error::Msg(format!("streamed block has no tensor '{name}'"))
+        let t = self.tensors.get(name).ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{}: streamed block has no tensor '{name}'",
+                self.path.display()
+            ))
         })?;
         if dtype == DType::F8E4M3 || t.dtype() == dtype {
             Ok(t.clone())
@@ -225,20 +241,8 @@ impl SimpleBackend for Replay {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.0.contains_key(name)
+        self.tensors.contains_key(name)
     }
-}
-
-/// `t` if it has the shape the block asks for.
-fn shaped(name: &str, t: Tensor, s: &Shape) -> Result<Tensor> {
-    if t.shape() != s {
-        candle_core::bail!(
-            "streamed tensor '{name}' has shape {:?}, the model expects {:?}",
-            t.dims(),
-            s.dims()
-        );
-    }
-    Ok(t)
 }
 
 /// A `VarBuilder` backend that serves tensors from another builder and keeps
@@ -246,6 +250,7 @@ fn shaped(name: &str, t: Tensor, s: &Shape) -> Result<Tensor> {
 struct Recorder {
     inner: VarBuilder<'static>,
     seen: Arc<Mutex<Vec<(String, Tensor)>>>,
+    path: PathBuf,
 }
 
 impl SimpleBackend for Recorder {
@@ -257,7 +262,7 @@ impl SimpleBackend for Recorder {
         dtype: DType,
         dev: &Device,
     ) -> Result<Tensor> {
-        shaped(name, self.get_unchecked(name, dtype, dev)?, &s)
+        expect_shape(&self.path, name, self.get_unchecked(name, dtype, dev)?, &s)
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, _dev: &Device) -> Result<Tensor> {

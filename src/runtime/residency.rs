@@ -119,6 +119,7 @@ impl WanResident {
         let vb = LoraBackend::var_builder(&self.source, &self.loras, self.dtype, &Device::Cpu);
         let pinned = super::pinned::PinnedBlocks::build(
             &self.cfg,
+            self.source.path(),
             &vb,
             &streamed,
             self.blocks.len(),
