@@ -78,7 +78,7 @@ fn main() {
         .load_model(&model.display().to_string(), &opts, "bench")
         .expect("load");
     let loaded = rss();
-    let model_mib = rt.model(id).unwrap().bytes as f64 / MIB;
+    let model_mib = rt.model_bytes(id).unwrap() as f64 / MIB;
     println!(
         "model {model_mib:.1} MiB ({} layers, dim {d}, ffn {f}); LoRA rank {rank}, file {lora_file:.1} MiB",
         cfg.num_layers

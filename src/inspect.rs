@@ -111,11 +111,12 @@ fn resident_summary(
     d: &crate::checkpoint::Detected,
     vram: Option<u64>,
 ) -> anyhow::Result<()> {
-    let rt = crate::runtime::Runtime::new(candle_core::Device::Cpu, Some(vram.unwrap_or(u64::MAX)));
+    let room = crate::runtime::placement::Room::empty(vram.unwrap_or(u64::MAX));
     let policy = crate::runtime::OffloadPolicy::Auto;
+    let cpu = candle_core::Device::Cpu;
     let layers = d.cfg.num_layers;
     let label = |dtype: candle_core::DType| format!("{dtype:?}").to_lowercase();
-    match (rt.plan_dit("model", d, None, policy, true), vram) {
+    match (crate::runtime::placement::plan_dit("model", d, None, policy, true, &cpu, room), vram) {
         (Ok(p), None) => writeln!(
             out,
             "resident:   {} in {} (all {layers} blocks); pass --vram SIZE to plan a partial load",

@@ -62,7 +62,7 @@ fn load(rt: &mut Runtime) -> ModelId {
 /// whole model at load time, then widened so LoRA factors fit.
 fn load_streamed(rt: &mut Runtime) -> ModelId {
     let probe = load(rt);
-    let total = rt.model(probe).unwrap().bytes;
+    let total = rt.model_bytes(probe).unwrap();
     rt.delete_model(probe, "test").unwrap();
     rt.set_budget(total - 1);
     let id = load(rt);
@@ -590,7 +590,7 @@ fn partly_streamed_model_gives_the_resident_forward_bit_for_bit() {
     let run = |budget: Option<u64>| -> (Tensor, Tensor, usize) {
         let mut rt = runtime();
         let probe = rt.load_model(&model, &opts, "t").unwrap();
-        let total = rt.model(probe).unwrap().bytes;
+        let total = rt.model_bytes(probe).unwrap();
         rt.delete_model(probe, "t").unwrap();
         // Stem + two read-ahead stream buffers + 1 of the 4 blocks.
         rt.set_budget(budget.map_or(1 << 30, |_| total - block));

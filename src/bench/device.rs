@@ -22,7 +22,7 @@ use super::load::{block_params, write_checkpoint_seeded, TempFile};
 use super::{median, swap_secs, two_expert_pipeline, Pipeline};
 use crate::models::wan::WanConfig;
 use crate::runtime::device::{driver_memory, driver_memory_now, label};
-use crate::runtime::residency::stream_buffers;
+use crate::runtime::placement::stream_buffers;
 use crate::runtime::size::mib;
 use crate::runtime::{memstat, LoadOptions, Runtime};
 use candle_core::{DType, Device, Tensor};
@@ -475,7 +475,7 @@ fn fp8_parity(dev: &Device, dir: &Path, t: &mut Table) -> anyhow::Result<()> {
     rt.delete_model(m, "bench")?;
     let whole = {
         let m = rt.load_model(&path_str(&fp8.0), &load(Some(DType::F8E4M3)), "bench")?;
-        let bytes = rt.model(m)?.bytes;
+        let bytes = rt.model_bytes(m)?;
         rt.delete_model(m, "bench")?;
         bytes
     };
@@ -507,7 +507,7 @@ fn fp8_parity(dev: &Device, dir: &Path, t: &mut Table) -> anyhow::Result<()> {
             format!("{err:.2e}"),
             format!(
                 "held as {} ({} on the device, {} streamed), tolerance {tol:.0e}: {}",
-                crate::runtime::runtime::dtype_label(held),
+                crate::dtype::label(held),
                 mib(rt.ledger().used()),
                 mib(offloaded),
                 if err <= tol { "ok" } else { "FAILED" }

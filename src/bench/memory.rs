@@ -16,7 +16,7 @@
 
 use super::{median, swap_secs, two_expert_pipeline, Pipeline};
 use crate::runtime::prefetch;
-use crate::runtime::residency::stream_buffers;
+use crate::runtime::placement::stream_buffers;
 use crate::runtime::size::mib;
 use crate::runtime::{memstat, LoadOptions, Runtime};
 use candle_core::{Device, Tensor};
@@ -215,7 +215,8 @@ fn forward_time(
     let mut probe = Runtime::new(Device::Cpu, None);
     let id = probe.load_model(HIGH, &o, "bench")?;
     let m = probe.model(id)?;
-    let (total, blocks, width) = (m.bytes, m.info.blocks, m.info.dtype.size_in_bytes() as u64);
+    let total = probe.model_bytes(id)?;
+    let (blocks, width) = (m.info.blocks, m.info.dtype.size_in_bytes() as u64);
     let header = crate::checkpoint::Header::read(&m.path)?;
     drop(probe);
     // The tiny experts' blocks are all the same size.

@@ -26,21 +26,24 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// Steps `start..end` of a 4-step Euler pass with the given shift, no CFG:
 /// the two-expert split the benches time (0..2 high, 2..4 low).
 fn pass(ctx: &Tensor, shift: f32, start: usize, end: usize) -> crate::runtime::SampleOptions {
+    use crate::sampling::ksampler::{KSampler, Sampler, Scheduler};
     crate::runtime::SampleOptions {
         positive: ctx.clone(),
         negative: None,
-        steps: 4,
-        start,
-        end: Some(end),
-        cfg: 1.0,
-        sampler: "euler".into(),
-        scheduler: "simple".into(),
-        shift,
-        seed: 42,
-        add_noise: start == 0,
-        leftover_noise: end < 4,
-        sigmas: None,
-        noise: None,
+        pass: KSampler {
+            sampler: Sampler::parse("euler").expect("a built-in sampler"),
+            scheduler: Scheduler::parse("simple").expect("a built-in scheduler"),
+            steps: 4,
+            shift,
+            sigmas: None,
+            start,
+            end: Some(end),
+            cfg: 1.0,
+            seed: 42,
+            add_noise: start == 0,
+            leftover_noise: end < 4,
+            noise: None,
+        },
         state: None,
     }
 }

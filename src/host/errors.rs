@@ -13,7 +13,7 @@ pub fn script_err(msg: impl Display) -> Box<EvalAltResult> {
 
 /// A tensor (candle) error for the script, without candle's backtrace.
 pub fn tensor_err(e: candle_core::Error) -> Box<EvalAltResult> {
-    script_err(crate::runtime::runtime::plain_error(&e))
+    script_err(crate::runtime::error::plain_error(&e))
 }
 
 /// `file:line` of the current call, e.g. "demo.rhai:14".

@@ -93,7 +93,7 @@ impl Lora {
             format!(
                 "LoRA {}: {}",
                 path.display(),
-                crate::runtime::runtime::plain_error(&e)
+                crate::runtime::error::plain_error(&e)
             )
         })?;
         let modules = Modules::new(model.keys().map(String::as_str));

@@ -3,8 +3,10 @@
 //! `baton plan` has no tensors to measure, so it needs the bytes an operation
 //! allocates beyond the weights as a function of its inputs. The formulas
 //! follow what the code holds at its widest point; each carries a constant
-//! fitted to peak-RSS measurements on the CPU (`benches/activations.rhai`
-//! re-measures them), so they describe this implementation, not an ideal one.
+//! fitted to peak measurements on the CPU (`tests/activation_memory.rs`
+//! checks the DiT's against a counting allocator; `demo_pipeline.rs` and
+//! `vae_runtime.rs` check the plan's peaks against measured runs), so they
+//! describe this implementation, not an ideal one.
 //! Every figure is in bytes; activations on the CPU are f32 whatever the
 //! weights' dtype, because candle's CPU matmul has no half kernels.
 

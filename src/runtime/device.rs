@@ -59,7 +59,7 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
     let dev = Device::new_cuda_with_stream(ordinal).map_err(|e| {
         format!(
             "opening cuda:{ordinal}: {}",
-            super::runtime::plain_error(&e)
+            super::error::plain_error(&e)
         )
     })?;
     if let Err(e) = warm_up(&dev) {
@@ -67,7 +67,7 @@ fn open_cuda(ordinal: usize) -> Result<Device, String> {
         // leak check may then show it as a gap of a few MiB).
         tracing::warn!(
             "warming up cuda:{ordinal}: {}",
-            super::runtime::plain_error(&e)
+            super::error::plain_error(&e)
         );
     }
     if let Some(m) = driver_memory(&dev) {
@@ -109,7 +109,7 @@ fn warm_up(dev: &Device) -> candle_core::Result<()> {
             Ok(())
         };
         if let Err(e) = step() {
-            tracing::warn!("warm-up in {dtype:?}: {}", super::runtime::plain_error(&e));
+            tracing::warn!("warm-up in {dtype:?}: {}", super::error::plain_error(&e));
         }
     }
     let fp8 = || -> candle_core::Result<()> {
@@ -124,7 +124,7 @@ fn warm_up(dev: &Device) -> candle_core::Result<()> {
         Ok(())
     };
     if let Err(e) = fp8() {
-        tracing::warn!("warm-up of fp8 casts: {}", super::runtime::plain_error(&e));
+        tracing::warn!("warm-up of fp8 casts: {}", super::error::plain_error(&e));
     }
     dev.synchronize()
 }

@@ -5,13 +5,22 @@
 pub mod activations;
 pub mod builtin;
 pub mod cancel;
+mod coding;
+mod compute;
 pub mod device;
 pub mod dry;
+pub mod error;
+pub mod info;
 pub mod journal;
 pub mod ledger;
+mod lifecycle;
+mod load;
+mod loras;
 pub mod memstat;
+pub mod options;
 #[cfg(feature = "cuda")]
 pub mod pinned;
+pub mod placement;
 pub mod prefetch;
 pub mod registry;
 pub mod residency;
@@ -22,6 +31,9 @@ pub mod text_encoder;
 pub mod timeline;
 pub mod vae;
 
+pub use error::RuntimeError;
 pub use ledger::{Entry, Ledger};
+pub use options::{DecodeOptions, LoadOptions, OffloadPolicy, SampleOptions, TextOptions};
+pub use placement::DitPlan;
 pub use registry::ModelId;
-pub use runtime::{DitPlan, LoadOptions, OffloadPolicy, Runtime, RuntimeError, SampleOptions};
+pub use runtime::Runtime;

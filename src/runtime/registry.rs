@@ -1,4 +1,6 @@
-//! Loaded models by id, and a record of the deleted ones.
+//! Loaded models by id, and a record of the deleted ones. What a model is
+//! and its weights live here; its bytes and whether it is on the device are
+//! the ledger's alone.
 //!
 //! Remembering where a model was deleted lets a stale handle fail with
 //! "model 'high' was deleted at demo.rhai:14" instead of a bare "not found".
@@ -6,28 +8,12 @@
 use super::residency::WanResident;
 use super::text_encoder::TextEncoder;
 use crate::models::wan_vae::WanVae;
-use candle_core::DType;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-pub type ModelId = u64;
+pub use super::info::ModelInfo;
 
-/// What a loaded model is, learned from its header: for messages, getters
-/// and `vram()`, whatever the architecture.
-#[derive(Debug, Clone)]
-pub struct ModelInfo {
-    /// "wan-dit", "wan-vae" or "umt5".
-    pub arch: &'static str,
-    /// e.g. "14B", "tiny".
-    pub variant: String,
-    /// Key layout of the file, e.g. "original", "diffusers", "hf".
-    pub layout: &'static str,
-    /// The resident dtype.
-    pub dtype: DType,
-    pub params: u64,
-    /// Transformer blocks (0 for models that are not block-streamed).
-    pub blocks: usize,
-}
+pub type ModelId = u64;
 
 /// The weights of a loaded model, by architecture.
 pub enum Weights {
@@ -55,12 +41,8 @@ pub struct LoadedModel {
     pub name: String,
     pub path: PathBuf,
     pub info: ModelInfo,
-    /// Bytes of all weights in the resident dtype.
-    pub bytes: u64,
     /// Where it was loaded, e.g. "demo.rhai:12".
     pub loaded_at: String,
-    /// False after `offload_model`: weights live in host memory only.
-    pub on_device: bool,
     pub weights: Weights,
 }
 

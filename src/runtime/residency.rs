@@ -9,6 +9,7 @@
 //! memory instead and copied on a dedicated stream (`super::pinned`); the
 //! two buffers are then the blocks in flight on the card.
 
+use super::placement::stream_buffers;
 use crate::checkpoint::CheckpointSource;
 use crate::lora::backend::LoraSet;
 use crate::lora::LoraBackend;
@@ -40,17 +41,6 @@ pub struct WanResident {
     /// On CUDA: the offloaded blocks in pinned host memory.
     #[cfg(feature = "cuda")]
     pinned: Option<super::pinned::PinnedBlocks>,
-}
-
-/// Streamed-block buffers the ledger reserves for a model that streams
-/// `streamed_blocks` blocks: two while one computes and the next is read.
-pub fn stream_buffers(streamed_blocks: usize, prefetch: bool) -> u64 {
-    match streamed_blocks {
-        0 => 0,
-        1 => 1,
-        _ if prefetch => 2,
-        _ => 1,
-    }
 }
 
 impl WanResident {

@@ -5,7 +5,7 @@
 //! `spiece_model` u8 tensor), else from a `spiece.model` beside the file, else
 //! from the `tokenizer` load option. Without any, `encode_ids` still works.
 
-use super::registry::ModelInfo;
+use super::info::ModelInfo;
 use crate::checkpoint::{CheckpointError, CheckpointSource, Header, TensorEntry};
 use crate::models::umt5::{self, UmT5Config, UmT5Encoder, UmT5Tokenizer};
 use candle_core::{DType, Device, Tensor};
@@ -59,7 +59,7 @@ pub fn plan(header: &Header, dtype: Option<DType>) -> Result<Planned, Checkpoint
             .map(|(k, e)| (k.as_str(), e.shape.as_slice())),
     )
     .map_err(config)?;
-    let file_dtype = super::runtime::dominant_dtype_of(tensors.values());
+    let file_dtype = crate::dtype::dominant_of(tensors.values());
     let dtype = dtype.unwrap_or(file_dtype);
     let spiece_key = header
         .tensors
@@ -100,7 +100,7 @@ pub fn load(
     }
     let source = CheckpointSource::open(header, mapped).map_err(|e| e.to_string())?;
     let vb = source.var_builder(p.info.dtype, dev);
-    let encoder = UmT5Encoder::new(&p.cfg, vb).map_err(|e| super::runtime::plain_error(&e))?;
+    let encoder = UmT5Encoder::new(&p.cfg, vb).map_err(|e| super::error::plain_error(&e))?;
     let (tokenizer, tokenizer_from) = find_tokenizer(&source, &header.path, &p, tokenizer)?;
     // The weights are copied out; hand the mapped pages back.
     source.release("");
@@ -120,7 +120,7 @@ fn find_tokenizer(
 ) -> Result<(Option<UmT5Tokenizer>, String), String> {
     let from_file = |f: &Path| -> Result<(Option<UmT5Tokenizer>, String), String> {
         let t = UmT5Tokenizer::from_file(f)
-            .map_err(|e| format!("{}: {}", f.display(), super::runtime::plain_error(&e)))?;
+            .map_err(|e| format!("{}: {}", f.display(), super::error::plain_error(&e)))?;
         Ok((Some(t), f.display().to_string()))
     };
     if let Some(f) = explicit {
@@ -129,7 +129,7 @@ fn find_tokenizer(
     if let Some(k) = &p.spiece_key {
         let bytes = source.bytes(k)?;
         let t = UmT5Tokenizer::from_spiece_bytes(bytes).map_err(|e| {
-            let e = super::runtime::plain_error(&e);
+            let e = super::error::plain_error(&e);
             format!("{}: the embedded '{k}': {e}", path.display())
         })?;
         return Ok((Some(t), format!("'{k}' inside the checkpoint")));
@@ -175,7 +175,7 @@ impl TextEncoder {
         } else {
             text.to_string()
         };
-        let plain = |e: candle_core::Error| super::runtime::plain_error(&e);
+        let plain = |e: candle_core::Error| super::error::plain_error(&e);
         let t = tok.encode(&text, max_len).map_err(plain)?;
         let dropped = t.dropped;
         let (ids, mask) = tok.batch(&[t], 1, &Device::Cpu).map_err(plain)?;
@@ -190,7 +190,7 @@ impl TextEncoder {
                 .forward(&ids.to_device(dev)?, &mask.to_device(dev)?)?
                 .to_device(&Device::Cpu)
         })()
-        .map_err(|e| super::runtime::plain_error(&e))
+        .map_err(|e| super::error::plain_error(&e))
     }
 
     /// The context Wan and diffusers hand the DiT: the prompt's rows,
@@ -199,7 +199,7 @@ impl TextEncoder {
         let (ids, mask, dropped) = self.tokenize(text, clean, rows)?;
         let hidden = self.encode_ids(&ids, &mask)?;
         let context = umt5::pipeline_context(&hidden, &mask, rows)
-            .map_err(|e| super::runtime::plain_error(&e))?;
+            .map_err(|e| super::error::plain_error(&e))?;
         Ok(Encoded {
             context,
             tokens: ids.dim(1).unwrap_or(0),

@@ -2,7 +2,7 @@
 //! shapes, weights read whole (a VAE is a few hundred MB and is used once per
 //! video, so it is never block-streamed).
 
-use super::registry::ModelInfo;
+use super::info::ModelInfo;
 use crate::checkpoint::{CheckpointError, CheckpointSource, Header, TensorEntry};
 use crate::models::wan_vae::{self, WanVae, WanVaeConfig};
 use candle_core::{DType, Device};
@@ -50,7 +50,7 @@ pub fn plan(
     let dtype = if dev.is_cpu() {
         DType::F32
     } else {
-        dtype.unwrap_or_else(|| super::runtime::dominant_dtype_of(tensors.values()))
+        dtype.unwrap_or_else(|| crate::dtype::dominant_of(tensors.values()))
     };
     let variant = if cfg.base_dim == WanVaeConfig::wan21().base_dim {
         "2.1".to_string()
@@ -72,7 +72,7 @@ pub fn plan(
 pub fn load(header: &Header, p: &Planned, dev: &Device) -> Result<WanVae, String> {
     let source = CheckpointSource::open(header, p.tensors.clone()).map_err(|e| e.to_string())?;
     let vae = WanVae::new(&p.cfg, source.var_builder(p.info.dtype, dev))
-        .map_err(|e| super::runtime::plain_error(&e))?;
+        .map_err(|e| super::error::plain_error(&e))?;
     source.release("");
     Ok(vae)
 }

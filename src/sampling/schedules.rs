@@ -13,9 +13,28 @@
 //!   is what is done here too.
 //!
 //! Every ComfyUI function takes the 1000-entry shifted table `tb` (see
-//! `sigmas::flow_table`), whose first entry is σmin and last is σmax = 1.
+//! [`flow_table`]), whose first entry is σmin and last is σmax = 1.
 
-use super::sigmas::shift_sigma;
+// ---------------------------------------------------------------------------
+// the shifted flow table
+
+/// Flow time shift: `shift(α, t) = (α·t) / (1 + (α−1)·t)`; identity when α == 1.
+pub fn shift_sigma(alpha: f32, t: f32) -> f32 {
+    if alpha == 1.0 {
+        return t;
+    }
+    (alpha * t) / (1.0 + (alpha - 1.0) * t)
+}
+
+/// `ModelSamplingDiscreteFlow.sigmas`: entry i-1 = shift(α, ((i/1000)·1000)/1000), i = 1..=1000.
+pub fn flow_table(shift: f32) -> Vec<f32> {
+    (1..=1000)
+        .map(|i| {
+            let ts = (i as f32 / 1000.0) * 1000.0;
+            shift_sigma(shift, ts / 1000.0)
+        })
+        .collect()
+}
 
 // ---------------------------------------------------------------------------
 // linspace, the way each library computes it

@@ -9,6 +9,7 @@
 //! in `schedules`.
 
 use super::schedules;
+pub use super::schedules::{flow_table, shift_sigma};
 
 /// Schedulers `schedule` accepts: ComfyUI's names, then `fm_euler`
 /// (diffusers FlowMatchEulerDiscreteScheduler), `fm_unipc` (diffusers
@@ -28,24 +29,6 @@ pub const SCHEDULERS: &[&str] = &[
     "fm_unipc",
     "wan_unipc",
 ];
-
-/// Flow time shift: `shift(α, t) = (α·t) / (1 + (α−1)·t)`; identity when α == 1.
-pub fn shift_sigma(alpha: f32, t: f32) -> f32 {
-    if alpha == 1.0 {
-        return t;
-    }
-    (alpha * t) / (1.0 + (alpha - 1.0) * t)
-}
-
-/// `ModelSamplingDiscreteFlow.sigmas`: entry i-1 = shift(α, ((i/1000)·1000)/1000), i = 1..=1000.
-pub fn flow_table(shift: f32) -> Vec<f32> {
-    (1..=1000)
-        .map(|i| {
-            let ts = (i as f32 / 1000.0) * 1000.0;
-            shift_sigma(shift, ts / 1000.0)
-        })
-        .collect()
-}
 
 /// ComfyUI `simple`: evenly spaced table entries from the top, then a terminal 0.
 pub fn simple(table: &[f32], steps: usize) -> Vec<f32> {

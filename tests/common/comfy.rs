@@ -1,9 +1,10 @@
 //! The ComfyUI sampling fixtures (tests/fixtures/comfy, made by ComfyUI's own
 //! nodes; its README gives every formula): JSON/tensor helpers, the analytic
-//! denoiser that stands in for the network, and a KSamplerAdvanced pass
-//! composed as `Runtime::sample` does.
+//! denoiser that stands in for the network, and that denoiser driven
+//! through the product's KSamplerAdvanced pass.
 
-use baton::sampling::{guidance, ksampler, noise, samplers, sigmas};
+use baton::sampling::ksampler::{Call, Cond, Denoiser, KSampler, PassIo, Sampler, Scheduler};
+use baton::sampling::{guidance, noise, samplers, sigmas};
 use candle_core::{Device, Result, Tensor};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -187,8 +188,44 @@ pub struct PassArgs<'a> {
     pub draws: Option<&'a Tensor>,
 }
 
-/// One pass composed as `Runtime::sample` does: cut, seeded noise (or zeros), CONST noise
-/// scaling, euler, inverse noise scaling. `latent` is in model space.
+/// The analytic field as the product's sampling pass sees a model: each
+/// evaluation is recorded for the pass report.
+struct Recorder<'a> {
+    model: &'a Analytic,
+}
+
+impl Denoiser for Recorder<'_> {
+    fn velocity(&mut self, x: &Tensor, call: &Call) -> Result<Tensor> {
+        let ctx = match call.cond {
+            Cond::Positive => &self.model.ctx_pos,
+            Cond::Negative => &self.model.ctx_neg,
+        };
+        self.model.velocity(x, call.sigma, ctx)
+    }
+}
+
+/// KSamplerAdvanced's settings for a pass over the explicit list `p.full`.
+fn settings(p: &PassArgs) -> KSampler {
+    KSampler {
+        sampler: Sampler::parse(p.sampler).unwrap(),
+        scheduler: Scheduler::parse("simple").unwrap(),
+        steps: p.full.len() - 1,
+        // The trace fixtures use ModelSamplingSD3(shift = 5).
+        shift: 5.0,
+        sigmas: Some(p.full.to_vec()),
+        start: p.start,
+        end: p.end,
+        cfg: p.cfg,
+        seed: p.seed,
+        add_noise: p.add_noise,
+        leftover_noise: p.leftover_noise,
+        noise: None,
+    }
+}
+
+/// One pass through the product's KSamplerAdvanced pass
+/// (`sampling::ksampler`, what `Runtime::sample` runs) with the analytic
+/// denoiser. `latent` is in model space.
 pub fn ksampler_pass(model: &Analytic, latent: &Tensor, p: &PassArgs) -> Pass {
     ksampler_pass_with(model, latent, p, &mut samplers::SolverState::default())
 }
@@ -200,60 +237,40 @@ pub fn ksampler_pass_with(
     p: &PassArgs,
     state: &mut samplers::SolverState,
 ) -> Pass {
-    let Some(cut) = ksampler::cut(p.full, p.start, p.end, p.leftover_noise) else {
-        return Pass {
-            x: vec![],
-            denoised: vec![],
-            out: None,
-            call_sigmas: vec![],
-        };
-    };
-    let noise = if p.add_noise {
-        let v = noise::torch_randn(p.seed, latent.elem_count());
-        Tensor::from_vec(v, latent.shape(), latent.device()).unwrap()
-    } else {
-        latent.zeros_like().unwrap()
-    };
-    let s0 = cut[0];
-    let x = ((&noise * s0 as f64).unwrap() + (latent * (1.0 - s0) as f64).unwrap()).unwrap();
-    // ComfyUI's callback sees each step's first model call; record every call
-    // and where each step ends, then keep the first call of each step.
+    // ComfyUI's callback sees each step's first model evaluation; record
+    // every guided evaluation and where each step ends, then keep the first
+    // of each step.
     let calls = std::cell::RefCell::new(Vec::<(f32, Tensor, Tensor)>::new());
     let step_ends = std::cell::RefCell::new(Vec::<usize>::new());
-    let mut denoise = |x: &Tensor, sigma: f32| -> Result<Tensor> {
-        let d = model.guided(x, sigma, p.cfg)?;
+    let mut observe = |sigma: f32, x: &Tensor, d: &Tensor| {
         calls.borrow_mut().push((sigma, x.clone(), d.clone()));
-        Ok(d)
     };
-    let mut gen = noise::TorchGenerator::new(p.seed);
     let mut drawn = 0usize;
-    let mut draw = |x: &Tensor, _: f32, _: f32| -> Result<Tensor> {
+    let mut replay = |_: &Tensor, _: f32, _: f32| -> Result<Tensor> {
         drawn += 1;
-        match p.draws {
-            Some(d) => d.get(drawn - 1),
-            None => Tensor::from_vec(gen.randn(x.elem_count()), x.shape(), x.device()),
-        }
+        p.draws.expect("replaying stored draws").get(drawn - 1)
     };
     let mut on_step = |_: usize, _: usize, _: f32| {
         step_ends.borrow_mut().push(calls.borrow().len());
     };
-    let mut hooks = samplers::Hooks {
-        denoise: &mut denoise,
-        noise: &mut draw,
+    let io = PassIo {
         on_step: &mut on_step,
-        // The trace fixtures use ModelSamplingSD3(shift = 5).
-        shift: 5.0,
+        noise: match p.draws {
+            Some(_) => Some(&mut replay),
+            None => None,
+        },
+        observe: Some(&mut observe),
     };
-    state.total_steps = Some(p.full.len() - 1);
-    let x = samplers::run(p.sampler, &mut hooks, x, &cut, state).unwrap();
-    let out = samplers::div_scalar(&x, 1.0 - *cut.last().unwrap()).unwrap();
+    let outcome = settings(p)
+        .run(&mut Recorder { model }, latent, state, io, "analytic pass")
+        .unwrap();
     let calls = calls.into_inner();
     let firsts = std::iter::once(0).chain(step_ends.into_inner());
     let firsts: Vec<usize> = firsts.filter(|&c| c < calls.len()).collect();
     Pass {
         x: firsts.iter().map(|&c| calls[c].1.clone()).collect(),
         denoised: firsts.iter().map(|&c| calls[c].2.clone()).collect(),
-        out: Some(out),
+        out: outcome.out,
         call_sigmas: calls.iter().map(|c| c.0).collect(),
     }
 }

@@ -2,14 +2,18 @@
 
 use super::models::{model_path, ModelHandle};
 use super::{Shared, SharedPolicy};
-use crate::host::errors::{script_err, ScriptResult};
+use crate::host::errors::{call_site, script_err, ScriptResult};
 use crate::host::options::as_f64;
-use rhai::{Dynamic, Engine};
+use rhai::{Dynamic, Engine, NativeCallContext};
 
 pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
     let r = rt.clone();
     let pol = policy.clone();
-    let apply = move |m: ModelHandle, path: &str, strength: Dynamic| -> ScriptResult<ModelHandle> {
+    let apply = move |ctx: NativeCallContext,
+                      m: ModelHandle,
+                      path: &str,
+                      strength: Dynamic|
+          -> ScriptResult<ModelHandle> {
         // The LoRA file is read like a model file: only under the allowed roots.
         let path = model_path(&pol.borrow(), "apply_lora", path)?;
         let s = as_f64(&strength).ok_or_else(|| {
@@ -18,8 +22,9 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
                 strength.type_name()
             ))
         })?;
+        let at = call_site(&ctx);
         r.borrow_mut()
-            .apply_lora(m.id, &path, s)
+            .apply_lora_at(m.id, &path, s, &at)
             .map_err(script_err)?;
         Ok(m)
     };
@@ -27,16 +32,19 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
     engine.register_fn("apply_lora", apply);
     engine.register_fn(
         "apply_lora",
-        move |m: ModelHandle, path: &str| -> ScriptResult<ModelHandle> {
-            apply1(m, path, Dynamic::from(1.0 as rhai::FLOAT))
+        move |ctx: NativeCallContext, m: ModelHandle, path: &str| -> ScriptResult<ModelHandle> {
+            apply1(ctx, m, path, Dynamic::from(1.0 as rhai::FLOAT))
         },
     );
 
     let r = rt.clone();
     engine.register_fn(
         "remove_lora",
-        move |m: ModelHandle, path: &str| -> ScriptResult<ModelHandle> {
-            r.borrow_mut().remove_lora(m.id, path).map_err(script_err)?;
+        move |ctx: NativeCallContext, m: ModelHandle, path: &str| -> ScriptResult<ModelHandle> {
+            let at = call_site(&ctx);
+            r.borrow_mut()
+                .remove_lora_at(m.id, path, &at)
+                .map_err(script_err)?;
             Ok(m)
         },
     );

@@ -21,7 +21,7 @@ pub fn vram_report(rt: &crate::runtime::Runtime) -> Map {
             mm.insert("name".into(), m.name.clone().into());
             mm.insert(
                 "state".into(),
-                if !m.on_device {
+                if !e.on_device {
                     "host"
                 } else if e.offloaded > 0 {
                     "partial"
@@ -33,7 +33,7 @@ pub fn vram_report(rt: &crate::runtime::Runtime) -> Map {
             mm.insert("resident".into(), int(e.resident()));
             mm.insert("offloaded".into(), int(e.offloaded));
             mm.insert("host".into(), int(e.host));
-            mm.insert("bytes".into(), int(m.bytes));
+            mm.insert("bytes".into(), int(e.total()));
             mm.insert("arch".into(), m.info.arch.into());
             mm.insert("blocks".into(), int(m.info.blocks as u64));
             mm.insert(

@@ -5,7 +5,6 @@ use super::{Shared, SharedPolicy};
 use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;
 use crate::host::policy::PathPolicy;
-use crate::runtime::journal::LoadRecord;
 use crate::runtime::registry::LoadedModel;
 use crate::runtime::{Entry, LoadOptions, ModelId, OffloadPolicy};
 use candle_core::{DType, Tensor};
@@ -56,21 +55,12 @@ fn load_options(map: Map, policy: &PathPolicy) -> ScriptResult<LoadOptions> {
         },
         check_weights: o.bool("check_weights", false)?,
         prefetch: o.bool("prefetch", true)?,
+        requested: None,
     })
 }
 
 pub fn parse_dtype(s: &str) -> ScriptResult<DType> {
-    match s {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "bf16" => Ok(DType::BF16),
-        "fp8" => Err(script_err(
-            "dtype \"fp8\" exists only for load_model (fp8 weights kept resident)",
-        )),
-        other => Err(script_err(format!(
-            "unknown dtype \"{other}\" (use \"f32\", \"f16\" or \"bf16\")"
-        ))),
-    }
+    crate::dtype::parse_compute(s).map_err(script_err)
 }
 
 pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
@@ -87,18 +77,14 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
                 load_options(map, &pol)?,
             )
         };
+        let opts = LoadOptions {
+            requested: Some(requested.to_string()),
+            ..opts
+        };
         let at = call_site(&ctx);
         let mut rt = r.borrow_mut();
         let id = rt.load_model(&path, &opts, &at).map_err(script_err)?;
-        let lm = rt.model(id).map_err(script_err)?;
-        let name = lm.name.clone();
-        let record = LoadRecord {
-            name: name.clone(),
-            requested: requested.to_string(),
-            path: lm.path.clone(),
-            arch: format!("{} {}", lm.info.arch, lm.info.variant),
-        };
-        rt.journal.loads.push(record);
+        let name = rt.model(id).map_err(script_err)?.name.clone();
         Ok(ModelHandle { id, name })
     };
     let load2 = load.clone();
@@ -207,9 +193,9 @@ fn register_getters(engine: &mut Engine, rt: &Shared) {
         format!("{} {}", m.info.arch, m.info.variant)
     });
     model_getter(engine, rt, "dtype", |m, _| {
-        crate::runtime::runtime::dtype_label(m.info.dtype).to_string()
+        crate::dtype::label(m.info.dtype).to_string()
     });
-    model_getter(engine, rt, "bytes", |m, _| m.bytes as i64);
+    model_getter(engine, rt, "bytes", |_, e| e.total() as i64);
     model_getter(engine, rt, "resident_bytes", |_, e| e.resident() as i64);
     model_getter(engine, rt, "offloaded_bytes", |_, e| e.offloaded as i64);
 }

@@ -4,8 +4,8 @@ use super::models::ModelHandle;
 use super::Shared;
 use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;
-use crate::runtime::journal::SampleRecord;
 use crate::runtime::SampleOptions;
+use crate::sampling::ksampler::{KSampler, Sampler, Scheduler};
 use crate::sampling::samplers::{SharedState, SolverState};
 use crate::sampling::sigmas;
 use candle_core::{DType, Device, Tensor};
@@ -31,22 +31,26 @@ fn sample_options(map: Map) -> ScriptResult<SampleOptions> {
         script_err("sample: option 'positive' (the text context tensor) is required")
     })?;
     let seed = o.opt_int("seed")?.unwrap_or(0);
-    Ok(SampleOptions {
-        positive,
-        negative: o.opt_tensor("negative")?,
+    let pass = KSampler {
+        sampler: Sampler::parse(&o.string("sampler", DEFAULT_SAMPLER)?).map_err(script_err)?,
+        scheduler: Scheduler::parse(&o.string("scheduler", DEFAULT_SCHEDULER)?)
+            .map_err(script_err)?,
         steps: o.usize("steps", DEFAULT_STEPS)?,
+        shift: o.f64("shift", DEFAULT_SHIFT)? as f32,
+        sigmas: o.opt_f32_list("sigmas")?,
         start: o.usize("start", 0)?,
         end: o.opt_usize("end")?,
         cfg: o.f64("cfg", 3.5)?,
-        sampler: o.string("sampler", DEFAULT_SAMPLER)?,
-        scheduler: o.string("scheduler", DEFAULT_SCHEDULER)?,
-        shift: o.f64("shift", DEFAULT_SHIFT)? as f32,
         // Negative seeds wrap modulo 2^64, as torch.manual_seed does.
         seed: seed as u64,
         add_noise: o.bool("add_noise", true)?,
         leftover_noise: o.bool("leftover_noise", false)?,
-        sigmas: o.opt_f32_list("sigmas")?,
         noise: o.opt_tensor("noise")?,
+    };
+    Ok(SampleOptions {
+        positive,
+        negative: o.opt_tensor("negative")?,
+        pass,
         state: o
             .opt_custom::<StateHandle>("state", "a SamplerState from sampler_state()")?
             .map(|h| h.0),
@@ -139,31 +143,13 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
               -> ScriptResult<Tensor> {
             let opts = sample_options(map)?;
             let at = call_site(&ctx);
-            let started = std::time::Instant::now();
-            let mut rt = r.borrow_mut();
-            let mut bar = Progress::new(&m.name, &opts.sampler);
+            let mut bar = Progress::new(&m.name, opts.pass.sampler.name());
             let mut on_step = |i: usize, n: usize, s: f32| bar.step(i, n, s);
-            let out = rt.sample(m.id, &latent, &opts, &mut on_step, &at);
+            let out = r
+                .borrow_mut()
+                .sample(m.id, &latent, &opts, &mut on_step, &at);
             bar.finish();
-            let out = out.map_err(script_err)?;
-            let record = SampleRecord {
-                model: m.name.clone(),
-                seed: (opts.add_noise && opts.noise.is_none()).then_some(opts.seed),
-                steps: opts
-                    .sigmas
-                    .as_ref()
-                    .map_or(opts.steps, |s| s.len().saturating_sub(1)),
-                explicit_sigmas: opts.sigmas.is_some(),
-                start: opts.start,
-                end: opts.end,
-                sampler: opts.sampler.clone(),
-                scheduler: opts.scheduler.clone(),
-                cfg: opts.cfg,
-                shift: opts.shift,
-                seconds: started.elapsed().as_secs_f64(),
-            };
-            rt.journal.samples.push(record);
-            Ok(out)
+            out.map_err(script_err)
         },
     );
 

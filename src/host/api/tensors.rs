@@ -8,7 +8,7 @@ use rhai::{Array, Dynamic, Engine, Map};
 use std::path::Path;
 
 fn dtype_name(t: &Tensor) -> &'static str {
-    crate::runtime::runtime::dtype_label(t.dtype())
+    crate::dtype::label(t.dtype())
 }
 
 fn describe(t: &Tensor) -> String {

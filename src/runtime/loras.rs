@@ -1,10 +1,12 @@
 //! LoRAs on a loaded DiT: applied and removed in place, all or nothing, with
-//! the factors counted in the ledger.
+//! the factors counted in the ledger and the change on the timeline.
 
-use super::{Result, Runtime, RuntimeError};
+use super::error::{plain_error, Result, RuntimeError};
+use super::memstat;
+use super::registry::ModelId;
+use super::runtime::Runtime;
+use super::size::mib;
 use crate::lora::Lora;
-use crate::runtime::registry::ModelId;
-use crate::runtime::size::mib;
 use std::sync::Arc;
 
 impl Runtime {
@@ -12,6 +14,11 @@ impl Runtime {
     /// LoRAs. Resident layers are rebuilt with the delta baked in; streamed
     /// blocks get it as they stream. On any error the model is unchanged.
     pub fn apply_lora(&mut self, id: ModelId, path: &str, strength: f64) -> Result<()> {
+        self.apply_lora_at(id, path, strength, "")
+    }
+
+    /// `apply_lora`, recorded on the timeline at script position `at`.
+    pub fn apply_lora_at(&mut self, id: ModelId, path: &str, strength: f64, at: &str) -> Result<()> {
         if !strength.is_finite() {
             return Err(RuntimeError::Input(format!(
                 "apply_lora: strength must be a finite number, got {strength}"
@@ -40,18 +47,19 @@ impl Runtime {
                 "LoRA '{path}' needs {} for its factors but only {} of the budget is free ({})",
                 mib(lora.bytes),
                 mib(free),
-                self.loaded_summary()
+                self.ledger.summary()
             )));
         }
         let (bytes, layers, name) = (lora.bytes, lora.entries.len(), lora.name());
         let mut set = dit.loras().clone();
         set.push((Arc::new(lora), strength as f32));
         self.set_loras(id, set)?;
+        let model = self.model(id)?.name.clone();
         tracing::info!(
-            "applied LoRA {name} to {} at strength {strength}: {layers} layers, {} of factors",
-            self.model(id)?.name,
+            "applied LoRA {name} to {model} at strength {strength}: {layers} layers, {} of factors",
             mib(bytes)
         );
+        self.record(at, "lora", &model, 0, format!("+{name} ({})", mib(bytes)));
         Ok(())
     }
 
@@ -60,6 +68,11 @@ impl Runtime {
     /// checkpoint, so with no LoRA left the weights are bit-identical to a
     /// fresh load.
     pub fn remove_lora(&mut self, id: ModelId, path: &str) -> Result<()> {
+        self.remove_lora_at(id, path, "")
+    }
+
+    /// `remove_lora`, recorded on the timeline at script position `at`.
+    pub fn remove_lora_at(&mut self, id: ModelId, path: &str, at: &str) -> Result<()> {
         let m = self.model(id)?;
         let dit = m.dit().map_err(RuntimeError::Input)?;
         let resolved = self.resolve_model_path(path).ok();
@@ -82,12 +95,14 @@ impl Runtime {
         let mut set = dit.loras().clone();
         let (removed, _) = set.remove(pos);
         self.set_loras(id, set)?;
+        let model = self.model(id)?.name.clone();
         tracing::info!(
-            "removed LoRA {} from {}: {} freed",
+            "removed LoRA {} from {model}: {} freed",
             removed.name(),
-            self.model(id)?.name,
             mib(removed.bytes)
         );
+        let note = format!("-{} ({})", removed.name(), mib(removed.bytes));
+        self.record(at, "lora", &model, 0, note);
         Ok(())
     }
 
@@ -97,17 +112,14 @@ impl Runtime {
         let name = m.name.clone();
         let dit = m.dit_mut().map_err(RuntimeError::Input)?;
         dit.set_loras(set).map_err(|e| {
-            RuntimeError::Model(format!(
-                "applying LoRAs to '{name}': {}",
-                super::plain_error(&e)
-            ))
+            RuntimeError::Model(format!("applying LoRAs to '{name}': {}", plain_error(&e)))
         })?;
-        let bytes = dit.lora_bytes();
-        if let Some(e) = self.ledger.get(id).cloned() {
-            self.ledger
-                .admit(id, crate::runtime::Entry { lora: bytes, ..e });
+        let (lora, pinned) = (dit.lora_bytes(), dit.pinned_bytes());
+        self.ledger.set_lora(id, lora);
+        if self.ledger.on_device(id) {
+            self.ledger.set_pinned(id, pinned);
         }
-        super::memstat::trim();
+        memstat::trim();
         Ok(())
     }
 }
