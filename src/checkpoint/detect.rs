@@ -6,6 +6,7 @@
 //! `config.json` beside the file, the file's `__metadata__`, or Wan's fixed
 //! head_dim of 128, in that order.
 
+pub use crate::models::fp8_scale_stem;
 use super::layout::{detect_layout, diffusers_to_original, strip_prefix, Layout};
 use super::{CheckpointError, Header, TensorEntry};
 use crate::models::wan::WanConfig;
@@ -232,16 +233,6 @@ pub fn variant_name(cfg: &WanConfig, clip_image: bool) -> &'static str {
 /// activation scales (`input_scale`, used only by fp8 matmul kernels).
 fn is_quant_marker(key: &str) -> bool {
     key == "scaled_fp8" || key.ends_with(".comfy_quant") || key.ends_with(".input_scale")
-}
-
-/// `(layer, suffix)` for a per-layer fp8 weight scale: the legacy
-/// `<layer>.scale_weight` or the newer `<layer>.weight_scale`.
-pub fn fp8_scale_stem(key: &str) -> Option<(&str, &'static str)> {
-    if let Some(stem) = key.strip_suffix(".scale_weight") {
-        return Some((stem, "scale_weight"));
-    }
-    key.strip_suffix(".weight_scale")
-        .map(|stem| (stem, "weight_scale"))
 }
 
 fn check_dtypes(

@@ -60,7 +60,7 @@ pub fn strip_prefix(key: &str) -> &str {
 pub fn to_canonical(key: &str) -> Option<String> {
     let key = strip_prefix(key);
     // An fp8_scaled weight's scale follows its weight's name.
-    if let Some((stem, suffix)) = crate::checkpoint::detect::fp8_scale_stem(key) {
+    if let Some((stem, suffix)) = super::super::fp8_scale_stem(key) {
         let w = to_canonical(&format!("{stem}.weight"))?;
         return Some(format!("{}.{suffix}", w.strip_suffix(".weight")?));
     }
