@@ -12,6 +12,7 @@ pub mod lora;
 pub mod media;
 pub mod models;
 pub mod plan;
+pub mod roots;
 pub mod runtime;
 pub mod sampling;
 pub mod trace_plot;

@@ -44,7 +44,7 @@ fn targets() -> Vec<String> {
 
 fn runtime() -> Runtime {
     let mut rt = Runtime::new(Device::Cpu, None);
-    rt.model_roots = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))];
+    rt.model_roots = vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))].into();
     rt
 }
 

@@ -36,12 +36,8 @@ pub struct DeviceBenchOptions {
     /// Size of each of the two bench experts, in GB (bf16, Wan 1.3B block
     /// dimensions, as many blocks as it takes).
     pub size_gb: f64,
-    /// Latent of the forwards and samples, in pixels and frames.
-    pub width: usize,
-    pub height: usize,
-    pub frames: usize,
-    pub context_len: usize,
-    pub repeats: usize,
+    /// Latent of the forwards and samples, and timed repeats.
+    pub latent: super::LatentOptions,
     /// Tokens of the long-attention forward (0 skips it).
     pub long_tokens: usize,
     pub dir: Option<PathBuf>,
@@ -219,7 +215,12 @@ pub fn run(o: &DeviceBenchOptions, dev: &Device) -> anyhow::Result<String> {
         bytes,
         high: path_str(&high.0),
         low: path_str(&low.0),
-        i: inputs(o.width, o.height, o.frames, o.context_len)?,
+        i: inputs(
+            o.latent.width,
+            o.latent.height,
+            o.latent.frames,
+            o.latent.context_len,
+        )?,
         unit: if on_card { "device (driver)" } else { "RSS" },
     };
     let mut out = String::new();
@@ -234,8 +235,8 @@ pub fn run(o: &DeviceBenchOptions, dev: &Device) -> anyhow::Result<String> {
         c.cfg.num_layers,
         c.i.x.dims(),
         c.i.tokens,
-        o.context_len,
-        o.repeats.max(1),
+        o.latent.context_len,
+        o.latent.repeats.max(1),
         c.unit
     )?;
     if let Some(m) = driver_memory(dev) {
@@ -389,7 +390,7 @@ fn forwards(c: &Ctx, t: &mut Table) -> anyhow::Result<()> {
         let (x, tt, ctx) = (&c.i.x, &c.i.t, &c.i.ctx);
         rt.predict(m, x, tt, ctx)?; // warm-up
         let mut times = Vec::new();
-        for _ in 0..c.o.repeats.max(1) {
+        for _ in 0..c.o.latent.repeats.max(1) {
             let t0 = Instant::now();
             rt.predict(m, x, tt, ctx)?;
             dev.synchronize()?;

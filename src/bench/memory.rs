@@ -27,15 +27,6 @@ use std::time::Instant;
 const HIGH: &str = "builtin:wan-tiny-high";
 const LOW: &str = "builtin:wan-tiny-low";
 
-pub struct MemoryBenchOptions {
-    /// Latent size of the forwards and samples (pixels).
-    pub width: usize,
-    pub height: usize,
-    pub frames: usize,
-    pub context_len: usize,
-    pub repeats: usize,
-}
-
 struct Inputs {
     x: Tensor,
     ctx: Tensor,
@@ -48,7 +39,7 @@ fn secs<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, f64)> {
     Ok((v, t0.elapsed().as_secs_f64()))
 }
 
-pub fn run(o: &MemoryBenchOptions) -> anyhow::Result<String> {
+pub fn run(o: &super::LatentOptions) -> anyhow::Result<String> {
     memstat::configure_allocator();
     let dev = Device::Cpu;
     let latent = [1, 16, (o.frames - 1) / 4 + 1, o.height / 8, o.width / 8];
@@ -57,10 +48,9 @@ pub fn run(o: &MemoryBenchOptions) -> anyhow::Result<String> {
         ctx: Tensor::randn(0f32, 1.0, (1, o.context_len, 4096), &dev)?,
         t: Tensor::new(&[500f32], &dev)?,
     };
-    let rt = Runtime::new(dev.clone(), None);
-    let high = rt.resolve_model_path(HIGH)?;
-    let low = rt.resolve_model_path(LOW)?;
-    drop(rt);
+    let builtin = crate::roots::ModelRoots::default();
+    let high = builtin.resolve(HIGH).map_err(anyhow::Error::msg)?;
+    let low = builtin.resolve(LOW).map_err(anyhow::Error::msg)?;
     let mut out = String::new();
     writeln!(
         out,

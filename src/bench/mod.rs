@@ -9,10 +9,16 @@ use candle_core::{Device, Tensor};
 use std::fmt::Write;
 use std::time::Instant;
 
-pub struct BenchOptions {
+/// The latent every bench runs its forwards and samples on, and how many
+/// timed repeats each figure is the median of (`--width`, `--height`,
+/// `--frames`, `--context`, `--repeats`).
+#[derive(Debug, Clone)]
+pub struct LatentOptions {
+    /// Latent size in pixels and frames.
     pub width: usize,
     pub height: usize,
     pub frames: usize,
+    /// Text context length in tokens.
     pub context_len: usize,
     pub repeats: usize,
 }
@@ -116,7 +122,7 @@ fn swap_secs(
     Ok(t0.elapsed().as_secs_f64())
 }
 
-pub fn run(o: &BenchOptions) -> anyhow::Result<String> {
+pub fn run(o: &LatentOptions) -> anyhow::Result<String> {
     let mut out = String::new();
     let latent = [1, 16, (o.frames - 1) / 4 + 1, o.height / 8, o.width / 8];
     let tokens = latent[2] * latent[3] / 2 * latent[4] / 2;

@@ -7,9 +7,10 @@
 //! milliseconds.
 
 use crate::checkpoint::Header;
+use crate::roots::files_under;
 use std::path::{Path, PathBuf};
 
-/// One `.safetensors` file found under a model root.
+/// One `.safetensors` file found under a model root, with what it holds.
 #[derive(Debug, Clone)]
 pub struct Available {
     /// The path relative to its root: what `load_model` takes.
@@ -22,52 +23,19 @@ pub struct Available {
     pub arch: String,
 }
 
-/// Files directly in each root and one folder below (ComfyUI users sort
-/// models into subfolders), in root order, sorted by name within a root.
+/// The files under the model roots `roots` (as [`files_under`] lists
+/// them), each labelled from its header.
 pub fn list(roots: &[PathBuf]) -> Vec<Available> {
-    let mut out: Vec<Available> = Vec::new();
-    for root in roots {
-        let mut files = Vec::new();
-        collect(root, 0, &mut files);
-        files.sort();
-        let folder = root
-            .canonicalize()
-            .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-            .unwrap_or_else(|| root.display().to_string());
-        for path in files {
-            if out.iter().any(|a| a.path == path) {
-                continue;
-            }
-            let name = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .to_string_lossy()
-                .into_owned();
-            out.push(Available {
-                name,
-                bytes: std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0),
-                arch: arch_label(&path),
-                path,
-                folder: folder.clone(),
-            });
-        }
-    }
-    out
-}
-
-fn collect(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let p = e.path();
-        if p.is_dir() && depth < 1 && !e.file_name().to_string_lossy().starts_with('.') {
-            collect(&p, depth + 1, out);
-        } else if p.extension().is_some_and(|x| x == "safetensors") && p.is_file() {
-            out.push(p);
-        }
-    }
+    files_under(roots)
+        .into_iter()
+        .map(|f| Available {
+            arch: arch_label(&f.path),
+            name: f.name,
+            path: f.path,
+            folder: f.folder,
+            bytes: f.bytes,
+        })
+        .collect()
 }
 
 /// What `load_model` would see in the file, from its header alone.

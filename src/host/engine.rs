@@ -9,6 +9,7 @@ use super::api::{self, Shared, SharedPolicy};
 use super::errors::describe;
 use super::limits::Limits;
 use super::policy::PathPolicy;
+use crate::roots::ModelRoots;
 use crate::runtime::cancel::{self, Stop};
 use crate::runtime::Runtime;
 use candle_core::Device;
@@ -20,6 +21,8 @@ use std::rc::Rc;
 #[derive(Debug, Clone, Default)]
 pub struct SessionConfig {
     pub budget: Option<u64>,
+    /// Directories searched for model files (none: `.`); the session adds
+    /// `$BATON_MODELS` ([`ModelRoots::with_env`]).
     pub model_roots: Vec<PathBuf>,
     pub out_dir: Option<PathBuf>,
     /// `--allow-path`: directories scripts may also read and write.
@@ -129,16 +132,11 @@ impl Session {
         } else {
             Runtime::new(cfg.device.clone().unwrap_or(Device::Cpu), cfg.budget)
         };
-        if !cfg.model_roots.is_empty() {
-            rt.model_roots = cfg.model_roots.clone();
-        }
-        if let Ok(extra) = std::env::var("BATON_MODELS") {
-            rt.model_roots.extend(std::env::split_paths(&extra));
-        }
+        rt.model_roots = ModelRoots::with_env(&cfg.model_roots);
         if let Some(out) = &cfg.out_dir {
             rt.out_dir = out.clone();
         }
-        let mut policy = PathPolicy::new(&rt.model_roots, &rt.out_dir, &cfg.allow_paths);
+        let mut policy = PathPolicy::new(rt.model_roots.dirs(), &rt.out_dir, &cfg.allow_paths);
         if let Some(d) = std::env::var_os("BATON_STDLIB") {
             policy.add_read_root(Path::new(&d));
         }

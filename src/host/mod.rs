@@ -4,17 +4,18 @@
 //! call the runtime, and turn the result back. No ML logic lives here.
 pub mod api;
 pub mod catalog;
-pub mod comfy;
 pub mod docs;
 pub mod engine;
 pub mod errors;
 pub mod limits;
 pub mod manifest;
 pub mod options;
+pub mod params_text;
 pub mod policy;
 pub mod recipe;
 pub mod repl;
 pub mod repl_helper;
+pub mod run;
 pub mod tables;
 
 pub use engine::{Session, SessionConfig};

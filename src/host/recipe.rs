@@ -212,6 +212,20 @@ pub fn check_set_names<'a>(
     Ok(())
 }
 
+/// `baton recipes`: each recipe bundled in the binary with its doc comment.
+pub fn bundled_text() -> String {
+    let mut s =
+        String::from("bundled recipes (import \"NAME\" as x; or import \"stdlib/NAME\" as x;):\n");
+    for (name, code) in super::engine::BUNDLED {
+        s.push_str(&format!("\n{name}\n"));
+        for line in doc_comment(code).lines() {
+            s.push_str(format!("  {line}").trim_end());
+            s.push('\n');
+        }
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

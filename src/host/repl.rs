@@ -155,7 +155,7 @@ fn dot_command(
             }
             println!(
                 "{}",
-                tables::display(&Dynamic::from_map(available_report(&rt.model_roots)))
+                tables::display(&Dynamic::from_map(available_report(rt.model_roots.dirs())))
             );
         }
         ".plan" => {

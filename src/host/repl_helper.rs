@@ -8,6 +8,7 @@
 //! signature of the primitive whose call the cursor is in.
 
 use super::docs;
+use crate::roots::ModelRoots;
 use rustyline::completion::{Completer, Pair};
 use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
@@ -35,7 +36,7 @@ pub const DOT_COMMANDS: &[(&str, &str)] = &[
 pub struct Known {
     pub variables: Vec<String>,
     pub functions: Vec<String>,
-    pub model_roots: Vec<PathBuf>,
+    pub model_roots: ModelRoots,
 }
 
 pub struct ReplHelper {
@@ -134,8 +135,7 @@ fn enclosing_call(text: &str, lx: &Lex) -> (Option<String>, bool) {
 impl ReplHelper {
     fn complete_path(&self, prefix: &str) -> Vec<Pair> {
         let mut out = Vec::new();
-        for (name, _) in crate::runtime::builtin::BUILTINS {
-            let full = format!("builtin:{name}");
+        for full in ModelRoots::builtin_names() {
             if full.starts_with(prefix) {
                 out.push(Pair {
                     display: full.clone(),
@@ -148,9 +148,8 @@ impl ReplHelper {
             None => ("", prefix),
         };
         let known = self.known.borrow();
-        let mut roots = known.model_roots.clone();
-        roots.push(PathBuf::from("."));
-        for root in roots {
+        let dot = PathBuf::from(".");
+        for root in known.model_roots.iter().chain([&dot]) {
             let dir = root.join(dir_part);
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
@@ -321,7 +320,9 @@ mod tests {
         let known = Known {
             variables: vec!["high".into(), "latent".into()],
             functions: vec!["twice".into()],
-            model_roots: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")],
+            model_roots: ModelRoots::new(vec![
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+            ]),
         };
         ReplHelper {
             known: Rc::new(RefCell::new(known)),

@@ -10,6 +10,7 @@ mod stages;
 use super::names::{self, float, literal, Namer};
 use super::nodes;
 use super::workflow::{Graph, Input, Node};
+use crate::host::params_text::{self as text, Typed};
 use sampling::WAN_DEFAULT_SHIFT;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -240,20 +241,18 @@ pub fn emit(g: &Graph, order: &[usize], o: &EmitOptions) -> Result<Emitted, Stri
 
 /// A `--param` value, read as the type of the default.
 fn parse_like(default: &Value, s: &str) -> Result<Value, String> {
-    match default {
-        Value::Bool(_) => s
-            .parse::<bool>()
-            .map(Value::Bool)
-            .map_err(|_| "expected true or false".into()),
-        Value::Number(n) if n.is_i64() || n.is_u64() => s
-            .parse::<i64>()
-            .map(Value::from)
-            .map_err(|_| "expected an integer".into()),
-        Value::Number(_) => s
-            .parse::<f64>()
-            .map(Value::from)
-            .map_err(|_| "expected a number".into()),
-        _ => Ok(Value::String(s.to_string())),
+    let kind = match default {
+        Value::Bool(_) => text::Kind::Bool,
+        Value::Number(n) if n.is_i64() || n.is_u64() => text::Kind::Int,
+        Value::Number(_) => text::Kind::Float,
+        _ => text::Kind::Str,
+    };
+    match text::parse_as(s, kind) {
+        Ok(Typed::Int(i)) => Ok(Value::from(i)),
+        Ok(Typed::Float(f)) => Ok(Value::from(f)),
+        Ok(Typed::Bool(b)) => Ok(Value::Bool(b)),
+        Ok(Typed::Str(s)) => Ok(Value::String(s)),
+        Err(want) => Err(format!("expected {want}")),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod nodes;
 pub mod report;
 pub mod workflow;
 
+use crate::roots::ModelRoots;
 use std::path::{Path, PathBuf};
 
 pub use emit::{Param, SamplerSettings};
@@ -84,7 +85,7 @@ pub fn import_bytes(bytes: &[u8], source: &str, o: &ImportOptions) -> Result<Imp
         ));
     }
     let order = lifetimes::topo_order(&graph, source)?;
-    let roots = roots(&o.model_roots);
+    let roots = ModelRoots::with_env(&o.model_roots);
     let named = workflow_files(&graph);
     for (name, _) in &o.maps {
         if !named.contains(name) {
@@ -127,10 +128,10 @@ pub fn import_bytes(bytes: &[u8], source: &str, o: &ImportOptions) -> Result<Imp
     };
     let resident_text = resident.as_ref().map(|r| report::script(r, &summary, true));
     let peaks = report::Peaks {
-        imported: plan_peak(&body, source, &roots),
+        imported: plan_peak(&body, source, &o.model_roots),
         all_resident: resident_text
             .as_deref()
-            .and_then(|t| plan_peak(t, source, &roots)),
+            .and_then(|t| plan_peak(t, source, &o.model_roots)),
     };
     let report = report::render(&e, &summary, &peaks, o.keep_resident);
     let script = report::assemble(&report, &body);
@@ -150,8 +151,9 @@ pub fn import_bytes(bytes: &[u8], source: &str, o: &ImportOptions) -> Result<Imp
 }
 
 /// The peak memory `baton plan` predicts for `script` (run as `source`,
-/// models under `roots`): the report puts the imported script's peak next
-/// to the all-resident one. The script runs on a dry runtime (headers only),
+/// models under `roots` and `$BATON_MODELS`, as a session searches them):
+/// the report puts the imported script's peak next to the all-resident
+/// one. The script runs on a dry runtime (headers only),
 /// so this needs the model files, or `--map` onto files that exist; an error
 /// (e.g. a model file not found) comes back for the report to print.
 pub fn plan_peak(script: &str, source: &str, roots: &[PathBuf]) -> Option<Result<u64, String>> {
@@ -184,19 +186,6 @@ pub fn plan_peak(script: &str, source: &str, roots: &[PathBuf]) -> Option<Result
     })
 }
 
-/// The roots `baton run` would search: `--models`, else `.`, plus `$BATON_MODELS`.
-fn roots(given: &[PathBuf]) -> Vec<PathBuf> {
-    let mut r = if given.is_empty() {
-        vec![PathBuf::from(".")]
-    } else {
-        given.to_vec()
-    };
-    if let Some(extra) = std::env::var_os("BATON_MODELS") {
-        r.extend(std::env::split_paths(&extra));
-    }
-    r
-}
-
 /// Every file name the graph's loaders mention.
 fn workflow_files(g: &workflow::Graph) -> Vec<String> {
     let mut out = Vec::new();
@@ -219,31 +208,16 @@ fn resolve_file(
     name: &str,
     folder: &str,
     maps: &[(String, String)],
-    roots: &[PathBuf],
+    roots: &ModelRoots,
 ) -> (String, String) {
     if let Some((_, path)) = maps.iter().find(|(n, _)| n == name) {
         return (path.clone(), format!("--map {name}"));
     }
-    for root in roots {
-        if root.join(name).is_file() {
-            return (name.to_string(), format!("found in {}", root.display()));
-        }
-        let nested = Path::new(folder).join(name);
-        if root.join(&nested).is_file() {
-            let rel = nested.to_string_lossy().into_owned();
-            return (rel, format!("found in {}", root.join(folder).display()));
-        }
-    }
-    (
-        name.to_string(),
-        "not found under the model roots: pass --models DIR or --map NAME=PATH".to_string(),
-    )
-}
-
-/// Parses `NAME=VALUE` for `--map` and `--param`.
-pub fn parse_pair(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-        _ => Err(format!("expected NAME=VALUE, got {s:?}")),
+    match roots.find_in(name, folder) {
+        Some((rel, dir)) => (rel, format!("found in {}", dir.display())),
+        None => (
+            name.to_string(),
+            "not found under the model roots: pass --models DIR or --map NAME=PATH".to_string(),
+        ),
     }
 }

@@ -20,7 +20,7 @@ pub struct Runtime {
     pub(super) ledger: Ledger,
     pub(super) registry: Registry,
     /// Directories searched for relative model paths, in order.
-    pub model_roots: Vec<PathBuf>,
+    pub model_roots: crate::roots::ModelRoots,
     /// Where relative output paths go.
     pub out_dir: PathBuf,
     pub last_sample: SampleReport,
@@ -55,7 +55,7 @@ impl Runtime {
             device,
             ledger: Ledger::new(budget),
             registry: Registry::default(),
-            model_roots: vec![PathBuf::from(".")],
+            model_roots: Default::default(),
             out_dir: PathBuf::from("out"),
             last_sample: SampleReport::default(),
             offload_peak: 0,
@@ -161,27 +161,6 @@ impl Runtime {
 
     /// Finds a model file: absolute, or under one of the model roots.
     pub fn resolve_model_path(&self, path: &str) -> Result<PathBuf> {
-        if let Some(name) = path.strip_prefix("builtin:") {
-            return super::builtin::materialise(name).map_err(RuntimeError::Input);
-        }
-        let p = Path::new(path);
-        if p.is_absolute() {
-            return Ok(p.to_path_buf());
-        }
-        for root in &self.model_roots {
-            let candidate = root.join(p);
-            if candidate.exists() {
-                return Ok(candidate);
-            }
-        }
-        let roots: Vec<String> = self
-            .model_roots
-            .iter()
-            .map(|r| r.display().to_string())
-            .collect();
-        Err(RuntimeError::Input(format!(
-            "model file '{path}' not found under {}",
-            roots.join(", ")
-        )))
+        self.model_roots.resolve(path).map_err(RuntimeError::Input)
     }
 }

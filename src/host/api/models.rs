@@ -127,7 +127,7 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
 
     let r = rt.clone();
     engine.register_fn("models", move || -> Map {
-        available_report(&r.borrow().model_roots)
+        available_report(r.borrow().model_roots.dirs())
     });
 
     let r = rt.clone();

@@ -8,6 +8,7 @@
 //! manifest.
 
 use crate::host::errors::{script_err, ScriptResult};
+use crate::host::params_text::{parse_as, Kind, Typed};
 use rhai::{Dynamic, Engine};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -59,32 +60,26 @@ impl Params {
 
 /// `text` parsed to the type of `default` (int, float, bool or string).
 fn parse_like(name: &str, text: &str, default: &Dynamic) -> Result<Dynamic, String> {
-    let bad = |want: &str| format!("param '{name}': --set {name}={text} is not {want}");
-    if default.is_int() {
-        text.trim()
-            .parse::<rhai::INT>()
-            .map(Dynamic::from)
-            .map_err(|_| bad("an integer"))
+    let kind = if default.is_int() {
+        Kind::Int
     } else if default.is_float() {
-        text.trim()
-            .parse::<rhai::FLOAT>()
-            .ok()
-            .filter(|f| f.is_finite())
-            .map(Dynamic::from)
-            .ok_or_else(|| bad("a number"))
+        Kind::Float
     } else if default.is_bool() {
-        match text.trim() {
-            "true" => Ok(Dynamic::TRUE),
-            "false" => Ok(Dynamic::FALSE),
-            _ => Err(bad("true or false")),
-        }
+        Kind::Bool
     } else if default.is_string() {
-        Ok(Dynamic::from(text.to_string()))
+        Kind::Str
     } else {
-        Err(format!(
+        return Err(format!(
             "param '{name}': the default must be an int, float, bool or string, got {}",
             default.type_name()
-        ))
+        ));
+    };
+    match parse_as(text, kind) {
+        Ok(Typed::Int(i)) => Ok(Dynamic::from(i as rhai::INT)),
+        Ok(Typed::Float(f)) => Ok(Dynamic::from(f as rhai::FLOAT)),
+        Ok(Typed::Bool(b)) => Ok(Dynamic::from(b)),
+        Ok(Typed::Str(s)) => Ok(Dynamic::from(s)),
+        Err(want) => Err(format!("param '{name}': --set {name}={text} is not {want}")),
     }
 }
 
