@@ -13,7 +13,7 @@ use super::size::mib;
 use super::timeline::{Mark, Timeline};
 use super::error::{Result, RuntimeError};
 use candle_core::Device;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub struct Runtime {
     pub device: Device,
