@@ -183,9 +183,9 @@ fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::MakeTiny { dir } => {
             std::fs::create_dir_all(&dir)?;
-            for (name, seed) in baton::runtime::builtin::BUILTINS {
+            for (name, seed) in baton::roots::builtin::BUILTINS {
                 let path = dir.join(format!("{name}.safetensors"));
-                baton::runtime::builtin::write(name, *seed, &path).map_err(anyhow::Error::msg)?;
+                baton::roots::builtin::write(name, *seed, &path).map_err(anyhow::Error::msg)?;
                 println!("wrote {}", path.display());
             }
         }

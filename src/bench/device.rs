@@ -433,7 +433,7 @@ fn swap(c: &Ctx, t: &mut Table) -> anyhow::Result<()> {
 /// fp8 (`dtype: "fp8"`: dequantised per layer at forward time) and with the
 /// automatic choice, each against the same weights dequantised in f32.
 fn fp8_parity(dev: &Device, dir: &Path, t: &mut Table) -> anyhow::Result<()> {
-    let src = crate::runtime::builtin::materialise("wan-tiny-high").map_err(anyhow::Error::msg)?;
+    let src = crate::roots::builtin::materialise("wan-tiny-high").map_err(anyhow::Error::msg)?;
     let base = candle_core::safetensors::load(&src, &Device::Cpu)?;
     let (mut q, mut r) = (
         std::collections::HashMap::new(),
@@ -463,7 +463,7 @@ fn fp8_parity(dev: &Device, dir: &Path, t: &mut Table) -> anyhow::Result<()> {
     let reference = temp_file(dir, "ref");
     candle_core::safetensors::save(&q, &fp8.0)?;
     candle_core::safetensors::save(&r, &reference.0)?;
-    let tiny = crate::runtime::builtin::tiny_config();
+    let tiny = crate::roots::builtin::tiny_config();
     let i = inputs(64, 64, 5, 16)?;
     let mut rt = Runtime::new(dev.clone(), None);
     let load = |dtype| LoadOptions {

@@ -158,7 +158,7 @@ pub(crate) fn write_checkpoint_seeded(
     cfg: &WanConfig,
     seed: u64,
 ) -> anyhow::Result<u64> {
-    let list = crate::runtime::builtin::wan_tensor_shapes(cfg);
+    let list = crate::roots::builtin::wan_tensor_shapes(cfg);
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for (name, shape) in &list {

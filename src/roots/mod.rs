@@ -8,6 +8,7 @@
 //! script names, lists the checkpoints under the roots, and gives the path
 //! policy the directories scripts may read.
 
+pub mod builtin;
 pub mod comfy;
 
 use std::path::{Path, PathBuf};
@@ -105,7 +106,7 @@ impl ModelRoots {
 
     /// Every built-in model name, as a script writes it (`builtin:NAME`).
     pub fn builtin_names() -> impl Iterator<Item = String> {
-        crate::runtime::builtin::BUILTINS
+        builtin::BUILTINS
             .iter()
             .map(|(n, _)| format!("{BUILTIN_PREFIX}{n}"))
     }
@@ -115,7 +116,7 @@ impl ModelRoots {
     /// has it.
     pub fn resolve(&self, path: &str) -> Result<PathBuf, String> {
         if let Some(name) = path.strip_prefix(BUILTIN_PREFIX) {
-            return crate::runtime::builtin::materialise(name);
+            return builtin::materialise(name);
         }
         let p = Path::new(path);
         if p.is_absolute() {

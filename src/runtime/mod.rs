@@ -3,7 +3,8 @@
 //! Scripts hold model *ids*, never tensors, so `delete_model` here really drops
 //! the last reference to every weight.
 pub mod activations;
-pub mod builtin;
+/// The built-in tiny models live with the model roots; kept here for the old path.
+pub use crate::roots::builtin;
 pub mod cancel;
 mod coding;
 mod compute;
