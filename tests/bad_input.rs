@@ -4,41 +4,22 @@
 mod common;
 
 use candle_core::{Device, Tensor};
-use common::{as_f64, eval, eval_err, fixture, load_fixture, run, session_with};
+use common::golden::{copy_tiny_config, predict_case, TINY_DIT};
+use common::survivor::{assert_survivor_works_counting, survivor};
+use common::{as_f64, eval, eval_err, fixture, load_fixture, run};
 use std::path::Path;
 
-const ORIGINAL: &str = "tests/fixtures/wan_tiny/original.safetensors";
-
-/// A session with a model already loaded, whose survival every test checks.
-fn session_with_survivor(out: &Path) -> baton::host::Session {
-    let mut s = session_with(None, out);
-    run(
-        &mut s,
-        &format!(
-            r#"
-            let cases = load_tensors("tests/fixtures/wan_tiny/forward_cases.safetensors");
-            let keep = load_model("{ORIGINAL}", #{{ name: "keep" }});
-            "#
-        ),
-    );
-    s
-}
-
+/// Counts the models in the ledger (`vram().models`), which a failed load
+/// must leave as it was.
 fn assert_survivor_works(s: &mut baton::host::Session) {
-    let err = as_f64(eval(
-        s,
-        "rel_l2(predict(keep, cases.case0_x, cases.case0_t, cases.case0_context), cases.case0_out)",
-    ));
-    assert!(err < 1e-4, "the surviving model now gives rel L2 {err}");
-    assert_eq!(as_f64(eval(s, "vram().models.len()")), 1.0);
+    assert_survivor_works_counting(s, "vram().models.len()");
 }
 
 fn write_modified(path: &Path, edit: impl FnOnce(&mut std::collections::HashMap<String, Tensor>)) {
     let mut t = load_fixture("wan_tiny/original.safetensors");
     edit(&mut t);
     candle_core::safetensors::save(&t, path).unwrap();
-    let config = path.parent().unwrap().join("config.json");
-    std::fs::copy(fixture("wan_tiny/config.json"), config).unwrap();
+    copy_tiny_config(path.parent().unwrap());
 }
 
 fn load_error(s: &mut baton::host::Session, path: &Path) -> String {
@@ -54,7 +35,7 @@ fn truncated_checkpoint() {
     let path = dir.path().join("truncated.safetensors");
     let bytes = std::fs::read(fixture("wan_tiny/original.safetensors")).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let mut s = session_with_survivor(dir.path());
+    let mut s = survivor(dir.path());
     let e = load_error(&mut s, &path);
     assert!(
         e.contains("truncated.safetensors") && e.contains("truncated"),
@@ -74,7 +55,7 @@ fn corrupt_header() {
     let mut bytes = 64u64.to_le_bytes().to_vec();
     bytes.extend_from_slice(&[b'{'; 64]);
     std::fs::write(&path, bytes).unwrap();
-    let mut s = session_with_survivor(dir.path());
+    let mut s = survivor(dir.path());
     let e = load_error(&mut s, &path);
     assert!(
         e.contains("garbage.safetensors") && e.contains("not a valid safetensors"),
@@ -86,7 +67,7 @@ fn corrupt_header() {
 #[test]
 fn wrong_architecture() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = session_with_survivor(dir.path());
+    let mut s = survivor(dir.path());
     let e = load_error(&mut s, &fixture("wan_tiny/forward_cases.safetensors"));
     assert!(
         e.contains("forward_cases.safetensors") && e.contains("not a Wan DiT"),
@@ -102,7 +83,7 @@ fn missing_key() {
     write_modified(&path, |t| {
         t.remove("blocks.1.ffn.2.bias");
     });
-    let mut s = session_with_survivor(dir.path());
+    let mut s = survivor(dir.path());
     let e = load_error(&mut s, &path);
     assert!(
         e.contains("missing.safetensors") && e.contains("blocks.1.ffn.2.bias"),
@@ -121,7 +102,7 @@ fn shape_mismatch() {
             Tensor::ones(40, candle_core::DType::F32, &Device::Cpu).unwrap(),
         );
     });
-    let mut s = session_with_survivor(dir.path());
+    let mut s = survivor(dir.path());
     let e = load_error(&mut s, &path);
     assert!(
         e.contains("misshapen.safetensors")
@@ -146,7 +127,7 @@ fn a_misshapen_fp8_scale_is_refused_clearly() {
         let bad = candle_core::Tensor::ones(3, candle_core::DType::F32, &candle_core::Device::Cpu);
         t.insert("blocks.0.ffn.0.scale_weight".into(), bad.unwrap());
     });
-    let mut s = session_with_survivor(dir.path());
+    let mut s = survivor(dir.path());
     let e = load_error(&mut s, &path);
     assert!(
         e.contains("blocks.0.ffn.0.scale_weight")
@@ -167,17 +148,14 @@ fn comfy_prefix_is_stripped() {
             .map(|(k, v)| (format!("model.diffusion_model.{k}"), v))
             .collect();
     candle_core::safetensors::save(&t, &path).unwrap();
-    std::fs::copy(
-        fixture("wan_tiny/config.json"),
-        dir.path().join("config.json"),
-    )
-    .unwrap();
-    let mut s = session_with_survivor(dir.path());
+    copy_tiny_config(dir.path());
+    let mut s = survivor(dir.path());
     let err = as_f64(eval(
         &mut s,
         &format!(
-            r#"let m = load_model("{}"); rel_l2(predict(m, cases.case1_x, cases.case1_t, cases.case1_context), cases.case1_out)"#,
-            path.display()
+            r#"let m = load_model("{}"); rel_l2({}, cases.case1_out)"#,
+            path.display(),
+            predict_case("m", "cases", "case1")
         ),
     ));
     assert!(err < 1e-4, "prefixed checkpoint: rel L2 {err}");
@@ -186,11 +164,11 @@ fn comfy_prefix_is_stripped() {
 #[test]
 fn deleted_handle_names_where_it_was_deleted() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = session_with_survivor(dir.path());
+    let mut s = survivor(dir.path());
     let e = eval_err(
         &mut s,
         &format!(
-            "let m = load_model(\"{ORIGINAL}\", #{{ name: \"gone\" }});\ndelete_model(m);\nlet y = predict(m, cases.case0_x, 1.0, cases.case0_context);"
+            "let m = load_model(\"{TINY_DIT}\", #{{ name: \"gone\" }});\ndelete_model(m);\nlet y = predict(m, cases.case0_x, 1.0, cases.case0_context);"
         ),
     );
     assert!(e.contains("model 'gone' was deleted at test.rhai:2"), "{e}");
@@ -205,10 +183,10 @@ fn deleted_handle_names_where_it_was_deleted() {
 #[test]
 fn over_budget_without_offload_names_what_is_loaded() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = session_with_survivor(dir.path());
+    let mut s = survivor(dir.path());
     let e = eval_err(
         &mut s,
-        &format!("vram_budget(keep.bytes + 1000);\nlet m = load_model(\"{ORIGINAL}\", #{{ name: \"second\", offload: \"never\" }});"),
+        &format!("vram_budget(keep.bytes + 1000);\nlet m = load_model(\"{TINY_DIT}\", #{{ name: \"second\", offload: \"never\" }});"),
     );
     assert!(e.starts_with("test.rhai:2:"), "{e}");
     assert!(
@@ -221,7 +199,7 @@ fn over_budget_without_offload_names_what_is_loaded() {
 #[test]
 fn script_errors_carry_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = session_with_survivor(dir.path());
+    let mut s = survivor(dir.path());
     let e = eval_err(&mut s, "let a = 1;\nlet b = a + undefined_thing;");
     assert!(e.starts_with("test.rhai:2:13"), "{e}");
     let e = eval_err(&mut s, "let a = 1;\n  let b = (;");
@@ -240,7 +218,7 @@ fn script_errors_carry_line_and_column() {
 #[test]
 fn unknown_option_keys_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = session_with_survivor(dir.path());
+    let mut s = survivor(dir.path());
     let e = eval_err(
         &mut s,
         "let x = sample(keep, cases.case0_x, #{ positive: cases.case0_context, cfgg: 2.0 });",
@@ -275,7 +253,7 @@ fn unknown_option_keys_are_named() {
 #[test]
 fn outputs_are_written_atomically() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = session_with_survivor(dir.path());
+    let mut s = survivor(dir.path());
     let p = eval(
         &mut s,
         r#"save_tensors(#{ out: cases.case0_out }, "sub/result.safetensors")"#,
@@ -300,7 +278,7 @@ fn outputs_are_written_atomically() {
 #[test]
 fn degenerate_inputs_are_errors_not_crashes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = session_with_survivor(dir.path());
+    let mut s = survivor(dir.path());
     let cases = [
         ("predict(keep, zeros([1, 16, 0, 4, 4]), 1.0, cases.case0_context)", "empty dimension"),
         ("predict(keep, cases.case0_x, 1.0, zeros([1, 0, 32]))", "no tokens"),
@@ -342,7 +320,7 @@ fn a_bad_streamed_block_fails_at_load_time() {
     ] {
         let path = dir.path().join(format!("{name}.safetensors"));
         write_modified(&path, |t| edit(t));
-        let mut s = session_with_survivor(dir.path());
+        let mut s = survivor(dir.path());
         // One byte short of a second copy: every block of the new model streams
         // (the tiny model's stem plus a block buffer leaves no room for more).
         let e = eval_err(

@@ -5,19 +5,13 @@
 
 mod common;
 
-use common::{as_f64, eval, eval_err, run, session_with};
+use common::eval_err;
+use common::survivor::{assert_survivor_works, survivor};
 
 #[test]
 fn cancelling_a_long_sample_keeps_the_session() {
     let out = tempfile::tempdir().unwrap();
-    let mut s = session_with(None, out.path());
-    run(
-        &mut s,
-        r#"
-        let cases = load_tensors("tests/fixtures/wan_tiny/forward_cases.safetensors");
-        let keep = load_model("tests/fixtures/wan_tiny/original.safetensors", #{ name: "keep" });
-        "#,
-    );
+    let mut s = survivor(out.path());
     let setter = std::thread::spawn(|| {
         std::thread::sleep(std::time::Duration::from_millis(400));
         baton::runtime::cancel::request_cancel();
@@ -35,10 +29,5 @@ fn cancelling_a_long_sample_keeps_the_session() {
     );
     assert_eq!(s.last_stop, Some(baton::runtime::cancel::Stop::Cancelled));
     // The next evaluation starts with the flag cleared; the model is intact.
-    let err = as_f64(eval(
-        &mut s,
-        "rel_l2(predict(keep, cases.case0_x, cases.case0_t, cases.case0_context), cases.case0_out)",
-    ));
-    assert!(err < 1e-4, "{err}");
-    assert_eq!(as_f64(eval(&mut s, "loaded_models().len()")), 1.0);
+    assert_survivor_works(&mut s);
 }

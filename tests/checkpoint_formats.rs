@@ -8,14 +8,14 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use common::golden::{copy_tiny_config, predict_case, FORWARD_CASES, TINY_DIT};
 use common::{as_f64, eval, eval_err};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-fn cases() -> String {
-    common::fixture("wan_tiny/forward_cases.safetensors")
-        .display()
-        .to_string()
+/// Rhai: model `m`'s prediction on golden case 1 of the script's `c`.
+fn case1(m: &str) -> String {
+    predict_case(m, "c", "case1")
 }
 
 /// Writes `tensors` as shards: block 1 in the second file, the rest in the
@@ -47,14 +47,6 @@ fn write_shards(
         .unwrap();
     }
     (names, map)
-}
-
-fn copy_config(dir: &Path) {
-    std::fs::copy(
-        common::fixture("wan_tiny/config.json"),
-        dir.join("config.json"),
-    )
-    .unwrap();
 }
 
 fn write_index(
@@ -90,15 +82,16 @@ fn case1_errors(dir: &Path, path: &Path, dtype: &str) -> (f64, f64) {
         &mut s,
         &format!(
             r#"
-            let c = load_tensors("{}");
+            let c = load_tensors("{FORWARD_CASES}");
             let m = load_model("{}", #{{ dtype: "{dtype}" }});
-            let y = predict(m, c.case1_x, c.case1_t, c.case1_context);
+            let y = {};
             delete_model(m);
-            let o = load_model("tests/fixtures/wan_tiny/original.safetensors", #{{ dtype: "{dtype}" }});
-            [rel_l2(y, c.case1_out), rel_l2(y, predict(o, c.case1_x, c.case1_t, c.case1_context))]
+            let o = load_model("{TINY_DIT}", #{{ dtype: "{dtype}" }});
+            [rel_l2(y, c.case1_out), rel_l2(y, {})]
             "#,
-            cases(),
-            path.display()
+            path.display(),
+            case1("m"),
+            case1("o")
         ),
     )
     .into_array()
@@ -112,11 +105,7 @@ fn sharded_by_index_and_by_folder_load_as_one_file() {
     let base = common::load_fixture("wan_tiny/original.safetensors");
     let (_, map) = write_shards(dir.path(), "diffusion_pytorch_model", &base, None);
     let index = write_index(dir.path(), "diffusion_pytorch_model", &map);
-    std::fs::copy(
-        common::fixture("wan_tiny/config.json"),
-        dir.path().join("config.json"),
-    )
-    .unwrap();
+    copy_tiny_config(dir.path());
     for path in [index.as_path(), dir.path()] {
         let (to_ref, to_single) = case1_errors(dir.path(), path, "f32");
         assert!(to_ref <= 1e-4, "{}: {to_ref:.3e}", path.display());
@@ -138,11 +127,7 @@ fn diffusers_transformer_folder_matches_the_reference() {
     let base = common::load_fixture("wan_tiny/diffusers.safetensors");
     assert!(base.contains_key("blocks.0.norm2.weight"));
     write_shards(&dir, "diffusion_pytorch_model", &base, None);
-    std::fs::copy(
-        common::fixture("wan_tiny/config.json"),
-        dir.join("config.json"),
-    )
-    .unwrap();
+    copy_tiny_config(&dir);
     let (to_ref, to_single) = case1_errors(root.path(), &dir, "f32");
     assert!(to_ref <= 1e-4, "{to_ref:.3e}");
     assert!(to_single <= 1e-5, "{to_single:.3e}");
@@ -154,11 +139,7 @@ fn diffusers_transformer_folder_matches_the_reference() {
     let bad = root.path().join("bad");
     std::fs::create_dir(&bad).unwrap();
     write_shards(&bad, "m", &swapped, None);
-    std::fs::copy(
-        common::fixture("wan_tiny/config.json"),
-        bad.join("config.json"),
-    )
-    .unwrap();
+    copy_tiny_config(&bad);
     let (changed, _) = case1_errors(root.path(), &bad, "f32");
     assert!(changed > 1e-3, "norm2 is not read: {changed:.3e}");
     let out = inspect(&dir);
@@ -175,11 +156,7 @@ fn f16_file_matches_within_half_precision() {
         .collect();
     let p = dir.path().join("wan_f16.safetensors");
     candle_core::safetensors::save(&half, &p).unwrap();
-    std::fs::copy(
-        common::fixture("wan_tiny/config.json"),
-        dir.path().join("config.json"),
-    )
-    .unwrap();
+    copy_tiny_config(dir.path());
     let (to_ref, _) = case1_errors(dir.path(), &p, "f16");
     assert!(to_ref <= 2e-2, "{to_ref:.3e}");
     let (f32_from_f16, _) = case1_errors(dir.path(), &p, "f32");
@@ -227,25 +204,21 @@ fn fp8_scaled_with_header_quantization_metadata() {
     .unwrap();
     let r = dir.path().join("ref.safetensors");
     candle_core::safetensors::save(&reference, &r).unwrap();
-    std::fs::copy(
-        common::fixture("wan_tiny/config.json"),
-        dir.path().join("config.json"),
-    )
-    .unwrap();
+    copy_tiny_config(dir.path());
     let mut s = common::session_with(None, dir.path());
     let d = as_f64(eval(
         &mut s,
         &format!(
             r#"
-            let c = load_tensors("{}");
+            let c = load_tensors("{FORWARD_CASES}");
             let q = load_model("{}", #{{ dtype: "f32" }});
             let r = load_model("{}", #{{ dtype: "f32" }});
-            rel_l2(predict(q, c.case1_x, c.case1_t, c.case1_context),
-                   predict(r, c.case1_x, c.case1_t, c.case1_context))
+            rel_l2({}, {})
             "#,
-            cases(),
             p.display(),
-            r.display()
+            r.display(),
+            case1("q"),
+            case1("r")
         ),
     ));
     assert!(d <= 1e-4, "{d:.3e}");
@@ -280,7 +253,7 @@ fn broken_sharded_sets_fail_naming_the_index_shard_and_key() {
     let base = common::load_fixture("wan_tiny/original.safetensors");
     let (names, map) = write_shards(dir.path(), "m", &base, None);
     let index = write_index(dir.path(), "m", &map);
-    copy_config(dir.path());
+    copy_tiny_config(dir.path());
 
     // The index names a shard that is not there.
     let mut missing = map.clone();
@@ -325,7 +298,7 @@ fn broken_sharded_sets_fail_naming_the_index_shard_and_key() {
     short.remove("blocks.1.cross_attn.k.weight");
     let sub = dir.path().join("short");
     std::fs::create_dir(&sub).unwrap();
-    copy_config(&sub);
+    copy_tiny_config(&sub);
     let (_, m) = write_shards(&sub, "m", &short, None);
     let idx = write_index(&sub, "m", &m);
     assert_fails_cleanly(dir.path(), &idx, &["blocks.1.cross_attn.k.weight"]);
@@ -338,14 +311,14 @@ fn broken_sharded_sets_fail_naming_the_index_shard_and_key() {
     );
     let sub = dir.path().join("wrong");
     std::fs::create_dir(&sub).unwrap();
-    copy_config(&sub);
+    copy_tiny_config(&sub);
     write_shards(&sub, "m", &wrong, None);
     assert_fails_cleanly(dir.path(), &sub, &["blocks.1.ffn.2.weight", "shape"]);
 
     // Two shards holding the same tensor.
     let sub = dir.path().join("overlap");
     std::fs::create_dir(&sub).unwrap();
-    copy_config(&sub);
+    copy_tiny_config(&sub);
     write_shards(&sub, "m", &base, None);
     candle_core::safetensors::save(&base, sub.join("extra.safetensors")).unwrap();
     assert_fails_cleanly(dir.path(), &sub, &["overlap"]);
@@ -353,7 +326,7 @@ fn broken_sharded_sets_fail_naming_the_index_shard_and_key() {
     // Not a Wan DiT at all.
     let sub = dir.path().join("other");
     std::fs::create_dir(&sub).unwrap();
-    copy_config(&sub);
+    copy_tiny_config(&sub);
     let other = HashMap::from([(
         "encoder.weight".to_string(),
         Tensor::zeros(4, DType::F32, &Device::Cpu).unwrap(),

@@ -7,15 +7,8 @@
 mod common;
 
 use baton::runtime::builtin::{tiny_config, write_tiny};
-use baton::runtime::memstat;
+use common::rss::{assert_rss_back, assert_rss_grew_by, rss, tolerance, MIB};
 use common::{as_f64, eval, run, session_with};
-
-const MIB: f64 = (1u64 << 20) as f64;
-
-fn rss() -> f64 {
-    memstat::trim();
-    memstat::rss() as f64
-}
 
 #[test]
 fn delete_returns_rss_and_the_ledger_matches_it() {
@@ -61,13 +54,8 @@ fn delete_returns_rss_and_the_ledger_matches_it() {
         ledger / MIB,
         grew / MIB
     );
-    let tol = (8.0 * MIB).max(0.05 * model_bytes);
-    assert!(
-        (grew - ledger).abs() <= tol,
-        "ledger says {:.1} MiB resident but RSS grew {:.1} MiB",
-        ledger / MIB,
-        grew / MIB
-    );
+    let tol = tolerance(model_bytes);
+    assert_rss_grew_by(grew, ledger, tol, "the ledger counts");
 
     run(&mut s, "delete_model(m);");
     assert_eq!(as_f64(eval(&mut s, "vram().used")), 0.0);
@@ -78,12 +66,7 @@ fn delete_returns_rss_and_the_ledger_matches_it() {
         before / MIB,
         after / MIB
     );
-    assert!(
-        (after - before).abs() <= tol,
-        "RSS after delete {:.1} MiB vs {:.1} MiB before the load",
-        after / MIB,
-        before / MIB
-    );
+    assert_rss_back(after, before, tol, "delete");
 
     // Partial load under a budget: only the resident part costs RSS, also
     // after forwards that streamed every other block through the buffer.
@@ -113,18 +96,7 @@ fn delete_returns_rss_and_the_ledger_matches_it() {
         offloaded / MIB,
         grew / MIB
     );
-    assert!(
-        (grew - weights).abs() <= tol,
-        "partially loaded model holds {:.1} MiB of weights but RSS grew {:.1} MiB",
-        weights / MIB,
-        grew / MIB
-    );
+    assert_rss_grew_by(grew, weights, tol, "the partial model holds");
     run(&mut s, "delete_model(m);");
-    let after = rss();
-    assert!(
-        (after - before).abs() <= tol,
-        "RSS after deleting the partial model {:.1} MiB vs {:.1} MiB before",
-        after / MIB,
-        before / MIB
-    );
+    assert_rss_back(rss(), before, tol, "deleting the partial model");
 }

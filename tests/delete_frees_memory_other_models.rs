@@ -5,15 +5,8 @@
 mod common;
 
 use baton::runtime::builtin;
-use baton::runtime::memstat;
+use common::rss::{assert_rss_back, assert_rss_grew_by, rss, tolerance, MIB};
 use common::{as_f64, eval, run, session_with};
-
-const MIB: f64 = (1u64 << 20) as f64;
-
-fn rss() -> f64 {
-    memstat::trim();
-    memstat::rss() as f64
-}
 
 #[test]
 fn text_encoder_and_vae_ledger_matches_rss_and_delete_frees_it() {
@@ -48,14 +41,9 @@ fn text_encoder_and_vae_ledger_matches_rss_and_delete_frees_it() {
         grew / MIB
     );
     // The same allowance as the experts' test: max(8 MiB, 5% of the models).
-    let tol = (8.0 * MIB).max(0.05 * ledger);
+    let tol = tolerance(ledger);
     assert!(ledger > 50.0 * MIB, "both models are in the ledger");
-    assert!(
-        (grew - ledger).abs() <= tol,
-        "ledger says {:.1} MiB but RSS grew {:.1} MiB",
-        ledger / MIB,
-        grew / MIB
-    );
+    assert_rss_grew_by(grew, ledger, tol, "the ledger counts");
     run(&mut s, "delete_model(te); delete_model(vae);");
     assert_eq!(as_f64(eval(&mut s, "vram().used")), 0.0);
     let after = rss();
@@ -64,10 +52,5 @@ fn text_encoder_and_vae_ledger_matches_rss_and_delete_frees_it() {
         before / MIB,
         after / MIB
     );
-    assert!(
-        (after - before).abs() <= tol,
-        "RSS after delete {:.1} MiB vs {:.1} MiB before the loads",
-        after / MIB,
-        before / MIB
-    );
+    assert_rss_back(after, before, tol, "delete");
 }

@@ -7,9 +7,15 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor};
+use common::golden::{copy_tiny_config, predict_case, FORWARD_CASES};
 use common::{as_f64, eval, run};
 use std::collections::HashMap;
 use std::path::Path;
+
+/// Rhai: model `m`'s prediction on golden case 1 of the script's `c`.
+fn case1(m: &str) -> String {
+    predict_case(m, "c", "case1")
+}
 
 /// (fp8 file tensors, f32 reference tensors) for one encoding.
 fn quantised(legacy: bool) -> (HashMap<String, Tensor>, HashMap<String, Tensor>) {
@@ -66,11 +72,7 @@ fn quantised_linears(
 fn save(dir: &Path, name: &str, t: &HashMap<String, Tensor>) -> String {
     let p = dir.join(name);
     candle_core::safetensors::save(t, &p).unwrap();
-    std::fs::copy(
-        common::fixture("wan_tiny/config.json"),
-        dir.join("config.json"),
-    )
-    .unwrap();
+    copy_tiny_config(dir);
     p.display().to_string()
 }
 
@@ -86,20 +88,24 @@ fn both_fp8_scaled_encodings_match_the_dequantised_reference() {
             &mut s,
             &format!(
                 r#"
-                let c = load_tensors("{}");
+                let c = load_tensors("{FORWARD_CASES}");
                 let r = load_model("{ref_path}", #{{ name: "ref" }});
                 let q32 = load_model("{fp8_path}", #{{ name: "q32", dtype: "f32" }});
                 let q = load_model("{fp8_path}", #{{ name: "q" }});
-                let want = predict(r, c.case1_x, c.case1_t, c.case1_context);
+                let want = {p_r};
                 "#,
-                common::fixture("wan_tiny/forward_cases.safetensors").display()
+                p_r = case1("r")
             ),
         );
         let v = eval(
             &mut s,
-            r#"[rel_l2(predict(q32, c.case1_x, c.case1_t, c.case1_context), want),
-                rel_l2(predict(q, c.case1_x, c.case1_t, c.case1_context), want),
-                rel_l2(want, c.case1_out), q.dtype]"#,
+            &format!(
+                r#"[rel_l2({}, want),
+                    rel_l2({}, want),
+                    rel_l2(want, c.case1_out), q.dtype]"#,
+                case1("q32"),
+                case1("q")
+            ),
         )
         .into_array()
         .unwrap();
@@ -135,16 +141,17 @@ fn streamed_fp8_blocks_dequantise_too() {
         &mut s,
         &format!(
             r#"
-            let c = load_tensors("{}");
+            let c = load_tensors("{FORWARD_CASES}");
             let a = load_model("{p}", #{{ name: "a", dtype: "f32" }});
-            let want = predict(a, c.case1_x, c.case1_t, c.case1_context);
+            let want = {p_a};
             delete_model(a);
             vram_budget(300000);
             let b = load_model("{p}", #{{ name: "b", dtype: "f32" }});
             if b.offloaded_bytes == 0 {{ throw "expected a partial load"; }}
-            rel_l2(predict(b, c.case1_x, c.case1_t, c.case1_context), want)
+            rel_l2({p_b}, want)
             "#,
-            common::fixture("wan_tiny/forward_cases.safetensors").display()
+            p_a = case1("a"),
+            p_b = case1("b")
         ),
     ));
     assert_eq!(d, 0.0);
@@ -176,12 +183,12 @@ fn fp8_resident_dequantises_per_layer() {
             &mut s,
             &format!(
                 r#"
-                let c = load_tensors("{}");
+                let c = load_tensors("{FORWARD_CASES}");
                 let r = load_model("{ref_path}", #{{ name: "ref" }});
-                let want = predict(r, c.case1_x, c.case1_t, c.case1_context);
+                let want = {p_r};
                 delete_model(r);
                 let q = load_model("{fp8_path}", #{{ name: "q", dtype: "fp8" }});
-                let got = predict(q, c.case1_x, c.case1_t, c.case1_context);
+                let got = {p_q};
                 let bytes = q.bytes;
                 let dt = q.dtype;
                 delete_model(q);
@@ -189,9 +196,11 @@ fn fp8_resident_dequantises_per_layer() {
                 let p = load_model("{fp8_path}", #{{ name: "p", dtype: "fp8" }});
                 let streamed = p.offloaded_bytes;
                 [rel_l2(got, want), bytes, dt, streamed,
-                 rel_l2(predict(p, c.case1_x, c.case1_t, c.case1_context), want)]
+                 rel_l2({p_p}, want)]
                 "#,
-                common::fixture("wan_tiny/forward_cases.safetensors").display()
+                p_r = case1("r"),
+                p_q = case1("q"),
+                p_p = case1("p")
             ),
         )
         .into_array()
@@ -238,21 +247,23 @@ fn fp8_without_a_dtype_dequantises_only_when_it_fits() {
         &mut s,
         &format!(
             r#"
-            let c = load_tensors("{}");
+            let c = load_tensors("{FORWARD_CASES}");
             let r = load_model("{ref_path}", #{{ name: "ref" }});
-            let want = predict(r, c.case1_x, c.case1_t, c.case1_context);
+            let want = {p_r};
             let bf16_bytes = r.bytes / 2;
             delete_model(r);
             let a = load_model("{fp8_path}", #{{ name: "a" }});
             let a_dtype = a.dtype;
-            let a_err = rel_l2(predict(a, c.case1_x, c.case1_t, c.case1_context), want);
+            let a_err = rel_l2({p_a}, want);
             delete_model(a);
             vram_budget(bf16_bytes - 1000);
             let b = load_model("{fp8_path}", #{{ name: "b" }});
             [a_dtype, a_err, b.dtype, b.offloaded_bytes,
-             rel_l2(predict(b, c.case1_x, c.case1_t, c.case1_context), want)]
+             rel_l2({p_b}, want)]
             "#,
-            common::fixture("wan_tiny/forward_cases.safetensors").display()
+            p_r = case1("r"),
+            p_a = case1("a"),
+            p_b = case1("b")
         ),
     )
     .into_array()

@@ -5,10 +5,11 @@ mod common;
 
 use baton::runtime::{LoadOptions, ModelId, Runtime};
 use candle_core::{DType, Device, Tensor};
+use common::golden::{report_close, TINY_DIT};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-const MODEL: &str = "tests/fixtures/wan_tiny/original.safetensors";
+const MODEL: &str = TINY_DIT;
 const FORMATS: &[&str] = &[
     "lora_comfy_kohya",
     "lora_original_peft",
@@ -126,13 +127,9 @@ fn every_format_and_strength_matches_the_merged_weights_and_forward() {
                     &format!("{format} {strength} {name}"),
                 );
             }
+            println!("{format} @ {strength}: weights worst rel L2 {worst:.2e}");
             let out = forward(&mut rt, id, &cases);
-            let err = common::rel_l2(&out, expected_out);
-            println!(
-                "{format} @ {strength}: weights worst rel L2 {worst:.2e}; forward rel L2 {err:.2e}, max abs {:.2e}",
-                common::max_abs_diff(&out, expected_out)
-            );
-            common::assert_close(
+            report_close(
                 &out,
                 expected_out,
                 1e-5,

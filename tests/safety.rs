@@ -5,10 +5,10 @@
 mod common;
 
 use candle_core::{Device, Tensor};
+use common::golden::copy_tiny_config;
+use common::survivor::{assert_survivor_works, load_survivor};
 use common::{as_f64, eval, eval_err, fixture, load_fixture, run};
 use std::path::{Path, PathBuf};
-
-const ORIGINAL: &str = "tests/fixtures/wan_tiny/original.safetensors";
 
 fn session(
     out: &Path,
@@ -22,29 +22,12 @@ fn session(
         limits,
         ..Default::default()
     });
-    run(
-        &mut s,
-        &format!(
-            r#"
-            let cases = load_tensors("tests/fixtures/wan_tiny/forward_cases.safetensors");
-            let keep = load_model("{ORIGINAL}", #{{ name: "keep" }});
-            "#
-        ),
-    );
+    load_survivor(&mut s);
     s
 }
 
 fn survivor(out: &Path) -> baton::host::Session {
     session(out, &[], Default::default())
-}
-
-fn assert_survivor_works(s: &mut baton::host::Session) {
-    let err = as_f64(eval(
-        s,
-        "rel_l2(predict(keep, cases.case0_x, cases.case0_t, cases.case0_context), cases.case0_out)",
-    ));
-    assert!(err < 1e-4, "the surviving model now gives rel L2 {err}");
-    assert_eq!(as_f64(eval(s, "loaded_models().len()")), 1.0);
 }
 
 /// A small safetensors file elsewhere on disk, outside every root.
@@ -490,7 +473,7 @@ fn nan_checkpoint(dir: &Path) -> PathBuf {
     t.insert(key.to_string(), nan);
     let p = dir.join("nan.safetensors");
     candle_core::safetensors::save(&t, &p).unwrap();
-    std::fs::copy(fixture("wan_tiny/config.json"), dir.join("config.json")).unwrap();
+    copy_tiny_config(dir);
     p
 }
 

@@ -3,41 +3,28 @@ mod common;
 
 use baton::models::wan::dit::{
     attention, attention_chunked, rope_axis_slots, rope_table, timestep_sinusoid, unpatchify,
-    WanBlock, WanDit, WanStem,
+    WanBlock, WanStem,
 };
 use baton::models::wan::WanConfig;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-
-fn load_model(dtype: DType) -> WanDit {
-    let path = common::fixture("wan_tiny/original.safetensors");
-    // SAFETY: the fixture file is not modified while mapped.
-    let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[path], dtype, &Device::Cpu) }
-        .expect("mmap original.safetensors");
-    WanDit::new(&WanConfig::fixture_tiny(), vb).expect("build WanDit")
-}
+use common::golden::{report_close, tiny_dit, tiny_dit_vb};
 
 #[test]
 fn f32_forward_cases() {
-    let model = load_model(DType::F32);
+    let model = tiny_dit(DType::F32);
     let fx = common::load_fixture("wan_tiny/forward_cases.safetensors");
     for k in 0..4 {
         let g = |n: &str| &fx[&format!("case{k}_{n}")];
         let out = model.forward(g("x"), g("t"), g("context")).unwrap();
-        println!(
-            "case{k}: rel L2 {:.3e}, max abs {:.3e}",
-            common::rel_l2(&out, g("out")),
-            common::max_abs_diff(&out, g("out"))
-        );
         // Independent f32 references agree to ~1e-6 relative; 1e-4 leaves room
         // for summation order without hiding a semantic slip (those are >1e-3).
-        common::assert_close(&out, g("out"), 1e-4, &format!("case{k}_out"));
+        report_close(&out, g("out"), 1e-4, &format!("case{k}_out"));
     }
 }
 
 #[test]
 fn bf16_forward_matches_f32_reference() {
-    let model = load_model(DType::BF16);
+    let model = tiny_dit(DType::BF16);
     let fx = common::load_fixture("wan_tiny/forward_cases.safetensors");
     let out = model
         .forward(&fx["bf16_x"], &fx["bf16_t"], &fx["bf16_context"])
@@ -58,12 +45,8 @@ fn bf16_forward_matches_f32_reference() {
 
 #[test]
 fn case1_intermediates() {
-    let report = |a: &Tensor, e: &Tensor, tol: f64, what: &str| {
-        println!("{what}: rel L2 {:.3e}", common::rel_l2(a, e));
-        common::assert_close(a, e, tol, what);
-    };
     let cfg = WanConfig::fixture_tiny();
-    let model = load_model(DType::F32);
+    let model = tiny_dit(DType::F32);
     let fx = common::load_fixture("wan_tiny/forward_cases.safetensors");
     let dbg = common::load_fixture("wan_tiny/forward_intermediates.safetensors");
     let d = |n: &str| &dbg[&format!("dbg_case1_{n}")];
@@ -73,7 +56,7 @@ fn case1_intermediates() {
     let tol = 1e-5;
 
     let sin = timestep_sinusoid(&fx["case1_t"], cfg.freq_dim).unwrap();
-    report(&sin, d("t_sinusoid"), tol, "t_sinusoid");
+    report_close(&sin, d("t_sinusoid"), tol, "t_sinusoid");
 
     let p = model
         .stem
@@ -81,44 +64,41 @@ fn case1_intermediates() {
         .unwrap();
     assert_eq!(p.grid, [3, 4, 3]);
     // One timestep per sample: T = 1 in [B, T, dim] / [B, T, 6, dim].
-    report(&p.e.squeeze(1).unwrap(), d("temb"), tol, "temb");
-    report(
+    report_close(&p.e.squeeze(1).unwrap(), d("temb"), tol, "temb");
+    report_close(
         &p.e0.squeeze(1).unwrap(),
         d("timestep_proj"),
         tol,
         "timestep_proj",
     );
-    report(&p.context, d("context_emb"), tol, "context_emb");
-    report(&p.tokens, d("patch_tokens"), tol, "patch_tokens");
+    report_close(&p.context, d("context_emb"), tol, "context_emb");
+    report_close(&p.tokens, d("patch_tokens"), tol, "patch_tokens");
     let (cos, sin) = p.rope.interleaved().unwrap();
-    report(&cos, d("rope_cos"), tol, "rope_cos");
-    report(&sin, d("rope_sin"), tol, "rope_sin");
+    report_close(&cos, d("rope_cos"), tol, "rope_cos");
+    report_close(&sin, d("rope_sin"), tol, "rope_sin");
 
     let b0 = model.blocks[0].forward(&p.tokens, &p).unwrap();
-    report(&b0, d("block0_out"), tol, "block0_out");
+    report_close(&b0, d("block0_out"), tol, "block0_out");
     // Feed the reference block0 output so block1 is checked on its own.
     let b1 = model.blocks[1].forward(d("block0_out"), &p).unwrap();
-    report(&b1, d("block1_out"), tol, "block1_out");
+    report_close(&b1, d("block1_out"), tol, "block1_out");
     let head = model.stem.head(d("block1_out"), &p).unwrap();
-    report(&head, d("head_out"), tol, "head_out");
+    report_close(&head, d("head_out"), tol, "head_out");
     let out = unpatchify(d("head_out"), p.grid, &cfg).unwrap();
     // Unpatchify is a pure permutation: exact.
-    report(&out, &fx["case1_out"], 1e-6, "unpatchify(head_out)");
+    report_close(&out, &fx["case1_out"], 1e-6, "unpatchify(head_out)");
 }
 
 #[test]
 fn streamed_blocks_equal_resident_forward() {
-    let model = load_model(DType::F32);
+    let model = tiny_dit(DType::F32);
     let fx = common::load_fixture("wan_tiny/forward_cases.safetensors");
     let (x, t, ctx) = (&fx["case3_x"], &fx["case3_t"], &fx["case3_context"]);
     let resident = model.forward(x, t, ctx).unwrap();
 
     // Same weights, built one piece at a time as the runtime streams them.
     let cfg = WanConfig::fixture_tiny();
-    let path = common::fixture("wan_tiny/original.safetensors");
-    // SAFETY: the fixture file is not modified while mapped.
-    let vb =
-        unsafe { VarBuilder::from_mmaped_safetensors(&[path], DType::F32, &Device::Cpu) }.unwrap();
+    let vb = tiny_dit_vb(DType::F32);
     let stem = WanStem::new(&cfg, vb.clone()).unwrap();
     let p = stem.prepare(x, t, ctx).unwrap();
     let mut h = p.tokens.clone();

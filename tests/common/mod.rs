@@ -1,4 +1,6 @@
-//! Helpers shared by the integration tests: golden comparisons and fixture paths.
+//! Helpers shared by the integration tests: golden comparisons and fixture
+//! paths here; predict-and-compare on the tiny DiT in `golden`, the
+//! surviving-session set-up in `survivor`, RSS-vs-ledger checks in `rss`.
 #![allow(dead_code)]
 
 use candle_core::{DType, Tensor};
@@ -6,7 +8,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 pub mod comfy;
+pub mod golden;
 pub mod plan;
+pub mod rss;
+pub mod survivor;
 pub mod wan_keys;
 
 pub fn fixture(rel: &str) -> PathBuf {

@@ -12,179 +12,27 @@
 //! adds run in f32 whatever the weight dtype; linears and attention run in the
 //! weight dtype, and the residual stream is stored in that dtype between ops.
 //! With f32 weights everything is f32 and the output matches diffusers to ~1e-6.
+//!
+//! This file holds the model's structure (stem, blocks, head) and the small
+//! f32 helpers they share; the linear layer and its dtype rules are in
+//! `super::linear`, the chunked attention in `super::attention` and RoPE in
+//! `super::rope`, all re-exported here.
 
-use candle_core::{DType, Device, Module, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor, D};
 use candle_nn::{Linear, VarBuilder};
 
+use super::attention::split_heads;
+use super::linear::Proj;
 use super::WanConfig;
 
-/// Bytes of attention scores (all batches and heads together) held at once;
-/// longer query sequences are processed in row chunks, so a 75,600-token
-/// 720p forward never materialises its 40 x 75,600 x 75,600 score matrix.
-/// Scores and their softmax are both live, so attention holds twice this.
-pub const ATTN_SCORE_BYTES: usize = 256 << 20;
-
-static SCORE_CAP: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(ATTN_SCORE_BYTES);
-
-/// The score cap [`attention`] uses now (default [`ATTN_SCORE_BYTES`]).
-pub fn attention_score_cap() -> usize {
-    SCORE_CAP.load(std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Sets the process-wide score cap (at least one query row is always
-/// computed): smaller trades speed for memory.
-pub fn set_attention_score_cap(bytes: usize) {
-    SCORE_CAP.store(bytes, std::sync::atomic::Ordering::Relaxed);
-}
-
-/// Query rows per attention chunk: as many as keep `batch_heads x rows x
-/// kv_tokens` scores of `score_dtype` within `cap` bytes (at least one row,
-/// at most `q_tokens`).
-pub fn attention_chunk_rows(
-    batch_heads: usize,
-    q_tokens: usize,
-    kv_tokens: usize,
-    score_dtype: DType,
-    cap: usize,
-) -> usize {
-    let row = (batch_heads * kv_tokens * score_dtype.size_in_bytes()).max(1);
-    (cap / row).clamp(1, q_tokens.max(1))
-}
-
-/// The dtype a matmul over `dtype` activations actually runs in on `device`
-/// (public for the activation memory formula in `super::memory`).
-///
-/// candle 0.11's CPU matmul (gemm, no MKL) has no bf16 kernel (it fails with
-/// `UnsupportedDTypeForOp(BF16, "matmul")`), so on the CPU bf16 linears and the
-/// attention products run in f32 on the bf16-rounded weights and activations,
-/// and their outputs are rounded back to bf16. Elsewhere the dtype is kept.
-pub fn matmul_dtype(dtype: DType, device: &Device) -> DType {
-    if dtype == DType::BF16 && device.is_cpu() {
-        DType::F32
-    } else {
-        dtype
-    }
-}
-
-/// The dtype activations are computed in for weights held in `weights`:
-/// the weights' own, except fp8 resident weights (`dtype: "fp8"`), which
-/// compute in the device's bf16 matmul dtype (f32 on the CPU, which has no
-/// bf16 matmul; bf16 elsewhere).
-pub fn compute_dtype(weights: DType, device: &Device) -> DType {
-    if weights == DType::F8E4M3 {
-        matmul_dtype(DType::BF16, device)
-    } else {
-        weights
-    }
-}
-
-/// A linear layer that takes and returns activations in `act_dtype` while its
-/// matmul may run in a wider dtype (see [`matmul_dtype`]). The weights stay
-/// in the checkpoint's dtype and are widened per call, so resident memory is
-/// what the ledger counts (bf16 stays 2 bytes per weight; fp8 resident stays
-/// 1 byte, dequantised as `w_fp8 · scale` for each call).
-#[derive(Debug, Clone)]
-struct Proj {
-    inner: Linear,
-    /// fp8_scaled weight scale, shaped to broadcast over the weight
-    /// (`[]` per tensor or `[out, 1]` per output channel), in `mm_dtype`.
-    scale: Option<Tensor>,
-    act_dtype: DType,
-    mm_dtype: DType,
-}
-
-impl Proj {
-    fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        let act_dtype = compute_dtype(vb.dtype(), vb.device());
-        let mm_dtype = matmul_dtype(act_dtype, vb.device());
-        Self::build(in_dim, out_dim, vb, act_dtype, mm_dtype)
-    }
-
-    /// Always f32 in and out, whatever the checkpoint dtype (timestep path).
-    fn new_f32(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        Self::build(in_dim, out_dim, vb, DType::F32, DType::F32)
-    }
-
-    fn build(
-        in_dim: usize,
-        out_dim: usize,
-        vb: VarBuilder,
-        act_dtype: DType,
-        mm_dtype: DType,
-    ) -> Result<Self> {
-        let lin = candle_nn::linear(in_dim, out_dim, vb.clone())?;
-        let scale = fp8_scale(&vb, lin.weight(), mm_dtype)?;
-        Ok(Self {
-            inner: lin,
-            scale,
-            act_dtype,
-            mm_dtype,
-        })
-    }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.to_dtype(self.mm_dtype)?;
-        let y = if self.inner.weight().dtype() == self.mm_dtype {
-            self.inner.forward(&x)?
-        } else {
-            let w = widen(self.inner.weight(), self.mm_dtype)?;
-            let w = match &self.scale {
-                Some(s) => w.broadcast_mul(s)?,
-                None => w,
-            };
-            let b = self
-                .inner
-                .bias()
-                .map(|b| b.to_dtype(self.mm_dtype))
-                .transpose()?;
-            Linear::new(w, b).forward(&x)?
-        };
-        y.to_dtype(self.act_dtype)
-    }
-}
-
-/// `w` in `dtype`; fp8 on a CUDA card goes through [`super::fp8_cuda`]
-/// (candle 0.11.1's own fp8 casts fail there).
-fn widen(w: &Tensor, dtype: DType) -> Result<Tensor> {
-    #[cfg(feature = "cuda")]
-    if w.dtype() == DType::F8E4M3 && w.device().is_cuda() {
-        return super::fp8_cuda::widen(w, dtype);
-    }
-    w.to_dtype(dtype)
-}
-
-/// The scale of an fp8 weight kept resident (`weight` is F8E4M3): the
-/// legacy `scale_weight` or the newer `weight_scale` beside it, per tensor
-/// or per output channel; `None` for other weights and unscaled fp8.
-fn fp8_scale(vb: &VarBuilder, weight: &Tensor, dtype: DType) -> Result<Option<Tensor>> {
-    if weight.dtype() != DType::F8E4M3 {
-        return Ok(None);
-    }
-    let Some(key) = ["scale_weight", "weight_scale"]
-        .into_iter()
-        .find(|k| vb.contains_tensor(k))
-    else {
-        return Ok(None);
-    };
-    let s = vb
-        .get_unchecked_dtype(key, DType::F32)?
-        .flatten_all()?
-        .to_dtype(dtype)?;
-    let out = weight.dim(0)?;
-    match s.elem_count() {
-        1 => Ok(Some(s.reshape(())?)),
-        n if n == out => {
-            let mut shape = vec![1; weight.rank()];
-            shape[0] = n;
-            Ok(Some(s.reshape(shape)?))
-        }
-        n => candle_core::bail!(
-            "fp8 scale '{}' has {n} values; it must have 1 or {out}",
-            key
-        ),
-    }
-}
+// The kernels the blocks are built from live in their own modules; their
+// public items stay reachable here, where callers have always found them.
+pub use super::attention::{
+    attention, attention_chunk_rows, attention_chunked, attention_score_cap,
+    set_attention_score_cap, ATTN_SCORE_BYTES,
+};
+pub use super::linear::{compute_dtype, matmul_dtype};
+pub use super::rope::{apply_rope, rope_axis_slots, rope_table, Rope};
 
 /// Everything the blocks need that is computed once per forward.
 #[derive(Debug, Clone)]
@@ -203,75 +51,6 @@ pub struct Prepared {
     pub grid: [usize; 3],
     /// Compute dtype of the activations (the checkpoint's load dtype).
     pub dtype: DType,
-}
-
-/// RoPE table for the self-attention of one token grid.
-#[derive(Debug, Clone)]
-pub struct Rope {
-    /// cos of the rotation angle [S, head_dim / 2], f32, one column per channel pair.
-    pub cos: Tensor,
-    /// sin of the rotation angle [S, head_dim / 2], f32.
-    pub sin: Tensor,
-}
-
-impl Rope {
-    /// (cos, sin) [S, head_dim] with each pair's value repeated for its two
-    /// channels, the layout diffusers uses for its tables.
-    pub fn interleaved(&self) -> Result<(Tensor, Tensor)> {
-        let rep = |t: &Tensor| -> Result<Tensor> {
-            let (s, c) = t.dims2()?;
-            t.unsqueeze(2)?.broadcast_as((s, c, 2))?.reshape((s, 2 * c))
-        };
-        Ok((rep(&self.cos)?, rep(&self.sin)?))
-    }
-}
-
-/// Complex slots (channel pairs) of the head dim given to the (t, h, w) axes:
-/// c = head_dim / 2 split as [c - 2 * (c / 3), c / 3, c / 3].
-pub fn rope_axis_slots(head_dim: usize) -> [usize; 3] {
-    let c = head_dim / 2;
-    [c - 2 * (c / 3), c / 3, c / 3]
-}
-
-/// RoPE table for a patched grid (F', H', W'): tokens in (f, h, w) row-major
-/// order, positions from 0, pairs (2i, 2i+1) rotated; within an axis of n slots
-/// slot j turns at theta^(-2j / 2n). Angles in f64, cast to f32 at the end.
-pub fn rope_table(cfg: &WanConfig, grid: [usize; 3], device: &Device) -> Result<Rope> {
-    let head_dim = cfg.head_dim();
-    if !head_dim.is_multiple_of(2) {
-        candle_core::bail!("wan rope: head_dim {head_dim} is odd")
-    }
-    let slots = rope_axis_slots(head_dim);
-    let inv_freq: Vec<Vec<f64>> = slots
-        .iter()
-        .map(|&n| {
-            let width = (2 * n) as f64;
-            (0..n)
-                .map(|j| 1.0 / cfg.rope_theta.powf((2 * j) as f64 / width))
-                .collect()
-        })
-        .collect();
-    let c = head_dim / 2;
-    let s = grid.iter().product::<usize>();
-    let mut cos = Vec::with_capacity(s * c);
-    let mut sin = Vec::with_capacity(s * c);
-    for f in 0..grid[0] {
-        for h in 0..grid[1] {
-            for w in 0..grid[2] {
-                for (pos, freqs) in [f, h, w].iter().zip(&inv_freq) {
-                    for fr in freqs {
-                        let a = *pos as f64 * fr;
-                        cos.push(a.cos() as f32);
-                        sin.push(a.sin() as f32);
-                    }
-                }
-            }
-        }
-    }
-    Ok(Rope {
-        cos: Tensor::from_vec(cos, (s, c), device)?,
-        sin: Tensor::from_vec(sin, (s, c), device)?,
-    })
 }
 
 /// Timestep sinusoid [B, freq_dim] = cat(cos(t f_i), sin(t f_i)), computed in
@@ -319,56 +98,6 @@ fn gated_residual(x: &Tensor, y: &Tensor, gate: Option<&Tensor>) -> Result<Tenso
         None => y,
     };
     (x.to_dtype(DType::F32)? + y)?.to_dtype(x.dtype())
-}
-
-/// Rotates channel pairs (2i, 2i+1) of x [B, H, S, head_dim] (contiguous, f32).
-pub fn apply_rope(x: &Tensor, rope: &Rope) -> Result<Tensor> {
-    candle_nn::rotary_emb::rope_i(x, &rope.cos, &rope.sin)
-}
-
-/// softmax(q k^T / sqrt(d)) v per head; q [B, H, Sq, d], k/v [B, H, Sk, d]
-/// (contiguous). Returns [B, Sq, H * d] in q's dtype.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    attention_chunked(q, k, v, attention_score_cap())
-}
-
-/// [`attention`] holding at most about `max_score_bytes` of scores at a time
-/// (whole query rows, at least one per chunk); the result does not depend on
-/// it. Each chunk's output is written straight into one [B, Sq, H, d]
-/// buffer, so chunking adds no concatenation copy.
-pub fn attention_chunked(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    max_score_bytes: usize,
-) -> Result<Tensor> {
-    let dtype = q.dtype();
-    let mm = matmul_dtype(dtype, q.device());
-    let (b, h, sq, d) = q.dims4()?;
-    let sk = k.dim(2)?;
-    let q = (q.to_dtype(mm)? * (1.0 / (d as f64).sqrt()))?;
-    let kt = k.to_dtype(mm)?.t()?;
-    let v = v.to_dtype(mm)?;
-    let rows = attention_chunk_rows(b * h, sq, sk, mm, max_score_bytes);
-    let out = Tensor::zeros((b, sq, h, d), mm, q.device())?;
-    let mut start = 0;
-    while start < sq {
-        let n = rows.min(sq - start);
-        let qc = q.narrow(2, start, n)?.contiguous()?;
-        let p = candle_nn::ops::softmax_last_dim(&qc.matmul(&kt)?)?;
-        let o = p.matmul(&v)?.transpose(1, 2)?.contiguous()?;
-        out.slice_set(&o, 1, start)?;
-        start += n;
-    }
-    out.reshape((b, sq, h * d))?.to_dtype(dtype)
-}
-
-/// [B, S, H * d] -> [B, H, S, d], contiguous.
-fn split_heads(x: &Tensor, num_heads: usize) -> Result<Tensor> {
-    let (b, s, dim) = x.dims3()?;
-    x.reshape((b, s, num_heads, dim / num_heads))?
-        .transpose(1, 2)?
-        .contiguous()
 }
 
 /// `blocks.N.self_attn` / `blocks.N.cross_attn`: q/k/v/o linears with RMSNorm
@@ -476,7 +205,7 @@ impl WanBlock {
             (None, "ffn.2.weight") => &self.ffn_2,
             _ => return None,
         };
-        Some(proj.inner.weight())
+        Some(proj.weight())
     }
 
     /// x [B, S, dim] -> [B, S, dim], same dtype as x.
@@ -554,13 +283,7 @@ impl WanStem {
             .get((dim, cfg.in_dim, pt, ph, pw), "weight")?
             .reshape((dim, patch_in))?;
         let b = pvb.get(dim, "bias")?;
-        let scale = fp8_scale(&pvb, &w, mm_dtype)?;
-        let patch_embedding = Proj {
-            inner: Linear::new(w, Some(b)),
-            scale,
-            act_dtype: dtype,
-            mm_dtype,
-        };
+        let patch_embedding = Proj::from_linear(Linear::new(w, Some(b)), &pvb, dtype, mm_dtype)?;
         let head = Head {
             head: Proj::new(dim, cfg.patch_features_out(), vb.pp("head.head"))?,
             modulation: vb

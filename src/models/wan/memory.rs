@@ -3,7 +3,7 @@
 //!
 //! A 720p, 81-frame latent is 75,600 tokens; at that size activations, not
 //! weights, decide whether a forward fits. Attention is computed in query
-//! chunks (see [`super::dit::attention_chunk_rows`]), so the peak grows
+//! chunks (see [`super::attention::attention_chunk_rows`]), so the peak grows
 //! linearly in tokens and the score matrix adds a constant bounded by the
 //! score cap. With N video tokens, L text tokens, D = dim, F = ffn_dim,
 //! H heads of head_dim d, `a` = bytes per activation (the compute dtype) and
@@ -38,7 +38,8 @@
 //! (the feed-forward phase; self-attention peaks at ~10.6 GiB); per-token
 //! timesteps (TI2V) add 13·N·D·4 bytes to the base.
 
-use super::dit::{attention_chunk_rows, attention_score_cap, matmul_dtype};
+use super::attention::{attention_chunk_rows, attention_score_cap};
+use super::linear::matmul_dtype;
 use super::WanConfig;
 use candle_core::{DType, Device};
 

@@ -1,9 +1,13 @@
-//! Wan 2.x: the video DiT (and later the VAE).
+//! Wan 2.x: the video DiT (`dit`, built from `linear`, `attention` and
+//! `rope`) and its activation memory formula; the VAE is `models::wan_vae`.
+pub mod attention;
 pub mod config;
 pub mod dit;
 #[cfg(feature = "cuda")]
 pub mod fp8_cuda;
+pub mod linear;
 pub mod memory;
+pub mod rope;
 
 pub use config::WanConfig;
 pub use memory::activation_peak_bytes;

@@ -15,7 +15,7 @@ use candle_nn::VarBuilder;
 
 use super::config::{BlockSpec, ResampleMode, WanVaeConfig, LATENTS_MEAN, LATENTS_STD};
 use super::conv::{compute_dtype, CausalConv3d, Conv2d, FeatCache, Slot};
-use crate::models::wan::dit::attention;
+use crate::models::wan::attention::attention;
 
 /// Wan's `RMS_norm`: L2-normalise over channels (eps 1e-12, no mean
 /// subtraction), times sqrt(C) and a per-channel gamma. The checkpoint's gamma

@@ -1,0 +1,162 @@
+//! The dtype rules of the DiT's matmuls and `Proj`, the linear layer every
+//! DiT weight goes through: weights stay in the checkpoint's dtype (bf16,
+//! f32 or resident fp8 with its scale) and are widened per call.
+//!
+//! Apart from `dit.rs` because these rules are shared beyond the blocks: the
+//! activation formula (`super::memory`), the chunked attention
+//! (`super::attention`), checkpoint loading and the runtime's memory ledger
+//! all ask which dtype a weight computes in. `dit.rs` re-exports
+//! [`compute_dtype`] and [`matmul_dtype`].
+
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder};
+
+/// The dtype a matmul over `dtype` activations actually runs in on `device`
+/// (public for the activation memory formula in `super::memory`).
+///
+/// candle 0.11's CPU matmul (gemm, no MKL) has no bf16 kernel (it fails with
+/// `UnsupportedDTypeForOp(BF16, "matmul")`), so on the CPU bf16 linears and the
+/// attention products run in f32 on the bf16-rounded weights and activations,
+/// and their outputs are rounded back to bf16. Elsewhere the dtype is kept.
+pub fn matmul_dtype(dtype: DType, device: &Device) -> DType {
+    if dtype == DType::BF16 && device.is_cpu() {
+        DType::F32
+    } else {
+        dtype
+    }
+}
+
+/// The dtype activations are computed in for weights held in `weights`:
+/// the weights' own, except fp8 resident weights (`dtype: "fp8"`), which
+/// compute in the device's bf16 matmul dtype (f32 on the CPU, which has no
+/// bf16 matmul; bf16 elsewhere).
+pub fn compute_dtype(weights: DType, device: &Device) -> DType {
+    if weights == DType::F8E4M3 {
+        matmul_dtype(DType::BF16, device)
+    } else {
+        weights
+    }
+}
+
+/// A linear layer that takes and returns activations in `act_dtype` while its
+/// matmul may run in a wider dtype (see [`matmul_dtype`]). The weights stay
+/// in the checkpoint's dtype and are widened per call, so resident memory is
+/// what the ledger counts (bf16 stays 2 bytes per weight; fp8 resident stays
+/// 1 byte, dequantised as `w_fp8 · scale` for each call).
+#[derive(Debug, Clone)]
+pub(super) struct Proj {
+    inner: Linear,
+    /// fp8_scaled weight scale, shaped to broadcast over the weight
+    /// (`[]` per tensor or `[out, 1]` per output channel), in `mm_dtype`.
+    scale: Option<Tensor>,
+    act_dtype: DType,
+    mm_dtype: DType,
+}
+
+impl Proj {
+    pub(super) fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        let act_dtype = compute_dtype(vb.dtype(), vb.device());
+        let mm_dtype = matmul_dtype(act_dtype, vb.device());
+        Self::build(in_dim, out_dim, vb, act_dtype, mm_dtype)
+    }
+
+    /// Always f32 in and out, whatever the checkpoint dtype (timestep path).
+    pub(super) fn new_f32(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
+        Self::build(in_dim, out_dim, vb, DType::F32, DType::F32)
+    }
+
+    fn build(
+        in_dim: usize,
+        out_dim: usize,
+        vb: VarBuilder,
+        act_dtype: DType,
+        mm_dtype: DType,
+    ) -> Result<Self> {
+        let lin = candle_nn::linear(in_dim, out_dim, vb.clone())?;
+        Self::from_linear(lin, &vb, act_dtype, mm_dtype)
+    }
+
+    /// A layer over weights already read (the patch embedding's conv weight,
+    /// flattened); `vb` is where its fp8 scale, if any, sits beside them.
+    pub(super) fn from_linear(
+        inner: Linear,
+        vb: &VarBuilder,
+        act_dtype: DType,
+        mm_dtype: DType,
+    ) -> Result<Self> {
+        let scale = fp8_scale(vb, inner.weight(), mm_dtype)?;
+        Ok(Self {
+            inner,
+            scale,
+            act_dtype,
+            mm_dtype,
+        })
+    }
+
+    /// The weight as held (checkpoint dtype, fp8 unscaled).
+    pub(super) fn weight(&self) -> &Tensor {
+        self.inner.weight()
+    }
+
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = x.to_dtype(self.mm_dtype)?;
+        let y = if self.inner.weight().dtype() == self.mm_dtype {
+            self.inner.forward(&x)?
+        } else {
+            let w = widen(self.inner.weight(), self.mm_dtype)?;
+            let w = match &self.scale {
+                Some(s) => w.broadcast_mul(s)?,
+                None => w,
+            };
+            let b = self
+                .inner
+                .bias()
+                .map(|b| b.to_dtype(self.mm_dtype))
+                .transpose()?;
+            Linear::new(w, b).forward(&x)?
+        };
+        y.to_dtype(self.act_dtype)
+    }
+}
+
+/// `w` in `dtype`; fp8 on a CUDA card goes through [`super::fp8_cuda`]
+/// (candle 0.11.1's own fp8 casts fail there).
+fn widen(w: &Tensor, dtype: DType) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if w.dtype() == DType::F8E4M3 && w.device().is_cuda() {
+        return super::fp8_cuda::widen(w, dtype);
+    }
+    w.to_dtype(dtype)
+}
+
+/// The scale of an fp8 weight kept resident (`weight` is F8E4M3): the
+/// legacy `scale_weight` or the newer `weight_scale` beside it, per tensor
+/// or per output channel; `None` for other weights and unscaled fp8.
+fn fp8_scale(vb: &VarBuilder, weight: &Tensor, dtype: DType) -> Result<Option<Tensor>> {
+    if weight.dtype() != DType::F8E4M3 {
+        return Ok(None);
+    }
+    let Some(key) = ["scale_weight", "weight_scale"]
+        .into_iter()
+        .find(|k| vb.contains_tensor(k))
+    else {
+        return Ok(None);
+    };
+    let s = vb
+        .get_unchecked_dtype(key, DType::F32)?
+        .flatten_all()?
+        .to_dtype(dtype)?;
+    let out = weight.dim(0)?;
+    match s.elem_count() {
+        1 => Ok(Some(s.reshape(())?)),
+        n if n == out => {
+            let mut shape = vec![1; weight.rank()];
+            shape[0] = n;
+            Ok(Some(s.reshape(shape)?))
+        }
+        n => candle_core::bail!(
+            "fp8 scale '{}' has {n} values; it must have 1 or {out}",
+            key
+        ),
+    }
+}
