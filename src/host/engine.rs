@@ -53,17 +53,12 @@ fn module_resolver(script_dir: Option<&Path>, policy: &SharedPolicy) -> SearchPa
     }
 }
 
-/// Recipes compiled into the binary: `import "stdlib/wan22"` (or `"wan22"`)
-/// always means baton's own copy, needs no file access (so it works under any
-/// `--models`), and cannot be shadowed by a file a shared recipe brings along.
-pub const BUNDLED: &[(&str, &str)] = &[("wan22", include_str!("../../stdlib/wan22.rhai"))];
-
 fn bundled(
     engine: &Engine,
     path: &str,
 ) -> Option<Result<rhai::Shared<rhai::Module>, Box<rhai::EvalAltResult>>> {
     let name = path.strip_prefix("stdlib/").unwrap_or(path);
-    let (name, src) = BUNDLED.iter().find(|(n, _)| *n == name)?;
+    let (name, src) = super::recipe::BUNDLED.iter().find(|(n, _)| *n == name)?;
     Some((|| {
         let mut ast = engine.compile(*src)?;
         ast.set_source(format!("stdlib/{name}.rhai"));

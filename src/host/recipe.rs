@@ -15,6 +15,11 @@ pub struct ParamDecl {
     pub help: String,
 }
 
+/// Recipes compiled into the binary: `import "stdlib/wan22"` (or `"wan22"`)
+/// always means baton's own copy, needs no file access (so it works under any
+/// `--models`), and cannot be shadowed by a file a shared recipe brings along.
+pub const BUNDLED: &[(&str, &str)] = &[("wan22", include_str!("../../stdlib/wan22.rhai"))];
+
 /// The leading `//!` lines, without the markers.
 pub fn doc_comment(code: &str) -> String {
     code.lines()
@@ -216,7 +221,7 @@ pub fn check_set_names<'a>(
 pub fn bundled_text() -> String {
     let mut s =
         String::from("bundled recipes (import \"NAME\" as x; or import \"stdlib/NAME\" as x;):\n");
-    for (name, code) in super::engine::BUNDLED {
+    for (name, code) in BUNDLED {
         s.push_str(&format!("\n{name}\n"));
         for line in doc_comment(code).lines() {
             s.push_str(format!("  {line}").trim_end());
