@@ -5,6 +5,7 @@
 //! same code drives a resident model, a streamed one or an analytic test
 //! denoiser.
 pub mod guidance;
+pub mod brownian;
 pub mod kdiff;
 pub mod ksampler;
 pub mod noise;
