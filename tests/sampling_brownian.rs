@@ -39,7 +39,11 @@ fn check_run(run: &Value, min: f32, max: f32, draws: &Tensor, what: &str) -> (us
         let div = queries[k]["divisor_sqrt_abs_diff"].as_f64().unwrap() as f32;
         let inc: Vec<f32> = tree.increment(s, sn).iter().map(|v| v / div).collect();
         let inc = Tensor::from_vec(inc, shape.as_slice(), &Device::Cpu).unwrap();
-        assert_bit_exact(&inc, &want, &format!("{what} tree increment {k} ({s}, {sn})"));
+        assert_bit_exact(
+            &inc,
+            &want,
+            &format!("{what} tree increment {k} ({s}, {sn})"),
+        );
         let got = Tensor::from_vec(tree.draw(s, sn), shape.as_slice(), &Device::Cpu).unwrap();
         let ulps = vec_of(&got)
             .iter()
@@ -51,7 +55,10 @@ fn check_run(run: &Value, min: f32, max: f32, draws: &Tensor, what: &str) -> (us
         if ulps == 0 {
             exact += 1;
         } else {
-            println!("{what} draw {k}: {ulps} ulp (torch's sqrt of {} is not correctly rounded)", (sn - s).abs());
+            println!(
+                "{what} draw {k}: {ulps} ulp (torch's sqrt of {} is not correctly rounded)",
+                (sn - s).abs()
+            );
         }
     }
     (pairs.len(), exact)
@@ -76,12 +83,20 @@ fn brownian_draws_are_torchsde_bit_for_bit() {
     let mut runs = 0;
     let mut exact = 0;
     for (name, run) in js["samplers"].as_object().unwrap() {
-        let Some(tree) = run.get("brownian_tree") else { continue };
+        let Some(tree) = run.get("brownian_tree") else {
+            continue;
+        };
         if run.get("same_as").is_some() {
             continue;
         }
         let (min, max) = (bits(&tree["sigma_min_bits"]), bits(&tree["sigma_max_bits"]));
-        let (a, b) = check_run(run, min, max, &fx[&format!("trace.{name}.noise_draws")], name);
+        let (a, b) = check_run(
+            run,
+            min,
+            max,
+            &fx[&format!("trace.{name}.noise_draws")],
+            name,
+        );
         n += a;
         exact += b;
         runs += 1;
@@ -89,7 +104,9 @@ fn brownian_draws_are_torchsde_bit_for_bit() {
     for (name, split) in js["splits"].as_object().unwrap() {
         for part in ["single", "pass1", "pass2"] {
             let run = &split[part];
-            let Some(tree) = run.get("brownian_tree") else { continue };
+            let Some(tree) = run.get("brownian_tree") else {
+                continue;
+            };
             let key = format!("split.{name}.{part}.noise_draws");
             let Some(draws) = fx.get(&key) else { continue };
             let (min, max) = (bits(&tree["sigma_min_bits"]), bits(&tree["sigma_max_bits"]));
@@ -109,11 +126,20 @@ fn brownian_draws_are_torchsde_bit_for_bit() {
     for name in ["dpmpp_sde", "dpmpp_2m_sde"] {
         let run = &js["samplers"][name];
         let s = f32_list(run, "sigmas_in");
-        let min = s.iter().copied().filter(|&v| v > 0.0).fold(f32::INFINITY, f32::min);
+        let min = s
+            .iter()
+            .copied()
+            .filter(|&v| v > 0.0)
+            .fold(f32::INFINITY, f32::min);
         let draws = &fx[&format!("trace.{name}.noise_draws")];
         let shape = draws.dims()[1..].to_vec();
         let tree = BrownianTree::new(min, 1.0, 42, shape.iter().product());
-        for (k, p) in run["noise_draw_sigmas"].as_array().unwrap().iter().enumerate() {
+        for (k, p) in run["noise_draw_sigmas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .enumerate()
+        {
             let (a, b) = (p[0].as_f64().unwrap() as f32, p[1].as_f64().unwrap() as f32);
             let got = Tensor::from_vec(tree.draw(a, b), shape.as_slice(), &Device::Cpu).unwrap();
             assert_bit_exact(&got, &draws.get(k).unwrap(), &format!("§5 {name} draw {k}"));

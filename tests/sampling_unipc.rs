@@ -60,6 +60,7 @@ fn run_sampler(
             denoise: &mut den,
             noise: &mut draw,
             on_step: &mut on_step,
+            uncond: &|| None,
             // Only the SDE samplers ask for the model's shift; UniPC never does.
             shift: 5.0,
         };

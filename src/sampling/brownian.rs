@@ -56,7 +56,9 @@ pub fn seed_sequence(entropy: u64, spawn_key: &[u64], n: usize) -> Vec<u32> {
         v ^ (v >> 16)
     };
     let mix = |x: u32, y: u32| -> u32 {
-        let r = MIX_MULT_L.wrapping_mul(x).wrapping_sub(MIX_MULT_R.wrapping_mul(y));
+        let r = MIX_MULT_L
+            .wrapping_mul(x)
+            .wrapping_sub(MIX_MULT_R.wrapping_mul(y));
         r ^ (r >> 16)
     };
     let mut pool = [0u32; POOL];
@@ -118,7 +120,10 @@ impl BrownianTree {
         let (t0, t1) = (sigma_min as f64, sigma_max as f64);
         let root = seed_sequence(seed, &[], 3);
         let scale = (t1 - t0).sqrt() as f32;
-        let w_root = randn(root[0], numel).into_iter().map(|v| v * scale).collect();
+        let w_root = randn(root[0], numel)
+            .into_iter()
+            .map(|v| v * scale)
+            .collect();
         Self {
             seed,
             numel,

@@ -14,23 +14,23 @@ use super::samplers::{div_scalar, mul_scalar, Hooks, SolverState};
 use candle_core::{Result, Tensor};
 
 /// The bookkeeping every sampler does after a step.
-fn done(h: &mut Hooks, st: &mut SolverState, i: usize, steps: usize, sigma: f32) {
+pub(crate) fn done(h: &mut Hooks, st: &mut SolverState, i: usize, steps: usize, sigma: f32) {
     st.steps_done += 1;
     (h.on_step)(i, steps, sigma);
 }
 
 /// `(x − D)/σ`: the ODE derivative k-diffusion calls `to_d`.
-fn to_d(x: &Tensor, denoised: &Tensor, sigma: f32) -> Result<Tensor> {
+pub(crate) fn to_d(x: &Tensor, denoised: &Tensor, sigma: f32) -> Result<Tensor> {
     div_scalar(&(x - denoised)?, sigma)
 }
 
 /// `a·x + b·y` with f32 coefficients, evaluated as two products and one sum.
-fn lin2(a: f32, x: &Tensor, b: f32, y: &Tensor) -> Result<Tensor> {
+pub(crate) fn lin2(a: f32, x: &Tensor, b: f32, y: &Tensor) -> Result<Tensor> {
     mul_scalar(x, a)? + mul_scalar(y, b)?
 }
 
 /// Stores `denoised` (at `sigma`) as the newest history entry, keeping `keep`.
-fn remember(st: &mut SolverState, sigma: f32, t: Tensor, keep: usize) {
+pub(crate) fn remember(st: &mut SolverState, sigma: f32, t: Tensor, keep: usize) {
     st.sigmas.push(sigma);
     st.history.push(t);
     st.keep_last(keep);
@@ -113,8 +113,7 @@ pub fn dpm_2(h: &mut Hooks, mut x: Tensor, s: &[f32], st: &mut SolverState) -> R
         if sn == 0.0 {
             x = (x + mul_scalar(&d, sn - si)?)?;
         } else {
-            let (la, lb) = (si.ln(), sn.ln());
-            let mid = (la + 0.5 * (lb - la)).exp();
+            let mid = lerp(si.ln(), sn.ln(), 0.5).exp();
             let x2 = (&x + mul_scalar(&d, mid - si)?)?;
             let d2 = to_d(&x2, &(h.denoise)(&x2, mid)?, mid)?;
             x = (x + mul_scalar(&d2, sn - si)?)?;
@@ -124,8 +123,34 @@ pub fn dpm_2(h: &mut Hooks, mut x: Tensor, s: &[f32], st: &mut SolverState) -> R
     Ok(x)
 }
 
+/// torch's `lerp(a, b, w)` on f32: `fma(w, b − a, a)` for |w| < 0.5, else
+/// `fma(−(b − a), 1 − w, b)` (one rounding each).
+pub(crate) fn lerp(a: f32, b: f32, w: f32) -> f32 {
+    if w.abs() < 0.5 {
+        w.mul_add(b - a, a)
+    } else {
+        (-(b - a)).mul_add(1.0 - w, b)
+    }
+}
+
+/// torch's f32 `logit(σ) = log(σ/(1 − σ))`.
+pub(crate) fn logit(sigma: f32) -> f32 {
+    (sigma / (1.0 - sigma)).ln()
+}
+
+/// k-diffusion's `get_ancestral_step(f, t, eta)`: `(σ_down, σ_up)`. Python's
+/// `min` keeps `t` when the other operand is NaN (f = ∞).
+pub(crate) fn anc(f: f32, t: f32, eta: f32) -> (f32, f32) {
+    if eta == 0.0 {
+        return (t, 0.0);
+    }
+    let v = eta * ((t * t) * (f * f - t * t) / (f * f)).sqrt();
+    let up = if v < t { v } else { t };
+    ((t * t - up * up).sqrt(), up)
+}
+
 /// `−log σ`, k-diffusion's `t_fn` (+∞ at σ = 0).
-fn t_of(sigma: f32) -> f32 {
+pub(crate) fn t_of(sigma: f32) -> f32 {
     -sigma.ln()
 }
 
@@ -158,13 +183,13 @@ pub fn dpmpp_2m(h: &mut Hooks, mut x: Tensor, s: &[f32], st: &mut SolverState) -
 }
 
 /// Half log-SNR of a flow sigma, `−logit(σ)`: what ComfyUI's SDE samplers step in.
-fn lambda(sigma: f32) -> f32 {
-    -(sigma / (1.0 - sigma)).ln()
+pub(crate) fn lambda(sigma: f32) -> f32 {
+    -logit(sigma)
 }
 
 /// ComfyUI moves a first sigma of 1 (infinite log-SNR) to the model's sigma at
 /// 0.01% of the schedule: `shift(α, 1 − 1e-4)` computed in double.
-fn offset_first_sigma(s: &[f32], shift: f32) -> Vec<f32> {
+pub(crate) fn offset_first_sigma(s: &[f32], shift: f32) -> Vec<f32> {
     let mut s = s.to_vec();
     if s.len() > 1 && s[0] >= 1.0 {
         let (a, t) = (shift as f64, 1.0 - 1e-4);
@@ -210,9 +235,8 @@ pub fn dpmpp_2m_sde(
 }
 
 /// `(σ_down, σ_up)` for an ancestral step from `f` to `t` (eta = 1).
-fn ancestral(f: f32, t: f32) -> (f32, f32) {
-    let up = t.min(((t * t) * (f * f - t * t) / (f * f)).sqrt());
-    ((t * t - up * up).sqrt(), up)
+pub(crate) fn ancestral(f: f32, t: f32) -> (f32, f32) {
+    anc(f, t, 1.0)
 }
 
 /// ComfyUI `dpmpp_sde` (DPM-Solver++ SDE, r = ½, eta = 1) for flow models: a
@@ -273,40 +297,7 @@ pub fn lcm(h: &mut Hooks, mut x: Tensor, s: &[f32], st: &mut SolverState) -> Res
     Ok(x)
 }
 
-/// ComfyUI `res_multistep` (eta = 0): a second-order exponential multistep
-/// step in `t = −log σ`, Euler on the first step and into σ = 0. (ComfyUI also
-/// draws noise each step and adds it times 0; skipping the draw changes nothing.)
-pub fn res_multistep(
-    h: &mut Hooks,
-    mut x: Tensor,
-    s: &[f32],
-    st: &mut SolverState,
-) -> Result<Tensor> {
-    let steps = s.len() - 1;
-    for i in 0..steps {
-        let (si, sn) = (s[i], s[i + 1]);
-        let denoised = (h.denoise)(&x, si)?;
-        x = match st.history.last().zip(st.sigmas.last()) {
-            Some((old, &s_prev)) if sn != 0.0 => {
-                let (t, tn, tp) = (t_of(si), t_of(sn), t_of(s_prev));
-                let hh = tn - t;
-                let c2 = (tp - t) / hh;
-                let p1 = (-hh).exp_m1() / -hh;
-                let p2 = (p1 - 1.0) / -hh;
-                let (b1, b2) = (p1 - p2 / c2, p2 / c2);
-                let (b1, b2) = (nan_to_zero(b1), nan_to_zero(b2));
-                let mix = lin2(b1, &denoised, b2, old)?;
-                (mul_scalar(&x, (-hh).exp())? + mul_scalar(&mix, hh)?)?
-            }
-            _ => (&x + mul_scalar(&to_d(&x, &denoised, si)?, sn - si)?)?,
-        };
-        remember(st, si, denoised, 1);
-        done(h, st, i, steps, si);
-    }
-    Ok(x)
-}
-
-fn nan_to_zero(v: f32) -> f32 {
+pub(crate) fn nan_to_zero(v: f32) -> f32 {
     if v.is_nan() {
         0.0
     } else {
@@ -317,82 +308,124 @@ fn nan_to_zero(v: f32) -> f32 {
 /// Largest order the Adams-type multistep samplers (lms, ipndm) use.
 const MULTISTEP_ORDER: usize = 4;
 
-/// k-diffusion `lms`: linear multistep over the last four derivatives, with
-/// coefficients integrating each Lagrange basis polynomial in σ over the step.
+/// k-diffusion `lms` (order 4): linear multistep over the last four
+/// derivatives, with coefficients integrating each Lagrange basis polynomial
+/// in σ over the step; `x = D` on the step to σ = 0.
 pub fn lms(h: &mut Hooks, mut x: Tensor, s: &[f32], st: &mut SolverState) -> Result<Tensor> {
     let steps = s.len() - 1;
     for i in 0..steps {
         let (si, sn) = (s[i], s[i + 1]);
         let denoised = (h.denoise)(&x, si)?;
         remember(st, si, to_d(&x, &denoised, si)?, MULTISTEP_ORDER);
-        // Nodes, newest first: σ_i, σ_{i−1}, ...
-        let nodes: Vec<f64> = st.sigmas.iter().rev().map(|&v| v as f64).collect();
-        let mut update = x.zeros_like()?;
-        for (j, d) in st.history.iter().rev().enumerate() {
-            let c = lagrange_integral(&nodes, j, si as f64, sn as f64);
-            update = (update + (d * c)?)?;
+        if sn == 0.0 {
+            x = denoised;
+        } else {
+            // Nodes, newest first: σ_i, σ_{i−1}, ...
+            let nodes: Vec<f32> = st.sigmas.iter().rev().copied().collect();
+            let mut update: Option<Tensor> = None;
+            for (j, d) in st.history.iter().rev().enumerate() {
+                let c = lms_coeff(&nodes, j, si, sn) as f32;
+                let term = mul_scalar(d, c)?;
+                update = Some(match update {
+                    None => term,
+                    Some(u) => (u + term)?,
+                });
+            }
+            x = (x + update.expect("one derivative at least"))?;
         }
-        x = (x + update)?;
         done(h, st, i, steps, si);
     }
     Ok(x)
 }
 
-/// `∫_a^b Π_{k≠j} (τ − t_k)/(t_j − t_k) dτ`, exactly (Gauss-Legendre with
-/// enough points for the polynomial's degree). k-diffusion integrates the same
-/// polynomial numerically with scipy's quad to 1e-4 relative.
-fn lagrange_integral(nodes: &[f64], j: usize, a: f64, b: f64) -> f64 {
-    // 4-point Gauss-Legendre is exact up to degree 7; the basis has degree ≤ 3.
-    const X: [f64; 4] = [
-        -0.861_136_311_594_052_6,
-        -0.339_981_043_584_856_3,
-        0.339_981_043_584_856_3,
-        0.861_136_311_594_052_6,
-    ];
-    const W: [f64; 4] = [
-        0.347_854_845_137_453_8,
-        0.652_145_154_862_546_2,
-        0.652_145_154_862_546_2,
-        0.347_854_845_137_453_8,
-    ];
-    let (mid, half) = ((a + b) / 2.0, (b - a) / 2.0);
+/// QUADPACK's 21-point Gauss–Kronrod nodes (positive half, descending) and weights.
+const XGK: [f64; 11] = [
+    0.995_657_163_025_808_1,
+    0.973_906_528_517_171_7,
+    0.930_157_491_355_708_2,
+    0.865_063_366_688_984_5,
+    0.780_817_726_586_416_9,
+    0.679_409_568_299_024_4,
+    0.562_757_134_668_604_7,
+    0.433_395_394_129_247_2,
+    0.294_392_862_701_460_2,
+    0.148_874_338_981_631_2,
+    0.0,
+];
+const WGK: [f64; 11] = [
+    0.011_694_638_867_371_874,
+    0.032_558_162_307_964_73,
+    0.054_755_896_574_352,
+    0.075_039_674_810_919_95,
+    0.093_125_454_583_697_6,
+    0.109_387_158_802_297_64,
+    0.123_491_976_262_065_85,
+    0.134_709_217_311_473_33,
+    0.142_775_938_577_060_08,
+    0.147_739_104_901_338_5,
+    0.149_445_554_002_916_9,
+];
+
+/// k-diffusion's `linear_multistep_coeff`: `∫_a^b L_j(τ) dτ` by
+/// `scipy.integrate.quad(epsrel=1e-4)`, whose first 21-point Gauss–Kronrod
+/// pass already meets the tolerance for these polynomials. The integrand
+/// runs in f32, as numpy evaluates it on the f32 sigma array (fixture
+/// README §8.8); the sum is QUADPACK's `qk21` in double.
+pub(crate) fn lms_coeff(nodes: &[f32], j: usize, a: f32, b: f32) -> f64 {
     let basis = |tau: f64| -> f64 {
-        nodes
-            .iter()
-            .enumerate()
-            .filter(|(k, _)| *k != j)
-            .map(|(_, &tk)| (tau - tk) / (nodes[j] - tk))
-            .product()
+        if nodes.len() == 1 {
+            return 1.0;
+        }
+        let t = tau as f32;
+        let mut prod = 1.0f32;
+        for (k, &tk) in nodes.iter().enumerate() {
+            if k != j {
+                prod *= (t - tk) / (nodes[j] - tk);
+            }
+        }
+        prod as f64
     };
-    X.iter()
-        .zip(W)
-        .map(|(&xq, w)| w * basis(mid + half * xq))
-        .sum::<f64>()
-        * half
+    let (a, b) = (a as f64, b as f64);
+    let centr = 0.5 * (a + b);
+    let hlgth = 0.5 * (b - a);
+    let mut resk = WGK[10] * basis(centr);
+    for jtw in [1usize, 3, 5, 7, 9].into_iter().chain([0, 2, 4, 6, 8]) {
+        let absc = hlgth * XGK[jtw];
+        resk += WGK[jtw] * (basis(centr - absc) + basis(centr + absc));
+    }
+    resk * hlgth
 }
 
-/// ComfyUI `ipndm`: improved PNDM, Adams-Bashforth on the derivative with
-/// fixed coefficients (as if steps were equal), up to fourth order.
+/// ComfyUI `ipndm` (max order 4): Adams–Bashforth on the derivative with
+/// fixed (equal-step) coefficients; `x = D` on the step to σ = 0.
 pub fn ipndm(h: &mut Hooks, mut x: Tensor, s: &[f32], st: &mut SolverState) -> Result<Tensor> {
     let steps = s.len() - 1;
     for i in 0..steps {
         let (si, sn) = (s[i], s[i + 1]);
         let denoised = (h.denoise)(&x, si)?;
         let d = to_d(&x, &denoised, si)?;
-        let dt = (sn - si) as f64;
+        let dt = sn - si;
         let b = &st.history; // previous derivatives, oldest first
         let n = b.len();
-        let slope = match n.min(MULTISTEP_ORDER - 1) {
-            0 => d.clone(),
-            1 => (((&d * 3.0)? - &b[n - 1])? / 2.0)?,
-            2 => ((((&d * 23.0)? - (&b[n - 1] * 16.0)?)? + (&b[n - 2] * 5.0)?)? / 12.0)?,
-            _ => {
-                ((((((&d * 55.0)? - (&b[n - 1] * 59.0)?)? + (&b[n - 2] * 37.0)?)?
-                    - (&b[n - 3] * 9.0)?)?)
-                    / 24.0)?
-            }
+        let m = |t: &Tensor, c: f32| mul_scalar(t, c);
+        x = if sn == 0.0 {
+            denoised
+        } else {
+            let slope = match n.min(MULTISTEP_ORDER - 1) {
+                0 => m(&d, dt)?,
+                1 => div_scalar(&m(&(m(&d, 3.0)? - &b[n - 1])?, dt)?, 2.0)?,
+                2 => {
+                    let s = ((m(&d, 23.0)? - m(&b[n - 1], 16.0)?)? + m(&b[n - 2], 5.0)?)?;
+                    div_scalar(&m(&s, dt)?, 12.0)?
+                }
+                _ => {
+                    let s = (((m(&d, 55.0)? - m(&b[n - 1], 59.0)?)? + m(&b[n - 2], 37.0)?)?
+                        - m(&b[n - 3], 9.0)?)?;
+                    div_scalar(&m(&s, dt)?, 24.0)?
+                }
+            };
+            (x + slope)?
         };
-        x = (x + (slope * dt)?)?;
         remember(st, si, d, MULTISTEP_ORDER - 1);
         done(h, st, i, steps, si);
     }
@@ -402,9 +435,9 @@ pub fn ipndm(h: &mut Hooks, mut x: Tensor, s: &[f32], st: &mut SolverState) -> R
 /// Largest order ComfyUI's `deis` uses.
 const DEIS_ORDER: usize = 3;
 
-/// ComfyUI `deis` (tab mode, order 3): exponential-integrator multistep whose
-/// coefficients integrate Lagrange polynomials in the VP time of each sigma,
-/// weighted by dσ/dt.
+/// ComfyUI `deis` (tab mode, order 3): an exponential-integrator multistep
+/// whose coefficients integrate Lagrange polynomials in the VP time of each
+/// sigma, weighted by dσ/dt; a plain Euler step into σ = 0.
 pub fn deis(h: &mut Hooks, mut x: Tensor, s: &[f32], st: &mut SolverState) -> Result<Tensor> {
     let steps = s.len() - 1;
     for i in 0..steps {
@@ -416,14 +449,14 @@ pub fn deis(h: &mut Hooks, mut x: Tensor, s: &[f32], st: &mut SolverState) -> Re
             x = (x + mul_scalar(&d, sn - si)?)?;
         } else {
             // VP times of σ_i and the previous nodes, newest first.
-            let mut nodes = vec![vp_time(si as f64)];
-            nodes.extend(st.sigmas.iter().rev().take(n).map(|&v| vp_time(v as f64)));
-            let (ta, tb) = (nodes[0], vp_time(sn as f64));
+            let mut nodes = vec![vp_time(si)];
+            nodes.extend(st.sigmas.iter().rev().take(n).map(|&v| vp_time(v)));
+            let (ta, tb) = (nodes[0], vp_time(sn));
             let mut next = x.clone();
             let hist = st.history.iter().rev();
             for (j, dj) in std::iter::once(&d).chain(hist).take(n + 1).enumerate() {
                 let c = deis_coefficient(&nodes, j, ta, tb);
-                next = (next + (dj * c)?)?;
+                next = (next + mul_scalar(dj, c)?)?;
             }
             x = next;
         }
@@ -433,35 +466,49 @@ pub fn deis(h: &mut Hooks, mut x: Tensor, s: &[f32], st: &mut SolverState) -> Re
     Ok(x)
 }
 
-/// DEIS's VP schedule: β(t) linear from 0.1 to 20.
-const BETA_0: f64 = 0.1;
-const BETA_1: f64 = 20.0;
-
-/// The VP time whose EDM sigma `sqrt(1/ᾱ − 1)` is `sigma`.
-fn vp_time(sigma: f64) -> f64 {
-    let db = BETA_1 - BETA_0;
-    ((BETA_0 * BETA_0 + 2.0 * db * (1.0 + sigma * sigma).ln()).sqrt() - BETA_0) / db
+/// DEIS's VP constants, as ComfyUI derives them from `sigma_min = 0.002`,
+/// `sigma_max = 80`, `epsilon_s = 1e-3` (not the textbook 0.1 / 20):
+/// `(β_d, β_0)` in double, with the first log taken in f32 as torch does.
+pub fn deis_betas() -> (f64, f64) {
+    let smin = 0.002f32;
+    let l_min = ((smin * smin) + 1.0).ln() as f64;
+    let l_max = 6401f64.ln();
+    let eps = 1e-3f64;
+    let beta_d = 2.0 * (l_min / eps - l_max) / (eps - 1.0);
+    let beta_0 = l_max - 0.5 * beta_d;
+    (beta_d, beta_0)
 }
 
-/// `∫_a^b L_j(τ)·dσ/dτ dτ` over the VP time, with ComfyUI's Riemann sum
-/// (10000 points of `linspace(a, b)`, times (b − a)/10000).
-fn deis_coefficient(nodes: &[f64], j: usize, a: f64, b: f64) -> f64 {
+/// `edm2t`: the VP time of σ, in f32 as ComfyUI computes `t_steps`.
+pub fn vp_time(sigma: f32) -> f32 {
+    let (bd, b0) = deis_betas();
+    let (bd, b0) = (bd as f32, b0 as f32);
+    (((b0 * b0) + (2.0 * bd) * ((sigma * sigma) + 1.0).ln()).sqrt() - b0) / bd
+}
+
+/// `∫_a^b L_j(τ)·dσ/dτ dτ` over the VP time with ComfyUI's Riemann sum:
+/// 10000 points of `torch.linspace(a, b)` (f32), each term in f32 as torch
+/// computes it (autograd's d log α/dτ included), summed in double, times
+/// `(b − a)/10000`. torch's own f32 cascade sum differs by ~1e-6 relative.
+pub fn deis_coefficient(nodes: &[f32], j: usize, a: f32, b: f32) -> f32 {
     const N: usize = 10_000;
-    let db = BETA_1 - BETA_0;
-    let step = (b - a) / (N - 1) as f64;
-    let mut sum = 0.0;
-    for k in 0..N {
-        let tau = a + step * k as f64;
-        let alpha = (-0.5 * tau * tau * db - tau * BETA_0).exp();
-        let dlog_alpha = -tau * db - BETA_0;
-        let dsigma = -0.5 * dlog_alpha / (alpha * (1.0 - alpha)).sqrt();
-        let basis: f64 = nodes
-            .iter()
-            .enumerate()
-            .filter(|(m, _)| *m != j)
-            .map(|(_, &tm)| (tau - tm) / (nodes[j] - tm))
-            .product();
-        sum += dsigma * basis;
+    let (bd, b0) = deis_betas();
+    let b1 = (bd + b0) as f32;
+    let b0 = b0 as f32;
+    let taus = super::schedules::torch_linspace(a, b, N);
+    let mut sum = 0f64;
+    for tau in taus {
+        // α(τ) = exp(−0.5τ²(β1−β0) − τβ0); d log α/dτ = −τ(β1−β0) − β0.
+        let alpha = ((-0.5 * (tau * tau)) * (b1 - b0) - tau * b0).exp();
+        let dlog = -(tau * (b1 - b0)) - b0;
+        let integrand = (-0.5 * dlog) / (alpha * (1.0 - alpha)).sqrt();
+        let mut poly = 1.0f32;
+        for (k, &tk) in nodes.iter().enumerate() {
+            if k != j {
+                poly *= (tau - tk) / (nodes[j] - tk);
+            }
+        }
+        sum += (integrand * poly) as f64;
     }
-    sum * (b - a) / N as f64
+    (sum as f32) * ((b - a) / N as f32)
 }

@@ -8,7 +8,7 @@
 //! and [`Scheduler`], before anything is computed.
 
 use super::samplers::{self, Hooks, SamplerFn, SolverState, StepCallback};
-use super::{guidance, noise, sigmas};
+use super::{brownian, guidance, noise, sigmas};
 use candle_core::{DType, Tensor};
 
 /// A sampler name resolved against [`super::SAMPLER_TABLE`].
@@ -40,6 +40,12 @@ impl Sampler {
 
     pub fn name(&self) -> &'static str {
         self.name
+    }
+
+    /// ComfyUI's `*_cfg_pp` samplers: they read the uncond prediction, so
+    /// the pass runs the uncond pass even at cfg 1.
+    pub fn cfg_pp(&self) -> bool {
+        super::is_cfg_pp(self.name)
     }
 
     /// diffusers' UniPC feeds the model integer timesteps (see [`timesteps`]).
@@ -170,8 +176,13 @@ impl KSampler {
                 "sigmas needs at least two values (the last is usually 0)".into(),
             )),
             Some(s) => Ok(s.clone()),
-            None => sigmas::for_sampler(self.scheduler.name(), self.steps, self.shift, self.sampler.name)
-                .map_err(PassError::Input),
+            None => sigmas::for_sampler(
+                self.scheduler.name(),
+                self.steps,
+                self.shift,
+                self.sampler.name,
+            )
+            .map_err(PassError::Input),
         }
     }
 
@@ -188,7 +199,13 @@ impl KSampler {
     /// Model evaluations a pass over `cut` makes with one evaluation per
     /// step (what a plan reports; two-stage samplers make more).
     pub fn planned_calls(&self, cut: &[f32]) -> usize {
-        (cut.len() - 1) * if guidance::needs_uncond(self.cfg) { 2 } else { 1 }
+        (cut.len() - 1) * if self.needs_uncond() { 2 } else { 1 }
+    }
+
+    /// Whether each evaluation runs the uncond pass too: cfg ≠ 1, or a
+    /// cfg_pp sampler (ComfyUI's `disable_cfg1_optimization`).
+    pub fn needs_uncond(&self) -> bool {
+        guidance::needs_uncond(self.cfg) || self.sampler.cfg_pp()
     }
 
     /// Runs the pass on `latent` (model space, on the denoiser's device),
@@ -215,8 +232,10 @@ impl KSampler {
         let x = self.initial_x(state, &latent, cut[0])?;
         let model_t = timesteps(self, &full);
         let steps = cut.len() - 1;
-        let needs_uncond = guidance::needs_uncond(self.cfg);
+        let needs_uncond = self.needs_uncond();
         let mut calls = 0usize;
+        // The uncond prediction of the last evaluation, for the cfg_pp samplers.
+        let last_uncond = std::cell::RefCell::new(None::<Tensor>);
         // Steps finished in this pass, for the NaN messages.
         let done = std::cell::Cell::new(0usize);
         let PassIo {
@@ -247,7 +266,9 @@ impl KSampler {
             let d = if needs_uncond {
                 call.cond = Cond::Negative;
                 let uncond = denoised(&call)?;
-                guidance::cfg_combine(&cond, &uncond, self.cfg)?
+                let d = guidance::cfg_combine(&cond, &uncond, self.cfg)?;
+                *last_uncond.borrow_mut() = Some(uncond);
+                d
             } else {
                 cond
             };
@@ -260,11 +281,25 @@ impl KSampler {
             done.set(i + 1);
             on_step(i, n, sigma)
         };
-        // ComfyUI's default noise sampler: a generator seeded like the initial noise.
+        // ComfyUI's default noise sampler: a generator seeded like the initial
+        // noise; the SDE samplers ComfyUI gives a Brownian tree get one over
+        // this pass's sigmas instead (built at the first draw, for x's shape).
         let mut gen = noise::TorchGenerator::new(self.seed);
-        let mut seeded = |x: &Tensor, _: f32, _: f32| -> candle_core::Result<Tensor> {
-            Tensor::from_vec(gen.randn(x.elem_count()), x.shape(), x.device())
+        let mut tree: Option<brownian::BrownianTree> = None;
+        let brownian = super::uses_brownian_tree(self.sampler.name);
+        let seed = self.seed;
+        let mut seeded = |x: &Tensor, s: f32, sn: f32| -> candle_core::Result<Tensor> {
+            let v = if brownian {
+                tree.get_or_insert_with(|| {
+                    brownian::BrownianTree::for_sigmas(&cut, seed, x.elem_count())
+                })
+                .draw(s, sn)
+            } else {
+                gen.randn(x.elem_count())
+            };
+            Tensor::from_vec(v, x.shape(), x.device())
         };
+        let uncond = || last_uncond.borrow().clone();
         let mut hooks = Hooks {
             denoise: &mut denoise,
             noise: match custom_noise {
@@ -272,6 +307,7 @@ impl KSampler {
                 None => &mut seeded,
             },
             on_step: &mut on_step,
+            uncond: &uncond,
             shift: self.shift,
         };
         state.total_steps = Some(full.len() - 1);

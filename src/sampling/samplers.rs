@@ -17,6 +17,10 @@ pub struct Hooks<'a> {
     /// Ancestral and SDE samplers draw from it in step order.
     pub noise: &'a mut dyn FnMut(&Tensor, f32, f32) -> Result<Tensor>,
     pub on_step: &'a mut StepCallback<'a>,
+    /// The uncond prediction `U` behind the last `denoise` call, when the
+    /// uncond pass ran (the `*_cfg_pp` samplers need it; the pass always runs
+    /// it for them, even at cfg 1, as ComfyUI's `disable_cfg1_optimization`).
+    pub uncond: &'a dyn Fn() -> Option<Tensor>,
     /// The model's flow shift (ComfyUI's ModelSamplingSD3), for the samplers
     /// that ask the model's sampling object for a sigma (the SDE ones).
     pub shift: f32,
@@ -60,6 +64,8 @@ pub struct SolverState {
     /// do not integrate x itself (ComfyUI's UniPC runs on x/√(1+σ²)), so a
     /// continuing pass resumes from the exact state rather than a round trip.
     pub solver_x: Option<(Tensor, Tensor)>,
+    /// Sampler-specific scalar history (previous step sizes, σ_down, log-SNRs).
+    pub scalars: Vec<f32>,
 }
 
 /// A state shared between the script and the passes that update it.

@@ -171,6 +171,9 @@ pub struct Pass {
     pub out: Option<Tensor>,
     /// The sigma of every model call, in order (two per step for heun, dpm_2, dpmpp_sde).
     pub call_sigmas: Vec<f32>,
+    /// Every guided evaluation's input `x` and output, in call order.
+    pub call_x: Vec<Tensor>,
+    pub call_denoised: Vec<Tensor>,
 }
 
 pub struct PassArgs<'a> {
@@ -272,6 +275,8 @@ pub fn ksampler_pass_with(
         denoised: firsts.iter().map(|&c| calls[c].2.clone()).collect(),
         out: outcome.out,
         call_sigmas: calls.iter().map(|c| c.0).collect(),
+        call_x: calls.iter().map(|c| c.1.clone()).collect(),
+        call_denoised: calls.iter().map(|c| c.2.clone()).collect(),
     }
 }
 
