@@ -352,3 +352,107 @@ fn every_comfy_name_is_a_sampler() {
     }
     assert_eq!(ours.len(), 43);
 }
+
+/// The coefficients ComfyUI gets from scipy (lms), a torch Riemann sum
+/// (deis) and an f32 `linalg.solve` (sa_solver), as the product computes
+/// them, against the recorded ones (README §8.8).
+#[test]
+fn recomputed_coefficients() {
+    use baton::sampling::{kdiff, kdiff_sde};
+    let ext = ext();
+    // lms: QUADPACK's qk21 pass over the f32 integrand.
+    let mut runs: Vec<&Value> = vec![&ext.js["samplers"]["lms"]];
+    runs.extend(["pass1", "pass2", "single"].map(|p| &ext.js["splits"]["lms"][p]));
+    let (mut n, mut bad) = (0, 0);
+    for run in runs {
+        let s = f32_list(run, "sigmas_in");
+        for c in run["lms_coeffs"].as_array().unwrap() {
+            let (order, i, j) = (
+                c["order"].as_u64().unwrap() as usize,
+                c["i"].as_u64().unwrap() as usize,
+                c["j"].as_u64().unwrap() as usize,
+            );
+            let nodes: Vec<f32> = (0..order).map(|k| s[i - k]).collect();
+            let got = kdiff::lms_coeff(&nodes, j, s[i], s[i + 1]);
+            let want = c["coeff_f64"].as_f64().unwrap();
+            // The update uses f32(c): that must be ComfyUI's exactly.
+            assert_eq!(
+                (got as f32).to_bits(),
+                (want as f32).to_bits(),
+                "lms ({order}, {i}, {j})"
+            );
+            let ulps = (got.to_bits() as i64 - want.to_bits() as i64).abs();
+            assert!(ulps <= 2, "lms ({order}, {i}, {j}): {got} vs {want}");
+            if ulps != 0 {
+                bad += 1;
+            }
+            n += 1;
+        }
+    }
+    println!(
+        "lms: {n} coefficients equal as f32; as f64 {} bit-exact, the rest within 2 ulp",
+        n - bad
+    );
+    assert!(n >= 45);
+
+    // deis: ComfyUI's β (not 0.1/20), the VP times and the coefficients.
+    let run = &ext.js["samplers"]["deis"];
+    let edm = &run["deis_edm2t"];
+    let (bd, b0) = kdiff::deis_betas();
+    let want_b0 = edm["beta_0"].as_f64().unwrap();
+    let want_b1 = edm["beta_1"].as_f64().unwrap();
+    println!(
+        "deis β0 {b0} (ComfyUI {want_b0}), β1 {} (ComfyUI {want_b1})",
+        bd + b0
+    );
+    // One f32 ulp of numpy's log(1.000004)/1e-3 apart: ≤ 5e-10 (not 0.1/20).
+    assert!((b0 - want_b0).abs() <= 1e-9 && (bd + b0 - want_b1).abs() <= 1e-9);
+    let s = f32_list(run, "sigmas_in");
+    let t_want = f32_list(edm, "t_steps");
+    let t: Vec<f32> = s.iter().map(|&v| kdiff::vp_time(v)).collect();
+    let t_err = t
+        .iter()
+        .zip(&t_want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    println!("deis t_steps: max abs {t_err:.2e}");
+    assert!(t_err <= 1e-6);
+    let mut worst = 0f64;
+    for (i, row) in run["deis_coeffs"].as_array().unwrap().iter().enumerate() {
+        let row = row.as_array().unwrap();
+        if row.is_empty() || i + 1 >= s.len() - 1 {
+            continue; // order 1, and the last step (Euler into 0)
+        }
+        let nodes: Vec<f32> = (0..row.len()).map(|k| t_want[i - k]).collect();
+        for (j, c) in row.iter().enumerate() {
+            let want = c.as_f64().unwrap();
+            let got = kdiff::deis_coefficient(&nodes, j, t_want[i], t_want[i + 1]) as f64;
+            worst = worst.max(((got - want) / want).abs());
+        }
+    }
+    println!("deis coefficients: max rel {worst:.2e}");
+    assert!(worst <= 1e-6, "deis coefficients {worst:.3e}");
+
+    // sa_solver: the double solve against torch's f32 one.
+    let mut worst = 0f64;
+    for name in ["sa_solver", "sa_solver_pece"] {
+        for c in ext.js["samplers"][name]["sa_solver_b_coeffs"]
+            .as_array()
+            .unwrap()
+        {
+            let lambdas = f32_list(c, "curr_lambdas");
+            let got = kdiff_sde::sa_b_coeffs(
+                c["sigma_next"].as_f64().unwrap() as f32,
+                &lambdas,
+                c["lambda_s"].as_f64().unwrap() as f32,
+                c["lambda_t"].as_f64().unwrap() as f32,
+                c["tau_t"].as_f64().unwrap() as f32,
+            );
+            for (g, w) in got.iter().zip(f32_list(c, "b")) {
+                worst = worst.max((g - w).abs() as f64);
+            }
+        }
+    }
+    println!("sa_solver b coefficients: max abs {worst:.2e}");
+    assert!(worst <= 1e-6, "sa_solver b {worst:.3e}");
+}
