@@ -456,3 +456,65 @@ fn recomputed_coefficients() {
     println!("sa_solver b coefficients: max abs {worst:.2e}");
     assert!(worst <= 1e-6, "sa_solver b {worst:.3e}");
 }
+
+/// The sampler table (`baton help samplers`, the README) lists every sampler
+/// in table order, names tests that exist, and claims what they assert.
+#[test]
+fn sampler_docs_match_the_tests() {
+    use baton::host::docs;
+    let names = baton::sampling::sampler_names();
+    let listed: Vec<&str> = docs::SAMPLERS.iter().map(|d| d.name).collect();
+    assert_eq!(listed, names, "docs::SAMPLERS must follow SAMPLER_TABLE");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for d in docs::SAMPLERS {
+        let mut file = String::new();
+        for part in d.test.split(", ") {
+            let (f, func) = match part.split_once("::") {
+                Some(("", func)) => (file.clone(), Some(func)),
+                Some((f, func)) => (f.to_string(), Some(func)),
+                None => (part.to_string(), None),
+            };
+            file = f.clone();
+            let text = std::fs::read_to_string(root.join(&f))
+                .unwrap_or_else(|e| panic!("{}: {f}: {e}", d.name));
+            if let Some(func) = func {
+                let found = text.contains(&format!("fn {func}()"))
+                    || text.contains(&format!("\n    {func},\n"));
+                assert!(found, "{}: no test {func} in {f}", d.name);
+            }
+        }
+        if let Some(&(_, t)) = TOL.iter().find(|(n, _)| *n == d.name) {
+            if t == 0.0 {
+                assert!(
+                    d.result.starts_with("bit-exact"),
+                    "{}: {}",
+                    d.name,
+                    d.result
+                );
+            } else {
+                let claim = format!("≤ {t:e}");
+                assert!(
+                    d.result.contains(&claim) || d.result.starts_with("as "),
+                    "{}: '{}' should say {claim}",
+                    d.name,
+                    d.result
+                );
+            }
+        }
+    }
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme
+        .find(docs::README_SAMPLERS_BEGIN)
+        .expect("README sampler table")
+        + docs::README_SAMPLERS_BEGIN.len();
+    let end = readme.find(docs::README_SAMPLERS_END).unwrap();
+    assert_eq!(
+        readme[start..end].trim(),
+        docs::render_samplers(true).trim(),
+        "README's sampler table is stale: regenerate it with `baton help samplers --markdown`"
+    );
+    let text = docs::help_text(Some("samplers"), false).unwrap();
+    for n in names {
+        assert!(text.contains(n), "baton help samplers misses {n}");
+    }
+}

@@ -14,8 +14,10 @@
 //! ComfyUI's result with `--cpu` (and for the non-`_gpu` names everywhere).
 //!
 //! Nothing is cached between draws: a draw walks from the root to the nodes
-//! that cover its interval depth-first, holding one increment per level, so
-//! memory stays at ~2 latents per tree level (about 20 levels).
+//! that cover its interval depth-first, holding one increment per tree level
+//! (about 20 levels at torchsde's 1e-6 resolution), so a draw needs about 20
+//! latent-sized f32 buffers of host memory and one `randn` of the latent's
+//! size per node on its way (ComfyUI's torchsde caches up to 45 nodes).
 
 use super::noise::TorchGenerator;
 
@@ -199,17 +201,20 @@ impl BrownianTree {
             return;
         }
         let m = r6(0.5 * (e + a));
-        let left = self.bridge(w, a, m, e, key, depth);
+        let mut child = self.bridge(w, a, m, e, key, depth);
         let (lk, rk, d) = (2 * key, 2 * key + 1, depth + 1);
+        // The right child's increment is the parent's minus the left's,
+        // computed in place: one latent-sized buffer per tree level.
+        let to_right = |c: &mut Vec<f32>| c.iter_mut().zip(w).for_each(|(l, p)| *l = p - *l);
         if tb <= m {
-            self.cover(&left, a, m, lk, d, ta, tb, acc);
+            self.cover(&child, a, m, lk, d, ta, tb, acc);
         } else if ta >= m {
-            let right: Vec<f32> = w.iter().zip(&left).map(|(p, l)| p - l).collect();
-            self.cover(&right, m, e, rk, d, ta, tb, acc);
+            to_right(&mut child);
+            self.cover(&child, m, e, rk, d, ta, tb, acc);
         } else {
-            self.cover(&left, a, m, lk, d, ta, m, acc);
-            let right: Vec<f32> = w.iter().zip(&left).map(|(p, l)| p - l).collect();
-            self.cover(&right, m, e, rk, d, m, tb, acc);
+            self.cover(&child, a, m, lk, d, ta, m, acc);
+            to_right(&mut child);
+            self.cover(&child, m, e, rk, d, m, tb, acc);
         }
     }
 
