@@ -131,7 +131,10 @@ pub type ObserveFn<'a> = dyn FnMut(f32, &Tensor, &Tensor) + 'a;
 pub struct PassIo<'a> {
     /// After each step: (step index in the pass, steps in the pass, sigma).
     pub on_step: &'a mut StepCallback<'a>,
-    /// Replaces the seeded noise ancestral and SDE samplers draw.
+    /// Replaces the noise ancestral and SDE samplers draw: by default the
+    /// seeded generator (ComfyUI's default noise sampler), or for the
+    /// Brownian-tree samplers ([`super::uses_brownian_tree`]) a torchsde
+    /// Brownian tree over this pass's sigmas, seeded with `seed`.
     pub noise: Option<&'a mut NoiseFn<'a>>,
     /// Sees every guided evaluation: (sigma, x, denoised), as ComfyUI's
     /// sampler callback does.
@@ -233,6 +236,7 @@ impl KSampler {
         let model_t = timesteps(self, &full);
         let steps = cut.len() - 1;
         let needs_uncond = self.needs_uncond();
+        let cfg_pp = self.sampler.cfg_pp();
         let mut calls = 0usize;
         // The uncond prediction of the last evaluation, for the cfg_pp samplers.
         let last_uncond = std::cell::RefCell::new(None::<Tensor>);
@@ -267,7 +271,9 @@ impl KSampler {
                 call.cond = Cond::Negative;
                 let uncond = denoised(&call)?;
                 let d = guidance::cfg_combine(&cond, &uncond, self.cfg)?;
-                *last_uncond.borrow_mut() = Some(uncond);
+                if cfg_pp {
+                    *last_uncond.borrow_mut() = Some(uncond);
+                }
                 d
             } else {
                 cond
