@@ -518,3 +518,76 @@ fn sampler_docs_match_the_tests() {
         assert!(text.contains(n), "baton help samplers misses {n}");
     }
 }
+
+/// Every draw ComfyUI takes is taken, at the same (σ, σ_next), including
+/// the ones multiplied by 0 (res_multistep, dpm_fast, dpm_adaptive: they
+/// advance the generator) and none it does not take (euler_cfg_pp creates
+/// a generator and never draws; the last step of most samplers draws nothing).
+#[test]
+fn noise_draws_match_comfy() {
+    let ext = ext();
+    let mut checked = 0;
+    for (name, run) in ext.js["samplers"].as_object().unwrap() {
+        if run.get("same_as").is_some() {
+            continue;
+        }
+        let full = sigmas::for_sampler("simple", 8, 5.0, name).unwrap();
+        let cfg = 1.0;
+        let seen = ksampler_draw_sigmas(
+            &ext.model,
+            &latent(),
+            &PassArgs {
+                full: &full,
+                start: 0,
+                end: None,
+                leftover_noise: false,
+                add_noise: true,
+                seed: 42,
+                cfg,
+                sampler: name,
+                draws: None,
+            },
+        );
+        let want: Vec<(f32, f32)> = match run.get("noise_draw_sigmas_bits") {
+            Some(v) => v
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| {
+                    let b = |v: &Value| {
+                        f32::from_bits(
+                            u32::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16)
+                                .unwrap(),
+                        )
+                    };
+                    (b(&p[0]), b(&p[1]))
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        assert_eq!(
+            seen.len(),
+            want.len(),
+            "{name}: {} draws, ComfyUI {}",
+            seen.len(),
+            want.len()
+        );
+        let t = tol(name);
+        for (k, (a, b)) in seen.iter().zip(&want).enumerate() {
+            let close = |x: f32, y: f32| {
+                if t == 0.0 {
+                    x.to_bits() == y.to_bits()
+                } else {
+                    (x - y).abs() as f64 <= t
+                }
+            };
+            assert!(
+                close(a.0, b.0) && close(a.1, b.1),
+                "{name} draw {k}: {a:?} vs {b:?}"
+            );
+        }
+        checked += 1;
+    }
+    println!("{checked} samplers: draw counts and sigmas as ComfyUI's");
+    assert!(checked >= 38);
+}

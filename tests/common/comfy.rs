@@ -478,3 +478,42 @@ pub fn check_ksampler_split(sampler: &str, full: &[f32], tol: f64) -> usize {
     }
     n
 }
+
+/// The `(σ, σ_next)` of every noise draw a pass takes, in order. The pass
+/// runs with a recording noise source that draws what the pass's own
+/// would (the seeded generator, or a Brownian tree over the cut for the
+/// samplers the pass gives one), so the run is the product's run.
+pub fn ksampler_draw_sigmas(model: &Analytic, latent: &Tensor, p: &PassArgs) -> Vec<(f32, f32)> {
+    use baton::sampling::brownian::BrownianTree;
+    let k = settings(p);
+    let cut = k.cut_sigmas().unwrap().expect("a non-empty pass");
+    let mut gen = noise::TorchGenerator::new(p.seed);
+    let brownian = baton::sampling::uses_brownian_tree(p.sampler);
+    let mut tree: Option<BrownianTree> = None;
+    let mut seen = Vec::new();
+    let mut record = |x: &Tensor, s: f32, sn: f32| -> Result<Tensor> {
+        seen.push((s, sn));
+        let v = if brownian {
+            tree.get_or_insert_with(|| BrownianTree::for_sigmas(&cut, p.seed, x.elem_count()))
+                .draw(s, sn)
+        } else {
+            gen.randn(x.elem_count())
+        };
+        Tensor::from_vec(v, x.shape(), x.device())
+    };
+    let mut on_step = |_: usize, _: usize, _: f32| {};
+    let io = PassIo {
+        on_step: &mut on_step,
+        noise: Some(&mut record),
+        observe: None,
+    };
+    k.run(
+        &mut Recorder { model },
+        latent,
+        &mut samplers::SolverState::default(),
+        io,
+        "draw count",
+    )
+    .unwrap();
+    seen
+}
