@@ -135,6 +135,17 @@ fn holds_no_weights_and_deletes_like_a_model() {
     assert_eq!(eval(&mut s, "field.arch").to_string(), "scripted fn");
     assert_eq!(eval(&mut s, "field.name").to_string(), "field");
     assert_eq!(eval(&mut s, "field.dtype").to_string(), "f32");
+    // offload_model moves nothing; the next use brings it back, still at 0.
+    run(&mut s, "offload_model(field);");
+    let err = as_f64(eval(
+        &mut s,
+        &format!(
+            "rel_l2(sample(field, zeros([1, 16, 2, 8, 8]), {}), fx[\"trace.euler.sampler_out\"])",
+            trace_opts("euler", 1.0)
+        ),
+    ));
+    assert!(err <= 1e-5, "after offload_model: rel L2 {err:.3e}");
+    assert_eq!(as_f64(eval(&mut s, "vram().used")), 0.0);
     run(&mut s, "delete_model(field);");
     assert_eq!(as_f64(eval(&mut s, "loaded_models().len()")), 0.0);
     assert_eq!(as_f64(eval(&mut s, "vram().models.len()")), 0.0);
@@ -249,4 +260,29 @@ fn a_plan_counts_it_at_zero_bytes_without_calling_it() {
     let text = plan.to_string();
     assert!(text.contains("not run while planning"), "{text}");
     assert!(!text.contains("called while planning"), "{text}");
+}
+
+/// `run.json` lists it as a function of the (hashed) script, not a file.
+#[test]
+fn the_run_manifest_names_it_a_script_function() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("toy.rhai");
+    std::fs::write(
+        &script,
+        r#"
+        let toy = model_from_fn(|x, sigma, ctx| x * 0.5 + ctx, #{ name: "toy" });
+        let pos = zeros([1, 16, 1, 1, 1]);
+        let x = sample(toy, zeros([1, 16, 1, 2, 2]), #{ positive: pos, cfg: 1.0, steps: 4 });
+        "#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    common::baton_run(&script, Some(&out), Some(dir.path())).assert_ok();
+    let run: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("run.json")).unwrap()).unwrap();
+    let m = &run["models"][0];
+    assert_eq!(m["name"], "toy", "{run}");
+    assert_eq!(m["script_function"], true, "{run}");
+    assert!(m.get("error").is_none(), "{run}");
+    assert_eq!(run["samples"][0]["model"], "toy", "{run}");
 }

@@ -73,6 +73,9 @@ impl Runtime {
         o: &SampleOptions,
         at: &str,
     ) -> Result<Option<Tensor>> {
+        // Back "on the device" after offload_model, as any model in use is
+        // (0 bytes move: it holds none).
+        self.ensure_on_device(id, at)?;
         let name = self.model(id)?.name.clone();
         let k = &o.pass;
         k.full_sigmas()?;

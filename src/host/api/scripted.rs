@@ -182,7 +182,11 @@ pub fn predict(
             "predict: a model_from_fn model takes one timestep (a number), got {ts:?}"
         )));
     };
-    let dry = rt.borrow().is_dry();
+    let dry = {
+        let mut rt = rt.borrow_mut();
+        rt.use_model(m.id, &at).map_err(script_err)?;
+        rt.is_dry()
+    };
     let out = if dry {
         crate::runtime::dry::stand_in(x.dims()).map_err(script_err)?
     } else {
