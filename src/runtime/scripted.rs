@@ -103,6 +103,18 @@ impl Runtime {
         Ok(None)
     }
 
+    /// Records a `predict` the host made on the scripted model `id`.
+    pub fn finish_external_predict(&mut self, id: ModelId, at: &str) -> Result<()> {
+        let name = self.model(id)?.name.clone();
+        let note = if self.dry {
+            "script function (not run while planning)"
+        } else {
+            "script function"
+        };
+        self.record(at, "predict", &name, 0, note.into());
+        Ok(())
+    }
+
     /// Records a pass [`run_external_pass`] ran on model `id`.
     pub fn finish_external_sample(
         &mut self,

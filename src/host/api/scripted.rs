@@ -194,6 +194,7 @@ pub fn predict(
         call_fn(ctx, f, &m.name, &x32, t0 / 1000.0, context, "predict")?
     };
     rt.borrow_mut()
-        .record(&at, "predict", &m.name, 0, "script function".into());
+        .finish_external_predict(m.id, &at)
+        .map_err(script_err)?;
     Ok(out)
 }
