@@ -67,8 +67,11 @@ fn mixed() -> (HashMap<String, Tensor>, HashMap<String, Tensor>, String) {
     (file, reference, meta)
 }
 
+/// rel L2 of the prediction of `p` loaded at `dtype` against `reference`
+/// (written to `dir/name`, loaded in f32) on golden case 1.
 fn rel_err_against_reference(
     p: &Path,
+    dtype: &str,
     reference: &HashMap<String, Tensor>,
     name: &str,
     dir: &Path,
@@ -81,7 +84,7 @@ fn rel_err_against_reference(
         &format!(
             r#"
             let c = load_tensors("{FORWARD_CASES}");
-            let q = load_model("{}", #{{ dtype: "f32" }});
+            let q = load_model("{}", #{{ dtype: "{dtype}" }});
             let r = load_model("{}", #{{ dtype: "f32" }});
             rel_l2({}, {})
             "#,
@@ -98,9 +101,14 @@ fn the_metadata_decides_which_layers_are_scaled() {
     let dir = tempfile::tempdir().unwrap();
     let (file, reference, meta) = mixed();
     let p = write(dir.path(), "mixed.safetensors", &file, &meta);
-    let d = rel_err_against_reference(&p, &reference, "reference.safetensors", dir.path());
+    let d = rel_err_against_reference(&p, "f32", &reference, "reference.safetensors", dir.path());
     println!("listed layers scaled, unlisted not: rel L2 {d:.3e}");
     assert!(d <= 1e-5, "{d:.3e}");
+    // The same with the weights kept fp8 resident (each linear dequantises
+    // at forward time, reading the scales the metadata left).
+    let d8 = rel_err_against_reference(&p, "fp8", &reference, "reference.safetensors", dir.path());
+    println!("fp8 resident: rel L2 {d8:.3e}");
+    assert!(d8 <= 1e-4, "{d8:.3e}");
 
     // Applying the bogus scales (what ignoring the metadata did) gives a
     // different model, so the comparison above can tell.
@@ -110,7 +118,7 @@ fn the_metadata_decides_which_layers_are_scaled() {
             *w = (&*w * 4.0).unwrap();
         }
     }
-    let wrong = rel_err_against_reference(&p, &scaled, "scaled.safetensors", dir.path());
+    let wrong = rel_err_against_reference(&p, "f32", &scaled, "scaled.safetensors", dir.path());
     assert!(wrong > 1e-2, "the bogus scales should matter: {wrong:.3e}");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
