@@ -179,6 +179,13 @@ fn an_error_in_the_function_names_its_line_and_the_session_survives() {
     );
     assert!(e.contains("returned a f64, not a tensor shaped like x"), "{e}");
     assert!(e.starts_with("test.rhai:2:"), "{e}");
+    let e = eval_err(
+        &mut s,
+        "let two = model_from_fn(|x, sigma| x);\n\
+         sample(two, zeros([1, 16, 2, 8, 8]), #{ positive: pos, cfg: 1.0 })",
+    );
+    assert!(e.contains("must take three parameters"), "{e}");
+    assert!(e.starts_with("test.rhai:2:"), "{e}");
     // The session still samples the field and matches ComfyUI.
     let err = as_f64(eval(
         &mut s,

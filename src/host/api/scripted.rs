@@ -99,7 +99,25 @@ fn call_fn(
     context: &Tensor,
     what: &str,
 ) -> ScriptResult<Tensor> {
-    let out: Dynamic = f.call_within_context(ctx, (x.clone(), sigma, context.clone()))?;
+    let out: Dynamic = f
+        .call_within_context(ctx, (x.clone(), sigma, context.clone()))
+        .map_err(|e| match *e {
+            // The function exists but not with three parameters.
+            EvalAltResult::ErrorFunctionNotFound(ref sig, pos)
+                if sig.starts_with(&format!("{} (", f.fn_name())) =>
+            {
+                EvalAltResult::ErrorRuntime(
+                    format!(
+                        "model '{name}': its function must take three parameters, \
+                         |x, sigma, context| ({what})"
+                    )
+                    .into(),
+                    pos,
+                )
+                .into()
+            }
+            _ => e,
+        })?;
     let type_name = out.type_name();
     let v = out.try_cast::<Tensor>().ok_or_else(|| {
         script_err(format!(
