@@ -84,7 +84,7 @@ fn dit_summary(
                 let formats: Vec<&str> = formats.into_iter().collect();
                 writeln!(
                     out,
-                    "quantised:  {} layers {} (from _quantization_metadata)",
+                    "quantised:  {} layers {} (as _quantization_metadata / comfy_quant list them)",
                     d.quantized.len(),
                     formats.join(", ")
                 )?;

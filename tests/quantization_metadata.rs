@@ -14,12 +14,14 @@ use std::path::{Path, PathBuf};
 
 const PREFIX: &str = "model.diffusion_model.";
 
-/// Writes `tensors` with `_quantization_metadata` = `meta` (raw text).
+/// Writes `tensors` with `_quantization_metadata` = `meta` (raw text; none
+/// when empty).
 fn write(dir: &Path, name: &str, tensors: &HashMap<String, Tensor>, meta: &str) -> PathBuf {
     let p = dir.join(name);
-    let metadata = HashMap::from([("_quantization_metadata".to_string(), meta.to_string())]);
+    let metadata = (!meta.is_empty())
+        .then(|| HashMap::from([("_quantization_metadata".to_string(), meta.to_string())]));
     let data: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
-    safetensors::serialize_to_file(data, Some(metadata), &p).unwrap();
+    safetensors::serialize_to_file(data, metadata, &p).unwrap();
     copy_tiny_config(dir);
     p
 }
@@ -129,7 +131,7 @@ fn the_metadata_decides_which_layers_are_scaled() {
     let text = String::from_utf8_lossy(&out.stdout);
     let listed = meta.matches("float8_e4m3fn").count();
     assert!(
-        text.contains(&format!("quantised:  {listed} layers float8_e4m3fn (from _quantization_metadata)")),
+        text.contains(&format!("quantised:  {listed} layers float8_e4m3fn (as _quantization_metadata / comfy_quant list them)")),
         "{text}"
     );
 }
@@ -184,4 +186,31 @@ fn metadata_that_disagrees_with_the_weights_is_refused() {
     refused(&plain, "{ not json", &["_quantization_metadata", "not valid JSON"]);
     let future = serde_json::json!({ "format_version": "2.0", "layers": {} }).to_string();
     refused(&plain, &future, &["format_version"]);
+}
+
+/// A `<layer>.comfy_quant` record: the format as JSON bytes.
+fn record(format: &str) -> Tensor {
+    let bytes = serde_json::json!({ "format": format }).to_string().into_bytes();
+    let n = bytes.len();
+    Tensor::from_vec(bytes, n, &Device::Cpu).unwrap()
+}
+
+/// The per-layer form (`comfy_quant` tensors, no header metadata) follows
+/// the same rule: listed layers scaled, a stray scale not applied, a format
+/// baton does not read refused naming the layer and the record.
+#[test]
+fn comfy_quant_records_follow_the_same_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut file, reference, meta) = mixed();
+    let listed: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    for layer in listed["layers"].as_object().unwrap().keys() {
+        file.insert(format!("{layer}.comfy_quant"), record("float8_e4m3fn"));
+    }
+    let p = write(dir.path(), "records.safetensors", &file, "");
+    let d = rel_err_against_reference(&p, "f32", &reference, "reference.safetensors", dir.path());
+    println!("comfy_quant records: rel L2 {d:.3e}");
+    assert!(d <= 1e-5, "{d:.3e}");
+
+    file.insert(format!("{PREFIX}blocks.1.ffn.0.comfy_quant"), record("nvfp4"));
+    refused(&file, "", &["blocks.1.ffn.0", "nvfp4", "comfy_quant"]);
 }

@@ -29,8 +29,9 @@ pub struct Detected {
     /// Wan 2.1 image-to-video: a CLIP image projection (`img_emb.*`) and
     /// image key/value projections in every cross-attention (`k_img`, `v_img`).
     pub clip_image: bool,
-    /// Layers the header's `_quantization_metadata` lists (canonical stem ->
-    /// format); empty for files without it (see `checkpoint::quant`).
+    /// Layers the header's `_quantization_metadata` or the `comfy_quant`
+    /// records list (canonical stem -> format); empty for files with neither
+    /// (see `checkpoint::quant`).
     pub quantized: BTreeMap<String, String>,
 }
 

@@ -9,6 +9,10 @@
 //!   beside it is not applied (it is dropped, with a warning);
 //! - any other format (int8 blocks, fp4, ...) is refused, naming the layer,
 //!   rather than read as something it is not.
+//!
+//! The per-layer form of the same record, a `<layer>.comfy_quant` tensor of
+//! JSON bytes (`{"format": "float8_e4m3fn"}`), is read the same way: such
+//! files list their quantised layers one tensor each.
 
 use super::layout::{diffusers_to_original, strip_prefix, Layout};
 use super::{CheckpointError, Header, TensorEntry};
@@ -58,6 +62,46 @@ pub fn listed_layers(header: &Header) -> Result<Option<Vec<(String, String)>>, C
         .map(Some)
 }
 
+/// Largest `comfy_quant` record read (they are a few dozen bytes).
+const MAX_RECORD: usize = 4096;
+
+/// The layers named by `<layer>.comfy_quant` tensors, `(layer, format)`.
+fn per_layer_records(header: &Header) -> Result<Vec<(String, String)>, CheckpointError> {
+    use std::os::unix::fs::FileExt;
+    let mut out = Vec::new();
+    for (key, e) in &header.tensors {
+        let Some(layer) = key.strip_suffix(".comfy_quant") else {
+            continue;
+        };
+        let file = &header.files[e.file];
+        let bad = |reason: String| CheckpointError::Config {
+            path: file.clone(),
+            reason: format!("'{key}': {reason}"),
+        };
+        if e.dtype != safetensors::Dtype::U8 || e.bytes() > MAX_RECORD {
+            return Err(bad(format!(
+                "a comfy_quant record is a few bytes of JSON (U8), this is {:?} {:?}",
+                e.dtype, e.shape
+            )));
+        }
+        let mut bytes = vec![0u8; e.bytes()];
+        std::fs::File::open(file)
+            .and_then(|f| f.read_exact_at(&mut bytes, e.start as u64))
+            .map_err(|source| CheckpointError::Io {
+                path: file.clone(),
+                source,
+            })?;
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|err| bad(format!("not valid JSON ({err})")))?;
+        let format = v
+            .get("format")
+            .and_then(|f| f.as_str())
+            .ok_or_else(|| bad("no \"format\" string".into()))?;
+        out.push((layer.to_string(), format.to_string()));
+    }
+    Ok(out)
+}
+
 /// A listed layer's canonical stem (original layout, no prefix).
 fn canonical_stem(layer: &str, layout: Layout) -> Option<String> {
     let stem = strip_prefix(&format!("{layer}.weight")).to_string();
@@ -68,43 +112,52 @@ fn canonical_stem(layer: &str, layout: Layout) -> Option<String> {
     weight.strip_suffix(".weight").map(str::to_string)
 }
 
-/// Applies the metadata to `tensors` (canonical names): checks each listed
-/// layer, drops scales of unlisted layers, and returns the quantised layers
-/// (canonical stem -> format). Empty when the file has no metadata, which
-/// leaves the older encodings (a scale beside a weight) as they were.
+/// Applies the metadata and the `comfy_quant` records to `tensors`
+/// (canonical names): checks each listed layer, drops scales of unlisted
+/// layers, and returns the quantised layers (canonical stem -> format).
+/// Empty when the file has neither, which leaves the legacy encoding (a
+/// `scale_weight` beside a weight) as it was.
 pub fn apply(
     header: &Header,
     layout: Layout,
     tensors: &mut BTreeMap<String, TensorEntry>,
 ) -> Result<BTreeMap<String, String>, CheckpointError> {
-    let Some(layers) = listed_layers(header)? else {
+    let from = |src: &'static str| move |(l, f): (String, String)| (l, f, src);
+    let records = per_layer_records(header)?;
+    if records.is_empty() && !header.metadata.contains_key(METADATA_KEY) {
         return Ok(BTreeMap::new());
-    };
+    }
+    let layers: Vec<(String, String, &str)> = listed_layers(header)?
+        .unwrap_or_default()
+        .into_iter()
+        .map(from(METADATA_KEY))
+        .chain(records.into_iter().map(from("its comfy_quant record")))
+        .collect();
     let err = |reason: String| CheckpointError::Config {
         path: header.path.clone(),
         reason,
     };
     let mut quantized = BTreeMap::new();
-    for (layer, format) in layers {
+    for (layer, format, src) in layers {
         if !SUPPORTED.contains(&format.as_str()) {
             return Err(err(format!(
-                "layer '{layer}' is quantised as '{format}' ({METADATA_KEY}); baton reads {} layers only",
+                "layer '{layer}' is quantised as '{format}' ({src}); baton reads {} layers only",
                 SUPPORTED.join(", ")
             )));
         }
         let stem = canonical_stem(&layer, layout).ok_or_else(|| {
             err(format!(
-                "{METADATA_KEY} lists layer '{layer}', which has no place in a Wan DiT"
+                "{src} lists layer '{layer}', which has no place in a Wan DiT"
             ))
         })?;
         let weight = tensors.get(&format!("{stem}.weight")).ok_or_else(|| {
             err(format!(
-                "{METADATA_KEY} lists layer '{layer}' ({format}), but the file has no '{layer}.weight'"
+                "{src} lists layer '{layer}' ({format}), but the file has no '{layer}.weight'"
             ))
         })?;
         if weight.dtype != safetensors::Dtype::F8_E4M3 {
             return Err(err(format!(
-                "{METADATA_KEY} lists layer '{layer}' as {format}, but its weight is stored as {:?}",
+                "{src} lists layer '{layer}' as {format}, but its weight is stored as {:?}",
                 weight.dtype
             )));
         }
@@ -113,7 +166,7 @@ pub fn apply(
             .any(|s| tensors.contains_key(&format!("{stem}.{s}")));
         if !has_scale {
             return Err(err(format!(
-                "{METADATA_KEY} lists layer '{layer}' as {format}, but the file has no '{layer}.weight_scale'"
+                "{src} lists layer '{layer}' as {format}, but the file has no '{layer}.weight_scale'"
             )));
         }
         quantized.insert(stem, format);
@@ -128,7 +181,7 @@ pub fn apply(
         .collect();
     if !stray.is_empty() {
         tracing::warn!(
-            "{}: {} scale tensors belong to layers {METADATA_KEY} does not list; they are \
+            "{}: {} scale tensors belong to layers the file does not list as quantised; they are \
              not applied (as in ComfyUI): {:?}",
             header.path.display(),
             stray.len(),
