@@ -78,6 +78,17 @@ fn dit_summary(
                 )?;
             }
             writeln!(out, "layout:     {}", d.layout.name())?;
+            if !d.quantized.is_empty() {
+                let formats: std::collections::BTreeSet<&str> =
+                    d.quantized.values().map(String::as_str).collect();
+                let formats: Vec<&str> = formats.into_iter().collect();
+                writeln!(
+                    out,
+                    "quantised:  {} layers {} (as _quantization_metadata / comfy_quant list them)",
+                    d.quantized.len(),
+                    formats.join(", ")
+                )?;
+            }
             writeln!(
                 out,
                 "config:     dim {} | heads {} (head_dim {}) | layers {} | ffn {} | text_dim {} | freq_dim {} | in/out {}/{} | patch {:?}",

@@ -25,6 +25,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .without_time()
+        // Colour only on a terminal and without NO_COLOR: piped or
+        // redirected logs stay plain text.
+        .with_ansi(repl::use_color())
         .init();
     cancel::install_sigint_handler();
     match execute(Cli::parse().command) {

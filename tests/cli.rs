@@ -144,3 +144,34 @@ fn device_flag_selects_or_explains() {
         assert!(ok && out.contains("device cpu"), "{err}");
     }
 }
+
+/// Logs piped into a file or another program carry no ANSI colour codes
+/// (tracing colours them only when stderr is a terminal).
+#[test]
+fn piped_logs_carry_no_ansi_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("log.rhai");
+    std::fs::write(
+        &script,
+        r#"
+        let m = load_model("tests/fixtures/wan_tiny/original.safetensors", #{ name: "tiny" });
+        print(m.name);
+        delete_model(m);
+        "#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let (ok, stdout, stderr) = baton(&[
+        "run",
+        script.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    // The INFO lines are there, as plain text.
+    assert!(stderr.contains("INFO loaded tiny"), "{stderr}");
+    assert!(stderr.contains("INFO deleted tiny"), "{stderr}");
+    for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
+        assert!(!text.contains('\x1b'), "{name} holds an escape code: {text:?}");
+    }
+}

@@ -99,7 +99,8 @@ fn t2v_sampling_settings_are_the_workflow_widgets() {
         "split: split",
         "cfg_high: 3.5",
         "cfg_low: 3.5",
-        "shift: 8.000000000000002",
+        // The slider's 8.000000000000002 is 8.0 as the f32 the sampler uses.
+        "shift: 8.0,",
         "seed: seed",
         "sampler: \"euler\"",
         "scheduler: \"simple\"",
@@ -582,4 +583,30 @@ fn files_are_found_in_a_comfyui_models_layout_under_the_roots() {
         "{}",
         imp.report
     );
+}
+
+/// A shift is written as the shortest literal of the f32 the sampler uses
+/// (ComfyUI's ModelSamplingSD3 rounds it to f32 too): the templates'
+/// 8.000000000000002 becomes 8.0, and a value such as 5.1 stays 5.1, in
+/// both the recipe call and the spelled-out passes.
+#[test]
+fn shift_is_written_as_the_shortest_f32_literal() {
+    for keep_resident in [false, true] {
+        let o = ImportOptions {
+            keep_resident,
+            ..Default::default()
+        };
+        let imp = import(T2V, &o);
+        assert!(!imp.script.contains("8.000000000000002"), "{}", imp.script);
+        assert!(imp.script.contains("shift: 8.0,"), "{}", imp.script);
+        let mut json: Value = serde_json::from_slice(&std::fs::read(fixture(T2V)).unwrap()).unwrap();
+        for n in json["nodes"].as_array_mut().unwrap() {
+            if n["type"] == "ModelSamplingSD3" {
+                n["widgets_values"][0] = Value::from(5.1);
+            }
+        }
+        let imp = import_bytes(json.to_string().as_bytes(), T2V, &o).unwrap();
+        assert!(imp.script.contains("shift: 5.1,"), "{}", imp.script);
+        assert!(!imp.script.contains("5.099"), "{}", imp.script);
+    }
 }

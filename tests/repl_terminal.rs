@@ -3,7 +3,10 @@
 //! an error with a caret under its column, Ctrl-C during a long `sample`,
 //! and `.models` showing the model still loaded afterwards.
 //!
-//! Skipped (with a message) where tmux is not installed.
+//! Skipped (with a message) where tmux is not installed; under CI (the `CI`
+//! environment variable set, as `.ci/run` sets it) a missing tmux fails it.
+
+mod common;
 
 use std::path::Path;
 use std::process::Command;
@@ -74,8 +77,7 @@ impl Drop for Tmux {
 
 #[test]
 fn repl_in_a_terminal() {
-    if Command::new("tmux").arg("-V").output().is_err() {
-        eprintln!("tmux not installed: skipping the terminal REPL test");
+    if !common::tools::available("tmux", &["-V"]) {
         return;
     }
     let home = tempfile::tempdir().unwrap();

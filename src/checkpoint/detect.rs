@@ -29,6 +29,10 @@ pub struct Detected {
     /// Wan 2.1 image-to-video: a CLIP image projection (`img_emb.*`) and
     /// image key/value projections in every cross-attention (`k_img`, `v_img`).
     pub clip_image: bool,
+    /// Layers the header's `_quantization_metadata` or the `comfy_quant`
+    /// records list (canonical stem -> format); empty for files with neither
+    /// (see `checkpoint::quant`).
+    pub quantized: BTreeMap<String, String>,
 }
 
 impl Detected {
@@ -109,6 +113,9 @@ pub fn detect(header: &Header, heads: Option<usize>) -> Result<Detected, Checkpo
             None => unmapped.push(key.to_string()),
         }
     }
+    // The metadata first: a layer in a format baton does not read is named
+    // as such, not as a bare dtype.
+    let quantized = super::quant::apply(header, layout, &mut tensors)?;
     check_dtypes(path, &tensors)?;
 
     let shape = |key: &str, rank: usize| -> Result<Vec<usize>, CheckpointError> {
@@ -207,6 +214,7 @@ pub fn detect(header: &Header, heads: Option<usize>) -> Result<Detected, Checkpo
         unmapped,
         dtype,
         clip_image,
+        quantized,
     })
 }
 

@@ -6,6 +6,7 @@ pub mod error;
 pub mod finite;
 pub mod header;
 pub mod layout;
+pub mod quant;
 pub mod shards;
 pub mod source;
 

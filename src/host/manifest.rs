@@ -52,7 +52,13 @@ pub fn build(r: &RunInfo) -> Value {
                 "path": l.path.display().to_string(),
                 "arch": l.arch,
             });
-            identify(&l.path, r.hash_all, v.as_object_mut().expect("object"));
+            if l.arch.starts_with(crate::runtime::scripted::ARCH) {
+                // model_from_fn: a function of the script (hashed above),
+                // defined at `path`; no file to identify.
+                v["script_function"] = true.into();
+            } else {
+                identify(&l.path, r.hash_all, v.as_object_mut().expect("object"));
+            }
             v
         })
         .collect();

@@ -56,8 +56,9 @@ fn history_path() -> Option<std::path::PathBuf> {
     Some(dir.join("history"))
 }
 
-/// ANSI colour on stderr: only on a terminal, and never with `NO_COLOR`.
-fn use_color() -> bool {
+/// ANSI colour on stderr: only on a terminal, and never with `NO_COLOR`
+/// (the REPL's errors and every log line follow it).
+pub fn use_color() -> bool {
     use std::io::IsTerminal;
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }

@@ -173,6 +173,24 @@ pub fn float(x: f64) -> String {
     }
 }
 
+/// A float the sampler uses as f32 (the flow shift, as ComfyUI's
+/// ModelSamplingSD3 does: a Python float meeting f32 tensors is rounded to
+/// f32): the shortest literal that gives back that f32, so a float slider's
+/// 8.000000000000002 is written 8.0. Values outside f32's range keep their
+/// f64 form (the sampler then reports them).
+pub fn float32(x: f64) -> String {
+    let f = x as f32;
+    if !f.is_finite() || !x.is_finite() {
+        return float(x);
+    }
+    let s = format!("{f:?}");
+    if s.contains(['.', 'e', 'E']) {
+        s
+    } else {
+        format!("{s}.0")
+    }
+}
+
 /// A JSON scalar as a Rhai literal.
 pub fn literal(v: &Value) -> String {
     match v {
@@ -226,6 +244,16 @@ mod tests {
         assert_eq!(string("a \"b\"\n\\"), r#""a \"b\"\n\\""#);
         assert_eq!(float(8.0), "8.0");
         assert_eq!(float(8.000000000000002), "8.000000000000002");
+        assert_eq!(float32(8.000000000000002), "8.0");
+        assert_eq!(float32(5.1), "5.1");
+        assert_eq!(float32(0.1 + 0.2), "0.3");
+        assert_eq!(float32(12.0), "12.0");
+        assert_eq!(float32(1e40), float(1e40));
+        // Every literal gives back the f32 it stands for.
+        for x in [8.000000000000002, 5.1, 0.30000000000000004, 3.0e-5, 1234.5678, 1.0 / 3.0] {
+            let back: f64 = float32(x).parse().unwrap();
+            assert_eq!((back as f32).to_bits(), (x as f32).to_bits(), "{x}");
+        }
         assert_eq!(
             literal(&serde_json::json!(774388746670969u64)),
             "774388746670969"

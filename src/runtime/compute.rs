@@ -195,7 +195,7 @@ impl Runtime {
 
 impl Runtime {
     /// Notes a finished pass for the run manifest.
-    fn journal_sample(&mut self, model: &str, k: &KSampler, seconds: f64) {
+    pub(super) fn journal_sample(&mut self, model: &str, k: &KSampler, seconds: f64) {
         self.journal.samples.push(SampleRecord {
             model: model.to_string(),
             seed: (k.add_noise && k.noise.is_none()).then_some(k.seed),

@@ -45,7 +45,8 @@ impl Runtime {
                 Weights::Dit(d) => d
                     .relocate(&Device::Cpu)
                     .map_err(|e| RuntimeError::Model(plain_error(&e)))?,
-                Weights::Planned(_) => {}
+                // A scripted model has nothing on the device to move.
+                Weights::Planned(_) | Weights::Scripted(_) => {}
                 _ => {
                     return Err(RuntimeError::Input(format!(
                         "offload_model('{}'): on a card only diffusion models move to host \

@@ -27,6 +27,7 @@ pub mod registry;
 pub mod residency;
 #[allow(clippy::module_inception)]
 pub mod runtime;
+pub mod scripted;
 pub mod size;
 pub mod text_encoder;
 pub mod timeline;

@@ -22,6 +22,10 @@ pub enum Weights {
     Vae(Box<WanVae>),
     /// A dry runtime's model: config only (see `runtime::dry`).
     Planned(super::dry::Planned),
+    /// A model whose prediction is the host's callable (`model_from_fn`: a
+    /// script function). It holds no weights, so the ledger counts 0 bytes;
+    /// the runtime never calls it, the host does (see `runtime::scripted`).
+    Scripted(Box<dyn std::any::Any>),
 }
 
 impl Weights {
@@ -32,6 +36,7 @@ impl Weights {
             Weights::Text(t) => t.encoder.config().num_layers,
             Weights::Vae(_) => 0,
             Weights::Planned(_) => 0,
+            Weights::Scripted(_) => 0,
         }
     }
 }
@@ -71,6 +76,14 @@ impl LoadedModel {
         match &self.weights {
             Weights::Vae(v) => Ok(v),
             _ => Err(self.not_a("a VAE")),
+        }
+    }
+
+    /// The host's callable of a `model_from_fn` model, `None` for any other.
+    pub fn scripted(&self) -> Option<&dyn std::any::Any> {
+        match &self.weights {
+            Weights::Scripted(f) => Some(f.as_ref()),
+            _ => None,
         }
     }
 

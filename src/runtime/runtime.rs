@@ -117,6 +117,11 @@ impl Runtime {
         self.record(at, kind, &name, activations, note);
     }
 
+    /// True for `baton plan`'s runtime, which computes nothing.
+    pub fn is_dry(&self) -> bool {
+        self.dry
+    }
+
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
     }

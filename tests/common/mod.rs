@@ -12,6 +12,7 @@ pub mod golden;
 pub mod plan;
 pub mod rss;
 pub mod survivor;
+pub mod tools;
 pub mod wan_keys;
 
 pub fn fixture(rel: &str) -> PathBuf {

@@ -5,6 +5,7 @@ pub mod memory;
 pub mod models;
 pub mod params;
 pub mod sampling;
+pub mod scripted;
 pub mod tensors;
 pub mod text;
 pub mod video;
@@ -27,6 +28,7 @@ pub fn register_all(engine: &mut rhai::Engine, rt: &Shared, policy: &SharedPolic
     models::register(engine, rt, policy);
     lora::register(engine, rt, policy);
     sampling::register(engine, rt);
+    scripted::register(engine, rt);
     memory::register(engine, rt);
     media::register(engine, policy);
     text::register(engine, rt);

@@ -153,6 +153,9 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
               ctx: Tensor|
               -> ScriptResult<Tensor> {
             let t = timestep_tensor(&t, &x)?;
+            if let Some(f) = super::scripted::function_of(&r, m.id) {
+                return super::scripted::predict(&call, &r, &m, &f, &x, &t, &ctx);
+            }
             let at = call_site(&call);
             r.borrow_mut()
                 .predict_at(m.id, &x, &t, &ctx, &at)

@@ -145,6 +145,11 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
             let at = call_site(&ctx);
             let mut bar = Progress::new(&m.name, opts.pass.sampler.name());
             let mut on_step = |i: usize, n: usize, s: f32| bar.step(i, n, s);
+            if let Some(f) = super::scripted::function_of(&r, m.id) {
+                let out = super::scripted::sample(&ctx, &r, &m, &f, &latent, &opts, &mut on_step);
+                bar.finish();
+                return out;
+            }
             let out = r
                 .borrow_mut()
                 .sample(m.id, &latent, &opts, &mut on_step, &at);

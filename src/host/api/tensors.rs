@@ -15,29 +15,152 @@ fn describe(t: &Tensor) -> String {
     format!("Tensor{:?} {}", t.dims(), dtype_name(t))
 }
 
-/// Binary op on tensors with a shape check that names both shapes.
+/// The shape two tensors broadcast to, as torch broadcasts (dimensions
+/// aligned from the right, each pair equal or one of them 1).
+fn broadcast_shape(a: &[usize], b: &[usize]) -> Option<Vec<usize>> {
+    let n = a.len().max(b.len());
+    let at = |d: &[usize], i: usize| {
+        if i < n - d.len() {
+            1
+        } else {
+            d[i - (n - d.len())]
+        }
+    };
+    (0..n)
+        .map(|i| match (at(a, i), at(b, i)) {
+            (x, y) if x == y => Some(x),
+            (1, y) => Some(y),
+            (x, 1) => Some(x),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Both tensors in one dtype (f32 when they differ).
+fn same_dtype(a: &Tensor, b: &Tensor) -> ScriptResult<(Tensor, Tensor)> {
+    if a.dtype() != b.dtype() {
+        Ok((
+            a.to_dtype(DType::F32).map_err(tensor_err)?,
+            b.to_dtype(DType::F32).map_err(tensor_err)?,
+        ))
+    } else {
+        Ok((a.clone(), b.clone()))
+    }
+}
+
+/// Elementwise op on tensors that broadcast like torch's, with an error
+/// naming both shapes when they do not.
 fn binary(
     op: &str,
     a: &Tensor,
     b: &Tensor,
     f: impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
 ) -> ScriptResult<Tensor> {
-    if a.dims() != b.dims() {
+    let Some(shape) = broadcast_shape(a.dims(), b.dims()) else {
         return Err(script_err(format!(
-            "cannot {op} tensors of shapes {:?} and {:?}",
+            "cannot {op} tensors of shapes {:?} and {:?} (they do not broadcast)",
+            a.dims(),
+            b.dims()
+        )));
+    };
+    let (a, b) = same_dtype(a, b)?;
+    let grow = |t: &Tensor| -> candle_core::Result<Tensor> {
+        if t.dims() == shape.as_slice() {
+            Ok(t.clone())
+        } else {
+            t.broadcast_as(shape.as_slice())
+        }
+    };
+    (|| f(&grow(&a)?, &grow(&b)?))().map_err(tensor_err)
+}
+
+/// torch.matmul: 1-D operands are promoted (and the added dimension removed
+/// again), batch dimensions broadcast.
+fn matmul(a: &Tensor, b: &Tensor) -> ScriptResult<Tensor> {
+    let (a, b) = same_dtype(a, b)?;
+    let (ra, rb) = (a.rank(), b.rank());
+    if ra == 0 || rb == 0 {
+        return Err(script_err(format!(
+            "matmul: both operands need at least one dimension, got {:?} and {:?}",
             a.dims(),
             b.dims()
         )));
     }
-    let (a, b) = if a.dtype() != b.dtype() {
-        (
-            a.to_dtype(DType::F32).map_err(tensor_err)?,
-            b.to_dtype(DType::F32).map_err(tensor_err)?,
-        )
-    } else {
-        (a.clone(), b.clone())
+    let k_a = a.dims()[ra - 1];
+    let k_b = if rb == 1 { b.dims()[0] } else { b.dims()[rb - 2] };
+    if k_a != k_b {
+        return Err(script_err(format!(
+            "matmul: shapes {:?} and {:?} do not chain ({k_a} vs {k_b})",
+            a.dims(),
+            b.dims()
+        )));
+    }
+    let batch_a = &a.dims()[..ra.saturating_sub(2)];
+    let batch_b = &b.dims()[..rb.saturating_sub(2)];
+    let Some(batch) = broadcast_shape(batch_a, batch_b) else {
+        return Err(script_err(format!(
+            "matmul: batch dimensions of {:?} and {:?} do not broadcast",
+            a.dims(),
+            b.dims()
+        )));
     };
-    f(&a, &b).map_err(tensor_err)
+    (|| {
+        let a2 = if ra == 1 { a.unsqueeze(0)? } else { a.clone() };
+        let b2 = if rb == 1 { b.unsqueeze(1)? } else { b.clone() };
+        let (m, n) = (a2.dims()[a2.rank() - 2], b2.dims()[b2.rank() - 1]);
+        let full = |t: &Tensor, rows: usize, cols: usize| -> candle_core::Result<Tensor> {
+            let mut dims = batch.clone();
+            dims.extend([rows, cols]);
+            t.broadcast_as(dims)?.contiguous()
+        };
+        let mut out = full(&a2, m, k_a)?.matmul(&full(&b2, k_a, n)?)?;
+        if rb == 1 {
+            out = out.squeeze(out.rank() - 1)?;
+        }
+        if ra == 1 {
+            out = out.squeeze(out.rank() - if rb == 1 { 1 } else { 2 })?;
+        }
+        Ok(out)
+    })()
+    .map_err(tensor_err)
+}
+
+/// `reshape(t, dims)`: one dimension may be -1 (inferred), as in torch.
+fn reshape(t: &Tensor, dims: &rhai::Array) -> ScriptResult<Tensor> {
+    let n = t.elem_count();
+    let mut want = Vec::with_capacity(dims.len());
+    let mut infer = None;
+    for (i, d) in dims.iter().enumerate() {
+        match d.as_int() {
+            Ok(-1) if infer.is_none() => {
+                infer = Some(i);
+                want.push(1);
+            }
+            Ok(v) if v >= 0 => want.push(v as usize),
+            _ => {
+                return Err(script_err(format!(
+                    "reshape: dims must be non-negative integers (one may be -1), got {dims:?}"
+                )))
+            }
+        }
+    }
+    let known: usize = want.iter().product();
+    if let Some(i) = infer {
+        if known == 0 || !n.is_multiple_of(known) {
+            return Err(script_err(format!(
+                "reshape: cannot infer the -1 of {dims:?} for {n} elements (shape {:?})",
+                t.dims()
+            )));
+        }
+        want[i] = n / known;
+    }
+    if want.iter().product::<usize>() != n {
+        return Err(script_err(format!(
+            "reshape: a tensor of shape {:?} ({n} elements) cannot become {want:?}",
+            t.dims()
+        )));
+    }
+    t.reshape(want).map_err(tensor_err)
 }
 
 pub fn register(engine: &mut Engine, _rt: &Shared, policy: &SharedPolicy) {
@@ -82,6 +205,18 @@ pub fn register(engine: &mut Engine, _rt: &Shared, policy: &SharedPolicy) {
     }
     scalar_ops!(f64);
     scalar_ops!(i64);
+
+    engine.register_fn("matmul", |a: Tensor, b: Tensor| matmul(&a, &b));
+    engine.register_fn("reshape", |t: Tensor, dims: Array| reshape(&t, &dims));
+    engine.register_fn("tanh", |t: Tensor| -> ScriptResult<Tensor> {
+        t.tanh().map_err(tensor_err)
+    });
+    engine.register_fn("exp", |t: Tensor| -> ScriptResult<Tensor> {
+        t.exp().map_err(tensor_err)
+    });
+    engine.register_fn("sqrt", |t: Tensor| -> ScriptResult<Tensor> {
+        t.sqrt().map_err(tensor_err)
+    });
 
     engine.register_fn("zeros_like", |t: Tensor| -> ScriptResult<Tensor> {
         t.zeros_like().map_err(tensor_err)

@@ -2,7 +2,7 @@
 //! them, and the two-expert pattern that goes through `wan::two_stage`.
 
 use super::{Ctx, Kind, SamplerSettings, Step, Val};
-use crate::import::names::{float, string};
+use crate::import::names::{float, float32, string};
 use crate::import::workflow::{Graph, Input, Node};
 
 /// ComfyUI's default shift for Wan models when no ModelSamplingSD3 is present.
@@ -171,7 +171,7 @@ impl Ctx<'_> {
         o.push(format!("cfg: {}", float(s.cfg)));
         o.push(format!("sampler: {}", string(&s.sampler)));
         o.push(format!("scheduler: {}", string(&s.scheduler)));
-        o.push(format!("shift: {}", float(s.shift)));
+        o.push(format!("shift: {}", float32(s.shift)));
         if let Some(seed) = s.seed {
             o.push(format!(
                 "seed: {}",
@@ -232,7 +232,7 @@ impl Ctx<'_> {
             format!("split: {split}"),
             format!("cfg_high: {}", float(sa.cfg)),
             format!("cfg_low: {}", float(sb.cfg)),
-            format!("shift: {}", float(sa.shift)),
+            format!("shift: {}", float32(sa.shift)),
             format!("seed: {seed}"),
             format!("sampler: {}", string(&sa.sampler)),
             format!("scheduler: {}", string(&sa.scheduler)),
