@@ -9,12 +9,19 @@ mod common;
 use common::{as_f64, eval, eval_err, run, session_with};
 
 const TRACES: &str = "tests/fixtures/comfy/sampler_traces.safetensors";
+/// README §8's traces of every sampler, on a [1, 16, 1, 2, 4] latent.
+const TRACES_EXT: &str = "tests/fixtures/comfy/sampler_traces_ext.safetensors";
 
 /// The analytic field as the README shows it (batch-general).
 fn field_script() -> String {
+    field_script_from(TRACES)
+}
+
+/// The field with its A, b and contexts from the fixture file `traces`.
+fn field_script_from(traces: &str) -> String {
     format!(
         r#"
-        let fx = load_tensors("{TRACES}");
+        let fx = load_tensors("{traces}");
         let A = fx["analytic.A"];
         let b = reshape(fx["analytic.b"], [16, 1]);
         let field = model_from_fn(|x, sigma, ctx| {{
@@ -46,12 +53,18 @@ fn trace_opts(sampler: &str, cfg: f64) -> String {
 /// Samples the field with `sampler` at `cfg` and compares the result with
 /// ComfyUI's `<prefix>.sampler_out`.
 fn check_trace(sampler: &str, cfg: f64, prefix: &str) {
+    check_trace_in(TRACES, "[1, 16, 2, 8, 8]", sampler, cfg, prefix)
+}
+
+/// [`check_trace`] against the fixture file `traces` with its latent shape.
+fn check_trace_in(traces: &str, shape: &str, sampler: &str, cfg: f64, prefix: &str) {
     let out = tempfile::tempdir().unwrap();
-    let mut s = field_session(out.path());
+    let mut s = session_with(None, out.path());
+    run(&mut s, &field_script_from(traces));
     let err = as_f64(eval(
         &mut s,
         &format!(
-            "let x = sample(field, zeros([1, 16, 2, 8, 8]), {});\n\
+            "let x = sample(field, zeros({shape}), {});\n\
              rel_l2(x, fx[\"{prefix}.sampler_out\"])",
             trace_opts(sampler, cfg)
         ),
@@ -77,6 +90,27 @@ traces! {
     dpmpp_2m_trace: "dpmpp_2m", 1.0, "trace.dpmpp_2m";
     euler_cfg35_trace: "euler", 3.5, "cfg3.5.euler";
     dpmpp_2m_cfg35_trace: "dpmpp_2m", 3.5, "cfg3.5.dpmpp_2m";
+}
+
+/// README §8's traces: the SDE sampler with its Brownian tree (drawn by the
+/// product, not replayed) and the cfg_pp family, which needs the uncond
+/// prediction even at cfg 1.
+macro_rules! ext_traces {
+    ($($test:ident: $sampler:literal, $cfg:literal, $prefix:literal;)*) => {
+        $(
+            #[test]
+            fn $test() {
+                check_trace_in(TRACES_EXT, "[1, 16, 1, 2, 4]", $sampler, $cfg, $prefix);
+            }
+        )*
+    };
+}
+
+ext_traces! {
+    ext_euler_trace: "euler", 1.0, "trace.euler";
+    ext_dpmpp_2m_sde_trace: "dpmpp_2m_sde", 1.0, "trace.dpmpp_2m_sde";
+    ext_euler_cfg_pp_trace: "euler_cfg_pp", 1.0, "trace.euler_cfg_pp";
+    ext_euler_cfg_pp_cfg2_trace: "euler_cfg_pp", 2.0, "cfg2.euler_cfg_pp";
 }
 
 /// Two passes (0..3 with leftover noise, then 3..8 without added noise)

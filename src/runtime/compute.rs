@@ -13,7 +13,6 @@ use super::residency::WanResident;
 use super::runtime::Runtime;
 use super::size::mib;
 use crate::models::wan::WanConfig;
-use crate::sampling::guidance;
 use super::journal::SampleRecord;
 use crate::sampling::ksampler::{all_finite, KSampler, Call, Cond, Denoiser, PassError, PassIo};
 use crate::sampling::samplers::{SolverState, StepCallback};
@@ -130,12 +129,7 @@ impl Runtime {
         if let Some(neg) = &o.negative {
             check_inputs(&m.name, cfg, latent, neg)?;
         }
-        if guidance::needs_uncond(k.cfg) && o.negative.is_none() {
-            return Err(RuntimeError::Input(format!(
-                "cfg {} needs a negative context: pass negative: <tensor>, or cfg: 1.0",
-                k.cfg
-            )));
-        }
+        o.check_guidance()?;
         let Some(cut) = k.cut_sigmas()? else {
             tracing::info!(
                 "sample {}: steps {}..{} is empty, latent returned unchanged",

@@ -2,6 +2,7 @@
 //! host has checked it (`host/api/*` builds these; nothing below the host
 //! sees a script value).
 
+use super::error::RuntimeError;
 use crate::sampling::ksampler::KSampler;
 use crate::sampling::samplers::SharedState;
 use candle_core::{DType, Tensor};
@@ -57,6 +58,27 @@ pub struct SampleOptions {
     pub pass: KSampler,
     /// The solver history to continue and update; None starts fresh, as ComfyUI does.
     pub state: Option<SharedState>,
+}
+
+impl SampleOptions {
+    /// A pass that evaluates the uncond prediction needs a negative context:
+    /// at cfg ≠ 1, and for the cfg_pp samplers at any cfg.
+    pub fn check_guidance(&self) -> Result<(), RuntimeError> {
+        if !self.pass.needs_uncond() || self.negative.is_some() {
+            return Ok(());
+        }
+        let why = if crate::sampling::guidance::needs_uncond(self.pass.cfg) {
+            format!("cfg {}", self.pass.cfg)
+        } else {
+            format!(
+                "sampler '{}' (it uses the uncond prediction at any cfg)",
+                self.pass.sampler.name()
+            )
+        };
+        Err(RuntimeError::Input(format!(
+            "{why} needs a negative context: pass negative: <tensor>, or cfg: 1.0"
+        )))
+    }
 }
 
 /// What one `sample` call did, for the log and the summary.

@@ -9,14 +9,13 @@
 //! runtime (so the function may call back into it), and
 //! [`Runtime::finish_external_sample`] records what ran.
 
-use super::error::{tensor_err, Result, RuntimeError};
+use super::error::{tensor_err, Result};
 use super::info::ModelInfo;
 use super::journal::LoadRecord;
 use super::ledger::Admission;
 use super::options::{SampleOptions, SampleReport};
 use super::registry::{LoadedModel, ModelId, Weights};
 use super::runtime::Runtime;
-use crate::sampling::guidance;
 use crate::sampling::ksampler::{Denoiser, PassIo};
 use crate::sampling::samplers::{SolverState, StepCallback};
 use candle_core::{DType, Device, Tensor};
@@ -79,12 +78,7 @@ impl Runtime {
         let name = self.model(id)?.name.clone();
         let k = &o.pass;
         k.full_sigmas()?;
-        if guidance::needs_uncond(k.cfg) && o.negative.is_none() {
-            return Err(RuntimeError::Input(format!(
-                "cfg {} needs a negative context: pass negative: <tensor>, or cfg: 1.0",
-                k.cfg
-            )));
-        }
+        o.check_guidance()?;
         let Some(cut) = k.cut_sigmas()? else {
             self.journal_sample(&name, k, 0.0);
             return Ok(Some(latent.clone()));
