@@ -16,6 +16,7 @@ pub mod recipe;
 pub mod repl;
 pub mod repl_helper;
 pub mod run;
+pub mod sampler_docs;
 pub mod tables;
 
 pub use engine::{Session, SessionConfig};

@@ -143,6 +143,11 @@ pub fn display(v: &Dynamic) -> String {
     v.to_string()
 }
 
+/// Escapes `|` for a markdown table cell.
+pub fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
