@@ -65,11 +65,7 @@ pub fn euler_ancestral(
         if sn == 0.0 {
             x = denoised;
         } else {
-            let ratio = 1.0 + (sn / si - 1.0);
-            let sd = sn * ratio;
-            let a1 = 1.0 - sn;
-            let ad = 1.0 - sd;
-            let rc = (sn * sn - ((sd * sd) * (a1 * a1)) / (ad * ad)).sqrt();
+            let (sd, a1, ad, rc) = rf_step(si, sn);
             let r = sd / si;
             x = lin2(r, &x, 1.0 - r, &denoised)?;
             let n = (h.noise)(&x, si, sn)?;
@@ -78,6 +74,17 @@ pub fn euler_ancestral(
         done(h, st, i, steps, si);
     }
     Ok(x)
+}
+
+/// The RF ancestral coefficients at the top of a step:
+/// `(σ_down, a1 = 1 − σ_{i+1}, ad = 1 − σ_down, rc)`.
+pub(crate) fn rf_step(si: f32, sn: f32) -> (f32, f32, f32, f32) {
+    let ratio = 1.0 + (sn / si - 1.0);
+    let sd = sn * ratio;
+    let a1 = 1.0 - sn;
+    let ad = 1.0 - sd;
+    let rc = ((sn * sn) - ((sd * sd) * (a1 * a1)) / (ad * ad)).sqrt();
+    (sd, a1, ad, rc)
 }
 
 /// ComfyUI `heun`: the trapezoidal (2nd order) correction of an Euler step,

@@ -5,7 +5,7 @@
 //! tests/fixtures/comfy/README.md §8.7; scalars are f32 as torch's 0-d
 //! tensors are, applied as `tensor · f32`.
 
-use super::kdiff::{anc, done, lambda, lerp, lin2, remember, t_of, to_d};
+use super::kdiff::{anc, done, lambda, lerp, lin2, remember, rf_step, t_of, to_d};
 use super::samplers::{div_scalar, mul_scalar, Hooks, SolverState};
 use candle_core::{Result, Tensor};
 
@@ -313,17 +313,6 @@ pub fn heunpp2(h: &mut Hooks, mut x: Tensor, s: &[f32], st: &mut SolverState) ->
         done(h, st, i, steps, si);
     }
     Ok(x)
-}
-
-/// The RF ancestral coefficients at the top of a step:
-/// `(σ_down, a1 = 1 − σ_{i+1}, ad = 1 − σ_down, rc)`.
-fn rf_step(si: f32, sn: f32) -> (f32, f32, f32, f32) {
-    let ratio = 1.0 + (sn / si - 1.0) * 1.0;
-    let sd = sn * ratio;
-    let a1 = 1.0 - sn;
-    let ad = 1.0 - sd;
-    let rc = ((sn * sn) - ((sd * sd) * (a1 * a1)) / (ad * ad)).sqrt();
-    (sd, a1, ad, rc)
 }
 
 /// `dpm_2_ancestral`, RF variant (what ComfyUI picks for CONST models).
