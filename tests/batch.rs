@@ -285,12 +285,21 @@ fn item_by_item_and_stage_major_give_the_same_latents() {
         .output()
         .unwrap();
     assert!(im.status.success(), "{}", text(&im));
+    // --stage-items 2: groups of at most two items, each loading every model.
+    let g2 = baton(cwd)
+        .args(batch_args("jobs.jsonl", "g2", &["--stage-items", "2"]))
+        .output()
+        .unwrap();
+    assert!(g2.status.success(), "{}", text(&g2));
+    assert_eq!(loads_logged(&text(&g2)), 8, "{}", text(&g2));
     assert_eq!(loads_logged(&text(&sm)), 4, "{}", text(&sm));
     assert_eq!(loads_logged(&text(&im)), 12, "{}", text(&im));
     for (id, _, _) in &items {
         let a = latent(&cwd.join("sm").join(id).join("wan22_t2v_latent.safetensors"));
         let b = latent(&cwd.join("im").join(id).join("wan22_t2v_latent.safetensors"));
         assert!(a == b, "{id}");
+        let c = latent(&cwd.join("g2").join(id).join("wan22_t2v_latent.safetensors"));
+        assert!(a == c, "{id}");
         let read = |dir: &str| -> serde_json::Value {
             serde_json::from_str(
                 &std::fs::read_to_string(cwd.join(dir).join(id).join("run.json")).unwrap(),
