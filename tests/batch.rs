@@ -615,3 +615,44 @@ fn two_processes_on_the_same_items_do_not_both_write_them() {
     );
     assert!(hidden(&cwd.join("out")).is_empty());
 }
+
+/// A recipe without `batch(items)` runs item by item, each as `baton run`.
+#[test]
+fn recipes_without_a_batch_function_run_item_by_item() {
+    let d = tempfile::tempdir().unwrap();
+    let cwd = d.path();
+    std::fs::write(
+        cwd.join("r.rhai"),
+        "let n = param(\"n\", 1, \"Columns\");\nlet tag = param(\"tag\", \"x\", \"Tag\");\n\
+         if n > 3 { throw `too many: ${n}`; }\n\
+         save_tensors(#{ x: zeros([1, n]) }, `${tag}.safetensors`);\n",
+    )
+    .unwrap();
+    std::fs::write(
+        cwd.join("jobs.csv"),
+        "id,n,tag\na,2,first\nb,5,second\n,3,\n",
+    )
+    .unwrap();
+    let o = baton(cwd)
+        .args(["batch", "r.rhai", "--jobs", "jobs.csv", "--out", "out"])
+        .output()
+        .unwrap();
+    let log = text(&o);
+    assert!(!o.status.success(), "{log}");
+    assert!(
+        log.contains("(item by item)") && log.contains("item a run "),
+        "{log}"
+    );
+    assert!(cwd.join("out/a/first.safetensors").exists());
+    assert!(
+        cwd.join("out/00002/x.safetensors").exists(),
+        "default id and tag"
+    );
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cwd.join("out/b/run.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["status"], "error");
+    assert!(m["error"].as_str().unwrap().contains("too many: 5"), "{m}");
+    assert_eq!(m["parameters"]["n"], 5);
+    assert!(hidden(&cwd.join("out")).is_empty());
+}

@@ -94,7 +94,7 @@ pub fn resolve(
     decls: &[ParamDecl],
     set: &[(String, String)],
 ) -> Result<(rhai::Map, Map<String, Value>), String> {
-    let engine = rhai::Engine::new_raw();
+    let engine = rhai::Engine::new();
     let mut p = Params::new(set);
     let mut map = rhai::Map::new();
     for d in decls {
@@ -589,4 +589,27 @@ fn run_stage_major(
         });
     }
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameters_resolve_as_param_would() {
+        let decls = scan_params(
+            r#"let a = param("prompt", "a \"red\" fox", "p"); let b = param("cfg", -3.5, "c");
+               let c = param("steps", 20, "s"); let d = param("go", true, "g");"#,
+        )
+        .unwrap();
+        let (map, json) = resolve(&decls, &[("steps".into(), "8".into())]).unwrap();
+        assert_eq!(map["prompt"].to_string(), "a \"red\" fox");
+        assert_eq!(map["cfg"].as_float(), Ok(-3.5));
+        assert_eq!(map["steps"].as_int(), Ok(8));
+        assert_eq!(map["go"].as_bool(), Ok(true));
+        assert_eq!(json["steps"], 8);
+        assert_eq!(json["cfg"], -3.5);
+        let e = resolve(&decls, &[("steps".into(), "x".into())]).unwrap_err();
+        assert!(e.contains("steps"), "{e}");
+    }
 }
