@@ -656,3 +656,44 @@ fn recipes_without_a_batch_function_run_item_by_item() {
     assert_eq!(m["parameters"]["n"], 5);
     assert!(hidden(&cwd.join("out")).is_empty());
 }
+
+/// SIGTERM (preemption, a deleted pod) stops the shard cleanly: exit 130,
+/// no lock or temporary directory left, so a rerun anywhere takes the items.
+#[test]
+fn sigterm_releases_the_items_in_flight() {
+    let d = tempfile::tempdir().unwrap();
+    let cwd = d.path();
+    write_jobs(cwd, 3);
+    let log = cwd.join("log");
+    let mut kid = baton(cwd)
+        .args(batch_args("jobs.jsonl", "out", &[]))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("item "))
+    {
+        assert!(t0.elapsed() < Duration::from_secs(60), "never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(kid.id() as libc::pid_t, libc::SIGTERM) };
+    let st = kid.wait().unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(st.code(), Some(130), "{logged}");
+    let out = cwd.join("out");
+    assert!(hidden(&out).is_empty(), "{:?}", hidden(&out));
+    let o = baton(cwd)
+        .args(batch_args("jobs.jsonl", "out", &[]))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && text(&o).contains("3 done"),
+        "{}",
+        text(&o)
+    );
+}

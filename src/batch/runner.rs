@@ -210,10 +210,28 @@ impl Progress {
     }
 }
 
+extern "C" fn on_sigterm(_: libc::c_int) {
+    // An atomic store: safe in a signal handler.
+    cancel::request_cancel();
+}
+
+/// SIGTERM (Slurm's preemption or time limit, a pod's deletion) stops the
+/// shard as Ctrl-C does: the item in flight is dropped, its lock released
+/// and its temporary directory removed, so a rerun on any host can take it
+/// at once instead of waiting for the lock to go stale.
+fn stop_on_sigterm() {
+    let handler: extern "C" fn(libc::c_int) = on_sigterm;
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+    }
+}
+
 /// Runs the shard. Fails (after finishing every other item) when an item
-/// finally failed, or at once when Ctrl-C or a setup error stops it.
+/// finally failed, or at once when Ctrl-C, SIGTERM or a setup error stops it.
 pub fn run(o: &Options) -> anyhow::Result<Summary> {
     let clock = Instant::now();
+    stop_on_sigterm();
     let (_decls, work) = prepare(o).map_err(anyhow::Error::msg)?;
     check_out(&o.out).map_err(anyhow::Error::msg)?;
     write_batch_json(o, &work).map_err(anyhow::Error::msg)?;
