@@ -53,6 +53,9 @@ pub fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() || id.len() > 128 {
         return Err(format!("id '{id}' must have 1 to 128 characters"));
     }
+    if id == "batch.json" {
+        return Err("id 'batch.json' is the batch's own file".into());
+    }
     if id.starts_with('.') || id.starts_with('-') {
         return Err(format!("id '{id}' must not start with '.' or '-'"));
     }
