@@ -43,6 +43,10 @@ impl OutPtr {
 /// softmax(q k^T / sqrt(d)) v per head; q [B, H, Sq, d], k/v [B, H, Sk, d].
 /// Returns [B, Sq, H * d] in q's dtype; computes in f32.
 pub fn attention_fused(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    fused_with(q, k, v, Q_TILE, K_TILE)
+}
+
+fn fused_with(q: &Tensor, k: &Tensor, v: &Tensor, q_tile: usize, k_tile: usize) -> Result<Tensor> {
     let dtype = q.dtype();
     let (b, h, sq, d) = q.dims4()?;
     let sk = k.dim(2)?;
@@ -64,16 +68,16 @@ pub fn attention_fused(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         );
         let mut out = vec![0f32; b * sq * h * d];
         let ptr = OutPtr(out.as_mut_ptr());
-        let tiles = sq.div_ceil(Q_TILE);
+        let tiles = sq.div_ceil(q_tile);
         let scale = 1.0 / (d as f32).sqrt();
         (0..b * h * tiles).into_par_iter().for_each(|item| {
             let (bh, tile) = (item / tiles, item % tiles);
-            let r0 = tile * Q_TILE;
-            let rows = Q_TILE.min(sq - r0);
+            let r0 = tile * q_tile;
+            let rows = q_tile.min(sq - r0);
             let qt = &qs[(bh * sq + r0) * d..(bh * sq + r0 + rows) * d];
             let kh = &ks[bh * sk * d..(bh + 1) * sk * d];
             let vh = &vs[bh * sk * d..(bh + 1) * sk * d];
-            let o = tile_attention(qt, kh, vh, rows, sk, d, scale);
+            let o = tile_attention(qt, kh, vh, [rows, sk, d, k_tile], scale);
             let (bi, hi) = (bh / h, bh % h);
             for r in 0..rows {
                 let dst = ((bi * sq + r0 + r) * h + hi) * d;
@@ -95,18 +99,16 @@ fn tile_attention(
     q: &[f32],
     k: &[f32],
     v: &[f32],
-    rows: usize,
-    sk: usize,
-    d: usize,
+    [rows, sk, d, k_tile]: [usize; 4],
     scale: f32,
 ) -> Vec<f32> {
-    let mut s = vec![0f32; rows * K_TILE];
+    let mut s = vec![0f32; rows * k_tile];
     let mut acc = vec![0f32; rows * d];
     let mut max = vec![f32::NEG_INFINITY; rows];
     let mut sum = vec![0f32; rows];
     let mut k0 = 0;
     while k0 < sk {
-        let n = K_TILE.min(sk - k0);
+        let n = k_tile.min(sk - k0);
         // s [rows, n] = scale * q [rows, d] . k[k0..k0+n]^T
         // SAFETY: the strides describe in-bounds row-major views of the
         // slices (q [rows, d], k tile [n, d] read transposed, s [rows, n]).
@@ -283,6 +285,40 @@ mod tests {
             let x = -(i as f32) * 0.05;
             let (a, b) = (exp_poly(x), x.exp());
             assert!((a - b).abs() <= 2e-7 * b.max(1e-30) + 1e-38, "{x}: {a} {b}");
+        }
+    }
+
+    /// Timing of the fused kernel against the chunked reference at the
+    /// speed bench's shapes (`cargo test --release -- --ignored flash_timing --nocapture`).
+    #[test]
+    #[ignore]
+    fn flash_timing() {
+        let dev = Device::Cpu;
+        for (sq, sk) in [(768, 768), (768, 512)] {
+            let q = Tensor::randn(0f32, 1.0, (1, 8, sq, 128), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (1, 8, sk, 128), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (1, 8, sk, 128), &dev).unwrap();
+            let tiles = [(16, 256), (32, 128), (32, 256), (32, 512), (48, 256), (64, 256)];
+            let mut f = vec![Vec::new(); tiles.len()];
+            let mut c = Vec::new();
+            for _ in 0..7 {
+                for (i, &(qt, kt)) in tiles.iter().enumerate() {
+                    let t = std::time::Instant::now();
+                    fused_with(&q, &k, &v, qt, kt).unwrap();
+                    f[i].push(t.elapsed().as_secs_f64() * 1e3);
+                }
+                let t = std::time::Instant::now();
+                super::super::attention::attention_chunked(&q, &k, &v, 256 << 20).unwrap();
+                c.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            let med = |mut v: Vec<f64>| {
+                v.sort_by(|a, b| a.total_cmp(b));
+                v[v.len() / 2]
+            };
+            for (i, t) in tiles.iter().enumerate() {
+                println!("{sq}x{sk} x 8 heads: fused {t:?} {:.2} ms", med(f[i].clone()));
+            }
+            println!("{sq}x{sk} x 8 heads: chunked {:.2} ms", med(c));
         }
     }
 }
