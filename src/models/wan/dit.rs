@@ -90,6 +90,16 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
         .broadcast_add(shift)
 }
 
+/// `modulate(layer_norm(x), shift, scale)` as one fused pass on the CPU
+/// (`super::fast::norm_affine`), candle's ops elsewhere; f32 out.
+pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    let mul = (scale + 1.0)?;
+    match super::fast::norm_affine(x, &mul, shift, eps)? {
+        Some(y) => Ok(y),
+        None => modulate(&layer_norm(x, eps)?, shift, scale),
+    }
+}
+
 /// `x + y * gate` computed in f32, stored back in x's dtype.
 fn gated_residual(x: &Tensor, y: &Tensor, gate: Option<&Tensor>) -> Result<Tensor> {
     let y = super::fast::cast(y, DType::F32)?;
@@ -221,18 +231,23 @@ impl WanBlock {
         // Every [S, dim] intermediate is dropped as soon as it is used (no
         // shadowing, which would keep each alive to the end of the block).
         let x1 = {
-            let y = super::fast::cast(
-                &modulate(&layer_norm(x, self.eps)?, &shift_msa, &scale_msa)?,
-                dtype,
-            )?;
+            let y = super::fast::cast(&norm_modulate(x, &shift_msa, &scale_msa, self.eps)?, dtype)?;
             let a = self.self_attn.forward(&y, &y, Some(&p.rope))?;
             drop(y);
             gated_residual(x, &a, Some(&gate_msa))?
         };
         let x2 = {
-            let y = layer_norm(&x1, self.eps)?
-                .broadcast_mul(&self.norm3_weight)?
-                .broadcast_add(&self.norm3_bias)?;
+            let y = match super::fast::norm_affine(
+                &x1,
+                &self.norm3_weight,
+                &self.norm3_bias,
+                self.eps,
+            )? {
+                Some(y) => y,
+                None => layer_norm(&x1, self.eps)?
+                    .broadcast_mul(&self.norm3_weight)?
+                    .broadcast_add(&self.norm3_bias)?,
+            };
             let y = super::fast::cast(&y, dtype)?;
             let c = self.cross_attn.forward(&y, &p.context, None)?;
             drop(y);
@@ -240,7 +255,7 @@ impl WanBlock {
         };
         drop(x1);
         let y = super::fast::cast(
-            &modulate(&layer_norm(&x2, self.eps)?, &shift_ffn, &scale_ffn)?,
+            &norm_modulate(&x2, &shift_ffn, &scale_ffn, self.eps)?,
             dtype,
         )?;
         let hidden = super::fast::gelu(&self.ffn_0.forward(&y)?)?;
@@ -411,7 +426,7 @@ impl WanStem {
             m.narrow(2, 0, 1)?.squeeze(2)?,
             m.narrow(2, 1, 1)?.squeeze(2)?,
         );
-        let y = modulate(&layer_norm(x, self.cfg.eps)?, &shift, &scale)?.to_dtype(p.dtype)?;
+        let y = norm_modulate(x, &shift, &scale, self.cfg.eps)?.to_dtype(p.dtype)?;
         self.head.head.forward(&y)
     }
 

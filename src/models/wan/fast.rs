@@ -138,6 +138,83 @@ fn gelu_generic(c: &mut [f32]) {
     }
 }
 
+/// `layer_norm(x) * mul + add` over the last dim in f32, in one parallel
+/// pass per row (two-pass mean and variance, accumulated in f64): x
+/// [B, S, dim] (f32 or bf16, contiguous), mul/add f32 broadcastable as
+/// [B, 1, dim] or [B, S, dim]. Returns f32 [B, S, dim], or `None` where the
+/// shapes or device do not fit (the caller then takes candle's ops).
+pub fn norm_affine(x: &Tensor, mul: &Tensor, add: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    let Ok((b, s, dim)) = x.dims3() else {
+        return Ok(None);
+    };
+    if !x.device().is_cpu() || dim == 0 {
+        return Ok(None);
+    }
+    let per = |t: &Tensor| -> Result<Option<(Vec<f32>, usize)>> {
+        let t = t.to_dtype(DType::F32)?;
+        let rows = t.elem_count() / dim;
+        if t.elem_count() % dim != 0 || !(rows == b || rows == b * s) || t.dim(t.rank() - 1)? != dim
+        {
+            return Ok(None);
+        }
+        Ok(Some((t.flatten_all()?.to_vec1::<f32>()?, rows)))
+    };
+    let (Some((mv, mr)), Some((av, ar))) = (per(mul)?, per(add)?) else {
+        return Ok(None);
+    };
+    let out = {
+        let (st, l) = x.storage_and_layout();
+        let Some((o0, o1)) = l.contiguous_offsets() else {
+            return Ok(None);
+        };
+        let mut out = vec![0f32; b * s * dim];
+        let row_of = |r: usize, rows: usize| if rows == b * s { r } else { r / s };
+        let mut run = |src: &(dyn Fn(usize, &mut [f32]) + Sync)| {
+            out.par_chunks_mut(dim).enumerate().for_each(|(r, o)| {
+                src(r, o);
+                norm_row(
+                    o,
+                    eps,
+                    &mv[row_of(r, mr) * dim..][..dim],
+                    &av[row_of(r, ar) * dim..][..dim],
+                );
+            });
+        };
+        match &*st {
+            Storage::Cpu(CpuStorage::F32(v)) => {
+                let v = &v[o0..o1];
+                run(&|r, o| o.copy_from_slice(&v[r * dim..(r + 1) * dim]));
+            }
+            Storage::Cpu(CpuStorage::BF16(v)) => {
+                let v = &v[o0..o1];
+                run(&|r, o| {
+                    for (o, i) in o.iter_mut().zip(&v[r * dim..(r + 1) * dim]) {
+                        *o = f32::from_bits((i.to_bits() as u32) << 16);
+                    }
+                });
+            }
+            _ => return Ok(None),
+        }
+        out
+    };
+    Ok(Some(Tensor::from_vec(out, (b, s, dim), x.device())?))
+}
+
+/// One row in place: (x - mean) / sqrt(var + eps) * mul + add.
+fn norm_row(o: &mut [f32], eps: f64, mul: &[f32], add: &[f32]) {
+    let n = o.len() as f64;
+    let mean = o.iter().map(|&v| v as f64).sum::<f64>() / n;
+    let var = o
+        .iter()
+        .map(|&v| (v as f64 - mean) * (v as f64 - mean))
+        .sum::<f64>()
+        / n;
+    let (mean, inv) = (mean as f32, (1.0 / (var + eps).sqrt()) as f32);
+    for ((o, m), a) in o.iter_mut().zip(mul).zip(add) {
+        *o = (*o - mean) * inv * m + a;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

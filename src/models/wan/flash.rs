@@ -298,7 +298,14 @@ mod tests {
             let q = Tensor::randn(0f32, 1.0, (1, 8, sq, 128), &dev).unwrap();
             let k = Tensor::randn(0f32, 1.0, (1, 8, sk, 128), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (1, 8, sk, 128), &dev).unwrap();
-            let tiles = [(16, 256), (32, 128), (32, 256), (32, 512), (48, 256), (64, 256)];
+            let tiles = [
+                (16, 256),
+                (32, 128),
+                (32, 256),
+                (32, 512),
+                (48, 256),
+                (64, 256),
+            ];
             let mut f = vec![Vec::new(); tiles.len()];
             let mut c = Vec::new();
             for _ in 0..7 {
@@ -316,7 +323,10 @@ mod tests {
                 v[v.len() / 2]
             };
             for (i, t) in tiles.iter().enumerate() {
-                println!("{sq}x{sk} x 8 heads: fused {t:?} {:.2} ms", med(f[i].clone()));
+                println!(
+                    "{sq}x{sk} x 8 heads: fused {t:?} {:.2} ms",
+                    med(f[i].clone())
+                );
             }
             println!("{sq}x{sk} x 8 heads: chunked {:.2} ms", med(c));
         }

@@ -17,7 +17,7 @@
 //!      + 4·N·d                  (the RoPE cos/sin tables, f32)
 //!      + L·D·a + 13·T·D·4       (embedded text; time embeddings, T = 1 or N)
 //! phases, in units of N·D bytes unless marked:
-//!   norm + modulate           12
+//!   norm + modulate           4 + [a≠4]a   (one fused pass, f32 out, then cast)
 //!   self-attn q / k           a + Hq,  2a + Hq    Hq = max([a≠m]m + 2m, a + 8)
 //!   self-attn (CPU, fused)    4a + 4 + 3[a≠4]·4   + W(N)
 //!   cross-attn (CPU, fused)   3a + 4 + [a≠4]·4    + W(N) + 2·L·D·(a + [a≠4]·4) bytes
@@ -120,7 +120,7 @@ pub fn activation_peak_bytes_on(
     };
     let ratio = f / d;
     let phases = [
-        12.0 * nd,
+        (4.0 + copy_a4) * nd,
         (2.0 * a + heads) * nd,
         self_attn,
         cross_attn,
@@ -153,7 +153,8 @@ fn prepare_bytes(cfg: &WanConfig, n: f64, a: f64, m: f64, per_token: bool) -> f6
 /// The head and unpatchify after the last block.
 fn finish_bytes(cfg: &WanConfig, n: f64, a: f64, m: f64) -> f64 {
     let q = cfg.patch_features_out() as f64;
-    12.0 * n * cfg.dim as f64 + n * q * (2.0 * m + 2.0 * a + 4.0)
+    let a4 = if a != 4.0 { a } else { 0.0 };
+    (4.0 + a4) * n * cfg.dim as f64 + n * q * (2.0 * m + 2.0 * a + 4.0)
 }
 
 #[cfg(test)]
