@@ -252,6 +252,20 @@ impl LatentArgs {
 
 #[derive(Subcommand)]
 pub enum BenchWhat {
+    /// baton against its PyTorch peer (benches/peers) on the same CPU, in
+    /// the same run: the DiT forward in f32 and bf16 at the issue-19
+    /// configuration, alternating baton and the peer.
+    Speed {
+        /// Alternating rounds (baton, peer) per row.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// DiT layers.
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        /// Only this dtype (f32 or bf16; default both).
+        #[arg(long)]
+        dtype: Option<String>,
+    },
     /// The memory table: load throughput vs a plain read, RSS after delete,
     /// two-expert pipeline peaks, swap times cold and warm with and without
     /// prefetch, streamed forwards at 25/50/75% (uses the --width/--height/

@@ -146,6 +146,28 @@ fn execute(command: Command) -> anyhow::Result<()> {
             print!("{}", baton::bench::device::run(&o, &dev)?);
         }
         Command::Bench {
+            what:
+                Some(BenchWhat::Speed {
+                    rounds,
+                    layers,
+                    dtype,
+                }),
+            ..
+        } => {
+            let dtypes = match dtype.as_deref() {
+                None => vec![],
+                Some("f32") => vec![candle_core::DType::F32],
+                Some("bf16") => vec![candle_core::DType::BF16],
+                Some(d) => anyhow::bail!("bench speed: dtype {d} is not f32 or bf16"),
+            };
+            let o = baton::bench::speed::SpeedOptions {
+                rounds,
+                layers,
+                dtypes,
+            };
+            print!("{}", baton::bench::speed::run(&o)?);
+        }
+        Command::Bench {
             what: Some(BenchWhat::Memory),
             latent,
             ..

@@ -2,10 +2,12 @@
 //! forward really allocates: a counting global allocator records the peak
 //! of live heap bytes above the level before the forward (weights and
 //! inputs already allocated), at two token counts, f32 and bf16, with the
-//! attention score cap small enough that attention runs in chunks.
+//! attention score cap small enough that attention runs in chunks; and the
+//! fused CPU attention's working memory at 8,192 tokens (no score matrix).
 mod common;
 
 use baton::models::wan::dit::{set_attention_score_cap, WanDit};
+use baton::models::wan::flash::attention_fused;
 use baton::models::wan::memory::activation_peak_bytes_on;
 use baton::models::wan::WanConfig;
 use candle_core::{DType, Device, Tensor};
@@ -67,6 +69,7 @@ fn measured(model: &WanDit, latent: [usize; 3], text: usize) -> usize {
 
 #[test]
 fn formula_matches_a_counting_allocator() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     set_attention_score_cap(CAP);
     let cfg = cfg();
     let text = 24;
@@ -134,4 +137,43 @@ fn formula_matches_a_counting_allocator() {
     }
     set_attention_score_cap(baton::models::wan::dit::ATTN_SCORE_BYTES);
     println!("{}", report.join("\n"));
+}
+
+/// Serialises the tests of this file: the counting allocator is global.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[test]
+fn fused_attention_never_materialises_scores() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dev = Device::Cpu;
+    let (s, d) = (8192, 128);
+    let mk = |seed: f64| {
+        (Tensor::arange(0f32, (s * d) as f32, &dev).unwrap() * seed)
+            .unwrap()
+            .sin()
+            .unwrap()
+            .reshape((1, 1, s, d))
+            .unwrap()
+    };
+    let (q, k, v) = (mk(0.37), mk(0.11), mk(0.23));
+    // Warm-up: rayon's pool and gemm's per-thread packing buffers.
+    drop(attention_fused(&q, &k, &v).unwrap());
+    let before = LIVE.load(SeqCst);
+    PEAK.store(before, SeqCst);
+    let o = attention_fused(&q, &k, &v).unwrap();
+    let peak = PEAK.load(SeqCst) - before;
+    let output = s * d * 4;
+    let working = peak - output;
+    println!(
+        "one head x {s} tokens: peak {:.2} MiB above the inputs, of which output {:.2} MiB, working {:.3} MiB (a score matrix would be {} MiB)",
+        peak as f64 / 1048576.0,
+        output as f64 / 1048576.0,
+        working as f64 / 1048576.0,
+        (s * s * 4) >> 20
+    );
+    assert!(
+        working < 8 << 20,
+        "{working} bytes of attention working memory"
+    );
+    assert_eq!(o.dims(), &[1, s, d]);
 }

@@ -193,3 +193,4 @@ pub fn run(o: &LatentOptions) -> anyhow::Result<String> {
 pub mod device;
 pub mod load;
 pub mod memory;
+pub mod speed;

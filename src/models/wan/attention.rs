@@ -47,7 +47,13 @@ pub fn attention_chunk_rows(
 
 /// softmax(q k^T / sqrt(d)) v per head; q [B, H, Sq, d], k/v [B, H, Sk, d]
 /// (contiguous). Returns [B, Sq, H * d] in q's dtype.
+///
+/// On the CPU this is the fused, tiled kernel of [`super::flash`] (no score
+/// matrix); elsewhere the chunked path under the score cap.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    if q.device().is_cpu() {
+        return super::flash::attention_fused(q, k, v);
+    }
     attention_chunked(q, k, v, attention_score_cap())
 }
 

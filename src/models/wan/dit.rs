@@ -70,7 +70,7 @@ pub fn timestep_sinusoid(t: &Tensor, freq_dim: usize) -> Result<Tensor> {
 /// LayerNorm over the last dim without affine parameters, in f32 (two-pass
 /// variance, robust to the large per-channel offsets of the residual stream).
 pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?;
+    let x = super::fast::cast(x, DType::F32)?;
     let mean = x.mean_keepdim(D::Minus1)?;
     let xc = x.broadcast_sub(&mean)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -79,25 +79,35 @@ pub fn layer_norm(x: &Tensor, eps: f64) -> Result<Tensor> {
 
 /// RMSNorm over the last dim in f32; `weight` must be f32.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let x = super::fast::cast(x, DType::F32)?.contiguous()?;
     candle_nn::ops::rms_norm(&x, weight, eps as f32)
 }
 
 /// `x * (1 + scale) + shift` in f32; shift/scale broadcast as [B, 1, dim].
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.to_dtype(DType::F32)?
+    super::fast::cast(x, DType::F32)?
         .broadcast_mul(&(scale + 1.0)?)?
         .broadcast_add(shift)
 }
 
+/// `modulate(layer_norm(x), shift, scale)` as one fused pass on the CPU
+/// (`super::fast::norm_affine`), candle's ops elsewhere; f32 out.
+pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    let mul = (scale + 1.0)?;
+    match super::fast::norm_affine(x, &mul, shift, eps)? {
+        Some(y) => Ok(y),
+        None => modulate(&layer_norm(x, eps)?, shift, scale),
+    }
+}
+
 /// `x + y * gate` computed in f32, stored back in x's dtype.
 fn gated_residual(x: &Tensor, y: &Tensor, gate: Option<&Tensor>) -> Result<Tensor> {
-    let y = y.to_dtype(DType::F32)?;
+    let y = super::fast::cast(y, DType::F32)?;
     let y = match gate {
         Some(g) => y.broadcast_mul(g)?,
         None => y,
     };
-    (x.to_dtype(DType::F32)? + y)?.to_dtype(x.dtype())
+    super::fast::cast(&(super::fast::cast(x, DType::F32)? + y)?, x.dtype())
 }
 
 /// `blocks.N.self_attn` / `blocks.N.cross_attn`: q/k/v/o linears with RMSNorm
@@ -143,8 +153,8 @@ impl WanAttention {
                 self.num_heads,
             )?;
             match rope {
-                Some(r) => apply_rope(&t, r)?.to_dtype(dtype),
-                None => t.to_dtype(dtype),
+                Some(r) => super::fast::cast(&apply_rope(&t, r)?, dtype),
+                None => super::fast::cast(&t, dtype),
             }
         };
         let out = {
@@ -221,23 +231,34 @@ impl WanBlock {
         // Every [S, dim] intermediate is dropped as soon as it is used (no
         // shadowing, which would keep each alive to the end of the block).
         let x1 = {
-            let y = modulate(&layer_norm(x, self.eps)?, &shift_msa, &scale_msa)?.to_dtype(dtype)?;
+            let y = super::fast::cast(&norm_modulate(x, &shift_msa, &scale_msa, self.eps)?, dtype)?;
             let a = self.self_attn.forward(&y, &y, Some(&p.rope))?;
             drop(y);
             gated_residual(x, &a, Some(&gate_msa))?
         };
         let x2 = {
-            let y = layer_norm(&x1, self.eps)?
-                .broadcast_mul(&self.norm3_weight)?
-                .broadcast_add(&self.norm3_bias)?
-                .to_dtype(dtype)?;
+            let y = match super::fast::norm_affine(
+                &x1,
+                &self.norm3_weight,
+                &self.norm3_bias,
+                self.eps,
+            )? {
+                Some(y) => y,
+                None => layer_norm(&x1, self.eps)?
+                    .broadcast_mul(&self.norm3_weight)?
+                    .broadcast_add(&self.norm3_bias)?,
+            };
+            let y = super::fast::cast(&y, dtype)?;
             let c = self.cross_attn.forward(&y, &p.context, None)?;
             drop(y);
             gated_residual(&x1, &c, None)?
         };
         drop(x1);
-        let y = modulate(&layer_norm(&x2, self.eps)?, &shift_ffn, &scale_ffn)?.to_dtype(dtype)?;
-        let hidden = self.ffn_0.forward(&y)?.gelu()?;
+        let y = super::fast::cast(
+            &norm_modulate(&x2, &shift_ffn, &scale_ffn, self.eps)?,
+            dtype,
+        )?;
+        let hidden = super::fast::gelu(&self.ffn_0.forward(&y)?)?;
         drop(y);
         let f = self.ffn_2.forward(&hidden)?;
         drop(hidden);
@@ -380,7 +401,7 @@ impl WanStem {
         let ctx = context.to_dtype(self.dtype)?.contiguous()?;
         let ctx = self
             .text_embedding_2
-            .forward(&self.text_embedding_0.forward(&ctx)?.gelu()?)?;
+            .forward(&super::fast::gelu(&self.text_embedding_0.forward(&ctx)?)?)?;
 
         Ok(Prepared {
             tokens,
@@ -405,7 +426,7 @@ impl WanStem {
             m.narrow(2, 0, 1)?.squeeze(2)?,
             m.narrow(2, 1, 1)?.squeeze(2)?,
         );
-        let y = modulate(&layer_norm(x, self.cfg.eps)?, &shift, &scale)?.to_dtype(p.dtype)?;
+        let y = norm_modulate(x, &shift, &scale, self.cfg.eps)?.to_dtype(p.dtype)?;
         self.head.head.forward(&y)
     }
 

@@ -99,7 +99,7 @@ impl Proj {
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = x.to_dtype(self.mm_dtype)?;
+        let x = super::fast::cast(x, self.mm_dtype)?;
         let y = if self.inner.weight().dtype() == self.mm_dtype {
             self.inner.forward(&x)?
         } else {
@@ -115,7 +115,7 @@ impl Proj {
                 .transpose()?;
             Linear::new(w, b).forward(&x)?
         };
-        y.to_dtype(self.act_dtype)
+        super::fast::cast(&y, self.act_dtype)
     }
 }
 
@@ -126,7 +126,7 @@ fn widen(w: &Tensor, dtype: DType) -> Result<Tensor> {
     if w.dtype() == DType::F8E4M3 && w.device().is_cuda() {
         return super::fp8_cuda::widen(w, dtype);
     }
-    w.to_dtype(dtype)
+    super::fast::cast(w, dtype)
 }
 
 /// The scale of an fp8 weight kept resident (`weight` is F8E4M3): the

@@ -3,9 +3,10 @@
 //!
 //! A 720p, 81-frame latent is 75,600 tokens; at that size activations, not
 //! weights, decide whether a forward fits. Attention is computed in query
-//! chunks (see [`super::attention::attention_chunk_rows`]), so the peak grows
-//! linearly in tokens and the score matrix adds a constant bounded by the
-//! score cap. With N video tokens, L text tokens, D = dim, F = ffn_dim,
+//! key tiles on the CPU (see [`super::flash`]) and in query chunks elsewhere
+//! (see [`super::attention::attention_chunk_rows`]), so the peak grows
+//! linearly in tokens and the scores add a constant (tiles on the CPU, the
+//! score cap elsewhere). With N video tokens, L text tokens, D = dim, F = ffn_dim,
 //! H heads of head_dim d, `a` = bytes per activation (the compute dtype) and
 //! `m` = bytes per element of a matmul (= a, except bf16 on the CPU, where
 //! candle multiplies in f32: m = 4), and `[c]` = 1 when c holds else 0:
@@ -16,10 +17,12 @@
 //!      + 4·N·d                  (the RoPE cos/sin tables, f32)
 //!      + L·D·a + 13·T·D·4       (embedded text; time embeddings, T = 1 or N)
 //! phases, in units of N·D bytes unless marked:
-//!   norm + modulate           12
+//!   norm + modulate           4 + [a≠4]a   (one fused pass, f32 out, then cast)
 //!   self-attn q / k           a + Hq,  2a + Hq    Hq = max([a≠m]m + 2m, a + 8)
-//!   self-attn scores          4a + 2m + 2[a≠m]m   + S(N, N)
-//!   cross-attn scores         3a + 2m + [a≠m]m    + S(N, L) + 4·L·D·m bytes
+//!   self-attn (CPU, fused)    4a + 4 + 3[a≠4]·4   + W(N)
+//!   cross-attn (CPU, fused)   3a + 4 + [a≠4]·4    + W(N) + 2·L·D·(a + [a≠4]·4) bytes
+//!   self-attn (GPU, chunked)  4a + 2m + 2[a≠m]m   + S(N, N)
+//!   cross-attn (GPU, chunked) 3a + 2m + [a≠m]m    + S(N, L) + 4·L·D·m bytes
 //!   output projections        3a + [a≠m]m + 2m
 //!   gated residual adds       2a + 2[a≠4]·4 + 8 + [a≠4]a
 //!   feed-forward              max(2a + [a≠m]m + 2·(F/D)·m,
@@ -27,6 +30,8 @@
 //! S(Nq, Nk) = q_c + max(2·H·R·Nk·m, H·R·Nk·m + 2·R·D·m) bytes,
 //!           R = query rows per chunk = clamp(cap / (H·Nk·m), 1, Nq)
 //!           (cap: 256 MiB of scores), q_c = R·D·m if R < Nq else 0
+//! W(Nq) = the fused kernel's tiles, threads · 4·(R'·256 + R'·d + 2R')
+//!           bytes, R' = min(64, Nq) (`super::flash::working_bytes`)
 //! ```
 //!
 //! The phase terms count the tensors live at each step of
@@ -39,6 +44,7 @@
 //! timesteps (TI2V) add 13·N·D·4 bytes to the base.
 
 use super::attention::{attention_chunk_rows, attention_score_cap};
+use super::flash::working_bytes;
 use super::linear::matmul_dtype;
 use super::WanConfig;
 use candle_core::{DType, Device};
@@ -98,12 +104,26 @@ pub fn activation_peak_bytes_on(
     let base = 2.0 * nd * a + 4.0 * n * head_dim + l * d * a + 13.0 * t * d * 4.0;
 
     let heads = r(cvt_m + 2.0 * m).max(a + 8.0);
+    // On the CPU attention is the fused kernel: f32 views of q, k and v
+    // (copies when a != 4), its f32 output and per-thread tiles, no scores.
+    let (self_attn, cross_attn) = if device.is_cpu() {
+        let tiles = |nq: usize| working_bytes(cfg.num_heads, nq, cfg.head_dim()) as f64;
+        (
+            (4.0 * a + 4.0 + 3.0 * cvt_4) * nd + tiles(tokens),
+            (3.0 * a + 4.0 + cvt_4) * nd + 2.0 * l * d * (a + cvt_4) + tiles(tokens),
+        )
+    } else {
+        (
+            (4.0 * a + 2.0 * m + 2.0 * cvt_m) * nd + scores(tokens, tokens),
+            (3.0 * a + 2.0 * m + cvt_m) * nd + scores(tokens, text_tokens) + 4.0 * l * d * m,
+        )
+    };
     let ratio = f / d;
     let phases = [
-        12.0 * nd,
+        (4.0 + copy_a4) * nd,
         (2.0 * a + heads) * nd,
-        (4.0 * a + 2.0 * m + 2.0 * cvt_m) * nd + scores(tokens, tokens),
-        (3.0 * a + 2.0 * m + cvt_m) * nd + scores(tokens, text_tokens) + 4.0 * l * d * m,
+        self_attn,
+        cross_attn,
         (3.0 * a + cvt_m + 2.0 * m) * nd,
         (2.0 * a + 2.0 * cvt_4 + 8.0 + copy_a4) * nd,
         (2.0 * a + cvt_m + 2.0 * ratio * m).max(a + ratio * (a + cvt_m) + 2.0 * m) * nd
@@ -133,7 +153,8 @@ fn prepare_bytes(cfg: &WanConfig, n: f64, a: f64, m: f64, per_token: bool) -> f6
 /// The head and unpatchify after the last block.
 fn finish_bytes(cfg: &WanConfig, n: f64, a: f64, m: f64) -> f64 {
     let q = cfg.patch_features_out() as f64;
-    12.0 * n * cfg.dim as f64 + n * q * (2.0 * m + 2.0 * a + 4.0)
+    let a4 = if a != 4.0 { a } else { 0.0 };
+    (4.0 + a4) * n * cfg.dim as f64 + n * q * (2.0 * m + 2.0 * a + 4.0)
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 pub mod attention;
 pub mod config;
 pub mod dit;
+pub mod fast;
+pub mod flash;
 #[cfg(feature = "cuda")]
 pub mod fp8_cuda;
 pub mod linear;

@@ -1,0 +1,287 @@
+//! `baton bench speed`: baton against its PyTorch peer on the same CPU, in
+//! the same run. The DiT forward at the issue's configuration (dim 1024,
+//! 8 heads x 128, 4 layers, ffn 4096, latent [1,16,3,32,32], 512 text
+//! tokens) in f32 and bf16, random weights; baton and the peer alternate
+//! (A B A B ...) so both see the same machine load, and the figure is the
+//! median of the per-round ratios.
+//!
+//! The peer is `benches/peers/peer_forward.py` (diffusers
+//! `WanTransformer3DModel`), run with the Python named by `BATON_PEER_PYTHON`
+//! (else `venv/bin/python` when it exists). Without it, the table prints
+//! the peer time measured on the 2-core machine in issue 19, labelled so.
+
+use crate::models::wan::dit::WanDit;
+use crate::models::wan::WanConfig;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+/// Options of `baton bench speed`.
+#[derive(Debug, Clone)]
+pub struct SpeedOptions {
+    /// Alternating rounds (each: one baton forward, one peer forward).
+    pub rounds: usize,
+    /// Layers of the DiT (the issue's figures use 4).
+    pub layers: usize,
+    /// Only the dtypes named (empty: f32 and bf16).
+    pub dtypes: Vec<DType>,
+}
+
+/// The issue's DiT configuration with `layers` blocks.
+pub fn speed_config(layers: usize) -> WanConfig {
+    WanConfig {
+        dim: 1024,
+        ffn_dim: 4096,
+        num_heads: 8,
+        num_layers: layers,
+        text_dim: 4096,
+        ..WanConfig::wan22_t2v_a14b()
+    }
+}
+
+/// Seeded random weights (xorshift, std ~0.06; norm weights around 1).
+pub fn random_dit(cfg: &WanConfig, dtype: DType) -> candle_core::Result<WanDit> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut tensors = HashMap::new();
+    for (k, shape) in crate::runtime::builtin::wan_tensor_shapes(cfg) {
+        let n: usize = shape.iter().product();
+        let one = if k.contains("norm") && k.ends_with(".weight") {
+            1.0
+        } else {
+            0.0
+        };
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                one + ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+            })
+            .collect();
+        let t = Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?.to_dtype(dtype)?;
+        tensors.insert(k, t);
+    }
+    WanDit::new(cfg, VarBuilder::from_tensors(tensors, dtype, &Device::Cpu))
+}
+
+/// The DiT inputs of the speed figures: latent [1,16,3,32,32], t = 500,
+/// 512 text tokens.
+pub fn speed_inputs(cfg: &WanConfig) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let dev = Device::Cpu;
+    let x = (Tensor::arange(0f32, (16 * 3 * 32 * 32) as f32, &dev)?
+        .reshape((1, 16, 3, 32, 32))?
+        * 0.01)?
+        .sin()?;
+    let ctx = (Tensor::arange(0f32, (512 * cfg.text_dim) as f32, &dev)?.reshape((
+        1,
+        512,
+        cfg.text_dim,
+    ))? * 0.001)?
+        .cos()?;
+    Ok((x, Tensor::new(&[500f32], &dev)?, ctx))
+}
+
+/// Seconds of one baton DiT forward.
+fn time_forward(m: &WanDit, x: &Tensor, t: &Tensor, ctx: &Tensor) -> anyhow::Result<f64> {
+    let s = Instant::now();
+    let y = m.forward(x, t, ctx)?;
+    y.flatten_all()?.narrow(0, 0, 1)?.to_vec1::<f32>()?;
+    Ok(s.elapsed().as_secs_f64())
+}
+
+/// The Python that runs the peers, if one is installed.
+pub fn peer_python() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("BATON_PEER_PYTHON") {
+        return (!p.is_empty()).then(|| PathBuf::from(p));
+    }
+    let v = PathBuf::from("venv/bin/python");
+    v.exists().then_some(v)
+}
+
+/// The directory of the peer scripts (`benches/peers` of the source tree).
+fn peer_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers")
+}
+
+/// Runs a peer script with `args` and returns its median time in seconds
+/// (it prints `median <ms> ms`).
+pub fn run_peer(py: &PathBuf, script: &str, args: &[String]) -> anyhow::Result<f64> {
+    let out = Command::new(py)
+        .arg(peer_dir().join(script))
+        .args(args)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        anyhow::bail!(
+            "peer {script} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let ms = text
+        .split("median ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("peer {script} printed no median: {text}"))?;
+    Ok(ms / 1000.0)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    v[v.len() / 2]
+}
+
+/// One row of the table: baton's and the peer's median and the median of
+/// per-round ratios (peer / baton, above 1 when baton is faster).
+pub struct Row {
+    pub what: String,
+    pub baton_s: f64,
+    pub peer_s: f64,
+    pub ratio: f64,
+    pub peer_measured_now: bool,
+}
+
+/// Figures measured in issue 19 on the 2-core machine (seconds), for when
+/// no peer is installed.
+fn recorded_peer(dtype: DType) -> f64 {
+    if dtype == DType::BF16 {
+        0.449
+    } else {
+        1.047
+    }
+}
+
+/// Alternates `baton` and `peer` for `rounds`; the peer closure returns
+/// `None` when no peer runs.
+pub fn interleave(
+    what: String,
+    rounds: usize,
+    mut baton: impl FnMut() -> anyhow::Result<f64>,
+    mut peer: impl FnMut() -> anyhow::Result<Option<f64>>,
+    recorded: f64,
+) -> anyhow::Result<Row> {
+    baton()?; // warm-up
+    let (mut b, mut p, mut r) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        let tb = baton()?;
+        b.push(tb);
+        if let Some(tp) = peer()? {
+            p.push(tp);
+            r.push(tp / tb);
+        }
+    }
+    let baton_s = median(b);
+    Ok(if p.is_empty() {
+        Row {
+            what,
+            baton_s,
+            peer_s: recorded,
+            ratio: recorded / baton_s,
+            peer_measured_now: false,
+        }
+    } else {
+        Row {
+            what,
+            baton_s,
+            peer_s: median(p),
+            ratio: median(r),
+            peer_measured_now: true,
+        }
+    })
+}
+
+/// The DiT rows.
+pub fn dit_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
+    let cfg = speed_config(o.layers);
+    let threads = candle_core::utils::get_num_threads();
+    let py = peer_python();
+    let dtypes = if o.dtypes.is_empty() {
+        vec![DType::F32, DType::BF16]
+    } else {
+        o.dtypes.clone()
+    };
+    let mut rows = Vec::new();
+    for dtype in dtypes {
+        let m = random_dit(&cfg, dtype)?;
+        let (x, t, ctx) = speed_inputs(&cfg)?;
+        let name = if dtype == DType::BF16 {
+            "bfloat16"
+        } else {
+            "float32"
+        };
+        let args: Vec<String> = [
+            "--dim",
+            "1024",
+            "--layers",
+            &o.layers.to_string(),
+            "--ffn",
+            "4096",
+            "--frames",
+            "3",
+            "--hw",
+            "32",
+            "--ctx",
+            "512",
+            "--threads",
+            &threads.to_string(),
+            "--dtype",
+            name,
+            "--reps",
+            "1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let what = format!(
+            "DiT forward {dtype:?}, dim 1024, {} layers, 768 tokens, ctx 512",
+            o.layers
+        );
+        rows.push(interleave(
+            what,
+            o.rounds,
+            || time_forward(&m, &x, &t, &ctx),
+            || match &py {
+                Some(py) => run_peer(py, "peer_forward.py", &args).map(Some),
+                None => Ok(None),
+            },
+            recorded_peer(dtype) * o.layers as f64 / 4.0,
+        )?);
+    }
+    Ok(rows)
+}
+
+/// The table `baton bench speed` prints.
+pub fn run(o: &SpeedOptions) -> anyhow::Result<String> {
+    let rows = dit_rows(o)?;
+    let mut s = String::new();
+    writeln!(
+        s,
+        "threads {}; ratio = peer time / baton time (above 1: baton faster), median of {} alternating rounds",
+        candle_core::utils::get_num_threads(),
+        o.rounds
+    )?;
+    writeln!(s, "| work | PyTorch peer | baton | ratio |")?;
+    writeln!(s, "|---|---|---|---|")?;
+    for r in rows {
+        let peer = if r.peer_measured_now {
+            format!("{:.1} ms", r.peer_s * 1000.0)
+        } else {
+            format!(
+                "{:.1} ms (recorded in issue 19, not this run)",
+                r.peer_s * 1000.0
+            )
+        };
+        writeln!(
+            s,
+            "| {} | {peer} | {:.1} ms | {:.2}x |",
+            r.what,
+            r.baton_s * 1000.0,
+            r.ratio
+        )?;
+    }
+    Ok(s)
+}
