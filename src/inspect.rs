@@ -127,7 +127,10 @@ fn resident_summary(
     let cpu = candle_core::Device::Cpu;
     let layers = d.cfg.num_layers;
     let label = |dtype: candle_core::DType| format!("{dtype:?}").to_lowercase();
-    match (crate::runtime::placement::plan_dit("model", d, None, policy, true, &cpu, room), vram) {
+    match (
+        crate::runtime::placement::plan_dit("model", d, None, policy, true, &cpu, room),
+        vram,
+    ) {
         (Ok(p), None) => writeln!(
             out,
             "resident:   {} in {} (all {layers} blocks); pass --vram SIZE to plan a partial load",

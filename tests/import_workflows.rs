@@ -599,7 +599,8 @@ fn shift_is_written_as_the_shortest_f32_literal() {
         let imp = import(T2V, &o);
         assert!(!imp.script.contains("8.000000000000002"), "{}", imp.script);
         assert!(imp.script.contains("shift: 8.0,"), "{}", imp.script);
-        let mut json: Value = serde_json::from_slice(&std::fs::read(fixture(T2V)).unwrap()).unwrap();
+        let mut json: Value =
+            serde_json::from_slice(&std::fs::read(fixture(T2V)).unwrap()).unwrap();
         for n in json["nodes"].as_array_mut().unwrap() {
             if n["type"] == "ModelSamplingSD3" {
                 n["widgets_values"][0] = Value::from(5.1);

@@ -81,6 +81,20 @@ impl CheckpointSource {
         let e = self.tensors.get(name).ok_or_else(|| {
             candle_core::Error::Msg(format!("{}: missing tensor '{name}'", self.path.display()))
         })?;
+        if let Some(ty) = e.quantized() {
+            let bytes = &self.maps[e.file][e.start..e.end];
+            let t = super::qblocks::dequantize(&self.path, name, bytes, ty, &e.shape)?;
+            let t = if dtype == DType::F8E4M3 {
+                t
+            } else {
+                t.to_dtype(dtype)?
+            };
+            return if dev.is_cpu() {
+                Ok(t)
+            } else {
+                t.to_device(dev)
+            };
+        }
         let file_dtype = match e.dtype {
             safetensors::Dtype::F32 => DType::F32,
             safetensors::Dtype::F16 => DType::F16,
@@ -315,10 +329,26 @@ impl SimpleBackend for Backend {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        if let Some(stem) = name.strip_suffix(super::qblocks::SUFFIX) {
+            let e = self.0.tensors.get(stem).filter(|e| e.kept_as_stored());
+            if let Some(e) = e {
+                let bytes = &self.0.maps[e.file][e.start..e.end];
+                return super::qblocks::packed(bytes, e);
+            }
+        }
         self.0.tensor(name, dtype, dev)
     }
 
+    /// Also answers `<weight>.ggml` for a GGUF weight kept as stored: the way a
+    /// layer asks for its blocks as they are (see [`super::qblocks`]).
     fn contains_tensor(&self, name: &str) -> bool {
+        if let Some(stem) = name.strip_suffix(super::qblocks::SUFFIX) {
+            return self
+                .0
+                .tensors
+                .get(stem)
+                .is_some_and(|e| e.quantized().is_some());
+        }
         self.0.tensors.contains_key(name)
     }
 }

@@ -1,0 +1,85 @@
+//! A community-format (ComfyUI-GGUF) Wan DiT: detected from the GGUF,
+//! weights kept quantized, forward cases against diffusers on the
+//! dequantized weights (tests/fixtures/gguf/wan_tiny_Q4_K_M*).
+mod common;
+
+use baton::checkpoint::{detect, CheckpointSource, Header};
+use baton::models::wan::dit::WanDit;
+use candle_core::{DType, Device};
+use common::{as_f64, eval, run, session_with};
+
+const FILE: &str = "gguf/wan_tiny_Q4_K_M.gguf";
+
+#[test]
+fn q4_k_m_forward_cases_match_diffusers_on_the_dequantized_weights() {
+    let header = Header::read(&common::fixture(FILE)).unwrap();
+    let d = detect(&header, None).unwrap();
+    assert_eq!((d.cfg.dim, d.cfg.num_layers, d.cfg.num_heads), (256, 2, 2));
+    assert_eq!(d.dtype, "q4_k");
+    let src = CheckpointSource::open(&header, d.tensors.clone()).unwrap();
+    let model = WanDit::new(&d.cfg, src.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    let fx = common::load_fixture("gguf/wan_tiny_Q4_K_M_cases.safetensors");
+    for k in 0..3 {
+        let g = |n: &str| &fx[&format!("case{k}_{n}")];
+        let out = model.forward(g("x"), g("t"), g("context")).unwrap();
+        let err = common::max_abs_diff(&out, g("out"));
+        let err_src = common::max_abs_diff(&out, g("out_source"));
+        println!("case{k}: max abs vs caseK_out {err:.2e}, vs caseK_out_source {err_src:.2e}");
+        assert!(
+            err <= 1e-4,
+            "case{k}: {err:.2e} off diffusers on the dequantized weights"
+        );
+        assert!(err < err_src);
+    }
+    // In the same test: the mode is read from the environment at build time.
+    q4_k_m_forward_with_the_quantized_kernel();
+}
+
+/// The quantized-activation kernel (`BATON_GGUF_MATMUL=kernel`): its error
+/// against the same reference, stated, with a loose bound.
+fn q4_k_m_forward_with_the_quantized_kernel() {
+    std::env::set_var("BATON_GGUF_MATMUL", "kernel");
+    let header = Header::read(&common::fixture(FILE)).unwrap();
+    let d = detect(&header, None).unwrap();
+    let src = CheckpointSource::open(&header, d.tensors.clone()).unwrap();
+    let model = WanDit::new(&d.cfg, src.var_builder(DType::F32, &Device::Cpu)).unwrap();
+    std::env::remove_var("BATON_GGUF_MATMUL");
+    let fx = common::load_fixture("gguf/wan_tiny_Q4_K_M_cases.safetensors");
+    for k in 0..3 {
+        let g = |n: &str| &fx[&format!("case{k}_{n}")];
+        let out = model.forward(g("x"), g("t"), g("context")).unwrap();
+        let err = common::max_abs_diff(&out, g("out"));
+        let err_src = common::max_abs_diff(&out, g("out_source"));
+        println!(
+            "kernel case{k}: max abs vs caseK_out {err:.2e}, vs caseK_out_source {err_src:.2e}"
+        );
+        assert!(err < 5e-2 && err < err_src, "case{k}: {err:.2e}");
+    }
+}
+
+/// `load_model` on the GGUF: the ledger holds the file's tensor bytes (the
+/// quantized blocks and the F16 linears as stored; nothing is widened but
+/// the F32 tensors, which are F32 in the file too) and `delete_model` drops it.
+#[test]
+fn load_model_counts_the_files_tensor_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = session_with(None, dir.path());
+    let p = common::fixture(FILE).display().to_string();
+    run(&mut s, &format!(r#"let m = load_model("{p}");"#));
+    let ledger = as_f64(eval(&mut s, "vram().used"));
+    let header = Header::read(&common::fixture(FILE)).unwrap();
+    let file_bytes = header.total_bytes() as f64;
+    println!("ledger {ledger} bytes, file tensor bytes {file_bytes}");
+    assert_eq!(ledger, file_bytes);
+    let fx = common::fixture("gguf/wan_tiny_Q4_K_M_cases.safetensors")
+        .display()
+        .to_string();
+    run(
+        &mut s,
+        &format!(
+            r#"let fx = load_tensors("{fx}"); let v = predict(m, fx["case1_x"], 500.0, fx["case1_context"]);"#
+        ),
+    );
+    run(&mut s, "delete_model(m);");
+    assert_eq!(as_f64(eval(&mut s, "vram().used")), 0.0);
+}
