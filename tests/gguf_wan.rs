@@ -83,3 +83,34 @@ fn load_model_counts_the_files_tensor_bytes() {
     run(&mut s, "delete_model(m);");
     assert_eq!(as_f64(eval(&mut s, "vram().used")), 0.0);
 }
+
+/// umT5 from a llama.cpp-named GGUF (`CLIPLoaderGGUF`'s files): names
+/// mapped to HF's, Q8_0 weights dequantized to f32 at load, against
+/// transformers' `last_hidden_state` on the dequantized weights.
+#[test]
+fn umt5_gguf_matches_transformers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = session_with(None, dir.path());
+    let p = common::fixture("gguf/umt5_tiny_Q8_0.gguf")
+        .display()
+        .to_string();
+    let c = common::fixture("gguf/umt5_tiny_Q8_0_cases.safetensors")
+        .display()
+        .to_string();
+    run(
+        &mut s,
+        &format!(r#"let te = load_model("{p}"); let c = load_tensors("{c}");"#),
+    );
+    assert_eq!(eval(&mut s, "te.arch").into_string().unwrap(), "umt5 2x64");
+    for case in ["case0", "case_long"] {
+        let err = as_f64(eval(
+            &mut s,
+            &format!(
+                r#"max_abs(encode_ids(te, c["{case}.input_ids"], c["{case}.attention_mask"])
+                          - c["{case}.last_hidden_state"])"#
+            ),
+        ));
+        println!("umT5 GGUF {case}: max abs {err:.2e}");
+        assert!(err <= 1e-4, "{case}: {err:.2e}");
+    }
+}
