@@ -202,3 +202,32 @@ fn type_field_offset(buf: &[u8], name: &str) -> usize {
     let n_dims = u32::from_le_bytes(buf[i..i + 4].try_into().unwrap()) as usize;
     i + 4 + 8 * n_dims
 }
+
+/// A GGUF of another architecture is refused by name; a file of another
+/// format handed to the safetensors reader is named for what it is.
+#[test]
+fn wrong_architecture_and_wrong_format_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(common::fixture("gguf/wan_tiny_Q4_K_M.gguf")).unwrap();
+    // Same length, so the header stays valid: "wan" -> "gpt".
+    let i = good.windows(3).position(|w| w == b"wan").unwrap();
+    let mut bad = good.clone();
+    bad[i..i + 3].copy_from_slice(b"gpt");
+    let p = dir.path().join("llm.gguf");
+    std::fs::write(&p, &bad).unwrap();
+    let h = Header::read(&p).unwrap();
+    let e = gguf::check_architecture(&h).unwrap_err().to_string();
+    assert!(e.contains("llm.gguf") && e.contains("'gpt'"), "{e}");
+    // A zip (a PyTorch .pt) named .safetensors.
+    let p = dir.path().join("model.safetensors");
+    std::fs::write(&p, b"PK\x03\x04 not really a checkpoint").unwrap();
+    let e = Header::read(&p).unwrap_err().to_string();
+    assert!(e.contains("model.safetensors") && e.contains("zip"), "{e}");
+    // A GGUF renamed .safetensors is read as the GGUF it is.
+    let p = dir.path().join("renamed.safetensors");
+    std::fs::write(&p, &good).unwrap();
+    assert_eq!(Header::read(&p).unwrap().tensors.len(), 69);
+    let e = Header::read_file(&p).unwrap_err().to_string();
+    assert!(e.contains("GGUF"), "{e}");
+    println!("{e}");
+}

@@ -114,3 +114,32 @@ fn umt5_gguf_matches_transformers() {
         assert!(err <= 1e-4, "{case}: {err:.2e}");
     }
 }
+
+/// Under a budget that holds no block, every block streams as its GGUF
+/// blocks and the output is the same as the resident model's.
+#[test]
+fn streamed_gguf_blocks_give_the_same_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = session_with(None, dir.path());
+    let p = common::fixture(FILE).display().to_string();
+    let fx = common::fixture("gguf/wan_tiny_Q4_K_M_cases.safetensors")
+        .display()
+        .to_string();
+    run(
+        &mut s,
+        &format!(
+            r#"let fx = load_tensors("{fx}");
+               let m = load_model("{p}", #{{ name: "full" }});
+               let a = predict(m, fx["case1_x"], 500.0, fx["case1_context"]);
+               delete_model(m);
+               vram_budget("2MiB");
+               let m = load_model("{p}", #{{ name: "streamed" }});
+               let b = predict(m, fx["case1_x"], 500.0, fx["case1_context"]);"#
+        ),
+    );
+    let offloaded = as_f64(eval(&mut s, "vram().models[0].offloaded"));
+    let diff = as_f64(eval(&mut s, "max_abs(a - b)"));
+    println!("streamed: {offloaded} bytes offloaded, max abs vs resident {diff:.2e}");
+    assert!(offloaded > 0.0);
+    assert_eq!(diff, 0.0);
+}

@@ -421,3 +421,25 @@ pub fn read(path: &Path) -> Result<Header, CheckpointError> {
         file_len,
     })
 }
+
+/// Refuses a GGUF whose `general.architecture` is not one baton runs (a
+/// Wan DiT `wan`, or a umT5 encoder `t5encoder` / `t5`), naming it.
+pub fn check_architecture(header: &Header) -> Result<(), CheckpointError> {
+    if !header.tensors.values().any(|e| e.ggml.is_some()) {
+        return Ok(());
+    }
+    match header
+        .metadata
+        .get("general.architecture")
+        .map(String::as_str)
+    {
+        None | Some("wan" | "t5encoder" | "t5" | "umt5") => Ok(()),
+        Some(other) => Err(CheckpointError::WrongArchitecture {
+            path: header.path.clone(),
+            reason: format!(
+                "its GGUF general.architecture is '{other}'; baton loads Wan DiTs ('wan') \
+                 and umT5 text encoders ('t5encoder')"
+            ),
+        }),
+    }
+}

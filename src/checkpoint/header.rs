@@ -205,7 +205,11 @@ impl Header {
     pub fn dtype_summary(&self) -> Vec<(String, u64)> {
         let mut m: BTreeMap<String, u64> = BTreeMap::new();
         for t in self.tensors.values() {
-            *m.entry(format!("{:?}", t.dtype)).or_default() += t.bytes() as u64;
+            let name = match t.ggml {
+                Some(g) => super::gguf::type_name(g).to_string(),
+                None => format!("{:?}", t.dtype),
+            };
+            *m.entry(name).or_default() += t.bytes() as u64;
         }
         let mut v: Vec<_> = m.into_iter().collect();
         v.sort_by_key(|e| std::cmp::Reverse(e.1));
