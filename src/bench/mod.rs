@@ -191,5 +191,6 @@ pub fn run(o: &LatentOptions) -> anyhow::Result<String> {
 }
 
 pub mod device;
+pub mod gguf;
 pub mod load;
 pub mod memory;

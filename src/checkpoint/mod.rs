@@ -5,6 +5,7 @@ pub mod detect;
 pub mod error;
 pub mod finite;
 pub mod gguf;
+pub mod gguf_write;
 pub mod header;
 pub mod layout;
 pub mod qblocks;
