@@ -231,3 +231,30 @@ fn wrong_architecture_and_wrong_format_are_named() {
     assert!(e.contains("GGUF"), "{e}");
     println!("{e}");
 }
+
+/// The quantized-activation kernel (`BATON_GGUF_MATMUL=kernel`): its error
+/// against the same reference, stated, with a loose bound. (Here, not in
+/// gguf_wan.rs: the mode is read from the environment when a layer is
+/// built, and no other test in this binary builds one.)
+#[test]
+fn q4_k_m_forward_with_the_quantized_kernel() {
+    std::env::set_var("BATON_GGUF_MATMUL", "kernel");
+    let header = Header::read(&common::fixture("gguf/wan_tiny_Q4_K_M.gguf")).unwrap();
+    let d = baton::checkpoint::detect(&header, None).unwrap();
+    let src = CheckpointSource::open(&header, d.tensors.clone()).unwrap();
+    let model =
+        baton::models::wan::dit::WanDit::new(&d.cfg, src.var_builder(DType::F32, &Device::Cpu))
+            .unwrap();
+    std::env::remove_var("BATON_GGUF_MATMUL");
+    let fx = common::load_fixture("gguf/wan_tiny_Q4_K_M_cases.safetensors");
+    for k in 0..3 {
+        let g = |n: &str| &fx[&format!("case{k}_{n}")];
+        let out = model.forward(g("x"), g("t"), g("context")).unwrap();
+        let err = common::max_abs_diff(&out, g("out"));
+        let err_src = common::max_abs_diff(&out, g("out_source"));
+        println!(
+            "kernel case{k}: max abs vs caseK_out {err:.2e}, vs caseK_out_source {err_src:.2e}"
+        );
+        assert!(err < 5e-2 && err < err_src, "case{k}: {err:.2e}");
+    }
+}

@@ -15,6 +15,10 @@ use std::path::Path;
 
 /// The suffix of the virtual packed tensor beside a quantized weight.
 pub const SUFFIX: &str = ".ggml";
+/// The virtual LoRA factors beside a quantized weight (see
+/// `lora::backend`): `A` [R, in] and `B` [out, R], strengths folded into `B`.
+pub const LORA_A: &str = ".lora_a";
+pub const LORA_B: &str = ".lora_b";
 
 /// The blocks of one tensor as a `QTensor` of torch-order `shape` on the CPU.
 pub fn qtensor(bytes: &[u8], ty: GgmlDType, shape: &[usize]) -> Result<QTensor> {
@@ -56,9 +60,9 @@ pub fn dequantize(
 
 /// The packed form of a quantized entry (type id, then its blocks).
 pub fn packed(bytes: &[u8], e: &TensorEntry) -> Result<Tensor> {
-    let ty = e
-        .quantized()
-        .ok_or_else(|| candle_core::Error::Msg("not quantized".into()))?;
+    let ty = e.ggml.filter(|_| e.kept_as_stored());
+    let ty =
+        ty.ok_or_else(|| candle_core::Error::Msg("not a GGUF matrix kept as stored".into()))?;
     let mut v = Vec::with_capacity(bytes.len() + 1);
     v.push(type_id(ty));
     v.extend_from_slice(bytes);
@@ -74,21 +78,5 @@ pub fn unpack(packed: &Tensor, shape: &[usize], dev: &Device) -> Result<QTensor>
 }
 
 fn type_id(t: GgmlDType) -> u8 {
-    match t {
-        GgmlDType::F32 => 0,
-        GgmlDType::F16 => 1,
-        GgmlDType::Q4_0 => 2,
-        GgmlDType::Q4_1 => 3,
-        GgmlDType::Q5_0 => 6,
-        GgmlDType::Q5_1 => 7,
-        GgmlDType::Q8_0 => 8,
-        GgmlDType::Q8_1 => 9,
-        GgmlDType::Q2K => 10,
-        GgmlDType::Q3K => 11,
-        GgmlDType::Q4K => 12,
-        GgmlDType::Q5K => 13,
-        GgmlDType::Q6K => 14,
-        GgmlDType::Q8K => 15,
-        GgmlDType::BF16 => 30,
-    }
+    super::gguf_write::type_id(t) as u8
 }

@@ -199,6 +199,9 @@ fn fp8_scale(vb: &VarBuilder, weight: &Tensor, dtype: DType) -> Result<Option<Te
 struct QuantWeight {
     q: std::sync::Arc<candle_core::quantized::QTensor>,
     kernel: bool,
+    /// LoRAs as a runtime low-rank branch, `y += (x·Aᵀ)·Bᵀ` (A [R, in],
+    /// B [out, R]): the quantized weight is never requantized.
+    lora: Option<(Tensor, Tensor)>,
 }
 
 impl QuantWeight {
@@ -214,22 +217,41 @@ impl QuantWeight {
         )?;
         let kernel = crate::checkpoint::gguf::is_quantized(q.dtype())
             && std::env::var("BATON_GGUF_MATMUL").is_ok_and(|v| v == "kernel");
+        use crate::checkpoint::qblocks::{LORA_A, LORA_B};
+        let (a, b) = (format!("weight{LORA_A}"), format!("weight{LORA_B}"));
+        let lora = if vb.contains_tensor(&a) {
+            Some((
+                vb.get_unchecked_dtype(&a, DType::F32)?,
+                vb.get_unchecked_dtype(&b, DType::F32)?,
+            ))
+        } else {
+            None
+        };
         Ok(Self {
             q: std::sync::Arc::new(q),
             kernel,
+            lora,
         })
     }
 
     fn forward(&self, x: &Tensor, bias: Option<&Tensor>, mm_dtype: DType) -> Result<Tensor> {
         let y = if self.kernel && mm_dtype == DType::F32 {
             let mm = candle_core::quantized::QMatMul::QTensor(self.q.clone());
-            x.apply(&mm)?
+            let y = x.apply(&mm)?;
+            match bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
         } else {
             let w = self.q.dequantize(x.device())?.to_dtype(mm_dtype)?;
-            return Linear::new(w, bias.cloned()).forward(x);
+            Linear::new(w, bias.cloned()).forward(x)?
         };
-        match bias {
-            Some(b) => y.broadcast_add(b),
+        match &self.lora {
+            Some((a, b)) => {
+                let (a, b) = (a.to_dtype(mm_dtype)?, b.to_dtype(mm_dtype)?);
+                let h = Linear::new(a, None).forward(x)?;
+                y + Linear::new(b, None).forward(&h)?
+            }
             None => Ok(y),
         }
     }
