@@ -61,7 +61,7 @@ fn load_model_counts_the_files_tensor_bytes() {
 }
 
 /// umT5 from a llama.cpp-named GGUF (`CLIPLoaderGGUF`'s files): names
-/// mapped to HF's, Q8_0 weights dequantized to f32 at load, against
+/// mapped to HF's, Q8_0 matrices and embedding kept as blocks (dequantized per call, the embedding per row), against
 /// transformers' `last_hidden_state` on the dequantized weights.
 #[test]
 fn umt5_gguf_matches_transformers() {
@@ -78,6 +78,15 @@ fn umt5_gguf_matches_transformers() {
         &format!(r#"let te = load_model("{p}"); let c = load_tensors("{c}");"#),
     );
     assert_eq!(eval(&mut s, "te.arch").into_string().unwrap(), "umt5 2x64");
+    // Q8_0 matrices and the embedding kept as their blocks: the ledger is
+    // the file's tensor bytes.
+    let ledger = as_f64(eval(&mut s, "vram().used"));
+    let file = Header::read(&common::fixture("gguf/umt5_tiny_Q8_0.gguf")).unwrap();
+    println!(
+        "umT5 GGUF: ledger {ledger} bytes, file tensor bytes {}",
+        file.total_bytes()
+    );
+    assert_eq!(ledger, file.total_bytes() as f64);
     for case in ["case0", "case_long"] {
         let err = as_f64(eval(
             &mut s,

@@ -13,6 +13,7 @@
 //! in torch order (GGUF stores dims reversed).
 
 use super::{CheckpointError, Header, TensorEntry};
+pub use crate::ggml::{byte_size, ggml_type, is_quantized, type_name};
 use candle_core::quantized::GgmlDType;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -121,80 +122,6 @@ pub fn is_gguf(path: &Path) -> bool {
         .and_then(|mut f| f.read_exact(&mut m))
         .is_ok()
         && &m == MAGIC
-}
-
-/// The GGML type of a GGUF type id, or an error naming the type.
-pub fn ggml_type(id: u32) -> Result<GgmlDType, String> {
-    Ok(match id {
-        0 => GgmlDType::F32,
-        1 => GgmlDType::F16,
-        2 => GgmlDType::Q4_0,
-        3 => GgmlDType::Q4_1,
-        6 => GgmlDType::Q5_0,
-        7 => GgmlDType::Q5_1,
-        8 => GgmlDType::Q8_0,
-        10 => GgmlDType::Q2K,
-        11 => GgmlDType::Q3K,
-        12 => GgmlDType::Q4K,
-        13 => GgmlDType::Q5K,
-        14 => GgmlDType::Q6K,
-        30 => GgmlDType::BF16,
-        _ => {
-            let name = match id {
-                16 => "IQ2_XXS",
-                17 => "IQ2_XS",
-                18 => "IQ3_XXS",
-                19 => "IQ1_S",
-                20 => "IQ4_NL",
-                21 => "IQ3_S",
-                22 => "IQ2_S",
-                23 => "IQ4_XS",
-                29 => "IQ1_M",
-                9 => "Q8_1",
-                15 => "Q8_K",
-                24 => "I8",
-                25 => "I16",
-                26 => "I32",
-                27 => "I64",
-                28 => "F64",
-                34 => "TQ1_0",
-                35 => "TQ2_0",
-                _ => return Err(format!("unknown GGML type id {id}")),
-            };
-            let why = if name.starts_with("IQ") {
-                "i-quants (IQ*) are not supported; use a Q*_0/Q*_1/Q*_K file"
-            } else {
-                "not a weight type baton reads"
-            };
-            return Err(format!("type {name} (id {id}): {why}"));
-        }
-    })
-}
-
-/// GGUF's name of a type (Q4_K, F16, ...).
-pub fn type_name(t: GgmlDType) -> &'static str {
-    match t {
-        GgmlDType::F32 => "F32",
-        GgmlDType::F16 => "F16",
-        GgmlDType::BF16 => "BF16",
-        GgmlDType::Q4_0 => "Q4_0",
-        GgmlDType::Q4_1 => "Q4_1",
-        GgmlDType::Q5_0 => "Q5_0",
-        GgmlDType::Q5_1 => "Q5_1",
-        GgmlDType::Q8_0 => "Q8_0",
-        GgmlDType::Q8_1 => "Q8_1",
-        GgmlDType::Q2K => "Q2_K",
-        GgmlDType::Q3K => "Q3_K",
-        GgmlDType::Q4K => "Q4_K",
-        GgmlDType::Q5K => "Q5_K",
-        GgmlDType::Q6K => "Q6_K",
-        GgmlDType::Q8K => "Q8_K",
-    }
-}
-
-/// Whether a GGML type is block-quantized (not a plain float).
-pub fn is_quantized(t: GgmlDType) -> bool {
-    !matches!(t, GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16)
 }
 
 struct Cursor<'a> {
@@ -324,18 +251,6 @@ pub fn parse(buf: &[u8]) -> Result<GgufHeader, String> {
         tensor_info_end,
         data_start,
     })
-}
-
-/// Bytes a tensor of `numel` elements takes in `t`, or why it cannot.
-pub fn byte_size(t: GgmlDType, numel: u64) -> Result<u64, String> {
-    let bs = t.block_size() as u64;
-    if !numel.is_multiple_of(bs) {
-        return Err(format!(
-            "{numel} elements is not a whole number of {} blocks of {bs}",
-            type_name(t)
-        ));
-    }
-    Ok(numel / bs * t.type_size() as u64)
 }
 
 /// Reads a GGUF file's header into a [`Header`]: every tensor's type must be

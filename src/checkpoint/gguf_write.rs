@@ -7,6 +7,7 @@
 
 use super::gguf::{type_name, Value};
 use super::{CheckpointSource, Header};
+pub use crate::ggml::type_id;
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device};
 use std::io::Write;
@@ -73,27 +74,6 @@ pub fn write(path: &Path, kv: &[(&str, Value)], tensors: &[Tensor]) -> std::io::
         f.write_all(&vec![0u8; pad])?;
     }
     f.flush()
-}
-
-/// GGUF's id of a type (the inverse of [`super::gguf::ggml_type`]).
-pub fn type_id(t: GgmlDType) -> u32 {
-    match t {
-        GgmlDType::F32 => 0,
-        GgmlDType::F16 => 1,
-        GgmlDType::Q4_0 => 2,
-        GgmlDType::Q4_1 => 3,
-        GgmlDType::Q5_0 => 6,
-        GgmlDType::Q5_1 => 7,
-        GgmlDType::Q8_0 => 8,
-        GgmlDType::Q8_1 => 9,
-        GgmlDType::Q2K => 10,
-        GgmlDType::Q3K => 11,
-        GgmlDType::Q4K => 12,
-        GgmlDType::Q5K => 13,
-        GgmlDType::Q6K => 14,
-        GgmlDType::Q8K => 15,
-        GgmlDType::BF16 => 30,
-    }
 }
 
 /// Converts a Wan DiT safetensors checkpoint to a GGUF the way the

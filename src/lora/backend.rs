@@ -139,7 +139,7 @@ enum Part {
 
 /// A virtual tensor beside a weight: `<weight>.ggml`, `.lora_a`, `.lora_b`.
 fn virtual_name(name: &str) -> Option<(&str, Part)> {
-    use crate::checkpoint::qblocks::{LORA_A, LORA_B, SUFFIX};
+    use crate::ggml::{LORA_A, LORA_B, SUFFIX};
     [(SUFFIX, Part::Packed), (LORA_A, Part::A), (LORA_B, Part::B)]
         .into_iter()
         .find_map(|(suffix, part)| Some((name.strip_suffix(suffix)?, part)))

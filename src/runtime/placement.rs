@@ -239,8 +239,8 @@ fn held_bytes(e: &TensorEntry, dtype: DType, compute: DType) -> u64 {
     (e.numel() * per) as u64
 }
 
-/// A DiT tensor's bytes: a GGUF matrix kept as stored (quantized blocks or
-/// an F16/BF16 linear weight, see `Proj`) takes its file bytes.
+/// A tensor's bytes: a GGUF matrix kept as stored (quantized blocks or an
+/// F16/BF16 matrix, see the DiT's and umT5's `Proj`) takes its file bytes.
 fn dit_held_bytes(e: &TensorEntry, dtype: DType, compute: DType) -> u64 {
     if e.kept_as_stored() {
         e.bytes() as u64
@@ -251,7 +251,7 @@ fn dit_held_bytes(e: &TensorEntry, dtype: DType, compute: DType) -> u64 {
 
 /// Bytes of a model held whole in `dtype` (text encoders, VAEs).
 pub fn whole_bytes<'a>(entries: impl Iterator<Item = &'a TensorEntry>, dtype: DType) -> u64 {
-    entries.map(|e| held_bytes(e, dtype, dtype)).sum()
+    entries.map(|e| dit_held_bytes(e, dtype, dtype)).sum()
 }
 
 /// A DiT's bytes held in `dtype` on `device`, in all and per block.

@@ -78,7 +78,7 @@ impl Proj {
         act_dtype: DType,
         mm_dtype: DType,
     ) -> Result<Self> {
-        let packed = format!("weight{}", crate::checkpoint::qblocks::SUFFIX);
+        let packed = format!("weight{}", crate::ggml::SUFFIX);
         if vb.contains_tensor(&packed) {
             let quant = QuantWeight::read(in_dim, out_dim, &vb, &packed)?;
             let bias = vb.get(out_dim, "bias")?;
@@ -207,17 +207,15 @@ struct QuantWeight {
 impl QuantWeight {
     fn read(in_dim: usize, out_dim: usize, vb: &VarBuilder, packed: &str) -> Result<Self> {
         let p = vb.get_unchecked_dtype(packed, DType::U8)?;
-        let q = crate::checkpoint::qblocks::unpack(&p, &[out_dim, in_dim], vb.device()).map_err(
-            |e| {
-                candle_core::Error::Msg(format!(
-                    "tensor '{}.weight': the model expects [{out_dim}, {in_dim}]: {e}",
-                    vb.prefix()
-                ))
-            },
-        )?;
-        let kernel = crate::checkpoint::gguf::is_quantized(q.dtype())
+        let q = crate::ggml::unpack(&p, &[out_dim, in_dim], vb.device()).map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "tensor '{}.weight': the model expects [{out_dim}, {in_dim}]: {e}",
+                vb.prefix()
+            ))
+        })?;
+        let kernel = crate::ggml::is_quantized(q.dtype())
             && std::env::var("BATON_GGUF_MATMUL").is_ok_and(|v| v == "kernel");
-        use crate::checkpoint::qblocks::{LORA_A, LORA_B};
+        use crate::ggml::{LORA_A, LORA_B};
         let (a, b) = (format!("weight{LORA_A}"), format!("weight{LORA_B}"));
         let lora = if vb.contains_tensor(&a) {
             Some((
