@@ -94,45 +94,49 @@ pub fn run(o: &LatentOptions) -> anyhow::Result<String> {
         "{:<24} {:>12} {:>11} {:>9} {:>16}",
         "weights", "resident", "forward", "vs f32", "rel L2 vs f32"
     )?;
-    let mut reference: Option<(Tensor, f64)> = None;
+    // Every model loaded at once and the forwards interleaved (one of each
+    // per round), so load on a shared machine falls on all rows alike.
+    let mut rt = Runtime::new(Device::Cpu, None);
+    let mut ids = Vec::with_capacity(rows.len());
     for r in &rows {
         if r.kernel {
             std::env::set_var("BATON_GGUF_MATMUL", "kernel");
         }
-        let mut rt = Runtime::new(Device::Cpu, None);
         let opts = LoadOptions {
             dtype: r.dtype,
             ..LoadOptions::default()
         };
         let id = rt.load_model(&r.file.display().to_string(), &opts, "bench");
         std::env::remove_var("BATON_GGUF_MATMUL");
-        let id = id?;
-        let resident = rt.ledger().get(id).map_or(0, |e| e.weights);
-        let y = rt.predict(id, &x, &t, &ctx)?; // warm-up, and the output compared
-        let times: Vec<f64> = (0..o.repeats)
-            .map(|_| {
-                let t0 = Instant::now();
-                rt.predict(id, &x, &t, &ctx)
-                    .map(|_| t0.elapsed().as_secs_f64())
-            })
-            .collect::<Result<_, _>>()?;
-        let secs = median(times);
-        let (ratio, err) = match &reference {
-            None => {
-                reference = Some((y.clone(), secs));
-                (1.0, 0.0)
-            }
-            Some((y0, s0)) => (secs / s0, rel_l2(&y, y0)?),
-        };
+        ids.push(id?);
+    }
+    // Warm-up, and the outputs compared.
+    let outs: Vec<Tensor> = ids
+        .iter()
+        .map(|&id| rt.predict(id, &x, &t, &ctx))
+        .collect::<Result<_, _>>()?;
+    let mut times = vec![Vec::with_capacity(o.repeats); rows.len()];
+    for _ in 0..o.repeats {
+        for (k, &id) in ids.iter().enumerate() {
+            let t0 = Instant::now();
+            rt.predict(id, &x, &t, &ctx)?;
+            times[k].push(t0.elapsed().as_secs_f64());
+        }
+    }
+    let secs: Vec<f64> = times.into_iter().map(median).collect();
+    for (k, r) in rows.iter().enumerate() {
+        let resident = rt.ledger().get(ids[k]).map_or(0, |e| e.weights);
         writeln!(
             out,
             "{:<24} {:>12} {:>9.3} s {:>8.2}x {:>16.2e}",
             r.label,
             mib(resident),
-            secs,
-            ratio,
-            err
+            secs[k],
+            secs[k] / secs[0],
+            rel_l2(&outs[k], &outs[0])?
         )?;
+    }
+    for id in ids {
         rt.delete_model(id, "bench")?;
     }
     Ok(out)
