@@ -271,6 +271,10 @@ pub enum BenchWhat {
     /// prefetch, streamed forwards at 25/50/75% (uses the --width/--height/
     /// --frames/--context/--repeats given before it).
     Memory,
+    /// The GGUF speed table: the built-in tiny expert as f32, bf16, Q8_0
+    /// and Q4_K (dequantize-then-f32 and candle's quantized kernel), forward
+    /// times and resident bytes, in the same run.
+    Gguf,
     /// load_model throughput of a bf16 Wan checkpoint against a plain
     /// sequential read of the same file (both from the page cache), and
     /// peak RSS during the load.

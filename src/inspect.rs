@@ -38,6 +38,9 @@ pub fn inspect(path: &Path, heads: Option<usize>, vram: Option<u64>) -> anyhow::
         .map(|(d, b)| format!("{d} {}", mib(*b)))
         .collect();
     writeln!(out, "dtypes:     {}", dtypes.join(", "))?;
+    if header.tensors.values().any(|e| e.ggml.is_some()) {
+        gguf_summary(&mut out, &header)?;
+    }
     if crate::runtime::text_encoder::is_text_encoder(&header) {
         text_encoder_summary(&mut out, &header)?;
     } else if crate::runtime::vae::is_vae(&header) {
@@ -126,8 +129,19 @@ fn resident_summary(
     let policy = crate::runtime::OffloadPolicy::Auto;
     let cpu = candle_core::Device::Cpu;
     let layers = d.cfg.num_layers;
-    let label = |dtype: candle_core::DType| format!("{dtype:?}").to_lowercase();
-    match (crate::runtime::placement::plan_dit("model", d, None, policy, true, &cpu, room), vram) {
+    let kept = d.tensors.values().any(|e| e.kept_as_stored());
+    let label = |dtype: candle_core::DType| {
+        let l = format!("{dtype:?}").to_lowercase();
+        if kept {
+            format!("{l}, GGUF matrices kept as stored")
+        } else {
+            l
+        }
+    };
+    match (
+        crate::runtime::placement::plan_dit("model", d, None, policy, true, &cpu, room),
+        vram,
+    ) {
         (Ok(p), None) => writeln!(
             out,
             "resident:   {} in {} (all {layers} blocks); pass --vram SIZE to plan a partial load",
@@ -191,5 +205,24 @@ fn vae_summary(out: &mut String, header: &Header) -> anyhow::Result<()> {
         }
         Err(e) => writeln!(out, "arch:       wan-vae, but: {e}")?,
     }
+    Ok(())
+}
+
+/// GGUF: tensors and bytes per type, largest first.
+fn gguf_summary(out: &mut String, header: &Header) -> anyhow::Result<()> {
+    let mut by: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
+    for e in header.tensors.values() {
+        let Some(t) = e.ggml else { continue };
+        let v = by.entry(crate::checkpoint::gguf::type_name(t)).or_default();
+        v.0 += 1;
+        v.1 += e.bytes() as u64;
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by_key(|(_, (_, b))| std::cmp::Reverse(*b));
+    let parts: Vec<String> = v
+        .iter()
+        .map(|(t, (n, b))| format!("{t} {n} tensors {}", mib(*b)))
+        .collect();
+    writeln!(out, "gguf:       {}", parts.join(", "))?;
     Ok(())
 }

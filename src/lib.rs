@@ -6,6 +6,7 @@ pub mod batch;
 pub mod bench;
 pub mod checkpoint;
 pub mod dtype;
+pub mod ggml;
 pub mod host;
 pub mod import;
 pub mod inspect;

@@ -173,6 +173,11 @@ fn execute(command: Command) -> anyhow::Result<()> {
             ..
         } => print!("{}", baton::bench::memory::run(&latent.options(1))?),
         Command::Bench {
+            what: Some(BenchWhat::Gguf),
+            latent,
+            ..
+        } => print!("{}", baton::bench::gguf::run(&latent.options(1))?),
+        Command::Bench {
             what: None, latent, ..
         } => print!("{}", baton::bench::run(&latent.options(1))?),
         Command::Import {

@@ -172,6 +172,9 @@ fn piped_logs_carry_no_ansi_codes() {
     assert!(stderr.contains("INFO loaded tiny"), "{stderr}");
     assert!(stderr.contains("INFO deleted tiny"), "{stderr}");
     for (name, text) in [("stdout", &stdout), ("stderr", &stderr)] {
-        assert!(!text.contains('\x1b'), "{name} holds an escape code: {text:?}");
+        assert!(
+            !text.contains('\x1b'),
+            "{name} holds an escape code: {text:?}"
+        );
     }
 }

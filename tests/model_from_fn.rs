@@ -205,13 +205,19 @@ fn an_error_in_the_function_names_its_line_and_the_session_survives() {
          sample(bad, zeros([1, 16, 2, 8, 8]), #{ positive: pos, cfg: 1.0, steps: 8, shift: 5.0 })",
     );
     assert!(e.contains("the field broke"), "{e}");
-    assert!(e.starts_with("test.rhai:2:"), "the error should name line 2: {e}");
+    assert!(
+        e.starts_with("test.rhai:2:"),
+        "the error should name line 2: {e}"
+    );
     let e = eval_err(
         &mut s,
         "let worse = model_from_fn(|x, sigma, ctx| 1.0);\n\
          sample(worse, zeros([1, 16, 2, 8, 8]), #{ positive: pos, cfg: 1.0 })",
     );
-    assert!(e.contains("returned a f64, not a tensor shaped like x"), "{e}");
+    assert!(
+        e.contains("returned a f64, not a tensor shaped like x"),
+        "{e}"
+    );
     assert!(e.starts_with("test.rhai:2:"), "{e}");
     let e = eval_err(
         &mut s,
@@ -256,14 +262,29 @@ fn tensor_functions_broadcast_like_torch() {
     let shape = |s: &mut baton::host::Session, code: &str| -> String {
         eval(s, &format!("({code}).shape")).to_string()
     };
-    assert_eq!(shape(&mut s, "zeros([2, 1, 3]) + zeros([4, 1])"), "[2, 4, 3]");
+    assert_eq!(
+        shape(&mut s, "zeros([2, 1, 3]) + zeros([4, 1])"),
+        "[2, 4, 3]"
+    );
     assert_eq!(shape(&mut s, "zeros([3]) * zeros([2, 3])"), "[2, 3]");
-    assert_eq!(shape(&mut s, "matmul(zeros([5, 2, 3]), zeros([3, 4]))"), "[5, 2, 4]");
+    assert_eq!(
+        shape(&mut s, "matmul(zeros([5, 2, 3]), zeros([3, 4]))"),
+        "[5, 2, 4]"
+    );
     assert_eq!(shape(&mut s, "matmul(zeros([2, 3]), zeros([3]))"), "[2]");
-    assert_eq!(shape(&mut s, "matmul(zeros([3]), zeros([7, 3, 4]))"), "[7, 4]");
-    assert_eq!(shape(&mut s, "reshape(zeros([2, 3, 4]), [4, -1])"), "[4, 6]");
+    assert_eq!(
+        shape(&mut s, "matmul(zeros([3]), zeros([7, 3, 4]))"),
+        "[7, 4]"
+    );
+    assert_eq!(
+        shape(&mut s, "reshape(zeros([2, 3, 4]), [4, -1])"),
+        "[4, 6]"
+    );
     let e = eval_err(&mut s, "zeros([2, 3]) + zeros([4])");
-    assert!(e.contains("cannot add tensors of shapes [2, 3] and [4]"), "{e}");
+    assert!(
+        e.contains("cannot add tensors of shapes [2, 3] and [4]"),
+        "{e}"
+    );
     let e = eval_err(&mut s, "matmul(zeros([2, 3]), zeros([4, 5]))");
     assert!(e.contains("do not chain"), "{e}");
     let e = eval_err(&mut s, "reshape(zeros([2, 3]), [4, -1])");

@@ -160,7 +160,11 @@ fn a_format_baton_does_not_read_is_refused_naming_the_layer() {
         &k: { "format": "int8_blockwise", "group_size": 128 }
     }})
     .to_string();
-    refused(&file, &meta, &["blocks.0.ffn.0", "int8_blockwise", "float8_e4m3fn"]);
+    refused(
+        &file,
+        &meta,
+        &["blocks.0.ffn.0", "int8_blockwise", "float8_e4m3fn"],
+    );
 }
 
 #[test]
@@ -176,21 +180,30 @@ fn metadata_that_disagrees_with_the_weights_is_refused() {
     refused(&plain, &listed, &[layer, "stored as F32"]);
     // Listed as fp8, no scale.
     let mut no_scale = plain.clone();
-    let w = no_scale[&format!("{layer}.weight")].to_dtype(DType::F8E4M3).unwrap();
+    let w = no_scale[&format!("{layer}.weight")]
+        .to_dtype(DType::F8E4M3)
+        .unwrap();
     no_scale.insert(format!("{layer}.weight"), w);
     refused(&no_scale, &listed, &[layer, "weight_scale"]);
     // A layer the model has no place for, and text that is not JSON.
-    let ghost = serde_json::json!({ "layers": { "blocks.0.nope.x": { "format": "float8_e4m3fn" } } })
-        .to_string();
+    let ghost =
+        serde_json::json!({ "layers": { "blocks.0.nope.x": { "format": "float8_e4m3fn" } } })
+            .to_string();
     refused(&plain, &ghost, &["blocks.0.nope.x"]);
-    refused(&plain, "{ not json", &["_quantization_metadata", "not valid JSON"]);
+    refused(
+        &plain,
+        "{ not json",
+        &["_quantization_metadata", "not valid JSON"],
+    );
     let future = serde_json::json!({ "format_version": "2.0", "layers": {} }).to_string();
     refused(&plain, &future, &["format_version"]);
 }
 
 /// A `<layer>.comfy_quant` record: the format as JSON bytes.
 fn record(format: &str) -> Tensor {
-    let bytes = serde_json::json!({ "format": format }).to_string().into_bytes();
+    let bytes = serde_json::json!({ "format": format })
+        .to_string()
+        .into_bytes();
     let n = bytes.len();
     Tensor::from_vec(bytes, n, &Device::Cpu).unwrap()
 }
@@ -211,6 +224,9 @@ fn comfy_quant_records_follow_the_same_rule() {
     println!("comfy_quant records: rel L2 {d:.3e}");
     assert!(d <= 1e-5, "{d:.3e}");
 
-    file.insert(format!("{PREFIX}blocks.1.ffn.0.comfy_quant"), record("nvfp4"));
+    file.insert(
+        format!("{PREFIX}blocks.1.ffn.0.comfy_quant"),
+        record("nvfp4"),
+    );
     refused(&file, "", &["blocks.1.ffn.0", "nvfp4", "comfy_quant"]);
 }

@@ -13,19 +13,29 @@ use std::process::Command;
 /// A [1, 3, frames, h, w] video in [-1, 1]: every pixel (r, g, b).
 fn solid(frames: usize, h: usize, w: usize, rgb: [f32; 3]) -> Tensor {
     let plane = h * w * frames;
-    let v: Vec<f32> = rgb.iter().flat_map(|c| std::iter::repeat_n(*c, plane)).collect();
+    let v: Vec<f32> = rgb
+        .iter()
+        .flat_map(|c| std::iter::repeat_n(*c, plane))
+        .collect();
     Tensor::from_vec(v, (1, 3, frames, h, w), &Device::Cpu).unwrap()
 }
 
 fn probe(path: &Path) -> serde_json::Value {
     let o = Command::new("ffprobe")
         .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=codec_name,width,height,nb_read_frames,avg_frame_rate,pix_fmt"])
+        .args([
+            "-show_entries",
+            "stream=codec_name,width,height,nb_read_frames,avg_frame_rate,pix_fmt",
+        ])
         .args(["-of", "json"])
         .arg(path)
         .output()
         .expect("running ffprobe");
-    assert!(o.status.success(), "ffprobe: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "ffprobe: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     v["streams"][0].clone()
 }
@@ -38,7 +48,11 @@ fn first_frame_mean(path: &Path) -> [f64; 3] {
         .args(["-frames:v", "1", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"])
         .output()
         .expect("running ffmpeg");
-    assert!(o.status.success(), "ffmpeg: {}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "ffmpeg: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let px = o.stdout.len() / 3;
     let mut sum = [0f64; 3];
     for p in o.stdout.chunks_exact(3) {
@@ -54,7 +68,11 @@ fn write_mp4(h: usize, w: usize, name: &str) -> (tempfile::TempDir, std::path::P
     let mut s = session_with(None, out.path());
     // Red: r = 1, g = b = -1 in the decoder's [-1, 1] range.
     s.scope.push("video", solid(9, h, w, [1.0, -1.0, -1.0]));
-    let written = eval(&mut s, &format!(r#"save_video(video, "{name}", #{{ fps: 8 }})"#)).to_string();
+    let written = eval(
+        &mut s,
+        &format!(r#"save_video(video, "{name}", #{{ fps: 8 }})"#),
+    )
+    .to_string();
     let path = out.path().join(name);
     assert_eq!(Path::new(&written), path.as_path());
     assert!(path.is_file());
@@ -72,11 +90,18 @@ fn save_video_writes_an_h264_mp4_with_every_frame() {
     let st = probe(&path);
     assert_eq!(st["codec_name"], "h264", "{st}");
     assert_eq!(st["pix_fmt"], "yuv420p", "{st}");
-    assert_eq!((st["width"].as_u64(), st["height"].as_u64()), (Some(48), Some(32)), "{st}");
+    assert_eq!(
+        (st["width"].as_u64(), st["height"].as_u64()),
+        (Some(48), Some(32)),
+        "{st}"
+    );
     assert_eq!(st["nb_read_frames"], "9", "{st}");
     assert_eq!(st["avg_frame_rate"], "8/1", "{st}");
     let [r, g, b] = first_frame_mean(&path);
-    assert!(r > 230.0 && g < 25.0 && b < 25.0, "first frame mean rgb {r:.1} {g:.1} {b:.1}");
+    assert!(
+        r > 230.0 && g < 25.0 && b < 25.0,
+        "first frame mean rgb {r:.1} {g:.1} {b:.1}"
+    );
 }
 
 #[test]
@@ -88,6 +113,10 @@ fn odd_sizes_are_padded_to_even_for_h264() {
     }
     let (_out, path) = write_mp4(33, 47, "odd.mp4");
     let st = probe(&path);
-    assert_eq!((st["width"].as_u64(), st["height"].as_u64()), (Some(48), Some(34)), "{st}");
+    assert_eq!(
+        (st["width"].as_u64(), st["height"].as_u64()),
+        (Some(48), Some(34)),
+        "{st}"
+    );
     assert_eq!(st["nb_read_frames"], "9", "{st}");
 }

@@ -15,8 +15,8 @@
 //! (`/proc/self/clear_refs`); times are medians.
 
 use super::{median, swap_secs, two_expert_pipeline, Pipeline};
-use crate::runtime::prefetch;
 use crate::runtime::placement::stream_buffers;
+use crate::runtime::prefetch;
 use crate::runtime::size::mib;
 use crate::runtime::{memstat, LoadOptions, Runtime};
 use candle_core::{Device, Tensor};

@@ -191,6 +191,7 @@ pub fn run(o: &LatentOptions) -> anyhow::Result<String> {
 }
 
 pub mod device;
+pub mod gguf;
 pub mod load;
 pub mod memory;
 pub mod speed;

@@ -6,9 +6,9 @@
 //! `config.json` beside the file, the file's `__metadata__`, or Wan's fixed
 //! head_dim of 128, in that order.
 
-pub use crate::models::fp8_scale_stem;
 use super::layout::{detect_layout, diffusers_to_original, strip_prefix, Layout};
 use super::{CheckpointError, Header, TensorEntry};
+pub use crate::models::fp8_scale_stem;
 use crate::models::wan::WanConfig;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -68,6 +68,15 @@ pub fn dtype_name(d: safetensors::Dtype) -> String {
         F8_E4M3 => "fp8_e4m3".into(),
         F8_E5M2 => "fp8_e5m2".into(),
         other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// A tensor's dtype as messages name it: the GGUF type for quantized
+/// blocks (`q4_k`), else the safetensors dtype.
+pub fn entry_dtype_name(e: &TensorEntry) -> String {
+    match e.quantized() {
+        Some(t) => super::gguf::type_name(t).to_lowercase(),
+        None => dtype_name(e.dtype),
     }
 }
 
@@ -189,13 +198,19 @@ pub fn detect(header: &Header, heads: Option<usize>) -> Result<Detected, Checkpo
     let variant = variant_name(&cfg, clip_image).to_string();
     let mut by_dtype: BTreeMap<String, u64> = BTreeMap::new();
     for e in tensors.values() {
-        *by_dtype.entry(dtype_name(e.dtype)).or_default() += e.bytes() as u64;
+        *by_dtype.entry(entry_dtype_name(e)).or_default() += e.bytes() as u64;
     }
     // An fp8 file is an fp8 model even where its f32 norms and biases
     // outweigh the quantised linears (as in tiny test models).
     let fp8 = tensors
         .values()
         .any(|e| e.dtype == safetensors::Dtype::F8_E4M3);
+    // A quantized GGUF is named for its quantized type with the most bytes
+    // (its F16 embeddings may outweigh them in tiny models).
+    let gguf = tensors.values().any(|e| e.quantized().is_some());
+    if gguf {
+        by_dtype.retain(|k, _| k.starts_with('q'));
+    }
     let dtype = if fp8 {
         dtype_name(safetensors::Dtype::F8_E4M3)
     } else {
@@ -249,6 +264,9 @@ fn check_dtypes(
 ) -> Result<(), CheckpointError> {
     use safetensors::Dtype::*;
     for (key, e) in tensors {
+        if e.quantized().is_some() {
+            continue;
+        }
         match e.dtype {
             // F8_E4M3 weights are dequantised at load (fp8_scaled: times their scale).
             F32 | F16 | BF16 | F8_E4M3 => {}

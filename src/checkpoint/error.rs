@@ -11,6 +11,10 @@ pub enum CheckpointError {
     },
     #[error("{path} is not a valid safetensors file (truncated or corrupt?): {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("{path}: invalid GGUF file: {reason}")]
+    BadGguf { path: PathBuf, reason: String },
+    #[error("{path} is not a safetensors file: it is {format}")]
+    WrongFormat { path: PathBuf, format: String },
     #[error("{path}: not a Wan DiT checkpoint: {reason}")]
     WrongArchitecture { path: PathBuf, reason: String },
     #[error("{index}: shard '{shard}' is missing (it should hold '{key}' and {} more tensors)", count - 1)]

@@ -18,6 +18,9 @@ pub struct TensorEntry {
     pub start: usize,
     pub end: usize,
     pub file: usize,
+    /// The GGML type of a GGUF tensor (`None` for safetensors); a
+    /// block-quantized one has `dtype` U8 and is kept as its blocks.
+    pub ggml: Option<candle_core::quantized::GgmlDType>,
 }
 
 impl TensorEntry {
@@ -26,6 +29,21 @@ impl TensorEntry {
     }
     pub fn bytes(&self) -> usize {
         self.end - self.start
+    }
+    /// A GGUF matrix a DiT keeps as stored: quantized blocks, or a 2-D
+    /// F16/BF16 weight (widened per call, like a bf16 safetensors weight).
+    /// Its bytes in memory are its bytes in the file.
+    pub fn kept_as_stored(&self) -> bool {
+        use candle_core::quantized::GgmlDType as G;
+        match self.ggml {
+            Some(G::F16 | G::BF16) => self.shape.len() == 2,
+            Some(G::F32) | None => false,
+            Some(_) => true,
+        }
+    }
+    /// A GGUF tensor held as quantized blocks (Q8_0, Q4_K, ...).
+    pub fn quantized(&self) -> Option<candle_core::quantized::GgmlDType> {
+        self.ggml.filter(|&t| super::gguf::is_quantized(t))
     }
 }
 
@@ -53,6 +71,9 @@ impl Header {
         if path.is_dir() || super::shards::is_index(path) {
             return super::shards::read(path);
         }
+        if super::gguf::is_gguf(path) {
+            return super::gguf::read(path);
+        }
         Self::read_file(path)
     }
 
@@ -74,6 +95,12 @@ impl Header {
         }
         let mut len_bytes = [0u8; 8];
         file.read_exact(&mut len_bytes).map_err(io)?;
+        if let Some(format) = super::sniff::other_format(&len_bytes) {
+            return Err(CheckpointError::WrongFormat {
+                path: path.to_path_buf(),
+                format: format.to_string(),
+            });
+        }
         let header_len = u64::from_le_bytes(len_bytes);
         if header_len > MAX_HEADER || 8 + header_len > file_len {
             return Err(corrupt(format!(
@@ -130,6 +157,7 @@ impl Header {
                     start: data_start + s,
                     end: data_start + e,
                     file: 0,
+                    ggml: None,
                 },
             );
         }
@@ -177,7 +205,11 @@ impl Header {
     pub fn dtype_summary(&self) -> Vec<(String, u64)> {
         let mut m: BTreeMap<String, u64> = BTreeMap::new();
         for t in self.tensors.values() {
-            *m.entry(format!("{:?}", t.dtype)).or_default() += t.bytes() as u64;
+            let name = match t.ggml {
+                Some(g) => super::gguf::type_name(g).to_string(),
+                None => format!("{:?}", t.dtype),
+            };
+            *m.entry(name).or_default() += t.bytes() as u64;
         }
         let mut v: Vec<_> = m.into_iter().collect();
         v.sort_by_key(|e| std::cmp::Reverse(e.1));

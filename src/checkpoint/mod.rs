@@ -4,10 +4,14 @@
 pub mod detect;
 pub mod error;
 pub mod finite;
+pub mod gguf;
+pub mod gguf_write;
 pub mod header;
 pub mod layout;
+pub mod qblocks;
 pub mod quant;
 pub mod shards;
+pub mod sniff;
 pub mod source;
 
 pub use detect::{detect, Detected};

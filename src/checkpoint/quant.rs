@@ -91,8 +91,8 @@ fn per_layer_records(header: &Header) -> Result<Vec<(String, String)>, Checkpoin
                 path: file.clone(),
                 source,
             })?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|err| bad(format!("not valid JSON ({err})")))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|err| bad(format!("not valid JSON ({err})")))?;
         let format = v
             .get("format")
             .and_then(|f| f.as_str())

@@ -81,6 +81,20 @@ impl CheckpointSource {
         let e = self.tensors.get(name).ok_or_else(|| {
             candle_core::Error::Msg(format!("{}: missing tensor '{name}'", self.path.display()))
         })?;
+        if let Some(ty) = e.quantized() {
+            let bytes = &self.maps[e.file][e.start..e.end];
+            let t = super::qblocks::dequantize(&self.path, name, bytes, ty, &e.shape)?;
+            let t = if dtype == DType::F8E4M3 {
+                t
+            } else {
+                t.to_dtype(dtype)?
+            };
+            return if dev.is_cpu() {
+                Ok(t)
+            } else {
+                t.to_device(dev)
+            };
+        }
         let file_dtype = match e.dtype {
             safetensors::Dtype::F32 => DType::F32,
             safetensors::Dtype::F16 => DType::F16,
@@ -214,6 +228,23 @@ impl CheckpointSource {
         }
     }
 
+    /// Whether `name` is a GGUF matrix a DiT keeps as stored.
+    pub fn kept_as_stored(&self, name: &str) -> bool {
+        self.tensors.get(name).is_some_and(|e| e.kept_as_stored())
+    }
+
+    /// The packed form of a GGUF matrix kept as stored (see `qblocks`).
+    pub fn packed(&self, name: &str) -> candle_core::Result<Tensor> {
+        let e = self.tensors.get(name).filter(|e| e.kept_as_stored());
+        let e = e.ok_or_else(|| {
+            candle_core::Error::Msg(format!(
+                "{}: tensor '{name}' is not a GGUF matrix kept as stored",
+                self.path.display()
+            ))
+        })?;
+        super::qblocks::packed(&self.maps[e.file][e.start..e.end], e)
+    }
+
     /// The raw bytes of a U8 tensor (an embedded file such as a SentencePiece model).
     pub fn bytes(&self, name: &str) -> Result<&[u8], String> {
         let e = self
@@ -315,10 +346,20 @@ impl SimpleBackend for Backend {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        if let Some(stem) = name.strip_suffix(super::qblocks::SUFFIX) {
+            if self.0.kept_as_stored(stem) {
+                return self.0.packed(stem);
+            }
+        }
         self.0.tensor(name, dtype, dev)
     }
 
+    /// Also answers `<weight>.ggml` for a GGUF weight kept as stored: the way a
+    /// layer asks for its blocks as they are (see [`super::qblocks`]).
     fn contains_tensor(&self, name: &str) -> bool {
+        if let Some(stem) = name.strip_suffix(super::qblocks::SUFFIX) {
+            return self.0.kept_as_stored(stem);
+        }
         self.0.tensors.contains_key(name)
     }
 }

@@ -8,10 +8,10 @@
 //! entry and every entry names a registered function. The sampler table
 //! lives beside it, in `sampler_docs.rs`.
 
-use super::tables::md_cell as cell;
 pub use super::sampler_docs::{
     render_samplers, SamplerDoc, README_SAMPLERS_BEGIN, README_SAMPLERS_END, SAMPLERS,
 };
+use super::tables::md_cell as cell;
 
 /// One key of a primitive's options map.
 pub struct OptDoc {

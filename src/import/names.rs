@@ -250,7 +250,14 @@ mod tests {
         assert_eq!(float32(12.0), "12.0");
         assert_eq!(float32(1e40), float(1e40));
         // Every literal gives back the f32 it stands for.
-        for x in [8.000000000000002, 5.1, 0.30000000000000004, 3.0e-5, 1234.5678, 1.0 / 3.0] {
+        for x in [
+            8.000000000000002,
+            5.1,
+            0.30000000000000004,
+            3.0e-5,
+            1234.5678,
+            1.0 / 3.0,
+        ] {
             let back: f64 = float32(x).parse().unwrap();
             assert_eq!((back as f32).to_bits(), (x as f32).to_bits(), "{x}");
         }

@@ -12,6 +12,16 @@ pub fn widget_names(class: &str) -> Option<&'static [&'static str]> {
     Some(match class {
         "UNETLoader" => &["unet_name", "weight_dtype"],
         "CLIPLoader" => &["clip_name", "type", "device"],
+        // ComfyUI-GGUF's loaders (city96/ComfyUI-GGUF `nodes.py`): read as
+        // UNETLoader / CLIPLoader after parsing (see [`canonical`]).
+        "UnetLoaderGGUF" => &["unet_name"],
+        "UnetLoaderGGUFAdvanced" => &[
+            "unet_name",
+            "dequant_dtype",
+            "patch_dtype",
+            "patch_on_device",
+        ],
+        "CLIPLoaderGGUF" => &["clip_name", "type"],
         "VAELoader" => &["vae_name"],
         "LoraLoaderModelOnly" => &["lora_name", "strength_model"],
         "ModelSamplingSD3" => &["shift"],
@@ -98,6 +108,17 @@ pub fn is_memory(class: &str) -> bool {
     ) || class.starts_with("FreeMemory")
 }
 
+/// The node type baton reads a class as: ComfyUI-GGUF's loaders differ from
+/// UNETLoader / CLIPLoader only in options that baton does not need
+/// (`load_model` reads a `.gguf` by its contents, quantized weights kept).
+pub fn canonical(class: &str) -> &str {
+    match class {
+        "UnetLoaderGGUF" | "UnetLoaderGGUFAdvanced" => "UNETLoader",
+        "CLIPLoaderGGUF" => "CLIPLoader",
+        other => other,
+    }
+}
+
 /// Nodes that end a branch: the graph is what they need.
 pub fn is_output(class: &str) -> bool {
     matches!(class, "SaveVideo" | "SaveAnimatedWEBP" | "SaveImage")
@@ -111,8 +132,8 @@ pub fn is_mapped(class: &str) -> bool {
 /// Why a known-looking node is still unknown, for the error message.
 pub fn unsupported_hint(class: &str) -> Option<&'static str> {
     let c = class.to_ascii_lowercase();
-    if c.contains("gguf") {
-        Some("GGUF-quantised weights are not supported; convert to safetensors")
+    if c.contains("dualcliploader") || c.contains("triplecliploader") {
+        Some("Wan takes one umT5 text encoder: use CLIPLoaderGGUF / CLIPLoader")
     } else if c.starts_with("vhs_") {
         Some("VideoHelperSuite: use SaveVideo / save_video")
     } else if c.contains("rife") || c.contains("film vfi") {

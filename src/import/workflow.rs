@@ -66,6 +66,14 @@ impl Graph {
 
 /// Reads either format; `source` names the file in errors.
 pub fn parse(json: &Value, source: &str) -> Result<Graph, String> {
+    let mut g = parse_any(json, source)?;
+    for n in &mut g.nodes {
+        n.class = nodes::canonical(&n.class).to_string();
+    }
+    Ok(g)
+}
+
+fn parse_any(json: &Value, source: &str) -> Result<Graph, String> {
     if json.get("nodes").is_some_and(Value::is_array) {
         return parse_ui(json, source);
     }
@@ -75,7 +83,7 @@ pub fn parse(json: &Value, source: &str) -> Result<Graph, String> {
         }
         // The body of a POST /prompt request wraps the prompt.
         if let Some(p) = obj.get("prompt").filter(|p| p.is_object()) {
-            return parse(p, source);
+            return parse_any(p, source);
         }
     }
     Err(format!(

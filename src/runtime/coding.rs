@@ -19,7 +19,13 @@ fn verb_err(verb: &'static str) -> impl Fn(candle_core::Error) -> RuntimeError {
 
 impl Runtime {
     /// The DiT context for a prompt: [1, rows, d_model], zero-padded.
-    pub fn encode_text(&mut self, id: ModelId, text: &str, o: TextOptions, at: &str) -> Result<Tensor> {
+    pub fn encode_text(
+        &mut self,
+        id: ModelId,
+        text: &str,
+        o: TextOptions,
+        at: &str,
+    ) -> Result<Tensor> {
         let m = self.use_model(id, at)?;
         if let Some(dry::Planned::Text(cfg)) = m.planned() {
             let act = activations::text_encode(cfg, o.rows as u64);
@@ -47,22 +53,40 @@ impl Runtime {
     }
 
     /// Token ids and mask [1, L] for `text`, and how many tokens were cut.
-    pub fn tokenize(&self, id: ModelId, text: &str, clean: bool, max_len: usize) -> Result<(Tensor, Tensor, usize)> {
-        let te = self.model(id)?.text_encoder().map_err(RuntimeError::Input)?;
+    pub fn tokenize(
+        &self,
+        id: ModelId,
+        text: &str,
+        clean: bool,
+        max_len: usize,
+    ) -> Result<(Tensor, Tensor, usize)> {
+        let te = self
+            .model(id)?
+            .text_encoder()
+            .map_err(RuntimeError::Input)?;
         te.tokenize(text, clean, max_len)
             .map_err(|e| RuntimeError::Model(format!("tokenize: {e}")))
     }
 
     /// The encoder's last hidden state for ids and mask [B, L].
     pub fn encode_ids(&self, id: ModelId, ids: &Tensor, mask: &Tensor) -> Result<Tensor> {
-        let te = self.model(id)?.text_encoder().map_err(RuntimeError::Input)?;
+        let te = self
+            .model(id)?
+            .text_encoder()
+            .map_err(RuntimeError::Input)?;
         te.encode_ids(ids, mask)
             .map_err(|e| RuntimeError::Model(format!("encode_ids: {e}")))
     }
 
     /// A latent (model space unless `raw`) to video frames [B, 3, T, H, W]
     /// on the host, decoded chunk by chunk.
-    pub fn decode(&mut self, id: ModelId, latent: &Tensor, o: DecodeOptions, at: &str) -> Result<Tensor> {
+    pub fn decode(
+        &mut self,
+        id: ModelId,
+        latent: &Tensor,
+        o: DecodeOptions,
+        at: &str,
+    ) -> Result<Tensor> {
         let m = self.use_model(id, at)?;
         if let Some(dry::Planned::Vae(cfg)) = m.planned() {
             let act = activations::vae_decode(cfg, latent.dims());

@@ -7,14 +7,14 @@ use super::activations;
 use super::cancel;
 use super::dry;
 use super::error::{tensor_err, Result, RuntimeError};
+use super::journal::SampleRecord;
 use super::options::{SampleOptions, SampleReport};
 use super::registry::{LoadedModel, ModelId};
 use super::residency::WanResident;
 use super::runtime::Runtime;
 use super::size::mib;
 use crate::models::wan::WanConfig;
-use super::journal::SampleRecord;
-use crate::sampling::ksampler::{all_finite, KSampler, Call, Cond, Denoiser, PassError, PassIo};
+use crate::sampling::ksampler::{all_finite, Call, Cond, Denoiser, KSampler, PassError, PassIo};
 use crate::sampling::samplers::{SolverState, StepCallback};
 use candle_core::{DType, Device, Tensor};
 
@@ -40,7 +40,9 @@ impl Denoiser for DitDenoiser<'_> {
         let ctx = match call.cond {
             Cond::Positive => {
                 // Once per guided evaluation: a stop request lands between forwards.
-                cancel::check_candle(|| format!("before step {} of {}", call.step + 1, call.steps))?;
+                cancel::check_candle(|| {
+                    format!("before step {} of {}", call.step + 1, call.steps)
+                })?;
                 &self.positive
             }
             Cond::Negative => self
@@ -65,7 +67,13 @@ impl Denoiser for DitDenoiser<'_> {
 
 impl Runtime {
     /// One raw forward: the model's velocity prediction (f32).
-    pub fn predict(&mut self, id: ModelId, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
+    pub fn predict(
+        &mut self,
+        id: ModelId,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor> {
         self.predict_at(id, x, t, context, "")
     }
 
@@ -193,7 +201,10 @@ impl Runtime {
         self.journal.samples.push(SampleRecord {
             model: model.to_string(),
             seed: (k.add_noise && k.noise.is_none()).then_some(k.seed),
-            steps: k.sigmas.as_ref().map_or(k.steps, |s| s.len().saturating_sub(1)),
+            steps: k
+                .sigmas
+                .as_ref()
+                .map_or(k.steps, |s| s.len().saturating_sub(1)),
             explicit_sigmas: k.sigmas.is_some(),
             start: k.start,
             end: k.end,
@@ -232,7 +243,10 @@ fn run_pass(
             .map(|n| on_device(n, "negative context"))
             .transpose()?,
     };
-    let latent = on_device(&latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?, "latent")?;
+    let latent = on_device(
+        &latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?,
+        "latent",
+    )?;
     // Streamed bytes per step, with the rate the forwards sustained.
     let mut streamed_total = 0u64;
     let mut step_started = std::time::Instant::now();

@@ -56,12 +56,8 @@ fn auto() -> Device {
 fn open_cuda(ordinal: usize) -> Result<Device, String> {
     // Our own stream, not the per-thread default one: streamed blocks are
     // copied on a second stream that must order against this one by events.
-    let dev = Device::new_cuda_with_stream(ordinal).map_err(|e| {
-        format!(
-            "opening cuda:{ordinal}: {}",
-            super::error::plain_error(&e)
-        )
-    })?;
+    let dev = Device::new_cuda_with_stream(ordinal)
+        .map_err(|e| format!("opening cuda:{ordinal}: {}", super::error::plain_error(&e)))?;
     if let Err(e) = warm_up(&dev) {
         // Not fatal: the first real forward loads what is missing (and the
         // leak check may then show it as a gap of a few MiB).

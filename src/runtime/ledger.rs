@@ -243,7 +243,10 @@ mod tests {
         assert_eq!(l.offload(7), Some(300));
         assert!(!l.on_device(7));
         let e = l.get(7).unwrap().clone();
-        assert_eq!((e.resident(), e.host, e.pinned, e.total()), (5, 300, 0, 400));
+        assert_eq!(
+            (e.resident(), e.host, e.pinned, e.total()),
+            (5, 300, 0, 400)
+        );
         // A second offload changes nothing.
         assert_eq!(l.offload(7), Some(300));
         assert_eq!(l.reload(7, 20, 100), Some(300));

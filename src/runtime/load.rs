@@ -97,6 +97,7 @@ impl Runtime {
         let path = self.resolve_model_path(path)?;
         self.finish_prefetch(&path);
         let header = Header::read(&path)?;
+        crate::checkpoint::gguf::check_architecture(&header)?;
         if opts.check_weights {
             warn_non_finite(&header)?;
         }

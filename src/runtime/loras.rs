@@ -18,7 +18,13 @@ impl Runtime {
     }
 
     /// `apply_lora`, recorded on the timeline at script position `at`.
-    pub fn apply_lora_at(&mut self, id: ModelId, path: &str, strength: f64, at: &str) -> Result<()> {
+    pub fn apply_lora_at(
+        &mut self,
+        id: ModelId,
+        path: &str,
+        strength: f64,
+        at: &str,
+    ) -> Result<()> {
         if !strength.is_finite() {
             return Err(RuntimeError::Input(format!(
                 "apply_lora: strength must be a finite number, got {strength}"

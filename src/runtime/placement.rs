@@ -100,7 +100,15 @@ pub fn plan_dit(
     };
     let (total, block_bytes) = dit_bytes(detected, dtype, device);
     let stem_bytes = total - block_bytes.iter().sum::<u64>();
-    let plan = plan_residency(name, total, stem_bytes, &block_bytes, policy, prefetch, room)?;
+    let plan = plan_residency(
+        name,
+        total,
+        stem_bytes,
+        &block_bytes,
+        policy,
+        prefetch,
+        room,
+    )?;
     Ok(DitPlan {
         dtype,
         total,
@@ -231,9 +239,19 @@ fn held_bytes(e: &TensorEntry, dtype: DType, compute: DType) -> u64 {
     (e.numel() * per) as u64
 }
 
+/// A tensor's bytes: a GGUF matrix kept as stored (quantized blocks or an
+/// F16/BF16 matrix, see the DiT's and umT5's `Proj`) takes its file bytes.
+fn dit_held_bytes(e: &TensorEntry, dtype: DType, compute: DType) -> u64 {
+    if e.kept_as_stored() {
+        e.bytes() as u64
+    } else {
+        held_bytes(e, dtype, compute)
+    }
+}
+
 /// Bytes of a model held whole in `dtype` (text encoders, VAEs).
 pub fn whole_bytes<'a>(entries: impl Iterator<Item = &'a TensorEntry>, dtype: DType) -> u64 {
-    entries.map(|e| held_bytes(e, dtype, dtype)).sum()
+    entries.map(|e| dit_held_bytes(e, dtype, dtype)).sum()
 }
 
 /// A DiT's bytes held in `dtype` on `device`, in all and per block.
@@ -244,7 +262,7 @@ pub fn dit_bytes(detected: &Detected, dtype: DType, device: &Device) -> (u64, Ve
             .tensors
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(_, e)| held_bytes(e, dtype, compute))
+            .map(|(_, e)| dit_held_bytes(e, dtype, compute))
             .sum()
     };
     let blocks = (0..detected.cfg.num_layers)
@@ -288,16 +306,25 @@ mod tests {
     fn streams_the_tail_with_two_buffers_when_reading_ahead() {
         // stem 10 + 1 block 20 + two buffers 40 = 70 <= 70.
         let p = plan(70, &[20, 20, 20, 20], true).unwrap();
-        assert_eq!((p.resident_blocks, p.offloaded, p.stream_buffer), (1, 60, 40));
+        assert_eq!(
+            (p.resident_blocks, p.offloaded, p.stream_buffer),
+            (1, 60, 40)
+        );
         assert!(p.prefetch);
     }
 
     #[test]
     fn falls_back_to_one_buffer_then_refuses() {
         let p = plan(30, &[20, 20, 20], true).unwrap();
-        assert_eq!((p.resident_blocks, p.stream_buffer, p.prefetch), (0, 20, false));
+        assert_eq!(
+            (p.resident_blocks, p.stream_buffer, p.prefetch),
+            (0, 20, false)
+        );
         let e = plan(29, &[20, 20, 20], true).unwrap_err().to_string();
-        assert!(e.contains("cannot run even with every block offloaded"), "{e}");
+        assert!(
+            e.contains("cannot run even with every block offloaded"),
+            "{e}"
+        );
     }
 
     #[test]

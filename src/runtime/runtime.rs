@@ -4,6 +4,7 @@
 //! in), `lifecycle` (delete, offload, reload), `compute` (predict and
 //! sample), `coding` (text encoding and the VAE), `loras`.
 
+use super::error::{Result, RuntimeError};
 use super::journal::Journal;
 use super::ledger::Ledger;
 use super::memstat;
@@ -11,7 +12,6 @@ use super::options::SampleReport;
 use super::registry::{LoadedModel, ModelId, Registry};
 use super::size::mib;
 use super::timeline::{Mark, Timeline};
-use super::error::{Result, RuntimeError};
 use candle_core::Device;
 use std::path::PathBuf;
 
@@ -108,7 +108,14 @@ impl Runtime {
     }
 
     /// Records a use of a model by the verb `kind` at script position `at`.
-    pub(super) fn note_use(&mut self, id: ModelId, at: &str, kind: &str, activations: u64, note: String) {
+    pub(super) fn note_use(
+        &mut self,
+        id: ModelId,
+        at: &str,
+        kind: &str,
+        activations: u64,
+        note: String,
+    ) {
         let name = self
             .registry
             .get(id)

@@ -69,15 +69,30 @@ impl Denoiser for ScriptDenoiser<'_, '_> {
     fn velocity(&mut self, x: &Tensor, call: &Call) -> candle_core::Result<Tensor> {
         let context = match call.cond {
             Cond::Positive => {
-                cancel::check_candle(|| format!("before step {} of {}", call.step + 1, call.steps))?;
+                cancel::check_candle(|| {
+                    format!("before step {} of {}", call.step + 1, call.steps)
+                })?;
                 self.positive
             }
             Cond::Negative => self
                 .negative
                 .ok_or_else(|| candle_core::Error::Msg("no negative context".into()))?,
         };
-        let what = format!("step {} of {} (sigma {})", call.step + 1, call.steps, call.sigma);
-        match call_fn(self.ctx, self.f, self.name, x, call.sigma as f64, context, &what) {
+        let what = format!(
+            "step {} of {} (sigma {})",
+            call.step + 1,
+            call.steps,
+            call.sigma
+        );
+        match call_fn(
+            self.ctx,
+            self.f,
+            self.name,
+            x,
+            call.sigma as f64,
+            context,
+            &what,
+        ) {
             Ok(v) => Ok(v),
             Err(e) => {
                 let msg = e.to_string();

@@ -87,7 +87,11 @@ fn matmul(a: &Tensor, b: &Tensor) -> ScriptResult<Tensor> {
         )));
     }
     let k_a = a.dims()[ra - 1];
-    let k_b = if rb == 1 { b.dims()[0] } else { b.dims()[rb - 2] };
+    let k_b = if rb == 1 {
+        b.dims()[0]
+    } else {
+        b.dims()[rb - 2]
+    };
     if k_a != k_b {
         return Err(script_err(format!(
             "matmul: shapes {:?} and {:?} do not chain ({k_a} vs {k_b})",

@@ -63,9 +63,7 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
     engine.register_fn(
         "encode_ids",
         move |m: ModelHandle, ids: Tensor, mask: Tensor| -> ScriptResult<Tensor> {
-            r.borrow()
-                .encode_ids(m.id, &ids, &mask)
-                .map_err(script_err)
+            r.borrow().encode_ids(m.id, &ids, &mask).map_err(script_err)
         },
     );
 }

@@ -8,29 +8,47 @@
 //! checkpoint's dtype in memory (what the ledger counts) and each linear widens
 //! its weight to f32 for the call, as the DiT's projections do.
 
+use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::UmT5Config;
 
-/// A bias-free linear whose weight is widened to f32 per call.
+/// A bias-free linear whose weight is widened to f32 per call; a GGUF
+/// weight stays as its blocks and is dequantized to f32 per call.
 #[derive(Debug, Clone)]
-struct Proj {
-    weight: Tensor,
+enum Proj {
+    Dense(Tensor),
+    Blocks(std::sync::Arc<QTensor>),
 }
 
 impl Proj {
     fn new(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<Self> {
-        Ok(Self {
-            weight: vb.get((out_dim, in_dim), "weight")?,
-        })
+        if let Some(q) = kept_blocks(&vb, "weight", &[out_dim, in_dim])? {
+            return Ok(Self::Blocks(std::sync::Arc::new(q)));
+        }
+        Ok(Self::Dense(vb.get((out_dim, in_dim), "weight")?))
     }
 
     /// x f32 [.., in] -> f32 [.., out].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let w = self.weight.to_dtype(DType::F32)?;
+        let w = match self {
+            Self::Dense(w) => w.to_dtype(DType::F32)?,
+            Self::Blocks(q) => q.dequantize(x.device())?,
+        };
         Linear::new(w, None).forward(x)
     }
+}
+
+/// A GGUF weight `name` kept as its blocks (see `crate::ggml`), if the
+/// checkpoint offers it so.
+fn kept_blocks(vb: &VarBuilder, name: &str, shape: &[usize]) -> Result<Option<QTensor>> {
+    let packed = format!("{name}{}", crate::ggml::SUFFIX);
+    if !vb.contains_tensor(&packed) {
+        return Ok(None);
+    }
+    let p = vb.get_unchecked_dtype(&packed, DType::U8)?;
+    crate::ggml::unpack(&p, shape, vb.device()).map(Some)
 }
 
 /// T5's layer norm: RMS over the last dim (no mean subtraction, no bias), in
@@ -227,8 +245,11 @@ impl UmT5Block {
 /// apply and drop the 24 blocks of umT5-XXL one at a time.
 #[derive(Debug, Clone)]
 pub struct UmT5Stem {
-    /// Token embedding [vocab, d_model] in the checkpoint dtype.
+    /// Token embedding [vocab, d_model] in the checkpoint dtype (an empty
+    /// placeholder on the device when `shared_blocks` holds it).
     shared: Tensor,
+    /// A GGUF token embedding kept as its blocks: rows dequantized as looked up.
+    shared_blocks: Option<std::sync::Arc<QTensor>>,
     /// f32.
     final_norm: Tensor,
     cfg: UmT5Config,
@@ -237,8 +258,15 @@ pub struct UmT5Stem {
 impl UmT5Stem {
     /// `vb` at the model root, over canonical names (`shared.weight`, ...).
     pub fn new(cfg: &UmT5Config, vb: VarBuilder) -> Result<Self> {
+        let shape = [cfg.vocab_size, cfg.d_model];
+        let shared_blocks = kept_blocks(&vb, "shared.weight", &shape)?.map(std::sync::Arc::new);
+        let shared = match shared_blocks {
+            Some(_) => Tensor::zeros(0, DType::F32, vb.device())?,
+            None => vb.get((cfg.vocab_size, cfg.d_model), "shared.weight")?,
+        };
         Ok(Self {
-            shared: vb.get((cfg.vocab_size, cfg.d_model), "shared.weight")?,
+            shared,
+            shared_blocks,
             final_norm: vb
                 .get(cfg.d_model, "encoder.final_layer_norm.weight")?
                 .to_dtype(DType::F32)?,
@@ -272,11 +300,12 @@ impl UmT5Stem {
         }
         let ids = self.checked_ids(ids)?;
         let device = self.shared.device().clone();
-        let x = self
-            .shared
-            .embedding(&ids.flatten_all()?.to_device(&device)?)?
-            .to_dtype(DType::F32)?
-            .reshape((b, l, self.cfg.d_model))?;
+        let ids_flat = ids.flatten_all()?.to_device(&device)?;
+        let x = match &self.shared_blocks {
+            Some(q) => q.embedding(&ids_flat)?,
+            None => self.shared.embedding(&ids_flat)?,
+        };
+        let x = x.to_dtype(DType::F32)?.reshape((b, l, self.cfg.d_model))?;
         Ok(Prepared {
             x,
             key_mask: key_mask(mask, &device)?,

@@ -76,6 +76,9 @@ pub fn to_canonical(key: &str) -> Option<String> {
         let known = WAN_BLOCK.iter().any(|(_, hf)| *hf == sub);
         return known.then(|| key.to_string());
     }
+    if let Some(hf) = llama_cpp_name(key) {
+        return Some(hf);
+    }
     // Original Wan names.
     if key == "token_embedding.weight" {
         return Some("shared.weight".into());
@@ -90,6 +93,32 @@ pub fn to_canonical(key: &str) -> Option<String> {
         return Some(format!("encoder.block.{n}.{hf}"));
     }
     None
+}
+
+/// llama.cpp's T5-encoder names (`token_embd`, `enc.blk.N.attn_q`, ...),
+/// what umT5 GGUFs (`CLIPLoaderGGUF`'s files) carry, as their HF names.
+fn llama_cpp_name(key: &str) -> Option<String> {
+    match key {
+        "token_embd.weight" => return Some("shared.weight".into()),
+        "enc.output_norm.weight" => return Some("encoder.final_layer_norm.weight".into()),
+        _ => {}
+    }
+    let (n, sub) = key.strip_prefix("enc.blk.")?.split_once('.')?;
+    n.parse::<usize>().ok()?;
+    let hf = match sub {
+        "attn_q.weight" => "layer.0.SelfAttention.q.weight",
+        "attn_k.weight" => "layer.0.SelfAttention.k.weight",
+        "attn_v.weight" => "layer.0.SelfAttention.v.weight",
+        "attn_o.weight" => "layer.0.SelfAttention.o.weight",
+        "attn_rel_b.weight" => "layer.0.SelfAttention.relative_attention_bias.weight",
+        "attn_norm.weight" => "layer.0.layer_norm.weight",
+        "ffn_norm.weight" => "layer.1.layer_norm.weight",
+        "ffn_gate.weight" => "layer.1.DenseReluDense.wi_0.weight",
+        "ffn_up.weight" => "layer.1.DenseReluDense.wi_1.weight",
+        "ffn_down.weight" => "layer.1.DenseReluDense.wo.weight",
+        _ => return None,
+    };
+    Some(format!("encoder.block.{n}.{hf}"))
 }
 
 /// Canonical name -> file key for every key the encoder reads. When a file

@@ -45,7 +45,13 @@ pub fn compute_dtype(weights: DType, device: &Device) -> DType {
 /// 1 byte, dequantised as `w_fp8 · scale` for each call).
 #[derive(Debug, Clone)]
 pub(super) struct Proj {
+    /// For a GGUF weight kept as stored (`quant` set) the weight here is an
+    /// empty placeholder and only the bias is real.
     inner: Linear,
+    /// A GGUF weight kept as its blocks (Q8_0, Q4_K, ... or a 2-D F16/BF16
+    /// matrix): dequantized to `mm_dtype` per call, or multiplied by
+    /// candle's quantized kernel (see [`QuantWeight`]).
+    quant: Option<QuantWeight>,
     /// fp8_scaled weight scale, shaped to broadcast over the weight
     /// (`[]` per tensor or `[out, 1]` per output channel), in `mm_dtype`.
     scale: Option<Tensor>,
@@ -72,6 +78,19 @@ impl Proj {
         act_dtype: DType,
         mm_dtype: DType,
     ) -> Result<Self> {
+        let packed = format!("weight{}", crate::ggml::SUFFIX);
+        if vb.contains_tensor(&packed) {
+            let quant = QuantWeight::read(in_dim, out_dim, &vb, &packed)?;
+            let bias = vb.get(out_dim, "bias")?;
+            let empty = Tensor::zeros(0, bias.dtype(), vb.device())?;
+            return Ok(Self {
+                inner: Linear::new(empty, Some(bias)),
+                quant: Some(quant),
+                scale: None,
+                act_dtype,
+                mm_dtype,
+            });
+        }
         let lin = candle_nn::linear(in_dim, out_dim, vb.clone())?;
         Self::from_linear(lin, &vb, act_dtype, mm_dtype)
     }
@@ -87,6 +106,7 @@ impl Proj {
         let scale = fp8_scale(vb, inner.weight(), mm_dtype)?;
         Ok(Self {
             inner,
+            quant: None,
             scale,
             act_dtype,
             mm_dtype,
@@ -100,7 +120,14 @@ impl Proj {
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = super::fast::cast(x, self.mm_dtype)?;
-        let y = if self.inner.weight().dtype() == self.mm_dtype {
+        let y = if let Some(q) = &self.quant {
+            let b = self
+                .inner
+                .bias()
+                .map(|b| b.to_dtype(self.mm_dtype))
+                .transpose()?;
+            q.forward(&x, b.as_ref(), self.mm_dtype)?
+        } else if self.inner.weight().dtype() == self.mm_dtype {
             self.inner.forward(&x)?
         } else {
             let w = widen(self.inner.weight(), self.mm_dtype)?;
@@ -158,5 +185,72 @@ fn fp8_scale(vb: &VarBuilder, weight: &Tensor, dtype: DType) -> Result<Option<Te
             "fp8 scale '{}' has {n} values; it must have 1 or {out}",
             key
         ),
+    }
+}
+
+/// A GGUF weight kept as stored: its blocks in a `QTensor` (`[out, in]`).
+///
+/// The default multiplies by the weight dequantized to f32 for each call
+/// (exact: the forward matches the f32 reference within 1e-4, as the
+/// fixtures require); `BATON_GGUF_MATMUL=kernel` uses candle's quantized
+/// kernel instead, which quantizes the activations to Q8 first (~3e-3..1e-2
+/// relative per matmul, `tests/gguf_dequant.rs` prints it per type).
+#[derive(Debug, Clone)]
+struct QuantWeight {
+    q: std::sync::Arc<candle_core::quantized::QTensor>,
+    kernel: bool,
+    /// LoRAs as a runtime low-rank branch, `y += (x·Aᵀ)·Bᵀ` (A [R, in],
+    /// B [out, R]): the quantized weight is never requantized.
+    lora: Option<(Tensor, Tensor)>,
+}
+
+impl QuantWeight {
+    fn read(in_dim: usize, out_dim: usize, vb: &VarBuilder, packed: &str) -> Result<Self> {
+        let p = vb.get_unchecked_dtype(packed, DType::U8)?;
+        let q = crate::ggml::unpack(&p, &[out_dim, in_dim], vb.device()).map_err(|e| {
+            candle_core::Error::Msg(format!(
+                "tensor '{}.weight': the model expects [{out_dim}, {in_dim}]: {e}",
+                vb.prefix()
+            ))
+        })?;
+        let kernel = crate::ggml::is_quantized(q.dtype())
+            && std::env::var("BATON_GGUF_MATMUL").is_ok_and(|v| v == "kernel");
+        use crate::ggml::{LORA_A, LORA_B};
+        let (a, b) = (format!("weight{LORA_A}"), format!("weight{LORA_B}"));
+        let lora = if vb.contains_tensor(&a) {
+            Some((
+                vb.get_unchecked_dtype(&a, DType::F32)?,
+                vb.get_unchecked_dtype(&b, DType::F32)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            q: std::sync::Arc::new(q),
+            kernel,
+            lora,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, bias: Option<&Tensor>, mm_dtype: DType) -> Result<Tensor> {
+        let y = if self.kernel && mm_dtype == DType::F32 {
+            let mm = candle_core::quantized::QMatMul::QTensor(self.q.clone());
+            let y = x.apply(&mm)?;
+            match bias {
+                Some(b) => y.broadcast_add(b)?,
+                None => y,
+            }
+        } else {
+            let w = self.q.dequantize(x.device())?.to_dtype(mm_dtype)?;
+            Linear::new(w, bias.cloned()).forward(x)?
+        };
+        match &self.lora {
+            Some((a, b)) => {
+                let (a, b) = (a.to_dtype(mm_dtype)?, b.to_dtype(mm_dtype)?);
+                let h = Linear::new(a, None).forward(x)?;
+                y + Linear::new(b, None).forward(&h)?
+            }
+            None => Ok(y),
+        }
     }
 }
