@@ -4,6 +4,7 @@
 //! diffusion experts under a memory budget, accounting for every byte.
 pub mod bench;
 pub mod checkpoint;
+pub mod conditioning;
 pub mod dtype;
 pub mod host;
 pub mod import;

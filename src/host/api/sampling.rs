@@ -46,10 +46,12 @@ fn sample_options(map: Map) -> ScriptResult<SampleOptions> {
         add_noise: o.bool("add_noise", true)?,
         leftover_noise: o.bool("leftover_noise", false)?,
         noise: o.opt_tensor("noise")?,
+        noise_mask: o.opt_tensor("noise_mask")?,
     };
     Ok(SampleOptions {
         positive,
         negative: o.opt_tensor("negative")?,
+        image_cond: o.opt_tensor("image_cond")?,
         pass,
         state: o
             .opt_custom::<StateHandle>("state", "a SamplerState from sampler_state()")?

@@ -13,7 +13,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::config::{BlockSpec, ResampleMode, WanVaeConfig, LATENTS_MEAN, LATENTS_STD};
+use super::config::{BlockSpec, ResampleMode, WanVaeConfig};
 use super::conv::{compute_dtype, CausalConv3d, Conv2d, FeatCache, Slot};
 use crate::models::wan::attention::attention;
 
@@ -602,23 +602,18 @@ impl Iterator for DecodeChunks<'_> {
 
 fn latent_stats(latent: &Tensor) -> Result<(Tensor, Tensor)> {
     let c = latent.dims().get(1).copied().unwrap_or(0);
-    if latent.rank() < 2 || c != LATENTS_MEAN.len() {
+    let Some((mean, std)) = super::formats::stats(c).filter(|_| latent.rank() >= 2) else {
         candle_core::bail!(
-            "wan vae: latent {:?} must have {} channels in dim 1",
-            latent.dims(),
-            LATENTS_MEAN.len()
+            "wan vae: latent {:?} must have 16 (Wan 2.1) or 48 (Wan 2.2) channels in dim 1",
+            latent.dims()
         )
-    }
+    };
     let mut shape = vec![1; latent.rank()];
     shape[1] = c;
     let dev = latent.device();
     let dt = latent.dtype();
-    let mean = Tensor::new(&LATENTS_MEAN, dev)?
-        .reshape(shape.clone())?
-        .to_dtype(dt)?;
-    let std = Tensor::new(&LATENTS_STD, dev)?
-        .reshape(shape)?
-        .to_dtype(dt)?;
+    let mean = Tensor::new(mean, dev)?.reshape(shape.clone())?.to_dtype(dt)?;
+    let std = Tensor::new(std, dev)?.reshape(shape)?.to_dtype(dt)?;
     Ok((mean, std))
 }
 
