@@ -73,6 +73,12 @@ fn dit_probes_match_comfyui() {
     }
     let e = value(
         &mut s,
+        "i2v velocity with the image_cond option rel L2",
+        r#"rel_l2(predict(i2v, c["i2v.x"], 750.0, pos, #{ image_cond: c["i2v.c_concat"] }), c["i2v.dit_output"])"#,
+    );
+    assert!(e <= 1e-4, "i2v velocity (image_cond) {e:.3e}");
+    let e = value(
+        &mut s,
         "ti2v velocity (per-token t) rel L2",
         r#"rel_l2(predict(ti2v, c["ti2v.dit_input"], c["ti2v.timestep_per_token"], pos), c["ti2v.dit_output"])"#,
     );

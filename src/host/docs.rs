@@ -99,9 +99,9 @@ pub static DOCS: &[Doc] = &[
     },
     Doc {
         name: "predict",
-        signature: "predict(m, x, timestep, context) -> Tensor",
-        summary: "One raw DiT forward; returns the velocity prediction. `timestep` is a number or a [B] tensor. On a `model_from_fn` model it calls the function with `sigma = timestep / 1000`.",
-        options: &[],
+        signature: "predict(m, x, timestep, context[, opts]) -> Tensor",
+        summary: "One raw DiT forward; returns the velocity prediction. `timestep` is a number, a [B] tensor or per token [B, S] (TI2V). `x` is the model's full input, or with `image_cond` the latent alone. On a `model_from_fn` model it calls the function with `sigma = timestep / 1000`.",
+        options: &[o("image_cond", "-", "an I2V expert's conditioning, concatenated after `x` (image_to_video `.image_cond`)")],
         example: "let v = predict(high, x, 999.0, pos);",
     },
     Doc {

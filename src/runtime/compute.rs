@@ -91,21 +91,38 @@ impl Denoiser for DitDenoiser<'_> {
 impl Runtime {
     /// One raw forward: the model's velocity prediction (f32).
     pub fn predict(&mut self, id: ModelId, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
-        self.predict_at(id, x, t, context, "")
+        self.predict_at(id, x, t, context, None, "")
     }
 
-    /// `predict`, recorded on the timeline at script position `at`.
+    /// `predict`, recorded on the timeline at script position `at`. With
+    /// `image_cond` (an I2V expert), `x` is the latent alone and the
+    /// conditioning is concatenated after it; without, `x` is the full input.
     pub fn predict_at(
         &mut self,
         id: ModelId,
         x: &Tensor,
         t: &Tensor,
         context: &Tensor,
+        image_cond: Option<&Tensor>,
         at: &str,
     ) -> Result<Tensor> {
         self.ensure_on_device(id, at)?;
         let m = self.model(id)?;
         let cfg = dit_config(m)?;
+        let full;
+        let x = match image_cond {
+            Some(c) => {
+                check_image_cond(&m.name, cfg, x, Some(c))?;
+                let b = x.dim(0).map_err(tensor_err("predict"))?;
+                full = c
+                    .to_dtype(x.dtype())
+                    .and_then(|c| c.repeat((b / c.dim(0)?.max(1), 1, 1, 1, 1)))
+                    .and_then(|c| Tensor::cat(&[x, &c], 1))
+                    .map_err(tensor_err("image_cond"))?;
+                &full
+            }
+            None => x,
+        };
         check_inputs(&m.name, cfg, x, context, cfg.in_dim)?;
         let act = activations::dit_forward(
             cfg,
