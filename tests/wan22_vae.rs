@@ -81,3 +81,35 @@ fn decode_memory_is_flat_in_frames() {
     .unwrap();
     assert_eq!(sizes, vec![1, 4, 4, 4, 4]);
 }
+
+#[test]
+fn load_model_decode_encode_and_ti2v_latent() {
+    let (_out, mut s) = common::session_after(
+        r#"let c = load_tensors("tests/fixtures/wan_i2v/vae22_cases.safetensors");
+           let k = load_tensors("tests/fixtures/wan_i2v/conditioning.safetensors");
+           let vae = load_model("tests/fixtures/wan_i2v/vae22_original.safetensors", #{ name: "vae22" });
+           let vd = load_model("tests/fixtures/wan_i2v/vae22_diffusers.safetensors", #{ name: "vae22d" });"#,
+    );
+    for m in ["vae", "vd"] {
+        let arch = common::eval(&mut s, &format!("{m}.arch")).into_string().unwrap();
+        assert_eq!(arch, "wan-vae 2.2 width 3", "{m}");
+        let e = common::as_f64(common::eval(
+            &mut s,
+            &format!(r#"max_abs(decode({m}, c["decode_t3_h2_w2.latent"], #{{ raw: true, clamp: false }}) - c["decode_t3_h2_w2.video_unclamped_comfy"])"#),
+        ));
+        println!("{m}: decode through the runtime, max abs {e:.2e}");
+        assert!(e <= 1e-4, "{m} decode {e:.3e}");
+    }
+    // Wan22ImageToVideoLatent: the start image encoded as the clean first
+    // frame, in the sampler's space, with its noise mask.
+    let e = common::as_f64(common::eval(
+        &mut s,
+        r#"let r = ti2v_latent(vae, #{ start_image: load_image("tests/fixtures/wan_i2v/ti2v_start.png"), width: 96, height: 64, length: 5 });
+           if max_abs(r.noise_mask - k["ti2v.noise_mask"]) != 0.0 { throw "mask" }
+           rel_l2(r.latent, k["ti2v.latent_in"])"#,
+    ));
+    println!("ti2v_latent (encoded by baton's 2.2 VAE) vs ComfyUI latent_in: rel L2 {e:.2e}");
+    assert!(e <= 1e-5, "ti2v latent {e:.3e}");
+    let shape = common::eval(&mut s, r#"empty_latent(#{ channels: 48, width: 96, height: 64, frames: 5 }).shape"#);
+    assert_eq!(shape.to_string(), "[1, 48, 2, 4, 6]");
+}

@@ -179,13 +179,13 @@ pub static DOCS: &[Doc] = &[
     Doc {
         name: "empty_latent",
         signature: "empty_latent(opts) -> Tensor",
-        summary: "A zero latent [batch, channels, (frames-1)/4+1, height/8, width/8].",
+        summary: "A zero latent [batch, channels, (frames-1)/4+1, height/8, width/8] (/16 for 48 channels).",
         options: &[
             o("width", "832", "pixels, a multiple of 16"),
             o("height", "480", "pixels, a multiple of 16"),
             o("frames", "81", "video frames, 4k+1"),
             o("batch", "1", "batch size"),
-            o("channels", "16", "latent channels (16 for Wan 2.1/2.2 14B)"),
+            o("channels", "16", "latent channels (16 for Wan 2.1/2.2 14B; 48 for TI2V-5B, whose latent is width/16 x height/16)"),
         ],
         example: "let x = empty_latent(#{ width: 832, height: 480, frames: 81 });",
     },

@@ -44,11 +44,11 @@ impl Runtime {
     fn vae_shape(&self, id: ModelId) -> Result<(usize, usize)> {
         let m = self.model(id)?;
         let cfg = match m.planned() {
-            Some(dry::Planned::Vae(cfg)) => cfg,
+            Some(dry::Planned::Vae(cfg)) => cfg.clone(),
             Some(_) => return Err(RuntimeError::Input(m.not_a("a VAE"))),
-            None => m.vae().map_err(RuntimeError::Input)?.config(),
+            None => m.vae().map_err(RuntimeError::Input)?.kind(),
         };
-        Ok((cfg.z_dim, cfg.spatial_factor()))
+        Ok((cfg.z_dim(), cfg.spatial_factor()))
     }
 
     /// One of the conditioning nodes on `vae`.

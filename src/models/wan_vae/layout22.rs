@@ -134,3 +134,36 @@ impl Wan22VaeConfig {
         Ok(Self { enc_dim, dec_dim, z_dim, dim_mult, num_res_blocks: nrb, temporal_downsample })
     }
 }
+
+/// Either Wan VAE's config: what a plan keeps and what `inspect` reports.
+#[derive(Debug, Clone, PartialEq)]
+pub enum VaeKind {
+    /// Wan 2.1 (also the A14B experts' VAE): 16 channels, 8x spatial.
+    V21(super::WanVaeConfig),
+    /// Wan 2.2 (TI2V-5B's): 48 channels, 16x spatial.
+    V22(Wan22VaeConfig),
+}
+
+impl VaeKind {
+    pub fn z_dim(&self) -> usize {
+        match self {
+            VaeKind::V21(c) => c.z_dim,
+            VaeKind::V22(c) => c.z_dim,
+        }
+    }
+
+    pub fn spatial_factor(&self) -> usize {
+        match self {
+            VaeKind::V21(c) => c.spatial_factor(),
+            VaeKind::V22(c) => c.spatial_factor(),
+        }
+    }
+
+    /// The decoder's width at full resolution (what its working memory scales with).
+    pub fn full_res_width(&self) -> usize {
+        match self {
+            VaeKind::V21(c) => c.base_dim,
+            VaeKind::V22(c) => c.dec_dim,
+        }
+    }
+}

@@ -10,6 +10,6 @@ pub mod model;
 pub mod model22;
 
 pub use config::{infer, is_wan_vae, WanVaeConfig, LATENTS_MEAN, LATENTS_STD};
-pub use layout22::Wan22VaeConfig;
+pub use layout22::{VaeKind, Wan22VaeConfig};
 pub use model::{denormalize, normalize, DecodeChunks, WanVae};
 pub use model22::Wan22Vae;
