@@ -200,6 +200,11 @@ pub enum Command {
         #[arg(long = "models", value_name = "DIR")]
         models: Vec<PathBuf>,
     },
+    /// Run a recipe over many jobs (JSON Lines or CSV of its parameters),
+    /// one shard per process (`--shard I/N`, a Slurm job array or a
+    /// Kubernetes Indexed Job), each item into DIR/<id>/; `batch status DIR`
+    /// sums a batch up.
+    Batch(BatchArgs),
     /// Write the built-in tiny Wan experts (high and low) into DIR.
     MakeTiny { dir: PathBuf },
     /// Time forwards, loads and deletes of the built-in tiny expert
@@ -281,4 +286,84 @@ pub enum BenchWhat {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BatchArgs {
+    #[command(subcommand)]
+    pub what: Option<BatchWhat>,
+    /// The recipe (a .rhai script with param(...) declarations).
+    #[arg(required = true)]
+    pub recipe: Option<PathBuf>,
+    /// The jobs: JSON Lines (one object of parameters per line, optional
+    /// "id") or CSV with a header row of parameter names.
+    #[arg(long, value_name = "JOBS", required = true)]
+    pub jobs: Option<PathBuf>,
+    /// This process's shard, I/N (items k with k mod N == I). Default:
+    /// SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, or JOB_COMPLETION_INDEX
+    /// with --shards N, else every item.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// The shard count, for JOB_COMPLETION_INDEX (a Kubernetes Indexed Job's completions).
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// Retries of an item that failed, before it is recorded as failed.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+    /// Most items one stage-major pass holds at once (their contexts and
+    /// latents stay in memory between stages); more items run in groups,
+    /// each loading every model once.
+    #[arg(long, value_name = "N", default_value_t = baton::batch::runner::STAGE_ITEMS)]
+    pub stage_items: usize,
+    /// Run item by item (a fresh session per item, as `baton run`) even
+    /// when the recipe defines batch(items).
+    #[arg(long)]
+    pub item_major: bool,
+    /// Seconds after which a lock nobody touched is stale (its holder on
+    /// another host died); on this host a lock whose process is gone is
+    /// stale at once.
+    #[arg(long, value_name = "SECS", default_value_t = 600)]
+    pub stale_lock: u64,
+    /// A value for every item, NAME=VALUE (an item's own value wins; repeatable).
+    #[arg(long = "set", value_name = "NAME=VALUE", value_parser = parse_pair)]
+    pub set: Vec<(String, String)>,
+    /// Record sha256 of every model file in each run.json (as `baton run`).
+    #[arg(long)]
+    pub hash_models: bool,
+    #[command(flatten)]
+    pub session: SessionArgs,
+}
+
+#[derive(Subcommand)]
+pub enum BatchWhat {
+    /// Items done, failed (first line of each error) and pending, per
+    /// shard, and videos per hour, from DIR's manifests.
+    Status { dir: PathBuf },
+}
+
+impl BatchArgs {
+    /// The shard run's options (the shard from the flags or the environment).
+    pub fn options(self) -> anyhow::Result<baton::batch::Options> {
+        let shard = baton::batch::Shard::resolve(self.shard.as_deref(), self.shards, |n| {
+            std::env::var(n).ok()
+        })
+        .map_err(anyhow::Error::msg)?;
+        let out = self.session.out.clone().ok_or_else(|| {
+            anyhow::anyhow!("baton batch needs --out DIR (each item goes to DIR/<id>/)")
+        })?;
+        Ok(baton::batch::Options {
+            recipe: self.recipe.expect("clap requires RECIPE"),
+            jobs: self.jobs.expect("clap requires --jobs"),
+            out,
+            shard,
+            set: self.set,
+            retries: self.retries,
+            stage_items: self.stage_items,
+            item_major: self.item_major,
+            stale_lock: std::time::Duration::from_secs(self.stale_lock),
+            hash_models: self.hash_models,
+            session: self.session.config_on_device()?,
+        })
+    }
 }

@@ -2,6 +2,7 @@
 //!
 //! A Rhai script drives a runtime that loads, samples with and deletes
 //! diffusion experts under a memory budget, accounting for every byte.
+pub mod batch;
 pub mod bench;
 pub mod checkpoint;
 pub mod conditioning;

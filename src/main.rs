@@ -1,4 +1,4 @@
-//! The `baton` command line: run, plan, repl, help, recipes, import, inspect, make-tiny, bench.
+//! The `baton` command line: run, batch, plan, repl, help, recipes, import, inspect, make-tiny, bench.
 //!
 //! The flags live in [`cli`]; this file dispatches them.
 
@@ -184,6 +184,27 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Batch(args) => match args.what {
+            Some(cli::BatchWhat::Status { dir }) => {
+                print!(
+                    "{}",
+                    baton::batch::status::render(&dir).map_err(anyhow::Error::msg)?
+                )
+            }
+            None => {
+                let o = args.options()?;
+                let sum = baton::batch::runner::run(&o)?;
+                eprintln!("{sum}");
+                if !sum.failed.is_empty() {
+                    anyhow::bail!(
+                        "{} of {} items failed (see {}/<id>/run.json)",
+                        sum.failed.len(),
+                        sum.items,
+                        o.out.display()
+                    );
+                }
+            }
+        },
         Command::MakeTiny { dir } => {
             std::fs::create_dir_all(&dir)?;
             for (name, seed) in baton::roots::builtin::BUILTINS {

@@ -198,6 +198,60 @@ impl Session {
         self.eval(&code, &path.display().to_string())
     }
 
+    /// Compiles a script file and keeps its functions without running its
+    /// statements (`baton batch` then calls them with [`Session::call`]).
+    pub fn define_file(&mut self, path: &Path) -> Result<(), String> {
+        let code = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read script {}: {e}", path.display()))?;
+        let source = path.display().to_string();
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        self.policy.borrow_mut().add_read_root(dir);
+        self.engine
+            .set_module_resolver(module_resolver(Some(dir), &self.policy));
+        let mut ast = self
+            .engine
+            .compile(&code)
+            .map_err(|e| format!("{source}: syntax error: {e}"))?;
+        ast.set_source(source.as_str());
+        ast.clear_statements();
+        self.functions = self.functions.merge(&ast);
+        Ok(())
+    }
+
+    /// Whether a script function `name` taking `arity` arguments is defined.
+    pub fn has_function(&self, name: &str, arity: usize) -> bool {
+        self.functions
+            .iter_functions()
+            .any(|f| f.name == name && f.params.len() == arity)
+    }
+
+    /// Calls a script function defined so far, under the same Ctrl-C and
+    /// timeout rules as [`Session::eval`].
+    pub fn call(&mut self, name: &str, args: Vec<Dynamic>) -> Result<Dynamic, String> {
+        cancel::reset();
+        cancel::set_timeout(self.timeout);
+        self.last_stop = None;
+        let source = self.functions.source().unwrap_or("script").to_string();
+        let result = self
+            .engine
+            .call_fn_with_options::<Dynamic>(
+                rhai::CallFnOptions::new().eval_ast(false),
+                &mut self.scope,
+                &self.functions,
+                name,
+                args,
+            )
+            .map_err(|e| describe(&e, &source));
+        if result.is_err() {
+            self.last_stop = cancel::check().err();
+        }
+        cancel::set_timeout(None);
+        result
+    }
+
     /// Evaluates code in the persistent scope; functions it defines are kept.
     /// Ctrl-C and the timeout stop it with an error, leaving the session
     /// (its variables and loaded models) as it was.
