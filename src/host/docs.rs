@@ -49,7 +49,7 @@ pub static DOCS: &[Doc] = &[
         signature: "load_model(path[, opts]) -> Model",
         summary: "Loads a Wan DiT, umT5 text encoder or Wan VAE; the architecture comes from the keys. \
                   `path` is searched under the model roots (and ComfyUI's model folders with --comfy); \
-                  `builtin:wan-tiny-high`, `builtin:wan-tiny-low`, `builtin:umt5-tiny`, `builtin:wan-vae-tiny` need no files. \
+                  `builtin:wan-tiny-high`, `builtin:wan-tiny-low`, `builtin:umt5-tiny`, `builtin:wan-vae-tiny` (and for image to video `builtin:wan-tiny-i2v-high`, `builtin:wan-tiny-i2v-low`, `builtin:wan-tiny-ti2v`, `builtin:wan22-vae-tiny`, LoRAs `builtin:lora-tiny-i2v-high`, `builtin:lora-tiny-i2v-low`) need no files. \
                   A sharded set loads from its `*.safetensors.index.json` or its folder (diffusers `transformer/`).",
         options: &[
             o("name", "file stem", "the name vram() and errors show"),
