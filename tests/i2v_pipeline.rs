@@ -70,3 +70,76 @@ print(`video ${video.shape}`);
     run.assert_ok();
     assert!(run.stdout.contains("video [1, 3, 5, 64, 96]"), "{}", run.stdout);
 }
+
+/// The official T2V, I2V and TI2V-5B templates import and run on the tiny
+/// models (`--map`, `--param` for a tiny size), each expert deleted before
+/// the next loads.
+#[test]
+fn official_templates_import_and_run_on_tiny_models() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let maps: &[(&str, &[&str])] = &[
+        (
+            "video_wan2_2_14B_t2v.json",
+            &[
+                "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors=builtin:wan-tiny-high",
+                "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors=builtin:wan-tiny-low",
+                "umt5_xxl_fp8_e4m3fn_scaled.safetensors=builtin:umt5-tiny",
+                "wan_2.1_vae.safetensors=builtin:wan-vae-tiny",
+            ],
+        ),
+        (
+            "video_wan2_2_14B_i2v.json",
+            &[
+                "wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors=builtin:wan-tiny-i2v-high",
+                "wan2.2_i2v_low_noise_14B_fp8_scaled.safetensors=builtin:wan-tiny-i2v-low",
+                "wan2.2_i2v_lightx2v_4steps_lora_v1_high_noise.safetensors=builtin:lora-tiny-i2v-high",
+                "wan2.2_i2v_lightx2v_4steps_lora_v1_low_noise.safetensors=builtin:lora-tiny-i2v-low",
+                "umt5_xxl_fp8_e4m3fn_scaled.safetensors=builtin:umt5-tiny",
+                "wan_2.1_vae.safetensors=builtin:wan-vae-tiny",
+            ],
+        ),
+        (
+            "video_wan2_2_5B_ti2v.json",
+            &[
+                "wan2.2_ti2v_5B_fp16.safetensors=builtin:wan-tiny-ti2v",
+                "umt5_xxl_fp8_e4m3fn_scaled.safetensors=builtin:umt5-tiny",
+                "wan2.2_vae.safetensors=builtin:wan22-vae-tiny",
+            ],
+        ),
+    ];
+    let image = format!("image={}/tests/fixtures/wan_i2v/start.png", env!("CARGO_MANIFEST_DIR"));
+    for (file, map) in maps {
+        let wf = common::fixture(&format!("comfy_workflows/{file}"));
+        let script = dir.path().join(format!("{file}.rhai"));
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["import".into(), wf.into(), "-o".into(), script.clone().into()];
+        for m in *map {
+            args.extend(["--map".into(), (*m).into()]);
+        }
+        let size = if file.contains("ti2v") { ["width=96", "height=64"] } else { ["width=64", "height=48"] };
+        for p in [size[0], size[1], "length=5", "steps=2"] {
+            args.extend(["--param".into(), p.into()]);
+        }
+        if file.contains("_i2v") {
+            args.extend(["--param".into(), image.clone().into()]);
+        }
+        if file.contains("14B") {
+            args.extend(["--param".into(), "split=1".into()]);
+        }
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        common::baton(&refs, Some(cache.path())).assert_ok();
+        let out = dir.path().join(format!("{file}.out"));
+        let run = common::baton(
+            &["run".as_ref(), script.as_os_str(), "--out".as_ref(), out.as_os_str(), "--allow-path".as_ref(), env!("CARGO_MANIFEST_DIR").as_ref()],
+            Some(cache.path()),
+        );
+        run.assert_ok();
+        println!("{file}: {}", run.stdout.lines().find(|l| l.contains("peak")).unwrap_or(""));
+        if let (Some(del), Some(load)) = (run.stderr.find("deleted high"), run.stderr.find("loaded low")) {
+            assert!(del < load, "{file}: the high expert must go before the low one loads\n{}", run.stderr);
+        } else {
+            assert!(file.contains("ti2v"), "{file}: {}", run.stderr);
+        }
+    }
+}
