@@ -194,14 +194,20 @@ fn text_encoder_summary(out: &mut String, header: &Header) -> anyhow::Result<()>
 fn vae_summary(out: &mut String, header: &Header) -> anyhow::Result<()> {
     match crate::runtime::vae::plan(header, None, &candle_core::Device::Cpu) {
         Ok(p) => {
-            let c = &p.cfg;
             writeln!(out, "arch:       {} {}", p.info.arch, p.info.variant)?;
             writeln!(out, "layout:     {}", p.info.layout)?;
-            writeln!(
-                out,
-                "config:     base dim {} | z_dim {} | dim_mult {:?} | res blocks {}",
-                c.base_dim, c.z_dim, c.dim_mult, c.num_res_blocks
-            )?;
+            match &p.cfg {
+                crate::models::wan_vae::VaeKind::V21(c) => writeln!(
+                    out,
+                    "config:     base dim {} | z_dim {} | dim_mult {:?} | res blocks {}",
+                    c.base_dim, c.z_dim, c.dim_mult, c.num_res_blocks
+                )?,
+                crate::models::wan_vae::VaeKind::V22(c) => writeln!(
+                    out,
+                    "config:     encoder dim {} | decoder dim {} | z_dim {} (16x spatial, TI2V-5B) | dim_mult {:?} | res blocks {}",
+                    c.enc_dim, c.dec_dim, c.z_dim, c.dim_mult, c.num_res_blocks
+                )?,
+            }
         }
         Err(e) => writeln!(out, "arch:       wan-vae, but: {e}")?,
     }

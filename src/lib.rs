@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod bench;
 pub mod checkpoint;
+pub mod conditioning;
 pub mod dtype;
 pub mod ggml;
 pub mod host;

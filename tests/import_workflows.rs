@@ -193,8 +193,13 @@ fn i2v_subgraph_is_inlined_and_its_turbo_switch_folded() {
         "{s}"
     );
     assert!(s.contains("// #129:98 WanImageToVideo"), "{s}");
-    // What baton lacks is said, not faked.
-    assert!(s.contains("throw \"node 129:98: WanImageToVideo"), "{s}");
+    // WanImageToVideo becomes image_to_video; its image_cond rides with the positive.
+    assert!(
+        s.contains("let i2v = image_to_video(vae, #{ start_image: start_image, width: width, height: height, length: length });"),
+        "{s}"
+    );
+    assert!(s.contains("image_cond: i2v.image_cond"), "{s}");
+    assert!(!s.contains("throw"), "{s}");
 
     // The same workflow with the switch off: plain models, 20 steps, split 10, cfg 3.5.
     let mut json: Value = serde_json::from_slice(&std::fs::read(fixture(I2V)).unwrap()).unwrap();
@@ -225,8 +230,10 @@ fn ti2v_5b_imports_as_text_to_video_with_its_bypassed_image() {
     check(pass, 20, 0, None, 5.0, "uni_pc", 8.0);
     assert_eq!((pass.seed, pass.add_noise), (Some(898471028164125), true));
     let s = &imp.script;
+    // Wan22ImageToVideoLatent without its (bypassed) image: ti2v_latent, no mask.
     assert!(
-        s.contains("channels: 48") && !s.contains("load_image"),
+        s.contains("let ti2v = ti2v_latent(vae, #{ width: width, height: height, length: length });")
+            && !s.contains("load_image"),
         "{s}"
     );
     assert!(

@@ -36,6 +36,7 @@ fn pass(ctx: &Tensor, shift: f32, start: usize, end: usize) -> crate::runtime::S
     crate::runtime::SampleOptions {
         positive: ctx.clone(),
         negative: None,
+        image_cond: None,
         pass: KSampler {
             sampler: Sampler::parse("euler").expect("a built-in sampler"),
             scheduler: Scheduler::parse("simple").expect("a built-in scheduler"),
@@ -49,6 +50,7 @@ fn pass(ctx: &Tensor, shift: f32, start: usize, end: usize) -> crate::runtime::S
             add_noise: start == 0,
             leftover_noise: end < 4,
             noise: None,
+            noise_mask: None,
         },
         state: None,
     }

@@ -8,6 +8,9 @@
 //! entry and every entry names a registered function. The sampler table
 //! lives beside it, in `sampler_docs.rs`.
 
+pub use super::docs_render::{
+    help_text, render_index, render_markdown, render_text, README_BEGIN, README_END,
+};
 pub use super::sampler_docs::{
     render_samplers, SamplerDoc, README_SAMPLERS_BEGIN, README_SAMPLERS_END, SAMPLERS,
 };
@@ -47,7 +50,7 @@ pub static DOCS: &[Doc] = &[
         signature: "load_model(path[, opts]) -> Model",
         summary: "Loads a Wan DiT, umT5 text encoder or Wan VAE; the architecture comes from the keys. \
                   `path` is searched under the model roots (and ComfyUI's model folders with --comfy); \
-                  `builtin:wan-tiny-high`, `builtin:wan-tiny-low`, `builtin:umt5-tiny`, `builtin:wan-vae-tiny` need no files. \
+                  `builtin:wan-tiny-high`, `builtin:wan-tiny-low`, `builtin:umt5-tiny`, `builtin:wan-vae-tiny` (and for image to video `builtin:wan-tiny-i2v-high`, `builtin:wan-tiny-i2v-low`, `builtin:wan-tiny-ti2v`, `builtin:wan22-vae-tiny`, LoRAs `builtin:lora-tiny-i2v-high`, `builtin:lora-tiny-i2v-low`) need no files. \
                   A sharded set loads from its `*.safetensors.index.json` or its folder (diffusers `transformer/`).",
         options: &[
             o("name", "file stem", "the name vram() and errors show"),
@@ -97,9 +100,9 @@ pub static DOCS: &[Doc] = &[
     },
     Doc {
         name: "predict",
-        signature: "predict(m, x, timestep, context) -> Tensor",
-        summary: "One raw DiT forward; returns the velocity prediction. `timestep` is a number or a [B] tensor. On a `model_from_fn` model it calls the function with `sigma = timestep / 1000`.",
-        options: &[],
+        signature: "predict(m, x, timestep, context[, opts]) -> Tensor",
+        summary: "One raw DiT forward; returns the velocity prediction. `timestep` is a number, a [B] tensor or per token [B, S] (TI2V). `x` is the model's full input, or with `image_cond` the latent alone. On a `model_from_fn` model it calls the function with `sigma = timestep / 1000`.",
+        options: &[o("image_cond", "-", "an I2V expert's conditioning, concatenated after `x` (image_to_video `.image_cond`)")],
         example: "let v = predict(high, x, 999.0, pos);",
     },
     Doc {
@@ -177,13 +180,13 @@ pub static DOCS: &[Doc] = &[
     Doc {
         name: "empty_latent",
         signature: "empty_latent(opts) -> Tensor",
-        summary: "A zero latent [batch, channels, (frames-1)/4+1, height/8, width/8].",
+        summary: "A zero latent [batch, channels, (frames-1)/4+1, height/8, width/8] (/16 for 48 channels).",
         options: &[
             o("width", "832", "pixels, a multiple of 16"),
             o("height", "480", "pixels, a multiple of 16"),
             o("frames", "81", "video frames, 4k+1"),
             o("batch", "1", "batch size"),
-            o("channels", "16", "latent channels (16 for Wan 2.1/2.2 14B)"),
+            o("channels", "16", "latent channels (16 for Wan 2.1/2.2 14B; 48 for TI2V-5B, whose latent is width/16 x height/16)"),
         ],
         example: "let x = empty_latent(#{ width: 832, height: 480, frames: 81 });",
     },
@@ -207,6 +210,8 @@ pub static DOCS: &[Doc] = &[
             o("sigmas", "-", "an explicit sigma list; overrides steps/scheduler/shift"),
             o("noise", "-", "a noise tensor; overrides the seed"),
             o("state", "-", "a sampler_state() to continue a multistep history"),
+            o("image_cond", "-", "an I2V expert's image conditioning (image_to_video / first_last_to_video `.image_cond`); required by a 36-channel model, refused by others"),
+            o("noise_mask", "-", "TI2V's mask (ti2v_latent `.noise_mask`): frames where it is 0 stay the input latent, clean, at timestep 0"),
         ],
         example: "x = sample(high, x, #{ positive: pos, negative: neg, steps: 20, end: 10, seed: 42, leftover_noise: true });",
     },
@@ -516,6 +521,47 @@ pub static DOCS: &[Doc] = &[
         options: &[o("fps", "16", "frames per second")],
         example: "save_video(video, \"clip.gif\", #{ fps: 16 });",
     },
+    // ---- image conditioning
+    Doc {
+        name: "image_to_video",
+        signature: "image_to_video(vae, opts) -> map",
+        summary: "ComfyUI's WanImageToVideo (Wan 2.2 I2V-A14B): centre-crops and resizes the start image(s), pads the video with grey frames, encodes it with the Wan 2.1 VAE. Returns `latent` (zeros to sample) and `image_cond` (4 mask channels, then the normalised image latent) for `sample`.",
+        options: &[
+            o("start_image", "required", "the first frame(s): load_image(...)"),
+            o("width", "832", "pixels, a multiple of 16"),
+            o("height", "480", "pixels, a multiple of 16"),
+            o("length", "81", "video frames (4k+1)"),
+            o("batch_size", "1", "latent batch"),
+        ],
+        example: "let c = image_to_video(vae, #{ start_image: load_image(\"cat.png\"), width: 832, height: 480, length: 81 }); let x = sample(high, c.latent, #{ positive: pos, image_cond: c.image_cond });",
+    },
+    Doc {
+        name: "first_last_to_video",
+        signature: "first_last_to_video(vae, opts) -> map",
+        summary: "ComfyUI's WanFirstLastFrameToVideo: like image_to_video with an end image too (its mask gives the first frame 4 channels and the last frame the last channel). Returns `latent` and `image_cond`.",
+        options: &[
+            o("start_image", "-", "the first frame(s)"),
+            o("end_image", "-", "the last frame(s)"),
+            o("width", "832", "pixels, a multiple of 16"),
+            o("height", "480", "pixels, a multiple of 16"),
+            o("length", "81", "video frames (4k+1)"),
+            o("batch_size", "1", "latent batch"),
+        ],
+        example: "let c = first_last_to_video(vae, #{ start_image: a, end_image: b, length: 81 });",
+    },
+    Doc {
+        name: "ti2v_latent",
+        signature: "ti2v_latent(vae, opts) -> map",
+        summary: "ComfyUI's Wan22ImageToVideoLatent (TI2V-5B): the start image encoded with the Wan 2.2 VAE as the clean first latent frame(s). Returns `latent` (sampler space) and `noise_mask` (0 on the kept frames) for `sample`; without a start image a zero latent and no mask.",
+        options: &[
+            o("start_image", "-", "the first frame(s)"),
+            o("width", "1280", "pixels, a multiple of 32"),
+            o("height", "704", "pixels, a multiple of 32"),
+            o("length", "121", "video frames (4k+1)"),
+            o("batch_size", "1", "latent batch"),
+        ],
+        example: "let c = ti2v_latent(vae22, #{ start_image: img, width: 1280, height: 704, length: 121 }); let x = sample(m, c.latent, #{ positive: pos, noise_mask: c.noise_mask });",
+    },
     // ---- recipes
     Doc {
         name: "param",
@@ -543,85 +589,6 @@ pub fn option_keys(func: &str) -> Vec<&'static str> {
     find(func)
         .map(|d| d.options.iter().map(|o| o.key).collect())
         .unwrap_or_default()
-}
-
-/// Plain-text help for one entry (`.help name`, `baton help name`).
-pub fn render_text(d: &Doc) -> String {
-    let mut s = format!("{}\n  {}\n", d.signature, d.summary);
-    if !d.options.is_empty() {
-        s.push_str("  options:\n");
-        let w = d.options.iter().map(|o| o.key.len()).max().unwrap_or(0);
-        let dw = d.options.iter().map(|o| o.default.len()).max().unwrap_or(0);
-        for o in d.options {
-            s.push_str(&format!(
-                "    {:<w$}  {:<dw$}  {}\n",
-                o.key, o.default, o.meaning
-            ));
-        }
-    }
-    s.push_str(&format!("  example:\n    {}\n", d.example));
-    s
-}
-
-/// The index `.help` and `baton help` print without a name.
-pub fn render_index() -> String {
-    let w = DOCS.iter().map(|d| d.name.len()).max().unwrap_or(0);
-    let mut s = String::from("primitives (help NAME for details):\n");
-    for d in DOCS {
-        let first = d.summary.split(". ").next().unwrap_or(d.summary);
-        let first = first.trim_end_matches('.');
-        s.push_str(&format!("  {:<w$}  {first}\n", d.name));
-    }
-    s.push_str("samplers: `baton help samplers` lists each with the test that checks it\n");
-    s
-}
-
-/// The README's primitive reference (`baton help --markdown`).
-pub fn render_markdown() -> String {
-    let mut s = String::from(
-        "| primitive | what it does | options (default) | example |\n|---|---|---|---|\n",
-    );
-    for d in DOCS {
-        let opts: Vec<String> = d
-            .options
-            .iter()
-            .map(|o| format!("`{}` ({}): {}", o.key, cell(o.default), cell(o.meaning)))
-            .collect();
-        s.push_str(&format!(
-            "| `{}` | {} | {} | `{}` |\n",
-            cell(d.signature),
-            cell(d.summary),
-            if opts.is_empty() {
-                "".into()
-            } else {
-                opts.join("<br>")
-            },
-            cell(d.example)
-        ));
-    }
-    s
-}
-
-/// README markers around the generated section.
-pub const README_BEGIN: &str =
-    "<!-- BEGIN primitive reference: generated by `baton help --markdown` -->";
-pub const README_END: &str = "<!-- END primitive reference -->";
-
-/// `baton help [NAME]`: the index, one primitive, or (`markdown`) the
-/// whole reference as the README's table.
-pub fn help_text(name: Option<&str>, markdown: bool) -> Result<String, String> {
-    if name == Some("samplers") {
-        return Ok(render_samplers(markdown));
-    }
-    if markdown {
-        return Ok(render_markdown());
-    }
-    match name {
-        None => Ok(render_index()),
-        Some(n) => find(n)
-            .map(render_text)
-            .ok_or_else(|| format!("no primitive '{n}' (baton help lists them)")),
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 pub mod api;
 pub mod catalog;
 pub mod docs;
+pub mod docs_render;
 pub mod engine;
 pub mod errors;
 pub mod limits;

@@ -156,6 +156,9 @@ struct Ctx<'a> {
     unsupported: Vec<String>,
     /// Lines applied to a placeholder model right after it (its LoRAs).
     pending: HashMap<String, Vec<String>>,
+    /// `sample` options a variable brings to the samplers using it: I2V's
+    /// `image_cond` on its positive, TI2V's `noise_mask` on its latent.
+    carried: HashMap<String, String>,
 }
 
 pub fn emit(g: &Graph, order: &[usize], o: &EmitOptions) -> Result<Emitted, String> {
@@ -186,6 +189,7 @@ pub fn emit(g: &Graph, order: &[usize], o: &EmitOptions) -> Result<Emitted, Stri
         two_stage: false,
         unsupported: Vec::new(),
         pending: HashMap::new(),
+        carried: HashMap::new(),
     };
     // Models first: loads are placed at first use, so the loader's position
     // in the graph does not matter, and every model value is known before
@@ -567,7 +571,7 @@ impl Ctx<'_> {
             | "ModelSamplingSD3" => {}
             "CLIPTextEncode" => self.encode(n)?,
             "EmptyHunyuanLatentVideo" | "Wan22ImageToVideoLatent" => self.latent(n)?,
-            "WanImageToVideo" => self.image_to_video(n)?,
+            "WanImageToVideo" | "WanFirstLastFrameToVideo" => self.image_to_video(n)?,
             "LoadImage" => {
                 let file = self.text(n, "image")?;
                 let p = self.param(

@@ -26,7 +26,10 @@ pub fn widget_names(class: &str) -> Option<&'static [&'static str]> {
         "LoraLoaderModelOnly" => &["lora_name", "strength_model"],
         "ModelSamplingSD3" => &["shift"],
         "CLIPTextEncode" => &["text"],
-        "EmptyHunyuanLatentVideo" | "Wan22ImageToVideoLatent" | "WanImageToVideo" => {
+        "EmptyHunyuanLatentVideo"
+        | "Wan22ImageToVideoLatent"
+        | "WanImageToVideo"
+        | "WanFirstLastFrameToVideo" => {
             &["width", "height", "length", "batch_size"]
         }
         "LoadImage" => &["image", "upload"],

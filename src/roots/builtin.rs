@@ -9,12 +9,16 @@
 //! the DiT's text embedding takes) and a tiny SentencePiece vocabulary stored
 //! inside the checkpoint as ComfyUI's text-encoder files do (`spiece_model`).
 //! `builtin:wan-vae-tiny` is a Wan 2.1 VAE at a sixth of the real width.
+//! The image-to-video set (`builtin_i2v.rs`): two I2V experts (36 input
+//! channels) with a LoRA each, a TI2V-5B-shaped model and a Wan 2.2 VAE.
 //! Their outputs are noise-like: the weights are random, not trained.
 
 use crate::models::umt5::UmT5Config;
 use crate::models::wan::WanConfig;
 use crate::models::wan_vae::WanVaeConfig;
 use crate::sampling::noise::Mt19937;
+#[path = "builtin_i2v.rs"]
+pub mod tiny_i2v;
 use std::path::{Path, PathBuf};
 
 /// Bump when the generator changes, so stale cached files are not reused.
@@ -62,6 +66,12 @@ pub const BUILTINS: &[(&str, u64)] = &[
     ("wan-tiny-low", 0x5EED_0002),
     ("umt5-tiny", 0x5EED_0003),
     ("wan-vae-tiny", 0x5EED_0004),
+    ("wan-tiny-i2v-high", 0x5EED_0005),
+    ("wan-tiny-i2v-low", 0x5EED_0006),
+    ("wan-tiny-ti2v", 0x5EED_0007),
+    ("wan22-vae-tiny", 0x5EED_0008),
+    ("lora-tiny-i2v-high", 0x5EED_0009),
+    ("lora-tiny-i2v-low", 0x5EED_000A),
 ];
 
 /// The built-in VAE: Wan 2.1's structure (z_dim 16, 8x spatial, 4x temporal)
@@ -75,6 +85,10 @@ pub fn write(name: &str, seed: u64, path: &Path) -> Result<(), String> {
     match name {
         "umt5-tiny" => write_umt5_tiny(path, &tiny_umt5_config(), seed),
         "wan-vae-tiny" => write_vae_tiny(path, &tiny_vae_config(), seed),
+        "wan-tiny-i2v-high" | "wan-tiny-i2v-low" => write_tiny(path, &tiny_i2v::i2v_config(), seed, name),
+        "wan-tiny-ti2v" => write_tiny(path, &tiny_i2v::ti2v_config(), seed, name),
+        "wan22-vae-tiny" => tiny_i2v::write_vae22(path, &tiny_i2v::vae22_config(), seed),
+        "lora-tiny-i2v-high" | "lora-tiny-i2v-low" => tiny_i2v::write_lora(path, &tiny_i2v::i2v_config(), seed, name),
         _ => write_tiny(path, &tiny_config(), seed, name),
     }
 }
@@ -164,14 +178,14 @@ pub fn write_vae_tiny(path: &Path, cfg: &WanVaeConfig, seed: u64) -> Result<(), 
 }
 
 /// A tensor to generate: key, shape, distribution.
-type Spec = (String, Vec<usize>, Init);
+pub(crate) type Spec = (String, Vec<usize>, Init);
 
 /// Writes a safetensors checkpoint of seeded f32 tensors (plus raw u8 ones),
 /// atomically (temp file + rename). Tensors are generated and written one at
 /// a time, so writing a 145 MiB expert never holds more than its largest
 /// tensor in memory. The safetensors crate can only serialise tensors that
 /// are all in memory at once, hence the small header writer here.
-fn write_seeded(
+pub(crate) fn write_seeded(
     path: &Path,
     specs: &[Spec],
     raw: &[(String, Vec<u8>)],
@@ -229,7 +243,7 @@ fn write_seeded(
     })
 }
 
-enum Init {
+pub(crate) enum Init {
     Weight {
         fan_in: usize,
     },

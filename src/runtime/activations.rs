@@ -12,7 +12,7 @@
 
 use crate::models::umt5::UmT5Config;
 use crate::models::wan::WanConfig;
-use crate::models::wan_vae::WanVaeConfig;
+use crate::models::wan_vae::VaeKind;
 use candle_core::DType;
 
 const F32: u64 = 4;
@@ -42,10 +42,11 @@ pub fn dit_sample(cfg: &WanConfig, latent: &[usize], text: u64, dtype: DType) ->
     dit_forward(cfg, dit_tokens(cfg, latent), text, dtype) + F32 * 8 * elems
 }
 
-/// Output size of a decode: [B, 3, 1 + 4 (F - 1), 8 H, 8 W] from [B, C, F, H, W].
-pub fn vae_decoded_shape(latent: &[usize]) -> Vec<usize> {
+/// Output size of a decode: [B, 3, 1 + 4 (F - 1), s H, s W] from
+/// [B, C, F, H, W], s the spatial factor (Wan 2.1: 8, Wan 2.2: 16).
+pub fn vae_decoded_shape(latent: &[usize], s: usize) -> Vec<usize> {
     match latent {
-        [b, _, f, h, w] => vec![*b, 3, 1 + 4 * (f.max(&1) - 1), 8 * h, 8 * w],
+        [b, _, f, h, w] => vec![*b, 3, 1 + 4 * (f.max(&1) - 1), s * h, s * w],
         other => other.to_vec(),
     }
 }
@@ -62,27 +63,28 @@ const VAE_FEATURES_PER_PIXEL: u64 = 24;
 /// time (four output frames after the first), so the feature maps of one
 /// chunk are live at once beside the frames decoded so far; at the end the
 /// decoded chunks are concatenated, so the output is briefly held twice.
-pub fn vae_decode(cfg: &WanVaeConfig, latent: &[usize]) -> u64 {
+pub fn vae_decode(cfg: &VaeKind, latent: &[usize]) -> u64 {
     let [b, f, h, w] = match latent {
         [b, _, f, h, w] => [*b, *f, *h, *w],
         _ => return 0,
     };
-    let out: u64 = vae_decoded_shape(latent)
+    let out: u64 = vae_decoded_shape(latent, cfg.spatial_factor())
         .iter()
         .map(|&d| d as u64)
         .product();
     let pixels = (b * 64 * h * w) as u64;
     let frames_per_chunk = if f > 1 { 4 } else { 1 };
-    let chunk = VAE_FEATURES_PER_PIXEL * cfg.base_dim as u64 * pixels * frames_per_chunk;
+    let chunk = VAE_FEATURES_PER_PIXEL * cfg.full_res_width() as u64 * pixels * frames_per_chunk;
     F32 * (out + chunk).max(2 * out)
 }
 
 /// Peak working set of a VAE encode of a video [B, 3, T, H, W]: the encoder
 /// reads four frames at a time, so it mirrors the decoder.
-pub fn vae_encode(cfg: &WanVaeConfig, video: &[usize]) -> u64 {
+pub fn vae_encode(cfg: &VaeKind, video: &[usize]) -> u64 {
     match video {
         [b, _, t, h, w] => {
-            let latent = [*b, cfg.z_dim, (t.max(&1) - 1) / 4 + 1, h / 8, w / 8];
+            let s = cfg.spatial_factor();
+            let latent = [*b, cfg.z_dim(), (t.max(&1) - 1) / 4 + 1, h / s, w / s];
             vae_decode(cfg, &latent)
         }
         _ => 0,
@@ -121,7 +123,7 @@ mod tests {
     #[test]
     fn decoded_shape_matches_the_vae_compression() {
         assert_eq!(
-            vae_decoded_shape(&[1, 16, 21, 60, 104]),
+            vae_decoded_shape(&[1, 16, 21, 60, 104], 8),
             vec![1, 3, 81, 480, 832]
         );
     }

@@ -90,13 +90,13 @@ impl Runtime {
         let m = self.use_model(id, at)?;
         if let Some(dry::Planned::Vae(cfg)) = m.planned() {
             let act = activations::vae_decode(cfg, latent.dims());
-            let out = dry::stand_in(&activations::vae_decoded_shape(latent.dims()))
-                .map_err(tensor_err("decode"))?;
+            let shape = activations::vae_decoded_shape(latent.dims(), cfg.spatial_factor());
+            let out = dry::stand_in(&shape).map_err(tensor_err("decode"))?;
             self.note_use(id, at, "decode", act, String::new());
             return Ok(out);
         }
         let vae = m.vae().map_err(RuntimeError::Input)?;
-        let act = activations::vae_decode(vae.config(), latent.dims());
+        let act = activations::vae_decode(&vae.kind(), latent.dims());
         let err = verb_err("decode");
         // The sampler works in the normalised latent space; the VAE in the raw one.
         let z = if o.raw {
@@ -106,15 +106,15 @@ impl Runtime {
         };
         let started = std::time::Instant::now();
         let z = z.to_device(vae.device()).map_err(&err)?;
-        let mut chunks = vae.decode_chunks(&z, o.clamp).map_err(&err)?;
-        let total = chunks.len_latent();
+        let total = z.dim(2).map_err(&err)?;
         let mut parts = Vec::with_capacity(total);
-        for (i, c) in chunks.by_ref().enumerate() {
+        vae.decode_each(&z, o.clamp, &mut |i, c| {
             // Each frame chunk comes back to the host as it is done.
-            let c = c.and_then(|c| c.to_device(&Device::Cpu));
-            parts.push(c.map_err(&err)?);
+            parts.push(c.to_device(&Device::Cpu)?);
             tracing::debug!("decoded latent frame {}/{total}", i + 1);
-        }
+            Ok(())
+        })
+        .map_err(&err)?;
         let video = Tensor::cat(&parts, 2).map_err(tensor_err("decode"))?;
         let note = format!(
             "{total} latent frames to {:?} in {:.1}s",
@@ -138,13 +138,14 @@ impl Runtime {
                     video.dims()
                 )));
             };
-            let out = dry::stand_in(&[*b, cfg.z_dim, (t.max(&1) - 1) / 4 + 1, h / 8, w / 8])
+            let s = cfg.spatial_factor();
+            let out = dry::stand_in(&[*b, cfg.z_dim(), (t.max(&1) - 1) / 4 + 1, h / s, w / s])
                 .map_err(tensor_err("encode"))?;
             self.note_use(id, at, "encode", act, String::new());
             return Ok(out);
         }
         let vae = m.vae().map_err(RuntimeError::Input)?;
-        let act = activations::vae_encode(vae.config(), video.dims());
+        let act = activations::vae_encode(&vae.kind(), video.dims());
         let err = verb_err("encode");
         let mu = video
             .to_device(vae.device())

@@ -33,6 +33,28 @@ struct DitDenoiser<'a> {
     model: &'a WanResident,
     positive: Tensor,
     negative: Option<Tensor>,
+    /// Concatenated after `x` on the channel axis (I2V's `c_concat`), at x's batch.
+    image_cond: Option<Tensor>,
+    /// Per latent frame, the factor on the timestep (TI2V's noise mask:
+    /// 0 on a kept frame), with the tokens per frame.
+    frame_scales: Option<(Vec<f32>, usize)>,
+}
+
+impl DitDenoiser<'_> {
+    /// The timestep tensor: [1], or per token [1, S] under a noise mask.
+    fn timesteps(&self, t: f32, dev: &Device) -> candle_core::Result<Tensor> {
+        match &self.frame_scales {
+            None => Tensor::new(&[t], dev),
+            Some((scales, per_frame)) => {
+                let v: Vec<f32> = scales
+                    .iter()
+                    .flat_map(|s| std::iter::repeat_n(s * t, *per_frame))
+                    .collect();
+                let n = v.len();
+                Tensor::from_vec(v, (1, n), dev)
+            }
+        }
+    }
 }
 
 impl Denoiser for DitDenoiser<'_> {
@@ -50,8 +72,11 @@ impl Denoiser for DitDenoiser<'_> {
                 .as_ref()
                 .ok_or_else(|| candle_core::Error::Msg("no negative context".into()))?,
         };
-        let t = Tensor::new(&[call.timestep], x.device())?;
-        let v = self.model.forward(x, &t, ctx)?;
+        let t = self.timesteps(call.timestep, x.device())?;
+        let v = match &self.image_cond {
+            Some(c) => self.model.forward(&Tensor::cat(&[x, c], 1)?, &t, ctx)?,
+            None => self.model.forward(x, &t, ctx)?,
+        };
         if !all_finite(&v)? {
             candle_core::bail!(
                 "the model returned NaN or Inf at step {} of {} (sigma {}); \
@@ -67,29 +92,40 @@ impl Denoiser for DitDenoiser<'_> {
 
 impl Runtime {
     /// One raw forward: the model's velocity prediction (f32).
-    pub fn predict(
-        &mut self,
-        id: ModelId,
-        x: &Tensor,
-        t: &Tensor,
-        context: &Tensor,
-    ) -> Result<Tensor> {
-        self.predict_at(id, x, t, context, "")
+    pub fn predict(&mut self, id: ModelId, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
+        self.predict_at(id, x, t, context, None, "")
     }
 
-    /// `predict`, recorded on the timeline at script position `at`.
+    /// `predict`, recorded on the timeline at script position `at`. With
+    /// `image_cond` (an I2V expert), `x` is the latent alone and the
+    /// conditioning is concatenated after it; without, `x` is the full input.
     pub fn predict_at(
         &mut self,
         id: ModelId,
         x: &Tensor,
         t: &Tensor,
         context: &Tensor,
+        image_cond: Option<&Tensor>,
         at: &str,
     ) -> Result<Tensor> {
         self.ensure_on_device(id, at)?;
         let m = self.model(id)?;
         let cfg = dit_config(m)?;
-        check_inputs(&m.name, cfg, x, context)?;
+        let full;
+        let x = match image_cond {
+            Some(c) => {
+                check_image_cond(&m.name, cfg, x, Some(c))?;
+                let b = x.dim(0).map_err(tensor_err("predict"))?;
+                full = c
+                    .to_dtype(x.dtype())
+                    .and_then(|c| c.repeat((b / c.dim(0)?.max(1), 1, 1, 1, 1)))
+                    .and_then(|c| Tensor::cat(&[x, &c], 1))
+                    .map_err(tensor_err("image_cond"))?;
+                &full
+            }
+            None => x,
+        };
+        check_inputs(&m.name, cfg, x, context, cfg.in_dim)?;
         let act = activations::dit_forward(
             cfg,
             activations::dit_tokens(cfg, x.dims()),
@@ -133,9 +169,10 @@ impl Runtime {
         k.full_sigmas()?;
         let m = self.model(id)?;
         let cfg = dit_config(m)?;
-        check_inputs(&m.name, cfg, latent, &o.positive)?;
+        let channels = check_image_cond(&m.name, cfg, latent, o.image_cond.as_ref())?;
+        check_inputs(&m.name, cfg, latent, &o.positive, channels)?;
         if let Some(neg) = &o.negative {
-            check_inputs(&m.name, cfg, latent, neg)?;
+            check_inputs(&m.name, cfg, latent, neg, channels)?;
         }
         o.check_guidance()?;
         let Some(cut) = k.cut_sigmas()? else {
@@ -242,11 +279,27 @@ fn run_pass(
             .as_ref()
             .map(|n| on_device(n, "negative context"))
             .transpose()?,
+        image_cond: None,
+        frame_scales: None,
     };
-    let latent = on_device(
-        &latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?,
-        "latent",
-    )?;
+    let latent = on_device(&latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?, "latent")?;
+    if let Some(c) = &o.image_cond {
+        let b = latent.dim(0).map_err(tensor_err("latent"))?;
+        let c = c
+            .to_dtype(DType::F32)
+            .and_then(|c| c.repeat((b / c.dim(0)?.max(1), 1, 1, 1, 1)))
+            .map_err(tensor_err("image_cond"))?;
+        denoiser.image_cond = Some(on_device(&c, "image_cond")?);
+    }
+    if let Some(mask) = &o.pass.noise_mask {
+        let cfg = &model.cfg;
+        let [_, _, _, h, w] = latent.dims() else {
+            return Err(RuntimeError::Input(format!("latent {:?} is not 5-D", latent.dims())));
+        };
+        let per_frame = (h / cfg.patch_size[1]) * (w / cfg.patch_size[2]);
+        let scales = crate::conditioning::frame_scales(mask).map_err(tensor_err("noise_mask"))?;
+        denoiser.frame_scales = Some((scales, per_frame));
+    }
     // Streamed bytes per step, with the rate the forwards sustained.
     let mut streamed_total = 0u64;
     let mut step_started = std::time::Instant::now();
@@ -295,12 +348,48 @@ fn dit_config(m: &LoadedModel) -> Result<&WanConfig> {
     }
 }
 
-fn check_inputs(name: &str, cfg: &WanConfig, x: &Tensor, context: &Tensor) -> Result<()> {
+/// The latent channels `sample` expects: the model's input width less the
+/// image conditioning's. An image-to-video DiT (input wider than output)
+/// needs `image_cond`; any other refuses it.
+fn check_image_cond(name: &str, cfg: &WanConfig, x: &Tensor, cond: Option<&Tensor>) -> Result<usize> {
+    let extra = cfg.in_dim.saturating_sub(cfg.out_dim);
+    match cond {
+        None if extra > 0 => Err(RuntimeError::Input(format!(
+            "'{name}' is an image-to-video model ({} input channels: {} latent + {extra} \
+             conditioning): pass image_cond: (the .image_cond of image_to_video or first_last_to_video)",
+            cfg.in_dim, cfg.out_dim
+        ))),
+        None => Ok(cfg.in_dim),
+        Some(_) if extra == 0 => Err(RuntimeError::Input(format!(
+            "'{name}' takes no image_cond (its {} input channels are the latent's); \
+             image_cond is for an image-to-video expert (36 channels)",
+            cfg.in_dim
+        ))),
+        Some(c) => {
+            let (cd, xd) = (c.dims(), x.dims());
+            let fits = cd.len() == 5
+                && xd.len() == 5
+                && cd[1] == extra
+                && cd[2..] == xd[2..]
+                && (cd[0] == 1 || cd[0] == xd[0]);
+            if !fits {
+                return Err(RuntimeError::Input(format!(
+                    "image_cond {cd:?} does not fit '{name}' and the latent {xd:?}: it needs \
+                     [1 or B, {extra}, F, H, W] with the latent's F, H, W"
+                )));
+            }
+            Ok(cfg.out_dim)
+        }
+    }
+}
+
+/// `channels`: the latent's width (the model's input less `image_cond`).
+fn check_inputs(name: &str, cfg: &WanConfig, x: &Tensor, context: &Tensor, channels: usize) -> Result<()> {
     let d = x.dims();
-    if d.len() != 5 || d[1] != cfg.in_dim {
+    if d.len() != 5 || d[1] != channels {
         return Err(RuntimeError::Input(format!(
             "'{}' expects a latent [B, {}, F, H, W], got {:?}",
-            name, cfg.in_dim, d
+            name, channels, d
         )));
     }
     if d.contains(&0) {

@@ -8,14 +8,14 @@
 
 use crate::models::umt5::UmT5Config;
 use crate::models::wan::WanConfig;
-use crate::models::wan_vae::WanVaeConfig;
+use crate::models::wan_vae::VaeKind;
 use candle_core::{DType, Device, Result, Tensor};
 
 /// What a dry runtime keeps of a model: its config, never its weights.
 pub enum Planned {
     Dit(WanConfig),
     Text(UmT5Config),
-    Vae(WanVaeConfig),
+    Vae(VaeKind),
 }
 
 /// A zero tensor of `shape` with one element of storage.

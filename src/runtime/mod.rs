@@ -8,6 +8,7 @@ pub use crate::roots::builtin;
 pub mod cancel;
 mod coding;
 mod compute;
+pub mod conditioning;
 pub mod device;
 pub mod dry;
 pub mod error;
@@ -35,7 +36,10 @@ pub mod vae;
 
 pub use error::RuntimeError;
 pub use ledger::{Entry, Ledger};
-pub use options::{DecodeOptions, LoadOptions, OffloadPolicy, SampleOptions, TextOptions};
+pub use options::{
+    DecodeOptions, FrameCond, FrameCondOptions, LoadOptions, OffloadPolicy, SampleOptions,
+    TextOptions,
+};
 pub use placement::DitPlan;
 pub use registry::ModelId;
 pub use runtime::Runtime;

@@ -55,6 +55,10 @@ impl Default for LoadOptions {
 pub struct SampleOptions {
     pub positive: Tensor,
     pub negative: Option<Tensor>,
+    /// What an image-to-video DiT gets besides `x` (ComfyUI's `c_concat`:
+    /// 4 mask channels, then the normalised image latent), from
+    /// `image_to_video` or `first_last_to_video`.
+    pub image_cond: Option<Tensor>,
     pub pass: KSampler,
     /// The solver history to continue and update; None starts fresh, as ComfyUI does.
     pub state: Option<SharedState>,
@@ -106,4 +110,25 @@ pub struct TextOptions {
     pub clean: bool,
     /// Rows of context handed to the DiT (zero-padded).
     pub rows: usize,
+}
+
+/// `image_to_video`, `first_last_to_video` and `ti2v_latent` settings:
+/// the images (baton's [B, 3, F, H, W] in [-1, 1]) and the video size.
+#[derive(Debug, Clone)]
+pub struct FrameCondOptions {
+    pub start: Option<Tensor>,
+    pub end: Option<Tensor>,
+    pub width: usize,
+    pub height: usize,
+    pub length: usize,
+    pub batch: usize,
+}
+
+/// What the conditioning verbs return: the latent to sample (model space)
+/// and `image_cond` (I2V) or `noise_mask` (TI2V).
+#[derive(Debug, Clone)]
+pub struct FrameCond {
+    pub latent: Tensor,
+    pub image_cond: Option<Tensor>,
+    pub noise_mask: Option<Tensor>,
 }

@@ -7,7 +7,7 @@
 
 use super::residency::WanResident;
 use super::text_encoder::TextEncoder;
-use crate::models::wan_vae::WanVae;
+use super::vae::AnyVae;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
@@ -19,7 +19,7 @@ pub type ModelId = u64;
 pub enum Weights {
     Dit(Box<WanResident>),
     Text(Box<TextEncoder>),
-    Vae(Box<WanVae>),
+    Vae(Box<AnyVae>),
     /// A dry runtime's model: config only (see `runtime::dry`).
     Planned(super::dry::Planned),
     /// A model whose prediction is the host's callable (`model_from_fn`: a
@@ -71,8 +71,8 @@ impl LoadedModel {
         }
     }
 
-    /// The Wan VAE, or an error naming what this model is instead.
-    pub fn vae(&self) -> Result<&WanVae, String> {
+    /// The Wan VAE (2.1 or 2.2), or an error naming what this model is instead.
+    pub fn vae(&self) -> Result<&AnyVae, String> {
         match &self.weights {
             Weights::Vae(v) => Ok(v),
             _ => Err(self.not_a("a VAE")),

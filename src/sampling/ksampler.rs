@@ -95,6 +95,10 @@ pub struct KSampler {
     pub leftover_noise: bool,
     /// Overrides the seeded initial noise.
     pub noise: Option<Tensor>,
+    /// ComfyUI's denoise mask (TI2V's `noise_mask`), broadcastable to the
+    /// latent: where it is 0 the model sees the input latent, clean, and the
+    /// denoised value is the input latent, at every evaluation.
+    pub noise_mask: Option<Tensor>,
 }
 
 /// Which context a model evaluation is for.
@@ -233,6 +237,14 @@ impl KSampler {
         check_continuation(state, self, &cut)?;
         let latent = latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?;
         let x = self.initial_x(state, &latent, cut[0])?;
+        let inpaint = self.inpaint(&latent)?;
+        // KSamplerX0Inpaint: x_in = x·m + latent·(1 − m), den likewise.
+        let mix = |t: &Tensor| -> candle_core::Result<Tensor> {
+            match &inpaint {
+                Some((m, keep)) => t.broadcast_mul(m)? + keep,
+                None => Ok(t.clone()),
+            }
+        };
         let model_t = timesteps(self, &full);
         let steps = cut.len() - 1;
         let needs_uncond = self.needs_uncond();
@@ -261,10 +273,11 @@ impl KSampler {
                 step,
                 steps,
             };
+            let x_in = mix(x)?;
             let mut denoised = |call: &Call| -> candle_core::Result<Tensor> {
-                let v = model.velocity(x, call)?;
+                let v = model.velocity(&x_in, call)?;
                 calls += 1;
-                x - (v * sigma as f64)?
+                &x_in - (v * sigma as f64)?
             };
             let cond = denoised(&call)?;
             let d = if needs_uncond {
@@ -278,6 +291,7 @@ impl KSampler {
             } else {
                 cond
             };
+            let d = mix(&d)?;
             if let Some(f) = observe.as_mut() {
                 f(sigma, x, &d);
             }
@@ -336,6 +350,33 @@ impl KSampler {
             steps,
             model_calls: calls,
         })
+    }
+
+    /// The noise mask on the latent's device with `latent·(1 − m)`, or
+    /// `None` without a mask.
+    fn inpaint(&self, latent: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        let Some(m) = &self.noise_mask else {
+            return Ok(None);
+        };
+        let (md, ld) = (m.dims(), latent.dims());
+        let fits = md.len() == ld.len()
+            && md.iter().zip(ld).all(|(&a, &b)| a == b || a == 1)
+            && md.get(2) == ld.get(2);
+        if !fits {
+            return Err(PassError::Input(format!(
+                "noise_mask has shape {md:?}, which does not fit the latent {ld:?} \
+                 (it needs the latent's frames, height and width; batch and channels may be 1)"
+            )));
+        }
+        let m = m
+            .to_dtype(DType::F32)
+            .and_then(|m| m.to_device(latent.device())?.broadcast_as(ld)?.contiguous())
+            .map_err(tensor_err("noise_mask"))?;
+        let keep = m
+            .affine(-1.0, 1.0)
+            .and_then(|inv| latent * inv)
+            .map_err(tensor_err("noise_mask"))?;
+        Ok(Some((m, keep)))
     }
 
     /// `x = σ0·noise + (1−σ0)·latent`, ComfyUI's CONST noise scaling. When

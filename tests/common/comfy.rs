@@ -223,6 +223,7 @@ fn settings(p: &PassArgs) -> KSampler {
         add_noise: p.add_noise,
         leftover_noise: p.leftover_noise,
         noise: None,
+        noise_mask: None,
     }
 }
 

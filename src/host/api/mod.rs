@@ -1,4 +1,5 @@
 //! Script primitives, one registration file per domain.
+pub mod conditioning;
 pub mod lora;
 pub mod media;
 pub mod memory;
@@ -33,4 +34,5 @@ pub fn register_all(engine: &mut rhai::Engine, rt: &Shared, policy: &SharedPolic
     media::register(engine, policy);
     text::register(engine, rt);
     video::register(engine, rt);
+    conditioning::register(engine, rt);
 }

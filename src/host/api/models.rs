@@ -144,24 +144,32 @@ pub fn register(engine: &mut Engine, rt: &Shared, policy: &SharedPolicy) {
     });
 
     let r = rt.clone();
+    let predict = move |call: NativeCallContext,
+                        m: ModelHandle,
+                        x: Tensor,
+                        t: Dynamic,
+                        ctx: Tensor,
+                        map: Map|
+          -> ScriptResult<Tensor> {
+        let o = Opts::documented("predict", map)?;
+        let image_cond = o.opt_tensor("image_cond")?;
+        let t = timestep_tensor(&t, &x)?;
+        if let Some(f) = super::scripted::function_of(&r, m.id) {
+            return super::scripted::predict(&call, &r, &m, &f, &x, &t, &ctx);
+        }
+        let at = call_site(&call);
+        r.borrow_mut()
+            .predict_at(m.id, &x, &t, &ctx, image_cond.as_ref(), &at)
+            .map_err(script_err)
+    };
+    let p = predict.clone();
     engine.register_fn(
         "predict",
-        move |call: NativeCallContext,
-              m: ModelHandle,
-              x: Tensor,
-              t: Dynamic,
-              ctx: Tensor|
-              -> ScriptResult<Tensor> {
-            let t = timestep_tensor(&t, &x)?;
-            if let Some(f) = super::scripted::function_of(&r, m.id) {
-                return super::scripted::predict(&call, &r, &m, &f, &x, &t, &ctx);
-            }
-            let at = call_site(&call);
-            r.borrow_mut()
-                .predict_at(m.id, &x, &t, &ctx, &at)
-                .map_err(script_err)
+        move |call: NativeCallContext, m: ModelHandle, x: Tensor, t: Dynamic, ctx: Tensor| {
+            p(call, m, x, t, ctx, Map::new())
         },
     );
+    engine.register_fn("predict", predict);
 
     register_getters(engine, rt);
     engine.register_fn("to_string", |m: &mut ModelHandle| {

@@ -46,10 +46,12 @@ fn sample_options(map: Map) -> ScriptResult<SampleOptions> {
         add_noise: o.bool("add_noise", true)?,
         leftover_noise: o.bool("leftover_noise", false)?,
         noise: o.opt_tensor("noise")?,
+        noise_mask: o.opt_tensor("noise_mask")?,
     };
     Ok(SampleOptions {
         positive,
         negative: o.opt_tensor("negative")?,
+        image_cond: o.opt_tensor("image_cond")?,
         pass,
         state: o
             .opt_custom::<StateHandle>("state", "a SamplerState from sampler_state()")?
@@ -122,13 +124,21 @@ pub fn register(engine: &mut Engine, rt: &Shared) {
                 "empty_latent: frames must be 4k+1 (1, 5, ..., 81), got {frames}"
             )));
         }
-        // Wan's VAE: 8x spatial and 4x temporal compression, first frame kept.
+        // Wan's VAE: 8x spatial (the 2.2 VAE's 48 channels: 16x) and 4x
+        // temporal compression, first frame kept.
+        let s = if channels == 48 { 16 } else { 8 };
+        if w % (2 * s) != 0 || h % (2 * s) != 0 {
+            return Err(script_err(format!(
+                "empty_latent: a {channels}-channel latent needs width and height multiples of {}, got {w}x{h}",
+                2 * s
+            )));
+        }
         let shape = crate::host::options::check_elements(vec![
             batch,
             channels,
             (frames - 1) / 4 + 1,
-            h / 8,
-            w / 8,
+            h / s,
+            w / s,
         ])?;
         Tensor::zeros(shape, DType::F32, &Device::Cpu).map_err(tensor_err)
     });

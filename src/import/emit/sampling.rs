@@ -129,6 +129,11 @@ impl Ctx<'_> {
         matches!(self.vals.get(&(node.clone(), *slot)), Some(Val::Model { h: x, .. }) if *x == h)
     }
 
+    /// The `sample` options the variables `vars` carry (see `Ctx::carried`).
+    fn carried_by(&self, vars: &[&str]) -> Vec<String> {
+        vars.iter().filter_map(|v| self.carried.get(*v).cloned()).collect()
+    }
+
     pub(super) fn sampler(&mut self, n: &Node) -> Result<(), String> {
         let latent_in = self
             .var_of(n, "latent_image")?
@@ -153,6 +158,7 @@ impl Ctx<'_> {
         if let Some(neg) = &neg {
             o.push(format!("negative: {neg}"));
         }
+        o.extend(self.carried_by(&[&pos, &latent_in]));
         o.push(format!("steps: {steps}"));
         let split = |c: &mut Self, k: i64| {
             c.param("split", k.into(), "Step where the second pass takes over")
@@ -227,6 +233,7 @@ impl Ctx<'_> {
         if let Some(neg) = neg {
             o.push(format!("negative: {neg}"));
         }
+        o.extend(self.carried_by(&[pos, latent_in]));
         o.extend([
             format!("steps: {steps}"),
             format!("split: {split}"),

@@ -128,27 +128,18 @@ impl Ctx<'_> {
         let mut lines = Vec::new();
         let mut uses = Vec::new();
         if n.class == "Wan22ImageToVideoLatent" {
-            if n.input("start_image").is_some() {
-                let (vh, _) = self.handle_of(n, "vae")?;
-                uses.extend(vh);
-                lines.push(self.header(
-                    n,
-                    "the start image is encoded into the first latent frame by ComfyUI",
-                ));
-                lines.push(format!(
-                    "throw {};",
-                    string(&format!(
-                        "node {}: Wan 2.2 TI2V image conditioning (start image into the latent) is not in baton yet; bypass the LoadImage node for text-to-video",
-                        n.id
-                    ))
-                ));
-            } else {
-                lines.push(self.header(n, "text-to-video (no start image)"));
-            }
-            lines.push("// The Wan 2.2 VAE compresses 16x into 48 channels; at baton's 8x, half the size gives that latent.".into());
+            let image = self.var_of(n, "start_image")?;
+            let (vh, vae) = self.handle_of(n, "vae")?;
+            uses.extend(vh);
+            let c = self.namer.fresh("ti2v");
+            let start = image.map_or(String::new(), |i| format!("start_image: {i}, "));
+            lines.push(self.header(n, "TI2V-5B: the start image encoded as the clean first latent frame"));
             lines.push(format!(
-                "let {var} = empty_latent(#{{ width: {w} / 2, height: {h} / 2, frames: {len}, channels: 48{batch} }});"
+                "let {c} = ti2v_latent({vae}, #{{ {start}width: {w}, height: {h}, length: {len}{} }});",
+                batch.replace("batch", "batch_size")
             ));
+            lines.push(format!("let {var} = {c}.latent;"));
+            self.carried.insert(var.clone(), format!("noise_mask: if \"noise_mask\" in {c} {{ {c}.noise_mask }} else {{ () }}"));
         } else {
             lines.push(self.header(n, ""));
             lines.push(format!(
@@ -177,21 +168,23 @@ impl Ctx<'_> {
         } else {
             format!(", batch: {batch}")
         };
-        let mut lines = vec![
-            self.header(n, "image-to-video conditioning"),
-            "// ComfyUI encodes the start image with the VAE and hands its latent and a mask to the".into(),
-            "// DiT beside the noise; baton's Wan DiT has no such input yet, so this stops here.".into(),
+        let (_, vae) = self.handle_of(n, "vae")?;
+        let image = image.ok_or_else(|| self.err(n, "start_image is not connected"))?;
+        let c = self.namer.fresh("i2v");
+        let end = match self.var_of(n, "end_image")? {
+            Some(e) => format!("end_image: {e}, "),
+            None => String::new(),
+        };
+        let verb = if n.class == "WanFirstLastFrameToVideo" { "first_last_to_video" } else { "image_to_video" };
+        let lines = vec![
+            self.header(n, "the start image (and end image) encoded; the DiT gets the mask and image latent as image_cond"),
+            format!(
+                "let {c} = {verb}({vae}, #{{ start_image: {image}, {end}width: {w}, height: {h}, length: {len}{} }});",
+                batch.replace("batch", "batch_size")
+            ),
+            format!("let {var} = {c}.latent;"),
         ];
-        if let Some(img) = &image {
-            lines.push(format!("// start image: {img}"));
-        }
-        lines.push(format!(
-            "throw {};",
-            string(&format!("node {}: WanImageToVideo (image-to-video conditioning) is not supported by baton yet", n.id))
-        ));
-        lines.push(format!(
-            "let {var} = empty_latent(#{{ width: {w}, height: {h}, frames: {len}{batch} }});"
-        ));
+        self.carried.insert(pos.clone(), format!("image_cond: {c}.image_cond"));
         self.step(n, lines, uses);
         self.set(n, 0, Val::Var(pos));
         if let Some(neg) = neg {

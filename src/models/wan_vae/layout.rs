@@ -111,14 +111,14 @@ pub fn to_original_with(key: &str, num_res_blocks: usize) -> Option<String> {
 }
 
 /// Splits `N.rest` into (N, rest).
-fn index(s: &str) -> Option<(usize, &str)> {
+pub(super) fn index(s: &str) -> Option<(usize, &str)> {
     let (n, r) = s.split_once('.')?;
     Some((n.parse().ok()?, r))
 }
 
 /// Residual block: diffusers names its layers, the original indexes a Sequential
 /// (RMS_norm, SiLU, CausalConv3d, RMS_norm, SiLU, Dropout, CausalConv3d).
-fn resnet_key(r: &str) -> Option<String> {
+pub(super) fn resnet_key(r: &str) -> Option<String> {
     const RES: &[(&str, &str)] = &[
         ("norm1.", "residual.0."),
         ("conv1.", "residual.2."),
@@ -131,14 +131,14 @@ fn resnet_key(r: &str) -> Option<String> {
 }
 
 /// Attention and resample blocks keep their inner names.
-fn attention_key(r: &str) -> Option<String> {
+pub(super) fn attention_key(r: &str) -> Option<String> {
     ["norm.", "to_qkv.", "proj."]
         .iter()
         .any(|p| r.starts_with(p))
         .then(|| r.to_string())
 }
 
-fn resample_key(r: &str) -> Option<String> {
+pub(super) fn resample_key(r: &str) -> Option<String> {
     ["resample.1.", "time_conv."]
         .iter()
         .any(|p| r.starts_with(p))

@@ -13,7 +13,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::config::{BlockSpec, ResampleMode, WanVaeConfig, LATENTS_MEAN, LATENTS_STD};
+use super::config::{BlockSpec, ResampleMode, WanVaeConfig};
 use super::conv::{compute_dtype, CausalConv3d, Conv2d, FeatCache, Slot};
 use crate::models::wan::attention::attention;
 
@@ -22,13 +22,13 @@ use crate::models::wan::attention::attention;
 /// is [C, 1, 1, 1] for 3-D blocks and [C, 1, 1] in the attention block; both
 /// apply to the channel axis of our [B, T, C, H, W].
 #[derive(Debug, Clone)]
-struct RmsNorm {
+pub(super) struct RmsNorm {
     /// gamma * sqrt(C), shaped [1, 1, C, 1, 1].
     scale: Tensor,
 }
 
 impl RmsNorm {
-    fn new(dim: usize, images: bool, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(dim: usize, images: bool, vb: VarBuilder) -> Result<Self> {
         let gamma = if images {
             vb.get((dim, 1, 1), "gamma")?
         } else {
@@ -38,7 +38,7 @@ impl RmsNorm {
         Ok(Self { scale })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let norm = x.sqr()?.sum_keepdim(2)?.sqrt()?.maximum(1e-12)?;
         x.broadcast_div(&norm)?.broadcast_mul(&self.scale)
     }
@@ -47,7 +47,7 @@ impl RmsNorm {
 /// `ResidualBlock`: norm, SiLU, causal conv, norm, SiLU, (dropout), causal conv,
 /// plus a 1x1x1 shortcut conv when the width changes.
 #[derive(Debug, Clone)]
-struct ResidualBlock {
+pub(super) struct ResidualBlock {
     norm1: RmsNorm,
     conv1: CausalConv3d,
     norm2: RmsNorm,
@@ -56,7 +56,7 @@ struct ResidualBlock {
 }
 
 impl ResidualBlock {
-    fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
         let r = vb.pp("residual");
         let shortcut = if c_in != c_out {
             Some(CausalConv3d::new(
@@ -77,7 +77,7 @@ impl ResidualBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         let h = match &self.shortcut {
             Some(s) => s.forward_valid(x, 1)?,
             None => x.clone(),
@@ -95,14 +95,14 @@ impl ResidualBlock {
 /// `AttentionBlock`: single-head self-attention over the H*W positions of
 /// each frame separately, with 1x1 convs for q, k, v and the output.
 #[derive(Debug, Clone)]
-struct AttentionBlock {
+pub(super) struct AttentionBlock {
     norm: RmsNorm,
     to_qkv: Conv2d,
     proj: Conv2d,
 }
 
 impl AttentionBlock {
-    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm: RmsNorm::new(dim, true, vb.pp("norm"))?,
             to_qkv: Conv2d::new(dim, 3 * dim, 1, 1, 0, vb.pp("to_qkv"))?,
@@ -110,7 +110,7 @@ impl AttentionBlock {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, c, h, w) = x.dims5()?;
         let n = b * t;
         let y = self.norm.forward(x)?.reshape((n, c, h, w))?;
@@ -140,17 +140,22 @@ impl AttentionBlock {
 /// chunk followed by this chunk, after the spatial part; the first chunk
 /// passes through unchanged.
 #[derive(Debug, Clone)]
-struct Resample {
+pub(super) struct Resample {
     mode: ResampleMode,
     conv: Conv2d,
     time_conv: Option<CausalConv3d>,
 }
 
 impl Resample {
-    fn new(dim: usize, mode: ResampleMode, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(dim: usize, mode: ResampleMode, vb: VarBuilder) -> Result<Self> {
+        Self::with_up_width(dim, dim / 2, mode, vb)
+    }
+
+    /// An upsample's conv goes C -> `up_out` (2.1: C/2; 2.2 keeps C).
+    pub(super) fn with_up_width(dim: usize, up_out: usize, mode: ResampleMode, vb: VarBuilder) -> Result<Self> {
         let (conv, time_conv) = match mode {
             ResampleMode::Up2d | ResampleMode::Up3d => (
-                Conv2d::new(dim, dim / 2, 3, 1, 1, vb.pp("resample.1"))?,
+                Conv2d::new(dim, up_out, 3, 1, 1, vb.pp("resample.1"))?,
                 (mode == ResampleMode::Up3d)
                     .then(|| CausalConv3d::new(dim, 2 * dim, [3, 1, 1], vb.pp("time_conv")))
                     .transpose()?,
@@ -169,7 +174,7 @@ impl Resample {
         })
     }
 
-    fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         let mut x = x.clone();
         if let (ResampleMode::Up3d, Some(tc)) = (self.mode, &self.time_conv) {
             let slot = cache.next_slot();
@@ -218,7 +223,7 @@ enum Block {
 }
 
 impl Block {
-    fn new(spec: &BlockSpec, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(spec: &BlockSpec, vb: VarBuilder) -> Result<Self> {
         Ok(match *spec {
             BlockSpec::Res { c_in, c_out } => Block::Res(ResidualBlock::new(c_in, c_out, vb)?),
             BlockSpec::Attn { dim } => Block::Attn(AttentionBlock::new(dim, vb)?),
@@ -226,7 +231,7 @@ impl Block {
         })
     }
 
-    fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         match self {
             Block::Res(b) => b.forward(x, cache),
             Block::Attn(b) => b.forward(x),
@@ -237,14 +242,14 @@ impl Block {
 
 /// `middle`: residual, attention, residual at the narrowest resolution.
 #[derive(Debug, Clone)]
-struct Middle {
+pub(super) struct Middle {
     res0: ResidualBlock,
     attn: AttentionBlock,
     res2: ResidualBlock,
 }
 
 impl Middle {
-    fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(dim: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             res0: ResidualBlock::new(dim, dim, vb.pp("0"))?,
             attn: AttentionBlock::new(dim, vb.pp("1"))?,
@@ -252,7 +257,7 @@ impl Middle {
         })
     }
 
-    fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         let x = self.res0.forward(x, cache)?;
         let x = self.attn.forward(&x)?;
         self.res2.forward(&x, cache)
@@ -261,20 +266,20 @@ impl Middle {
 
 /// `head`: norm, SiLU, causal conv.
 #[derive(Debug, Clone)]
-struct Head {
+pub(super) struct Head {
     norm: RmsNorm,
     conv: CausalConv3d,
 }
 
 impl Head {
-    fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(c_in: usize, c_out: usize, vb: VarBuilder) -> Result<Self> {
         Ok(Self {
             norm: RmsNorm::new(c_in, false, vb.pp("0"))?,
             conv: CausalConv3d::new(c_in, c_out, [3, 3, 3], vb.pp("2"))?,
         })
     }
 
-    fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         self.conv
             .forward_cached(&self.norm.forward(x)?.silu()?, cache.next_slot())
     }
@@ -290,7 +295,7 @@ struct Encoder {
 }
 
 impl Encoder {
-    fn new(cfg: &WanVaeConfig, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(cfg: &WanVaeConfig, vb: VarBuilder) -> Result<Self> {
         let dims = cfg.encoder_dims();
         let out = *dims.last().unwrap_or(&0);
         let vd = vb.pp("downsamples");
@@ -307,7 +312,7 @@ impl Encoder {
         })
     }
 
-    fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         let mut x = self.conv1.forward_cached(x, cache.next_slot())?;
         for b in &self.blocks {
             x = b.forward(&x, cache)?;
@@ -331,7 +336,7 @@ struct Decoder {
 }
 
 impl Decoder {
-    fn new(cfg: &WanVaeConfig, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn new(cfg: &WanVaeConfig, vb: VarBuilder) -> Result<Self> {
         let dims = cfg.decoder_dims();
         let out = *dims.last().unwrap_or(&0);
         let vu = vb.pp("upsamples");
@@ -378,7 +383,7 @@ impl Decoder {
 }
 
 /// [B, C, T, H, W] <-> [B, T, C, H, W] (the permutation is its own inverse).
-fn swap_ct(x: &Tensor) -> Result<Tensor> {
+pub(super) fn swap_ct(x: &Tensor) -> Result<Tensor> {
     x.permute((0, 2, 1, 3, 4))?.contiguous()
 }
 
@@ -602,23 +607,18 @@ impl Iterator for DecodeChunks<'_> {
 
 fn latent_stats(latent: &Tensor) -> Result<(Tensor, Tensor)> {
     let c = latent.dims().get(1).copied().unwrap_or(0);
-    if latent.rank() < 2 || c != LATENTS_MEAN.len() {
+    let Some((mean, std)) = super::formats::stats(c).filter(|_| latent.rank() >= 2) else {
         candle_core::bail!(
-            "wan vae: latent {:?} must have {} channels in dim 1",
-            latent.dims(),
-            LATENTS_MEAN.len()
+            "wan vae: latent {:?} must have 16 (Wan 2.1) or 48 (Wan 2.2) channels in dim 1",
+            latent.dims()
         )
-    }
+    };
     let mut shape = vec![1; latent.rank()];
     shape[1] = c;
     let dev = latent.device();
     let dt = latent.dtype();
-    let mean = Tensor::new(&LATENTS_MEAN, dev)?
-        .reshape(shape.clone())?
-        .to_dtype(dt)?;
-    let std = Tensor::new(&LATENTS_STD, dev)?
-        .reshape(shape)?
-        .to_dtype(dt)?;
+    let mean = Tensor::new(mean, dev)?.reshape(shape.clone())?.to_dtype(dt)?;
+    let std = Tensor::new(std, dev)?.reshape(shape)?.to_dtype(dt)?;
     Ok((mean, std))
 }
 
