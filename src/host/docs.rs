@@ -14,7 +14,6 @@ pub use super::docs_render::{
 pub use super::sampler_docs::{
     render_samplers, SamplerDoc, README_SAMPLERS_BEGIN, README_SAMPLERS_END, SAMPLERS,
 };
-use super::tables::md_cell as cell;
 
 /// One key of a primitive's options map.
 pub struct OptDoc {
