@@ -122,6 +122,19 @@ fn i2v_traces_match_comfyui() {
            rel_l2(b, s["i2v_split.pass2.latents_after_step"][1])"#,
     );
     assert!(e <= 1e-4, "split {e:.3e}");
+    // Pass 1 is the single run's first two steps (checked above); pass 2's
+    // first step: a pass ending at step 3 with its leftover noise, times
+    // 1 - sigma_3, is the sampler's x there.
+    let e = value(
+        &mut s,
+        "i2v split pass 2 step 3 rel L2",
+        r#"let sig = s["i2v.sigmas"].to_list();
+           let o = #{ positive: pos, negative: neg, steps: 4, cfg: 3.5, shift: 5.0, image_cond: c["i2v.c_concat"] };
+           let a = sample(i2v, c["i2v.latent"], o + #{ seed: 42, end: 2, leftover_noise: true });
+           let b = sample(i2v, a, o + #{ start: 2, end: 3, add_noise: false, leftover_noise: true });
+           rel_l2(b * (1.0 - sig[3]), s["i2v_split.pass2.latents_after_step"][0])"#,
+    );
+    assert!(e <= 1e-4, "split pass 2 step 3 {e:.3e}");
 }
 
 #[test]
@@ -146,6 +159,13 @@ fn misuse_names_the_option() {
         r#"sample(ti2v, c["ti2v.latent_in"], #{ positive: pos, cfg: 1.0, steps: 1, image_cond: c["i2v.c_concat"] })"#,
     );
     assert!(e.contains("image_cond"), "{e}");
+    // A text-to-video Wan DiT (16 input channels) refuses it too.
+    let e = eval_err(
+        &mut s,
+        r#"let t2v = load_model("tests/fixtures/wan_tiny/original.safetensors", #{ name: "t2v", heads: 2 });
+           sample(t2v, c["i2v.latent"], #{ positive: pos, cfg: 1.0, steps: 1, image_cond: c["i2v.c_concat"] })"#,
+    );
+    assert!(e.contains("image_cond") && e.contains("'t2v'"), "{e}");
     let e = eval_err(&mut s, r#"ti2v_latent(vae, #{ start_image: start, width: 96, height: 64, length: 5 })"#);
     assert!(e.contains("Wan 2.2 VAE"), "{e}");
 }

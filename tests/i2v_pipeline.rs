@@ -143,3 +143,31 @@ fn official_templates_import_and_run_on_tiny_models() {
         }
     }
 }
+
+/// `baton make-tiny` writes the image-to-video set beside the T2V one, and
+/// `baton inspect` reads each for what it is.
+#[test]
+fn make_tiny_writes_the_i2v_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = common::baton(&["make-tiny".as_ref(), dir.path().as_os_str()], None);
+    run.assert_ok();
+    let inspect = |name: &str| {
+        let path = dir.path().join(format!("{name}.safetensors"));
+        assert!(run.stdout.contains(&format!("wrote {}", path.display())), "{name}: {}", run.stdout);
+        let r = common::baton(&["inspect".as_ref(), path.as_os_str()], None);
+        r.assert_ok();
+        r.stdout
+    };
+    for name in ["wan-tiny-high", "wan-tiny-low", "umt5-tiny", "wan-vae-tiny", "lora-tiny-i2v-high", "lora-tiny-i2v-low"] {
+        inspect(name);
+    }
+    for (name, want) in [
+        ("wan-tiny-i2v-high", "in/out 36/16"),
+        ("wan-tiny-i2v-low", "in/out 36/16"),
+        ("wan-tiny-ti2v", "in/out 48/48"),
+        ("wan22-vae-tiny", "z_dim 48 (16x spatial, TI2V-5B)"),
+    ] {
+        let out = inspect(name);
+        assert!(out.contains(want), "{name}: {out}");
+    }
+}

@@ -42,6 +42,7 @@ fn check(vae: &Wan22Vae, layout: &str) {
         let r = common::rel_l2(&mu, w);
         println!("{layout} encode vs {want}: max abs {e:.2e}, rel L2 {r:.2e}");
         assert!(e <= 1e-4, "{layout} encode {want}: {e:.3e}");
+        assert!(r <= 1e-5, "{layout} encode {want}: rel L2 {r:.3e}");
     }
 }
 
@@ -112,4 +113,17 @@ fn load_model_decode_encode_and_ti2v_latent() {
     assert!(e <= 1e-5, "ti2v latent {e:.3e}");
     let shape = common::eval(&mut s, r#"empty_latent(#{ channels: 48, width: 96, height: 64, frames: 5 }).shape"#);
     assert_eq!(shape.to_string(), "[1, 48, 2, 4, 6]");
+}
+
+#[test]
+fn inspect_names_the_wan22_vae_in_both_layouts() {
+    for (file, layout) in [("vae22_original", "original"), ("vae22_diffusers", "diffusers")] {
+        let path = format!("tests/fixtures/wan_i2v/{file}.safetensors");
+        let run = common::baton(&["inspect".as_ref(), path.as_ref()], None);
+        run.assert_ok();
+        let out = &run.stdout;
+        assert!(out.contains("arch:       wan-vae 2.2 width 3"), "{file}: {out}");
+        assert!(out.contains(&format!("layout:     {layout}")), "{file}: {out}");
+        assert!(out.contains("decoder dim 4 | z_dim 48"), "{file}: {out}");
+    }
 }

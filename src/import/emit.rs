@@ -135,6 +135,7 @@ const PARAM_NAMES: &[&str] = &[
     "height",
     "length",
     "image",
+    "end_image",
     "files",
     "wan",
 ];
@@ -572,21 +573,7 @@ impl Ctx<'_> {
             "CLIPTextEncode" => self.encode(n)?,
             "EmptyHunyuanLatentVideo" | "Wan22ImageToVideoLatent" => self.latent(n)?,
             "WanImageToVideo" | "WanFirstLastFrameToVideo" => self.image_to_video(n)?,
-            "LoadImage" => {
-                let file = self.text(n, "image")?;
-                let p = self.param(
-                    "image",
-                    Value::String(file),
-                    "Start image (read under the model roots or the script's folder)",
-                );
-                let var = self.namer.fresh(
-                    &names::from_title(n.title.as_deref(), class)
-                        .unwrap_or_else(|| "start_image".into()),
-                );
-                let lines = vec![self.header(n, ""), format!("let {var} = load_image({p});")];
-                self.step(n, lines, vec![]);
-                self.set(n, 0, Val::Var(var));
-            }
+            "LoadImage" => self.load_image(n)?,
             "KSampler" | "KSamplerAdvanced" => self.sampler(n)?,
             "VAEDecode" => {
                 let (h, vae) = self.handle_of(n, "vae")?;

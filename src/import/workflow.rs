@@ -372,15 +372,22 @@ impl<'a> Builder<'a> {
             // Linked inputs, named by the widget they drive where they drive one.
             let mut linked: Vec<(String, Option<Input>, Option<String>)> = Vec::new();
             for inp in in_list {
-                let name = inp
-                    .pointer("/widget/name")
-                    .or_else(|| inp.get("name"))
-                    .and_then(Value::as_str)
+                let widget = inp.pointer("/widget/name").and_then(Value::as_str);
+                let name = widget
+                    .or_else(|| inp.get("name").and_then(Value::as_str))
                     .unwrap_or("")
                     .to_string();
                 let ty = inp.get("type").and_then(Value::as_str).map(str::to_string);
                 if let Some(link) = inp.get("link").and_then(Value::as_i64) {
-                    linked.push((name, origin(link, &id)?, ty));
+                    let from = origin(link, &id)?;
+                    let from_sub = links.get(&link).is_some_and(|l| l.origin == SUBGRAPH_INPUT);
+                    if from.is_none() && from_sub && widget.is_some() {
+                        // A widget linked to a subgraph input that brings no
+                        // value (the instance neither links nor promotes it):
+                        // ComfyUI runs the inner widget's own value, so it stays.
+                        continue;
+                    }
+                    linked.push((name, from, ty));
                 }
             }
             if mode == 4 {

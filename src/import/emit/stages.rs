@@ -132,14 +132,20 @@ impl Ctx<'_> {
             let (vh, vae) = self.handle_of(n, "vae")?;
             uses.extend(vh);
             let c = self.namer.fresh("ti2v");
-            let start = image.map_or(String::new(), |i| format!("start_image: {i}, "));
-            lines.push(self.header(n, "TI2V-5B: the start image encoded as the clean first latent frame"));
+            let (start, what) = match &image {
+                Some(i) => (format!("start_image: {i}, "), "TI2V-5B: the start image encoded as the clean first latent frame"),
+                None => (String::new(), "TI2V-5B without a start image: text to video"),
+            };
+            lines.push(self.header(n, what));
             lines.push(format!(
                 "let {c} = ti2v_latent({vae}, #{{ {start}width: {w}, height: {h}, length: {len}{} }});",
                 batch.replace("batch", "batch_size")
             ));
             lines.push(format!("let {var} = {c}.latent;"));
-            self.carried.insert(var.clone(), format!("noise_mask: if \"noise_mask\" in {c} {{ {c}.noise_mask }} else {{ () }}"));
+            if image.is_some() {
+                // Its mask keeps the image frame clean at timestep 0 in every sampler using the latent.
+                self.carried.insert(var.clone(), format!("noise_mask: {c}.noise_mask"));
+            }
         } else {
             lines.push(self.header(n, ""));
             lines.push(format!(
@@ -157,40 +163,78 @@ impl Ctx<'_> {
             .var_of(n, "positive")?
             .ok_or_else(|| self.err(n, "positive is not connected"))?;
         let neg = self.var_of(n, "negative")?;
-        let mut uses = Vec::new();
-        if let Some(Val::Vae(vh)) = self.input_val(n, "vae")? {
-            uses.push(vh);
+        if n.input("clip_vision_output").is_some() || n.input("clip_vision_start_image").is_some() {
+            // Wan 2.2 leaves these unconnected; Wan 2.1's I2V fed a CLIP image embedding there.
+            return Err(self.err(
+                n,
+                "clip_vision input is connected: the CLIP image embedding of Wan 2.1 I2V is not in baton (Wan 2.2 leaves it unconnected)",
+            ));
         }
-        let image = self.var_of(n, "start_image")?;
+        let (vh, vae) = self.handle_of(n, "vae")?;
+        let start = self.var_of(n, "start_image")?;
+        let end = match n.class.as_str() {
+            "WanFirstLastFrameToVideo" => self.var_of(n, "end_image")?,
+            _ => None,
+        };
+        let mut images = Vec::new();
+        if let Some(s) = &start {
+            images.push(format!("start_image: {s}, "));
+        }
+        if let Some(e) = &end {
+            images.push(format!("end_image: {e}, "));
+        }
+        if images.is_empty() {
+            let what = if n.class == "WanFirstLastFrameToVideo" { "neither start_image nor end_image is connected" } else { "start_image is not connected" };
+            return Err(self.err(n, what));
+        }
         let var = self.namer.fresh("latent");
-        let batch = if batch == 1 {
-            String::new()
-        } else {
-            format!(", batch: {batch}")
-        };
-        let (_, vae) = self.handle_of(n, "vae")?;
-        let image = image.ok_or_else(|| self.err(n, "start_image is not connected"))?;
         let c = self.namer.fresh("i2v");
-        let end = match self.var_of(n, "end_image")? {
-            Some(e) => format!("end_image: {e}, "),
-            None => String::new(),
+        let (verb, what) = if n.class == "WanFirstLastFrameToVideo" {
+            ("first_last_to_video", "the first and last frames encoded; the DiT gets the mask and image latent as image_cond")
+        } else {
+            ("image_to_video", "the start image encoded; the DiT gets the mask and image latent as image_cond")
         };
-        let verb = if n.class == "WanFirstLastFrameToVideo" { "first_last_to_video" } else { "image_to_video" };
+        let batch = if batch == 1 { String::new() } else { format!(", batch_size: {batch}") };
         let lines = vec![
-            self.header(n, "the start image (and end image) encoded; the DiT gets the mask and image latent as image_cond"),
+            self.header(n, what),
             format!(
-                "let {c} = {verb}({vae}, #{{ start_image: {image}, {end}width: {w}, height: {h}, length: {len}{} }});",
-                batch.replace("batch", "batch_size")
+                "let {c} = {verb}({vae}, #{{ {}width: {w}, height: {h}, length: {len}{batch} }});",
+                images.concat()
             ),
             format!("let {var} = {c}.latent;"),
         ];
+        // ComfyUI puts the image latent on both conditionings; baton's
+        // samplers take it once, as an option of the pass using the positive.
         self.carried.insert(pos.clone(), format!("image_cond: {c}.image_cond"));
-        self.step(n, lines, uses);
+        self.step(n, lines, vh.into_iter().collect());
         self.set(n, 0, Val::Var(pos));
         if let Some(neg) = neg {
             self.set(n, 1, Val::Var(neg));
         }
         self.set(n, 2, Val::Var(var));
+        Ok(())
+    }
+
+    /// `LoadImage`: the file becomes a recipe parameter, `image` for a start
+    /// image, `end_image` for one that only feeds an `end_image` input.
+    pub(super) fn load_image(&mut self, n: &Node) -> Result<(), String> {
+        let file = self.text(n, "image")?;
+        let feeds_end = self
+            .consumers
+            .get(&(n.id.clone(), 0))
+            .is_some_and(|c| !c.is_empty() && c.iter().all(|(_, input)| input == "end_image"));
+        let (param, help, base) = if feeds_end {
+            ("end_image", "End image (read under the model roots or the script's folder)", "end_frame")
+        } else {
+            ("image", "Start image (read under the model roots or the script's folder)", "start_image")
+        };
+        let p = self.param(param, Value::String(file), help);
+        let var = self
+            .namer
+            .fresh(&names::from_title(n.title.as_deref(), &n.class).unwrap_or_else(|| base.into()));
+        let lines = vec![self.header(n, ""), format!("let {var} = load_image({p});")];
+        self.step(n, lines, vec![]);
+        self.set(n, 0, Val::Var(var));
         Ok(())
     }
 
