@@ -205,7 +205,9 @@ pub enum Command {
     /// Kubernetes Indexed Job), each item into DIR/<id>/; `batch status DIR`
     /// sums a batch up.
     Batch(BatchArgs),
-    /// Write the built-in tiny Wan experts (high and low) into DIR.
+    /// Write every built-in tiny model into DIR: the T2V experts, umT5, the
+    /// Wan 2.1 VAE, and the image-to-video set (I2V experts and their
+    /// LoRAs, TI2V-5B, the Wan 2.2 VAE).
     MakeTiny { dir: PathBuf },
     /// Time forwards, loads and deletes of the built-in tiny expert
     /// (`bench memory`: the memory table; `bench load`: load throughput of a

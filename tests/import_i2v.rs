@@ -19,7 +19,7 @@ fn read(name: &str) -> Value {
     serde_json::from_slice(&std::fs::read(workflow(name)).unwrap()).unwrap()
 }
 
-fn node<'a>(nodes: &'a mut Value, id: i64) -> &'a mut Value {
+fn node(nodes: &mut Value, id: i64) -> &mut Value {
     nodes
         .as_array_mut()
         .unwrap()
