@@ -130,7 +130,9 @@ fn execute(command: Command) -> anyhow::Result<()> {
             what:
                 Some(BenchWhat::Device {
                     size_gb,
-                    long_tokens,
+                    block_tokens,
+                    attention_tokens,
+                    bounds,
                     dir,
                 }),
             latent,
@@ -140,7 +142,9 @@ fn execute(command: Command) -> anyhow::Result<()> {
             let o = baton::bench::device::DeviceBenchOptions {
                 size_gb,
                 latent: latent.options(0),
-                long_tokens,
+                block_tokens: block_tokens.into_iter().filter(|&n| n > 0).collect(),
+                attention_tokens,
+                bounds,
                 dir,
             };
             print!("{}", baton::bench::device::run(&o, &dev)?);

@@ -171,5 +171,6 @@ pub fn load(header: &Header, p: &Planned, dev: &Device) -> Result<AnyVae, String
     }
     .map_err(|e| super::error::plain_error(&e))?;
     source.release("");
+    source.finish_uploads();
     Ok(vae)
 }
