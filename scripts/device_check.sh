@@ -8,7 +8,7 @@
 # <= 0.6 s, attention >= 50% of a bf16 GEMM's TFLOP/s, fp8 block <= 1.1x
 # bf16, load >= 8 GB/s). Meant to finish well inside 8 minutes of device time.
 #
-#   scripts/device_check.sh            on a CUDA machine
+#   scripts/device_check.sh [--full]   on a CUDA machine
 #   scripts/device_check.sh --dry-run  the same steps on the CPU, small sizes
 #
 # The binary: $BATON_BIN, else .carry/baton or .carry/baton.gz (built
@@ -22,6 +22,9 @@ started=$(date +%s)
 device=cuda:0
 bench=(--size-gb 2 --width 832 --height 480 --frames 33 --context 512 --repeats 3
        --block-tokens 32760,75600 --attention-tokens 32760 --bounds)
+# --full: also step the whole 14B expert (writes ~28 GB; about a minute
+# more of device time).
+[[ " $* " == *" --full "* ]] && bench+=(--full-expert)
 if [[ ${1:-} == --dry-run ]]; then
   # The same sections at sizes a CPU runs in a minute; the speed bounds are
   # a card's, so they are printed by the card run only.

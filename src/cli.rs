@@ -310,6 +310,10 @@ pub enum BenchWhat {
         /// GEMM's TFLOP/s, fp8 block <= 1.1x bf16, load >= 8 GB/s.
         #[arg(long)]
         bounds: bool,
+        /// Also write the whole 14B expert (40 bf16 blocks, ~28 GB, in
+        /// --dir) and time one CFG step at 480p x 81 frames.
+        #[arg(long)]
+        full_expert: bool,
         /// Directory for the temp checkpoints (default: the system temp dir).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,

@@ -133,6 +133,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     block_tokens,
                     attention_tokens,
                     bounds,
+                    full_expert,
                     dir,
                 }),
             latent,
@@ -145,6 +146,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 block_tokens: block_tokens.into_iter().filter(|&n| n > 0).collect(),
                 attention_tokens,
                 bounds,
+                full_expert,
                 dir,
             };
             print!("{}", baton::bench::device::run(&o, &dev)?);

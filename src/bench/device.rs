@@ -18,8 +18,8 @@
 //! same code runs with RSS in their place, as a dry run of the script that
 //! carries this to a GPU machine (`scripts/device_check.sh`).
 
-use super::load::{block_params, write_checkpoint_seeded, TempFile};
 use super::device_speed::{check_bounds, Bounds, Figures};
+use super::load::{block_params, write_checkpoint_seeded, TempFile};
 use super::{median, swap_secs, two_expert_pipeline, Pipeline};
 use crate::models::wan::WanConfig;
 use crate::runtime::device::{driver_memory, driver_memory_now, label};
@@ -44,6 +44,8 @@ pub struct DeviceBenchOptions {
     pub block_tokens: Vec<usize>,
     /// Tokens of the attention speed and parity cases (0 skips them).
     pub attention_tokens: usize,
+    /// Also step the whole 14B expert once at 480p (writes ~28 GB to `dir`).
+    pub full_expert: bool,
     /// Hold the figures to the card's bounds ([`Bounds`]): a missed one is
     /// a FAILED row and a non-zero exit.
     pub bounds: bool,
@@ -155,7 +157,12 @@ pub(super) fn path_str(p: &Path) -> String {
 pub(super) struct Table(Vec<(String, String, String)>);
 
 impl Table {
-    pub(super) fn row(&mut self, what: impl Into<String>, figure: impl Into<String>, note: impl Into<String>) {
+    pub(super) fn row(
+        &mut self,
+        what: impl Into<String>,
+        figure: impl Into<String>,
+        note: impl Into<String>,
+    ) {
         self.0.push((what.into(), figure.into(), note.into()));
     }
 
@@ -279,8 +286,12 @@ pub fn run(o: &DeviceBenchOptions, dev: &Device) -> anyhow::Result<String> {
         });
         section(&mut t, "attention", |t| {
             let n = o.attention_tokens;
-            figures.attention_tflops =
-                Some(super::device_speed::attention_speed(dev, n, o.latent.repeats, t)?);
+            figures.attention_tflops = Some(super::device_speed::attention_speed(
+                dev,
+                n,
+                o.latent.repeats,
+                t,
+            )?);
             Ok(())
         });
         section(&mut t, "attention parity", |t| {
@@ -296,15 +307,25 @@ pub fn run(o: &DeviceBenchOptions, dev: &Device) -> anyhow::Result<String> {
         if o.block_tokens.is_empty() {
             break;
         }
-        let name = if fp8 { "14B block, fp8" } else { "14B block, bf16" };
+        let name = if fp8 {
+            "14B block, fp8"
+        } else {
+            "14B block, bf16"
+        };
         section(&mut t, name, |t| {
-            let r = super::device_speed::blocks(dev, &dir, &o.block_tokens, fp8, o.latent.repeats, t)?;
+            let r =
+                super::device_speed::blocks(dev, &dir, &o.block_tokens, fp8, o.latent.repeats, t)?;
             if fp8 {
                 figures.block_fp8 = r;
             } else {
                 figures.block_bf16 = r;
             }
             Ok(())
+        });
+    }
+    if o.full_expert {
+        section(&mut t, "14B expert", |t| {
+            super::device_speed::full_expert(dev, &dir, t).map(drop)
         });
     }
     if o.bounds {

@@ -133,13 +133,19 @@ impl Ctx<'_> {
             uses.extend(vh);
             let c = self.namer.fresh("ti2v");
             let start = image.map_or(String::new(), |i| format!("start_image: {i}, "));
-            lines.push(self.header(n, "TI2V-5B: the start image encoded as the clean first latent frame"));
+            lines.push(self.header(
+                n,
+                "TI2V-5B: the start image encoded as the clean first latent frame",
+            ));
             lines.push(format!(
                 "let {c} = ti2v_latent({vae}, #{{ {start}width: {w}, height: {h}, length: {len}{} }});",
                 batch.replace("batch", "batch_size")
             ));
             lines.push(format!("let {var} = {c}.latent;"));
-            self.carried.insert(var.clone(), format!("noise_mask: if \"noise_mask\" in {c} {{ {c}.noise_mask }} else {{ () }}"));
+            self.carried.insert(
+                var.clone(),
+                format!("noise_mask: if \"noise_mask\" in {c} {{ {c}.noise_mask }} else {{ () }}"),
+            );
         } else {
             lines.push(self.header(n, ""));
             lines.push(format!(
@@ -175,7 +181,11 @@ impl Ctx<'_> {
             Some(e) => format!("end_image: {e}, "),
             None => String::new(),
         };
-        let verb = if n.class == "WanFirstLastFrameToVideo" { "first_last_to_video" } else { "image_to_video" };
+        let verb = if n.class == "WanFirstLastFrameToVideo" {
+            "first_last_to_video"
+        } else {
+            "image_to_video"
+        };
         let lines = vec![
             self.header(n, "the start image (and end image) encoded; the DiT gets the mask and image latent as image_cond"),
             format!(
@@ -184,7 +194,8 @@ impl Ctx<'_> {
             ),
             format!("let {var} = {c}.latent;"),
         ];
-        self.carried.insert(pos.clone(), format!("image_cond: {c}.image_cond"));
+        self.carried
+            .insert(pos.clone(), format!("image_cond: {c}.image_cond"));
         self.step(n, lines, uses);
         self.set(n, 0, Val::Var(pos));
         if let Some(neg) = neg {

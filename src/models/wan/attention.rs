@@ -60,8 +60,9 @@ pub fn set_attention_score_cap(bytes: usize) {
 pub fn auto_score_cap(free: Option<u64>) -> usize {
     match free {
         None => ATTN_SCORE_BYTES,
-        Some(f) => ((f / 4).min(usize::MAX as u64) as usize)
-            .clamp(ATTN_SCORE_BYTES, ATTN_SCORE_BYTES_MAX),
+        Some(f) => {
+            ((f / 4).min(usize::MAX as u64) as usize).clamp(ATTN_SCORE_BYTES, ATTN_SCORE_BYTES_MAX)
+        }
     }
 }
 

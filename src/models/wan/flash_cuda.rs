@@ -65,7 +65,9 @@ fn ptx(arch: &'static str) -> Result<String> {
         ..Default::default()
     };
     let p = compile_ptx_with_opts(SOURCE, opts)
-        .map_err(|e| candle_core::Error::Msg(format!("NVRTC compiling flash_attn.cu for {arch}: {e:?}")))?
+        .map_err(|e| {
+            candle_core::Error::Msg(format!("NVRTC compiling flash_attn.cu for {arch}: {e:?}"))
+        })?
         .to_src();
     cache.push((arch, p.clone()));
     Ok(p)
@@ -130,14 +132,18 @@ impl CustomOp3 for Flash {
             match l.contiguous_offsets() {
                 // 32-bit loads of value pairs need an even start.
                 Some((start, _)) if start % 2 == 0 => Ok(start),
-                _ => candle_core::bail!("flash attention: {what} is not contiguous from an even offset"),
+                _ => candle_core::bail!(
+                    "flash attention: {what} is not contiguous from an even offset"
+                ),
             }
         };
         let (q0, k0, v0) = (offsets(ql, "q")?, offsets(kl, "k")?, offsets(vl, "v")?);
         let dev = &qs.device;
         let (major, minor) = dev.cuda_stream().context().compute_capability().w()?;
         let Some(arch) = arch_for(major, minor) else {
-            candle_core::bail!("flash attention needs sm_80 or newer, the card is sm_{major}{minor}");
+            candle_core::bail!(
+                "flash attention needs sm_80 or newer, the card is sm_{major}{minor}"
+            );
         };
         let bf16 = match qs.dtype() {
             DType::BF16 => true,

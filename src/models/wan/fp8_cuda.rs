@@ -52,7 +52,9 @@ fn decode_ptx(arch: &'static str) -> Result<String> {
         ..Default::default()
     };
     let p = compile_ptx_with_opts(include_str!("fp8_decode.cu"), opts)
-        .map_err(|e| candle_core::Error::Msg(format!("NVRTC compiling fp8_decode.cu for {arch}: {e:?}")))?
+        .map_err(|e| {
+            candle_core::Error::Msg(format!("NVRTC compiling fp8_decode.cu for {arch}: {e:?}"))
+        })?
         .to_src();
     cache.push((arch, p.clone()));
     Ok(p)
