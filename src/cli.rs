@@ -299,9 +299,23 @@ pub enum BenchWhat {
         /// Size of each of the two bench experts in GB.
         #[arg(long, default_value_t = 2.0)]
         size_gb: f64,
-        /// Tokens of the long-attention forward (0 skips it).
-        #[arg(long, default_value_t = 75_600)]
-        long_tokens: usize,
+        /// Token counts of the 14B-dimension block forwards, bf16 and fp8
+        /// (comma-separated; 0 skips them).
+        #[arg(long, alias = "long-tokens", value_delimiter = ',', default_values_t = [32_760, 75_600])]
+        block_tokens: Vec<usize>,
+        /// Tokens of the attention speed case (40 heads x 128) and of the
+        /// fused-vs-chunked parity case (at most 4,096); 0 skips them.
+        #[arg(long, default_value_t = 32_760)]
+        attention_tokens: usize,
+        /// Fail (exit non-zero) when a figure misses the card's bounds:
+        /// 14B block at 75,600 tokens <= 0.6 s, attention >= 50% of the
+        /// GEMM's TFLOP/s, fp8 block <= 1.1x bf16, load >= 8 GB/s.
+        #[arg(long)]
+        bounds: bool,
+        /// Also write the whole 14B expert (40 bf16 blocks, ~28 GB, in
+        /// --dir) and time one CFG step at 480p x 81 frames.
+        #[arg(long)]
+        full_expert: bool,
         /// Directory for the temp checkpoints (default: the system temp dir).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,

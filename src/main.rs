@@ -130,7 +130,10 @@ fn execute(command: Command) -> anyhow::Result<()> {
             what:
                 Some(BenchWhat::Device {
                     size_gb,
-                    long_tokens,
+                    block_tokens,
+                    attention_tokens,
+                    bounds,
+                    full_expert,
                     dir,
                 }),
             latent,
@@ -140,7 +143,10 @@ fn execute(command: Command) -> anyhow::Result<()> {
             let o = baton::bench::device::DeviceBenchOptions {
                 size_gb,
                 latent: latent.options(0),
-                long_tokens,
+                block_tokens: block_tokens.into_iter().filter(|&n| n > 0).collect(),
+                attention_tokens,
+                bounds,
+                full_expert,
                 dir,
             };
             print!("{}", baton::bench::device::run(&o, &dev)?);

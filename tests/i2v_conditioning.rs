@@ -67,7 +67,9 @@ fn dit_probes_match_comfyui() {
         let e = value(
             &mut s,
             &format!("{case} velocity rel L2"),
-            &format!(r#"rel_l2(predict(i2v, c["{case}.dit_input"], c["{case}.dit_timestep"], pos), c["{case}.dit_output"])"#),
+            &format!(
+                r#"rel_l2(predict(i2v, c["{case}.dit_input"], c["{case}.dit_timestep"], pos), c["{case}.dit_output"])"#
+            ),
         );
         assert!(e <= 1e-4, "{case} velocity {e:.3e}");
     }
@@ -106,7 +108,13 @@ fn trace(s: &mut baton::host::Session, run: &str, model: &str, opts: &str, laten
 #[test]
 fn i2v_traces_match_comfyui() {
     let (_out, mut s) = common::session_after(SETUP);
-    trace(&mut s, "i2v", "i2v", r#"seed: 42, image_cond: c["i2v.c_concat"]"#, r#"c["i2v.latent"]"#);
+    trace(
+        &mut s,
+        "i2v",
+        "i2v",
+        r#"seed: 42, image_cond: c["i2v.c_concat"]"#,
+        r#"c["i2v.latent"]"#,
+    );
     // Split: pass 1 (steps 0..2, leftover noise), then pass 2 continues it
     // from its output (ComfyUI renormalises and rescales it; baton's latent
     // stays in the sampler's space).
@@ -152,7 +160,10 @@ fn ti2v_trace_matches_comfyui() {
 #[test]
 fn misuse_names_the_option() {
     let (_out, mut s) = common::session_after(SETUP);
-    let e = eval_err(&mut s, r#"sample(i2v, c["i2v.latent"], #{ positive: pos, cfg: 1.0, steps: 1 })"#);
+    let e = eval_err(
+        &mut s,
+        r#"sample(i2v, c["i2v.latent"], #{ positive: pos, cfg: 1.0, steps: 1 })"#,
+    );
     assert!(e.contains("image_cond"), "{e}");
     let e = eval_err(
         &mut s,
@@ -166,6 +177,9 @@ fn misuse_names_the_option() {
            sample(t2v, c["i2v.latent"], #{ positive: pos, cfg: 1.0, steps: 1, image_cond: c["i2v.c_concat"] })"#,
     );
     assert!(e.contains("image_cond") && e.contains("'t2v'"), "{e}");
-    let e = eval_err(&mut s, r#"ti2v_latent(vae, #{ start_image: start, width: 96, height: 64, length: 5 })"#);
+    let e = eval_err(
+        &mut s,
+        r#"ti2v_latent(vae, #{ start_image: start, width: 96, height: 64, length: 5 })"#,
+    );
     assert!(e.contains("Wan 2.2 VAE"), "{e}");
 }

@@ -12,13 +12,22 @@ fn i2v_script_runs_and_plan_predicts_its_peak() {
     let cache = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let trace = out.path().join("trace.json");
-    let run = common::baton_run_traced("scripts/wan22_i2v.rhai", &out.path().join("o"), &trace, Some(cache.path()));
+    let run = common::baton_run_traced(
+        "scripts/wan22_i2v.rhai",
+        &out.path().join("o"),
+        &trace,
+        Some(cache.path()),
+    );
     run.assert_ok();
     assert!(out.path().join("o/i2v.gif").metadata().unwrap().len() > 500);
     assert!(run.stdout.contains("(no models loaded)"), "{}", run.stdout);
     let plan = plan_json("scripts/wan22_i2v.rhai", cache.path());
     let n = plan["predicted"].as_array().unwrap().len();
-    assert_close("wan22_i2v", predicted_peak(&plan, 0..n), measured_peak(&read_json(&trace), 0.0, f64::MAX));
+    assert_close(
+        "wan22_i2v",
+        predicted_peak(&plan, 0..n),
+        measured_peak(&read_json(&trace), 0.0, f64::MAX),
+    );
 }
 
 #[test]
@@ -42,7 +51,11 @@ fn first_last_frame_with_loras_runs() {
         Some(cache.path()),
     );
     run.assert_ok();
-    assert!(run.stderr.contains("applied LoRA lora-tiny-i2v-high"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("applied LoRA lora-tiny-i2v-high"),
+        "{}",
+        run.stderr
+    );
     assert!(o.join("i2v.gif").exists());
 }
 
@@ -64,11 +77,22 @@ print(`video ${video.shape}`);
     )
     .unwrap();
     let run = common::baton(
-        &["run".as_ref(), script.as_os_str(), "--out".as_ref(), dir.path().join("o").as_os_str(), "--allow-path".as_ref(), env!("CARGO_MANIFEST_DIR").as_ref()],
+        &[
+            "run".as_ref(),
+            script.as_os_str(),
+            "--out".as_ref(),
+            dir.path().join("o").as_os_str(),
+            "--allow-path".as_ref(),
+            env!("CARGO_MANIFEST_DIR").as_ref(),
+        ],
         Some(cache.path()),
     );
     run.assert_ok();
-    assert!(run.stdout.contains("video [1, 3, 5, 64, 96]"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("video [1, 3, 5, 64, 96]"),
+        "{}",
+        run.stdout
+    );
 }
 
 /// The official T2V, I2V and TI2V-5B templates import and run on the tiny
@@ -108,16 +132,27 @@ fn official_templates_import_and_run_on_tiny_models() {
             ],
         ),
     ];
-    let image = format!("image={}/tests/fixtures/wan_i2v/start.png", env!("CARGO_MANIFEST_DIR"));
+    let image = format!(
+        "image={}/tests/fixtures/wan_i2v/start.png",
+        env!("CARGO_MANIFEST_DIR")
+    );
     for (file, map) in maps {
         let wf = common::fixture(&format!("comfy_workflows/{file}"));
         let script = dir.path().join(format!("{file}.rhai"));
-        let mut args: Vec<std::ffi::OsString> =
-            vec!["import".into(), wf.into(), "-o".into(), script.clone().into()];
+        let mut args: Vec<std::ffi::OsString> = vec![
+            "import".into(),
+            wf.into(),
+            "-o".into(),
+            script.clone().into(),
+        ];
         for m in *map {
             args.extend(["--map".into(), (*m).into()]);
         }
-        let size = if file.contains("ti2v") { ["width=96", "height=64"] } else { ["width=64", "height=48"] };
+        let size = if file.contains("ti2v") {
+            ["width=96", "height=64"]
+        } else {
+            ["width=64", "height=48"]
+        };
         for p in [size[0], size[1], "length=5", "steps=2"] {
             args.extend(["--param".into(), p.into()]);
         }
@@ -131,13 +166,33 @@ fn official_templates_import_and_run_on_tiny_models() {
         common::baton(&refs, Some(cache.path())).assert_ok();
         let out = dir.path().join(format!("{file}.out"));
         let run = common::baton(
-            &["run".as_ref(), script.as_os_str(), "--out".as_ref(), out.as_os_str(), "--allow-path".as_ref(), env!("CARGO_MANIFEST_DIR").as_ref()],
+            &[
+                "run".as_ref(),
+                script.as_os_str(),
+                "--out".as_ref(),
+                out.as_os_str(),
+                "--allow-path".as_ref(),
+                env!("CARGO_MANIFEST_DIR").as_ref(),
+            ],
             Some(cache.path()),
         );
         run.assert_ok();
-        println!("{file}: {}", run.stdout.lines().find(|l| l.contains("peak")).unwrap_or(""));
-        if let (Some(del), Some(load)) = (run.stderr.find("deleted high"), run.stderr.find("loaded low")) {
-            assert!(del < load, "{file}: the high expert must go before the low one loads\n{}", run.stderr);
+        println!(
+            "{file}: {}",
+            run.stdout
+                .lines()
+                .find(|l| l.contains("peak"))
+                .unwrap_or("")
+        );
+        if let (Some(del), Some(load)) = (
+            run.stderr.find("deleted high"),
+            run.stderr.find("loaded low"),
+        ) {
+            assert!(
+                del < load,
+                "{file}: the high expert must go before the low one loads\n{}",
+                run.stderr
+            );
         } else {
             assert!(file.contains("ti2v"), "{file}: {}", run.stderr);
         }
@@ -153,12 +208,23 @@ fn make_tiny_writes_the_i2v_set() {
     run.assert_ok();
     let inspect = |name: &str| {
         let path = dir.path().join(format!("{name}.safetensors"));
-        assert!(run.stdout.contains(&format!("wrote {}", path.display())), "{name}: {}", run.stdout);
+        assert!(
+            run.stdout.contains(&format!("wrote {}", path.display())),
+            "{name}: {}",
+            run.stdout
+        );
         let r = common::baton(&["inspect".as_ref(), path.as_os_str()], None);
         r.assert_ok();
         r.stdout
     };
-    for name in ["wan-tiny-high", "wan-tiny-low", "umt5-tiny", "wan-vae-tiny", "lora-tiny-i2v-high", "lora-tiny-i2v-low"] {
+    for name in [
+        "wan-tiny-high",
+        "wan-tiny-low",
+        "umt5-tiny",
+        "wan-vae-tiny",
+        "lora-tiny-i2v-high",
+        "lora-tiny-i2v-low",
+    ] {
         inspect(name);
     }
     for (name, want) in [

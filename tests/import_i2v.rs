@@ -54,7 +54,11 @@ fn a_subgraph_input_without_a_value_takes_the_inner_widget() {
     node(sub, 84)["widgets_values"][0] = json!("umt5_only_inside.safetensors");
     let imp = import_bytes(wf.to_string().as_bytes(), name, &ImportOptions::default())
         .unwrap_or_else(|e| panic!("{e}"));
-    assert!(imp.script.contains("\"umt5_only_inside.safetensors\""), "{}", imp.script);
+    assert!(
+        imp.script.contains("\"umt5_only_inside.safetensors\""),
+        "{}",
+        imp.script
+    );
 
     // Nothing promoted at all: every subgraph input takes its inner widget.
     let mut wf = read(name);
@@ -63,10 +67,19 @@ fn a_subgraph_input_without_a_value_takes_the_inner_widget() {
     inst["properties"]["proxyWidgets"] = json!([]);
     let imp = import_bytes(wf.to_string().as_bytes(), name, &ImportOptions::default())
         .unwrap_or_else(|e| panic!("{e}"));
-    for (p, v) in [("width", json!(640)), ("height", json!(640)), ("length", json!(81))] {
+    for (p, v) in [
+        ("width", json!(640)),
+        ("height", json!(640)),
+        ("length", json!(81)),
+    ] {
         assert_eq!(param(&imp, p), v, "{p}");
     }
-    assert!(imp.script.contains("wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"), "{}", imp.script);
+    assert!(
+        imp.script
+            .contains("wan2.2_i2v_high_noise_14B_fp8_scaled.safetensors"),
+        "{}",
+        imp.script
+    );
     // Inner PrimitiveBoolean #131 is true: the turbo LoRAs, 4 steps.
     assert_eq!(imp.samplers[0].steps, 4, "{:?}", imp.samplers);
 }
@@ -105,8 +118,12 @@ fn flf_api() -> Value {
 #[test]
 fn first_last_frame_imports_with_both_images_as_parameters() {
     let wf = flf_api();
-    let imp = import_bytes(wf.to_string().as_bytes(), "flf.json", &ImportOptions::default())
-        .unwrap_or_else(|e| panic!("{e}"));
+    let imp = import_bytes(
+        wf.to_string().as_bytes(),
+        "flf.json",
+        &ImportOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(param(&imp, "image"), json!("first.png"));
     assert_eq!(param(&imp, "end_image"), json!("last.png"));
     let s = &imp.script;
@@ -118,7 +135,10 @@ fn first_last_frame_imports_with_both_images_as_parameters() {
     );
     // The two passes (one wan::two_stage) get the image conditioning, and
     // nothing is left unsupported.
-    assert!(s.contains("positive: positive, negative: negative, image_cond: i2v.image_cond,"), "{s}");
+    assert!(
+        s.contains("positive: positive, negative: negative, image_cond: i2v.image_cond,"),
+        "{s}"
+    );
     assert!(!s.contains("throw"), "{s}");
 }
 
@@ -130,15 +150,32 @@ fn a_connected_clip_vision_input_is_a_clear_error() {
     wf["20"] = json!({ "class_type": "CLIPVisionLoader", "inputs": { "clip_name": "clip_vision_h.safetensors" } });
     wf["21"] = json!({ "class_type": "CLIPVisionEncode", "inputs": { "clip_vision": ["20", 0], "image": ["9", 0], "crop": "none" } });
     wf["11"]["inputs"]["clip_vision_start_image"] = json!(["21", 0]);
-    let o = ImportOptions { allow_unknown: true, ..Default::default() };
+    let o = ImportOptions {
+        allow_unknown: true,
+        ..Default::default()
+    };
     let e = import_bytes(wf.to_string().as_bytes(), "flf.json", &o).unwrap_err();
-    assert!(e.contains("#11 WanFirstLastFrameToVideo") && e.contains("clip_vision"), "{e}");
+    assert!(
+        e.contains("#11 WanFirstLastFrameToVideo") && e.contains("clip_vision"),
+        "{e}"
+    );
 }
 
 /// `baton import` with `--map` and `--param`, then `baton run`.
-fn import_and_run(wf: &Path, maps: &[&str], params: &[String], dir: &Path, cache: &Path) -> (String, common::BatonRun) {
+fn import_and_run(
+    wf: &Path,
+    maps: &[&str],
+    params: &[String],
+    dir: &Path,
+    cache: &Path,
+) -> (String, common::BatonRun) {
     let script = dir.join("imported.rhai");
-    let mut args: Vec<OsString> = vec!["import".into(), wf.into(), "-o".into(), script.clone().into()];
+    let mut args: Vec<OsString> = vec![
+        "import".into(),
+        wf.into(),
+        "-o".into(),
+        script.clone().into(),
+    ];
     for m in maps {
         args.extend(["--map".into(), (*m).into()]);
     }
@@ -150,14 +187,24 @@ fn import_and_run(wf: &Path, maps: &[&str], params: &[String], dir: &Path, cache
     let text = std::fs::read_to_string(&script).unwrap();
     let out = dir.join("out");
     let run = common::baton(
-        &["run".as_ref(), script.as_os_str(), "--out".as_ref(), out.as_os_str(), "--allow-path".as_ref(), env!("CARGO_MANIFEST_DIR").as_ref()],
+        &[
+            "run".as_ref(),
+            script.as_os_str(),
+            "--out".as_ref(),
+            out.as_os_str(),
+            "--allow-path".as_ref(),
+            env!("CARGO_MANIFEST_DIR").as_ref(),
+        ],
         Some(cache),
     );
     (text, run)
 }
 
 fn fixture_image(name: &str) -> String {
-    format!("{}/tests/fixtures/wan_i2v/{name}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/tests/fixtures/wan_i2v/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 #[test]
@@ -184,12 +231,25 @@ fn imported_first_last_frame_runs_on_the_tiny_experts() {
         cache.path(),
     );
     run.assert_ok();
-    let (del, load) = (run.stderr.find("deleted high"), run.stderr.find("loaded low"));
-    assert!(matches!((del, load), (Some(d), Some(l)) if d < l), "the high expert goes first:\n{}", run.stderr);
+    let (del, load) = (
+        run.stderr.find("deleted high"),
+        run.stderr.find("loaded low"),
+    );
+    assert!(
+        matches!((del, load), (Some(d), Some(l)) if d < l),
+        "the high expert goes first:\n{}",
+        run.stderr
+    );
     // 9 frames decoded and written.
     let pngs = std::fs::read_dir(dir.path().join("out"))
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("flf_"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("flf_")
+        })
         .count();
     assert_eq!(pngs, 9);
 }
@@ -237,5 +297,9 @@ fn ti2v_template_with_its_image_switched_on_runs() {
         cache.path(),
     );
     run.assert_ok();
-    assert!(dir.path().join("out/video/ComfyUI.gif").exists(), "{}", run.stdout);
+    assert!(
+        dir.path().join("out/video/ComfyUI.gif").exists(),
+        "{}",
+        run.stdout
+    );
 }

@@ -232,8 +232,9 @@ fn ti2v_5b_imports_as_text_to_video_with_its_bypassed_image() {
     let s = &imp.script;
     // Wan22ImageToVideoLatent without its (bypassed) image: ti2v_latent, no mask.
     assert!(
-        s.contains("let ti2v = ti2v_latent(vae, #{ width: width, height: height, length: length });")
-            && !s.contains("load_image"),
+        s.contains(
+            "let ti2v = ti2v_latent(vae, #{ width: width, height: height, length: length });"
+        ) && !s.contains("load_image"),
         "{s}"
     );
     assert!(

@@ -10,8 +10,10 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::{BTreeMap, HashMap};
 
 fn build(tensors: HashMap<String, Tensor>) -> Wan22Vae {
-    let shapes: BTreeMap<String, Vec<usize>> =
-        tensors.iter().map(|(k, t)| (k.clone(), t.dims().to_vec())).collect();
+    let shapes: BTreeMap<String, Vec<usize>> = tensors
+        .iter()
+        .map(|(k, t)| (k.clone(), t.dims().to_vec()))
+        .collect();
     let cfg = Wan22VaeConfig::infer(&shapes).unwrap();
     assert_eq!((cfg.enc_dim, cfg.dec_dim, cfg.z_dim), (3, 4, 48));
     assert_eq!(cfg.temporal_downsample, vec![false, true, true]);
@@ -34,7 +36,13 @@ fn check(vae: &Wan22Vae, layout: &str) {
         }
     }
     let px = &c["encode_t5_h32_w32.pixels"];
-    let video = px.permute((3, 0, 1, 2)).unwrap().unsqueeze(0).unwrap().affine(2.0, -1.0).unwrap();
+    let video = px
+        .permute((3, 0, 1, 2))
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap()
+        .affine(2.0, -1.0)
+        .unwrap();
     let mu = vae.encode(&video).unwrap();
     for want in ["latent_mean", "latent_mean_comfy"] {
         let w = &c[&format!("encode_t5_h32_w32.{want}")];
@@ -92,11 +100,15 @@ fn load_model_decode_encode_and_ti2v_latent() {
            let vd = load_model("tests/fixtures/wan_i2v/vae22_diffusers.safetensors", #{ name: "vae22d" });"#,
     );
     for m in ["vae", "vd"] {
-        let arch = common::eval(&mut s, &format!("{m}.arch")).into_string().unwrap();
+        let arch = common::eval(&mut s, &format!("{m}.arch"))
+            .into_string()
+            .unwrap();
         assert_eq!(arch, "wan-vae 2.2 width 3", "{m}");
         let e = common::as_f64(common::eval(
             &mut s,
-            &format!(r#"max_abs(decode({m}, c["decode_t3_h2_w2.latent"], #{{ raw: true, clamp: false }}) - c["decode_t3_h2_w2.video_unclamped_comfy"])"#),
+            &format!(
+                r#"max_abs(decode({m}, c["decode_t3_h2_w2.latent"], #{{ raw: true, clamp: false }}) - c["decode_t3_h2_w2.video_unclamped_comfy"])"#
+            ),
         ));
         println!("{m}: decode through the runtime, max abs {e:.2e}");
         assert!(e <= 1e-4, "{m} decode {e:.3e}");
@@ -111,19 +123,31 @@ fn load_model_decode_encode_and_ti2v_latent() {
     ));
     println!("ti2v_latent (encoded by baton's 2.2 VAE) vs ComfyUI latent_in: rel L2 {e:.2e}");
     assert!(e <= 1e-5, "ti2v latent {e:.3e}");
-    let shape = common::eval(&mut s, r#"empty_latent(#{ channels: 48, width: 96, height: 64, frames: 5 }).shape"#);
+    let shape = common::eval(
+        &mut s,
+        r#"empty_latent(#{ channels: 48, width: 96, height: 64, frames: 5 }).shape"#,
+    );
     assert_eq!(shape.to_string(), "[1, 48, 2, 4, 6]");
 }
 
 #[test]
 fn inspect_names_the_wan22_vae_in_both_layouts() {
-    for (file, layout) in [("vae22_original", "original"), ("vae22_diffusers", "diffusers")] {
+    for (file, layout) in [
+        ("vae22_original", "original"),
+        ("vae22_diffusers", "diffusers"),
+    ] {
         let path = format!("tests/fixtures/wan_i2v/{file}.safetensors");
         let run = common::baton(&["inspect".as_ref(), path.as_ref()], None);
         run.assert_ok();
         let out = &run.stdout;
-        assert!(out.contains("arch:       wan-vae 2.2 width 3"), "{file}: {out}");
-        assert!(out.contains(&format!("layout:     {layout}")), "{file}: {out}");
+        assert!(
+            out.contains("arch:       wan-vae 2.2 width 3"),
+            "{file}: {out}"
+        );
+        assert!(
+            out.contains(&format!("layout:     {layout}")),
+            "{file}: {out}"
+        );
         assert!(out.contains("decoder dim 4 | z_dim 48"), "{file}: {out}");
     }
 }

@@ -18,6 +18,7 @@
 //! same code runs with RSS in their place, as a dry run of the script that
 //! carries this to a GPU machine (`scripts/device_check.sh`).
 
+use super::device_speed::{check_bounds, Bounds, Figures};
 use super::load::{block_params, write_checkpoint_seeded, TempFile};
 use super::{median, swap_secs, two_expert_pipeline, Pipeline};
 use crate::models::wan::WanConfig;
@@ -38,13 +39,21 @@ pub struct DeviceBenchOptions {
     pub size_gb: f64,
     /// Latent of the forwards and samples, and timed repeats.
     pub latent: super::LatentOptions,
-    /// Tokens of the long-attention forward (0 skips it).
-    pub long_tokens: usize,
+    /// Token counts of the 14B-dimension block forwards (bf16 and fp8);
+    /// empty skips them.
+    pub block_tokens: Vec<usize>,
+    /// Tokens of the attention speed and parity cases (0 skips them).
+    pub attention_tokens: usize,
+    /// Also step the whole 14B expert once at 480p (writes ~28 GB to `dir`).
+    pub full_expert: bool,
+    /// Hold the figures to the card's bounds ([`Bounds`]): a missed one is
+    /// a FAILED row and a non-zero exit.
+    pub bounds: bool,
     pub dir: Option<PathBuf>,
 }
 
 /// A bench checkpoint in `dir`, removed when dropped.
-fn temp_file(dir: &Path, what: &str) -> TempFile {
+pub(super) fn temp_file(dir: &Path, what: &str) -> TempFile {
     TempFile(dir.join(format!(
         "baton-bench-{what}-{}.safetensors",
         std::process::id()
@@ -53,7 +62,7 @@ fn temp_file(dir: &Path, what: &str) -> TempFile {
 
 /// Memory as the device counts it: the driver's used bytes on a card,
 /// RSS on the CPU.
-fn used_now(dev: &Device) -> u64 {
+pub(super) fn used_now(dev: &Device) -> u64 {
     match driver_memory(dev) {
         Some(m) => m.used(),
         None => {
@@ -65,14 +74,14 @@ fn used_now(dev: &Device) -> u64 {
 
 /// The highest memory use while it runs: a thread polling the driver on a
 /// card, the kernel's VmHWM on the CPU.
-struct PeakMeter {
+pub(super) struct PeakMeter {
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl PeakMeter {
-    fn start(dev: &Device) -> Self {
+    pub(super) fn start(dev: &Device) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(0));
         let thread = if dev.is_cuda() {
@@ -93,7 +102,7 @@ impl PeakMeter {
         Self { stop, peak, thread }
     }
 
-    fn finish(mut self, dev: &Device) -> u64 {
+    pub(super) fn finish(mut self, dev: &Device) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         match self.thread.take() {
             Some(t) => {
@@ -122,17 +131,6 @@ fn expert_config(layers: usize) -> WanConfig {
     }
 }
 
-/// The 14B expert's dimensions (Wan 2.2 T2V-A14B) with `layers` blocks.
-fn a14b_config(layers: usize) -> WanConfig {
-    WanConfig {
-        dim: 5120,
-        ffn_dim: 13824,
-        num_heads: 40,
-        num_layers: layers,
-        ..expert_config(2)
-    }
-}
-
 struct Inputs {
     x: Tensor,
     t: Tensor,
@@ -151,15 +149,20 @@ fn inputs(width: usize, height: usize, frames: usize, context: usize) -> anyhow:
     })
 }
 
-fn path_str(p: &Path) -> String {
+pub(super) fn path_str(p: &Path) -> String {
     p.display().to_string()
 }
 
 /// Table rows: what, figure, how it was taken.
-struct Table(Vec<(String, String, String)>);
+pub(super) struct Table(Vec<(String, String, String)>);
 
 impl Table {
-    fn row(&mut self, what: impl Into<String>, figure: impl Into<String>, note: impl Into<String>) {
+    pub(super) fn row(
+        &mut self,
+        what: impl Into<String>,
+        figure: impl Into<String>,
+        note: impl Into<String>,
+    ) {
         self.0.push((what.into(), figure.into(), note.into()));
     }
 
@@ -255,7 +258,11 @@ pub fn run(o: &DeviceBenchOptions, dev: &Device) -> anyhow::Result<String> {
             Ok(())
         });
     }
-    section(&mut t, "load and delete", |t| load_and_delete(&c, t));
+    let mut figures = Figures::default();
+    section(&mut t, "load and delete", |t| {
+        figures.load_gbps = Some(load_and_delete(&c, t)?);
+        Ok(())
+    });
     for both in [true, false] {
         let name = if both {
             "two experts, both loaded"
@@ -271,12 +278,60 @@ pub fn run(o: &DeviceBenchOptions, dev: &Device) -> anyhow::Result<String> {
     section(&mut t, "fp8_scaled on the device", |t| {
         fp8_parity(dev, &dir, t)
     });
-    if o.long_tokens > 0 {
-        section(&mut t, "long attention", |t| {
-            long_attention(o, dev, &dir, t)
+    if o.attention_tokens > 0 {
+        section(&mut t, "GEMM", |t| {
+            let n = if on_card { 8192 } else { 1024 };
+            figures.gemm_tflops = Some(super::device_speed::gemm(dev, n, o.latent.repeats, t)?);
+            Ok(())
         });
-    } else {
-        t.row("forward at 75,600 tokens", "skipped", "--long-tokens 0");
+        section(&mut t, "attention", |t| {
+            let n = o.attention_tokens;
+            figures.attention_tflops = Some(super::device_speed::attention_speed(
+                dev,
+                n,
+                o.latent.repeats,
+                t,
+            )?);
+            Ok(())
+        });
+        section(&mut t, "attention parity", |t| {
+            // bf16 on a card (the fused kernel's dtype), f32 on the CPU.
+            let tol = if on_card { 2e-3 } else { 1e-5 };
+            super::device_speed::attention_parity(dev, o.attention_tokens.min(4096), tol, t)
+        });
+    }
+    if o.block_tokens.is_empty() {
+        t.row("14B block forwards", "skipped", "--block-tokens empty");
+    }
+    for fp8 in [false, true] {
+        if o.block_tokens.is_empty() {
+            break;
+        }
+        let name = if fp8 {
+            "14B block, fp8"
+        } else {
+            "14B block, bf16"
+        };
+        section(&mut t, name, |t| {
+            let r =
+                super::device_speed::blocks(dev, &dir, &o.block_tokens, fp8, o.latent.repeats, t)?;
+            if fp8 {
+                figures.block_fp8 = r;
+            } else {
+                figures.block_bf16 = r;
+            }
+            Ok(())
+        });
+    }
+    if o.full_expert {
+        section(&mut t, "14B expert", |t| {
+            super::device_speed::full_expert(dev, &dir, t).map(drop)
+        });
+    }
+    if o.bounds {
+        for (a, b, c) in check_bounds(&figures, &Bounds::default()) {
+            t.row(a, b, c);
+        }
     }
     out.push_str(&t.render());
     if t.0
@@ -289,9 +344,14 @@ pub fn run(o: &DeviceBenchOptions, dev: &Device) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// Load GB/s from the page cache, the ledger against the driver, and
-/// delete back to the baseline.
-fn load_and_delete(c: &Ctx, t: &mut Table) -> anyhow::Result<()> {
+/// The most `delete_model` may leave above the baseline (allocator pools,
+/// a card's context): beyond it the delete did not free.
+const DELETE_SLACK: u64 = 64 << 20;
+
+/// Load GB/s from the page cache (returned), the ledger against the driver
+/// (a leak is a failure), and delete back to the baseline (within
+/// [`DELETE_SLACK`], else a failure).
+fn load_and_delete(c: &Ctx, t: &mut Table) -> anyhow::Result<f64> {
     let dev = c.dev;
     super::load::sequential_read(Path::new(&c.high))?;
     let baseline = used_now(dev);
@@ -314,25 +374,28 @@ fn load_and_delete(c: &Ctx, t: &mut Table) -> anyhow::Result<()> {
                 "driver shows {} held, ledger {}{}",
                 mib(check.driver_held),
                 mib(check.ledger),
-                if check.leak { " (LEAK)" } else { "" }
+                if check.leak { " (LEAK): FAILED" } else { "" }
             ),
         );
     }
     rt.predict(h, &c.i.x, &c.i.t, &c.i.ctx)?;
     rt.delete_model(h, "bench")?;
     let after = used_now(dev);
+    let left = after.abs_diff(baseline);
     t.row(
         "delete_model: back to baseline",
         format!("{:+} bytes", after as i64 - baseline as i64),
         format!(
-            "{} {} before load, {} loaded, {} after a forward and delete",
+            "{} {} before load, {} loaded, {} after a forward and delete; bound +-{}: {}",
             c.unit,
             mib(baseline),
             mib(loaded),
-            mib(after)
+            mib(after),
+            mib(DELETE_SLACK),
+            if left <= DELETE_SLACK { "ok" } else { "FAILED" }
         ),
     );
-    Ok(())
+    Ok(c.bytes as f64 / load_s / 1e9)
 }
 
 /// Peak memory of high (2 steps) then low (2 steps), both loaded or one at
@@ -516,78 +579,5 @@ fn fp8_parity(dev: &Device, dir: &Path, t: &mut Table) -> anyhow::Result<()> {
         );
         rt.delete_model(m, "bench")?;
     }
-    Ok(())
-}
-
-/// One forward of a one-block model with the 14B expert's dimensions at
-/// `long_tokens` tokens (75,600 = 720p x 81 frames), in bf16.
-fn long_attention(
-    o: &DeviceBenchOptions,
-    dev: &Device,
-    dir: &Path,
-    t: &mut Table,
-) -> anyhow::Result<()> {
-    let cfg = a14b_config(1);
-    let file = temp_file(dir, "a14b");
-    write_checkpoint_seeded(&file.0, &cfg, 3)?;
-    // A latent whose patch grid has long_tokens tokens: 21 frames of 45 x 80
-    // patches at 75,600 (720p x 81); shorter runs keep the frame count.
-    let frames = 21usize;
-    let per_frame = (o.long_tokens / frames).max(1);
-    let h = ((per_frame as f64 * 9.0 / 16.0).sqrt().round() as usize).max(1);
-    let w = (per_frame / h).max(1);
-    let x = Tensor::randn(0f32, 1.0, (1, 16, frames, 2 * h, 2 * w), &Device::Cpu)?;
-    let tokens = frames * h * w;
-    let ctx = (Tensor::randn(0f32, 1.0, (1, 512, 4096), &Device::Cpu)? * 0.1)?;
-    let tt = Tensor::new(&[700f32], &Device::Cpu)?;
-    let base = used_now(dev);
-    let mut rt = Runtime::new(dev.clone(), None);
-    let opts = LoadOptions {
-        dtype: Some(DType::BF16),
-        ..Default::default()
-    };
-    let m = rt.load_model(&path_str(&file.0), &opts, "bench")?;
-    let weights = rt.ledger().used();
-    rt.predict(m, &x, &tt, &ctx)?; // warm-up: kernels, allocator pools
-    let meter = PeakMeter::start(dev);
-    let t0 = Instant::now();
-    let out = rt.predict(m, &x, &tt, &ctx)?;
-    dev.synchronize()?;
-    let secs = t0.elapsed().as_secs_f64();
-    let peak = meter
-        .finish(dev)
-        .saturating_sub(if dev.is_cuda() { base } else { 0 });
-    let finite = out
-        .flatten_all()?
-        .to_dtype(DType::F32)?
-        .sum_all()?
-        .to_scalar::<f32>()?
-        .is_finite();
-    let formula = crate::models::wan::memory::activation_peak_bytes_on(
-        &cfg,
-        tokens,
-        512,
-        DType::BF16,
-        dev,
-        false,
-        crate::models::wan::dit::attention_score_cap(),
-    );
-    t.row(
-        format!("forward at {tokens} tokens, 14B block dims"),
-        format!("{secs:.2} s"),
-        format!(
-            "query-chunked attention (score cap {}), output finite: {finite}",
-            mib(crate::models::wan::dit::attention_score_cap() as u64)
-        ),
-    );
-    t.row(
-        "  its peak memory above weights",
-        mib(peak.saturating_sub(weights)),
-        format!(
-            "formula predicts {} of activations; weights {}",
-            mib(formula),
-            mib(weights)
-        ),
-    );
     Ok(())
 }

@@ -193,6 +193,7 @@ pub fn run(o: &LatentOptions) -> anyhow::Result<String> {
 }
 
 pub mod device;
+pub mod device_speed;
 pub mod gguf;
 pub mod load;
 pub mod memory;

@@ -13,6 +13,8 @@ pub mod quant;
 pub mod shards;
 pub mod sniff;
 pub mod source;
+#[cfg(feature = "cuda")]
+pub mod upload_cuda;
 
 pub use detect::{detect, Detected};
 pub use error::CheckpointError;

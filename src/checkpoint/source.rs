@@ -20,6 +20,10 @@ pub struct CheckpointSource {
     /// The same files, for reading tensors with `pread`.
     files: Vec<std::fs::File>,
     tensors: BTreeMap<String, TensorEntry>,
+    /// On a card: pinned buffers that overlap file reads with copies while
+    /// a model loads (see `upload_cuda`); dropped by `finish_uploads`.
+    #[cfg(feature = "cuda")]
+    uploader: std::sync::Mutex<Option<super::upload_cuda::Uploader>>,
 }
 
 impl CheckpointSource {
@@ -64,6 +68,8 @@ impl CheckpointSource {
             maps,
             files,
             tensors,
+            #[cfg(feature = "cuda")]
+            uploader: std::sync::Mutex::new(None),
         }))
     }
 
@@ -105,6 +111,14 @@ impl CheckpointSource {
                 self.path.display()
             ),
         };
+        // On a card, a tensor kept in its file dtype goes from the file to the
+        // card through pinned buffers, the read overlapping the copy.
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(card) = dev {
+            if dtype == file_dtype && e.bytes() == e.numel() * file_dtype.size_in_bytes() {
+                return self.upload(name, e, file_dtype, card);
+            }
+        }
         let t = self.read(name, e, file_dtype)?;
         // fp8 resident (`dtype: "fp8"`): fp8 weights stay as they are (the
         // model dequantises per layer at forward time, with the scale it
@@ -135,6 +149,43 @@ impl CheckpointSource {
             Ok(t)
         } else {
             t.to_device(dev)
+        }
+    }
+
+    /// One tensor in its file dtype, from the file to `card` (see `upload_cuda`).
+    #[cfg(feature = "cuda")]
+    fn upload(
+        &self,
+        name: &str,
+        e: &TensorEntry,
+        dtype: DType,
+        card: &candle_core::cuda::CudaDevice,
+    ) -> candle_core::Result<Tensor> {
+        let mut slot = self
+            .uploader
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("the load uploader's lock is poisoned".into()))?;
+        if slot.is_none() {
+            *slot = Some(super::upload_cuda::Uploader::new(card)?);
+        }
+        let what = |source: std::io::Error| {
+            candle_core::Error::Msg(format!(
+                "{}: reading tensor '{name}' (file shorter than its header says?): {source}",
+                self.path.display()
+            ))
+        };
+        match slot.as_mut() {
+            Some(u) => u.read(&self.files[e.file], e.start as u64, dtype, &e.shape, &what),
+            None => candle_core::bail!("no load uploader"),
+        }
+    }
+
+    /// Frees the pinned load buffers once a model's weights are read (a
+    /// no-op without a card); a later read on a card makes new ones.
+    pub fn finish_uploads(&self) {
+        #[cfg(feature = "cuda")]
+        if let Ok(mut u) = self.uploader.lock() {
+            u.take();
         }
     }
 

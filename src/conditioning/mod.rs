@@ -68,7 +68,11 @@ pub fn pixel_video(
 /// `WanImageToVideo`'s mask, as the DiT gets it: 4 equal channels of
 /// `1 - concat_mask`, 1 on the latent frames the `n_start` images give.
 pub fn i2v_mask(t: usize, h: usize, w: usize, n_start: usize) -> Result<Tensor> {
-    let given = if n_start == 0 { 0 } else { (n_start - 1) / 4 + 1 };
+    let given = if n_start == 0 {
+        0
+    } else {
+        (n_start - 1) / 4 + 1
+    };
     let per_frame: Vec<f32> = (0..t).map(|f| if f < given { 1.0 } else { 0.0 }).collect();
     Tensor::from_vec(per_frame, (1, 1, t, 1, 1), &Device::Cpu)?
         .broadcast_as((1, 4, t, h, w))?
@@ -94,7 +98,10 @@ pub fn flf_mask(t: usize, h: usize, w: usize, n_start: usize, n_end: usize) -> R
 
 /// ComfyUI's `c_concat`: cat(mask (4 channels, 1 = given), normalised image latent).
 pub fn image_cond(mask: &Tensor, latent: &Tensor) -> Result<Tensor> {
-    Tensor::cat(&[mask, &latent.to_dtype(DType::F32)?.to_device(&Device::Cpu)?], 1)
+    Tensor::cat(
+        &[mask, &latent.to_dtype(DType::F32)?.to_device(&Device::Cpu)?],
+        1,
+    )
 }
 
 /// `Wan22ImageToVideoLatent` in the sampler's space: the normalised start
@@ -103,10 +110,17 @@ pub fn image_cond(mask: &Tensor, latent: &Tensor) -> Result<Tensor> {
 pub fn ti2v_latent(z: &Tensor, t: usize) -> Result<(Tensor, Tensor)> {
     let (b, c, k, h, w) = z.dims5()?;
     let k = k.min(t);
-    let z = z.narrow(2, 0, k)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    let z = z
+        .narrow(2, 0, k)?
+        .to_dtype(DType::F32)?
+        .to_device(&Device::Cpu)?;
     let mut parts = vec![z];
     if t > k {
-        parts.push(Tensor::zeros((b, c, t - k, h, w), DType::F32, &Device::Cpu)?);
+        parts.push(Tensor::zeros(
+            (b, c, t - k, h, w),
+            DType::F32,
+            &Device::Cpu,
+        )?);
     }
     let latent = Tensor::cat(&parts, 2)?;
     let mask: Vec<f32> = (0..t).map(|f| if f < k { 0.0 } else { 1.0 }).collect();

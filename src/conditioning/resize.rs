@@ -39,7 +39,10 @@ fn taps(n_in: usize, n_out: usize) -> Vec<(usize, usize, f32, f32)> {
 pub fn upscale_center(video: &Tensor, width: usize, height: usize) -> Result<Tensor> {
     let (b, c, f, hs, ws) = video.dims5()?;
     if hs == 0 || ws == 0 || width == 0 || height == 0 {
-        candle_core::bail!("resize: empty image {:?} or size {width}x{height}", video.dims())
+        candle_core::bail!(
+            "resize: empty image {:?} or size {width}x{height}",
+            video.dims()
+        )
     }
     let (x0, y0) = crop(ws, hs, width, height);
     let (cw, ch) = (ws - 2 * x0, hs - 2 * y0);
@@ -85,7 +88,14 @@ mod tests {
             .reshape((1, 1, 1, 4, 6))
             .unwrap();
         let r = upscale_center(&v, 6, 4).unwrap();
-        let d: f32 = (r - &v).unwrap().abs().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        let d: f32 = (r - &v)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert_eq!(d, 0.0);
     }
 }

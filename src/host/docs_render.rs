@@ -82,4 +82,3 @@ pub fn help_text(name: Option<&str>, markdown: bool) -> Result<String, String> {
             .ok_or_else(|| format!("no primitive '{n}' (baton help lists them)")),
     }
 }
-

@@ -29,9 +29,7 @@ pub fn widget_names(class: &str) -> Option<&'static [&'static str]> {
         "EmptyHunyuanLatentVideo"
         | "Wan22ImageToVideoLatent"
         | "WanImageToVideo"
-        | "WanFirstLastFrameToVideo" => {
-            &["width", "height", "length", "batch_size"]
-        }
+        | "WanFirstLastFrameToVideo" => &["width", "height", "length", "batch_size"],
         "LoadImage" => &["image", "upload"],
         "KSampler" => &[
             "seed",

@@ -85,10 +85,14 @@ pub fn write(name: &str, seed: u64, path: &Path) -> Result<(), String> {
     match name {
         "umt5-tiny" => write_umt5_tiny(path, &tiny_umt5_config(), seed),
         "wan-vae-tiny" => write_vae_tiny(path, &tiny_vae_config(), seed),
-        "wan-tiny-i2v-high" | "wan-tiny-i2v-low" => write_tiny(path, &tiny_i2v::i2v_config(), seed, name),
+        "wan-tiny-i2v-high" | "wan-tiny-i2v-low" => {
+            write_tiny(path, &tiny_i2v::i2v_config(), seed, name)
+        }
         "wan-tiny-ti2v" => write_tiny(path, &tiny_i2v::ti2v_config(), seed, name),
         "wan22-vae-tiny" => tiny_i2v::write_vae22(path, &tiny_i2v::vae22_config(), seed),
-        "lora-tiny-i2v-high" | "lora-tiny-i2v-low" => tiny_i2v::write_lora(path, &tiny_i2v::i2v_config(), seed, name),
+        "lora-tiny-i2v-high" | "lora-tiny-i2v-low" => {
+            tiny_i2v::write_lora(path, &tiny_i2v::i2v_config(), seed, name)
+        }
         _ => write_tiny(path, &tiny_config(), seed, name),
     }
 }

@@ -12,12 +12,19 @@ use std::path::Path;
 
 /// The I2V experts: the built-in T2V architecture with I2V's 36 input channels.
 pub fn i2v_config() -> WanConfig {
-    WanConfig { in_dim: 36, ..tiny_config() }
+    WanConfig {
+        in_dim: 36,
+        ..tiny_config()
+    }
 }
 
 /// TI2V-5B's shape: 48 latent channels in and out.
 pub fn ti2v_config() -> WanConfig {
-    WanConfig { in_dim: 48, out_dim: 48, ..tiny_config() }
+    WanConfig {
+        in_dim: 48,
+        out_dim: 48,
+        ..tiny_config()
+    }
 }
 
 /// The Wan 2.2 VAE's structure (z_dim 48, 16x spatial) at widths 8 / 16.
@@ -45,9 +52,17 @@ fn conv(v: &mut Vec<Spec>, name: &str, out: usize, inp: usize, k: &[usize]) {
 }
 
 fn res(v: &mut Vec<Spec>, p: &str, cin: usize, cout: usize) {
-    v.push((format!("{p}.residual.0.gamma"), vec![cin, 1, 1, 1], Init::Norm));
+    v.push((
+        format!("{p}.residual.0.gamma"),
+        vec![cin, 1, 1, 1],
+        Init::Norm,
+    ));
     conv(v, &format!("{p}.residual.2"), cout, cin, &[3, 3, 3]);
-    v.push((format!("{p}.residual.3.gamma"), vec![cout, 1, 1, 1], Init::Norm));
+    v.push((
+        format!("{p}.residual.3.gamma"),
+        vec![cout, 1, 1, 1],
+        Init::Norm,
+    ));
     conv(v, &format!("{p}.residual.6"), cout, cout, &[3, 3, 3]);
     if cin != cout {
         conv(v, &format!("{p}.shortcut"), cout, cin, &[1, 1, 1]);
@@ -56,7 +71,11 @@ fn res(v: &mut Vec<Spec>, p: &str, cin: usize, cout: usize) {
 
 fn middle(v: &mut Vec<Spec>, p: &str, c: usize) {
     res(v, &format!("{p}.middle.0"), c, c);
-    v.push((format!("{p}.middle.1.norm.gamma"), vec![c, 1, 1], Init::Norm));
+    v.push((
+        format!("{p}.middle.1.norm.gamma"),
+        vec![c, 1, 1],
+        Init::Norm,
+    ));
     conv(v, &format!("{p}.middle.1.to_qkv"), 3 * c, c, &[1, 1]);
     conv(v, &format!("{p}.middle.1.proj"), c, c, &[1, 1]);
     res(v, &format!("{p}.middle.2"), c, c);
@@ -71,7 +90,12 @@ pub(crate) fn vae22_specs(cfg: &Wan22VaeConfig) -> Vec<Spec> {
     for i in 0..n {
         let p = format!("encoder.downsamples.{i}.downsamples");
         for j in 0..nrb {
-            res(&mut v, &format!("{p}.{j}"), if j == 0 { e[i] } else { e[i + 1] }, e[i + 1]);
+            res(
+                &mut v,
+                &format!("{p}.{j}"),
+                if j == 0 { e[i] } else { e[i + 1] },
+                e[i + 1],
+            );
         }
         if i + 1 < n {
             let c = e[i + 1];
@@ -82,7 +106,11 @@ pub(crate) fn vae22_specs(cfg: &Wan22VaeConfig) -> Vec<Spec> {
         }
     }
     middle(&mut v, "encoder", e[n]);
-    v.push(("encoder.head.0.gamma".into(), vec![e[n], 1, 1, 1], Init::Norm));
+    v.push((
+        "encoder.head.0.gamma".into(),
+        vec![e[n], 1, 1, 1],
+        Init::Norm,
+    ));
     conv(&mut v, "encoder.head.2", 2 * z, e[n], &[3, 3, 3]);
     conv(&mut v, "conv1", 2 * z, 2 * z, &[1, 1, 1]);
     conv(&mut v, "conv2", z, z, &[1, 1, 1]);
@@ -93,17 +121,38 @@ pub(crate) fn vae22_specs(cfg: &Wan22VaeConfig) -> Vec<Spec> {
     for i in 0..n {
         let p = format!("decoder.upsamples.{i}.upsamples");
         for j in 0..=nrb {
-            res(&mut v, &format!("{p}.{j}"), if j == 0 { d[i] } else { d[i + 1] }, d[i + 1]);
+            res(
+                &mut v,
+                &format!("{p}.{j}"),
+                if j == 0 { d[i] } else { d[i + 1] },
+                d[i + 1],
+            );
         }
         if i + 1 < n {
             let c = d[i + 1];
-            conv(&mut v, &format!("{p}.{}.resample.1", nrb + 1), c, c, &[3, 3]);
+            conv(
+                &mut v,
+                &format!("{p}.{}.resample.1", nrb + 1),
+                c,
+                c,
+                &[3, 3],
+            );
             if up_t[i] {
-                conv(&mut v, &format!("{p}.{}.time_conv", nrb + 1), 2 * c, c, &[3, 1, 1]);
+                conv(
+                    &mut v,
+                    &format!("{p}.{}.time_conv", nrb + 1),
+                    2 * c,
+                    c,
+                    &[3, 1, 1],
+                );
             }
         }
     }
-    v.push(("decoder.head.0.gamma".into(), vec![d[n], 1, 1, 1], Init::Norm));
+    v.push((
+        "decoder.head.0.gamma".into(),
+        vec![d[n], 1, 1, 1],
+        Init::Norm,
+    ));
     conv(&mut v, "decoder.head.2", 12, d[n], &[3, 3, 3]);
     v
 }
@@ -122,8 +171,16 @@ pub fn write_lora(path: &Path, cfg: &WanConfig, seed: u64, label: &str) -> Resul
         for attn in ["self_attn", "cross_attn"] {
             for p in ["q", "k", "v", "o"] {
                 let m = format!("diffusion_model.blocks.{i}.{attn}.{p}");
-                v.push((format!("{m}.lora_down.weight"), vec![RANK, d], Init::Weight { fan_in: d }));
-                v.push((format!("{m}.lora_up.weight"), vec![d, RANK], Init::Weight { fan_in: 100 * RANK }));
+                v.push((
+                    format!("{m}.lora_down.weight"),
+                    vec![RANK, d],
+                    Init::Weight { fan_in: d },
+                ));
+                v.push((
+                    format!("{m}.lora_up.weight"),
+                    vec![d, RANK],
+                    Init::Weight { fan_in: 100 * RANK },
+                ));
             }
         }
     }

@@ -92,7 +92,13 @@ impl Denoiser for DitDenoiser<'_> {
 
 impl Runtime {
     /// One raw forward: the model's velocity prediction (f32).
-    pub fn predict(&mut self, id: ModelId, x: &Tensor, t: &Tensor, context: &Tensor) -> Result<Tensor> {
+    pub fn predict(
+        &mut self,
+        id: ModelId,
+        x: &Tensor,
+        t: &Tensor,
+        context: &Tensor,
+    ) -> Result<Tensor> {
         self.predict_at(id, x, t, context, None, "")
     }
 
@@ -282,7 +288,10 @@ fn run_pass(
         image_cond: None,
         frame_scales: None,
     };
-    let latent = on_device(&latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?, "latent")?;
+    let latent = on_device(
+        &latent.to_dtype(DType::F32).map_err(tensor_err("latent"))?,
+        "latent",
+    )?;
     if let Some(c) = &o.image_cond {
         let b = latent.dim(0).map_err(tensor_err("latent"))?;
         let c = c
@@ -294,7 +303,10 @@ fn run_pass(
     if let Some(mask) = &o.pass.noise_mask {
         let cfg = &model.cfg;
         let [_, _, _, h, w] = latent.dims() else {
-            return Err(RuntimeError::Input(format!("latent {:?} is not 5-D", latent.dims())));
+            return Err(RuntimeError::Input(format!(
+                "latent {:?} is not 5-D",
+                latent.dims()
+            )));
         };
         let per_frame = (h / cfg.patch_size[1]) * (w / cfg.patch_size[2]);
         let scales = crate::conditioning::frame_scales(mask).map_err(tensor_err("noise_mask"))?;
@@ -351,7 +363,12 @@ fn dit_config(m: &LoadedModel) -> Result<&WanConfig> {
 /// The latent channels `sample` expects: the model's input width less the
 /// image conditioning's. An image-to-video DiT (input wider than output)
 /// needs `image_cond`; any other refuses it.
-fn check_image_cond(name: &str, cfg: &WanConfig, x: &Tensor, cond: Option<&Tensor>) -> Result<usize> {
+fn check_image_cond(
+    name: &str,
+    cfg: &WanConfig,
+    x: &Tensor,
+    cond: Option<&Tensor>,
+) -> Result<usize> {
     let extra = cfg.in_dim.saturating_sub(cfg.out_dim);
     match cond {
         None if extra > 0 => Err(RuntimeError::Input(format!(
@@ -384,7 +401,13 @@ fn check_image_cond(name: &str, cfg: &WanConfig, x: &Tensor, cond: Option<&Tenso
 }
 
 /// `channels`: the latent's width (the model's input less `image_cond`).
-fn check_inputs(name: &str, cfg: &WanConfig, x: &Tensor, context: &Tensor, channels: usize) -> Result<()> {
+fn check_inputs(
+    name: &str,
+    cfg: &WanConfig,
+    x: &Tensor,
+    context: &Tensor,
+    channels: usize,
+) -> Result<()> {
     let d = x.dims();
     if d.len() != 5 || d[1] != channels {
         return Err(RuntimeError::Input(format!(

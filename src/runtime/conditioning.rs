@@ -96,25 +96,44 @@ impl Runtime {
             let Some(start) = &o.start else {
                 let latent = Tensor::zeros((o.batch, z_dim, t, lh, lw), DType::F32, &Device::Cpu)
                     .map_err(terr("latent"))?;
-                return Ok(FrameCond { latent, image_cond: None, noise_mask: None });
+                return Ok(FrameCond {
+                    latent,
+                    image_cond: None,
+                    noise_mask: None,
+                });
             };
-            let s = cond::upscale_center(&start.narrow(0, 0, 1).map_err(terr("start_image"))?, w, h)
-                .and_then(|s| s.narrow(2, 0, s.dim(2)?.min(length)))
-                .map_err(terr("resize"))?;
+            let s =
+                cond::upscale_center(&start.narrow(0, 0, 1).map_err(terr("start_image"))?, w, h)
+                    .and_then(|s| s.narrow(2, 0, s.dim(2)?.min(length)))
+                    .map_err(terr("resize"))?;
             let z = self.encode(vae, &s, false, at)?;
             let (latent, mask) = cond::ti2v_latent(&z, t).map_err(terr("latent"))?;
-            let latent = latent.repeat((o.batch, 1, 1, 1, 1)).map_err(terr("latent"))?;
-            return Ok(FrameCond { latent, image_cond: None, noise_mask: Some(mask) });
+            let latent = latent
+                .repeat((o.batch, 1, 1, 1, 1))
+                .map_err(terr("latent"))?;
+            return Ok(FrameCond {
+                latent,
+                image_cond: None,
+                noise_mask: Some(mask),
+            });
         }
-        let end = if node == FrameNode::FirstLastToVideo { o.end.as_ref() } else { None };
+        let end = if node == FrameNode::FirstLastToVideo {
+            o.end.as_ref()
+        } else {
+            None
+        };
         if o.start.is_none() && end.is_none() {
             return Err(RuntimeError::Input(format!(
                 "{verb}: needs start_image{}",
-                if node == FrameNode::FirstLastToVideo { " or end_image" } else { "" }
+                if node == FrameNode::FirstLastToVideo {
+                    " or end_image"
+                } else {
+                    ""
+                }
             )));
         }
-        let (video, ns, ne) = cond::pixel_video(o.start.as_ref(), end, w, h, length)
-            .map_err(terr("pixel video"))?;
+        let (video, ns, ne) =
+            cond::pixel_video(o.start.as_ref(), end, w, h, length).map_err(terr("pixel video"))?;
         let z = self.encode(vae, &video, false, at)?;
         let mask = match node {
             FrameNode::FirstLastToVideo => cond::flf_mask(t, lh, lw, ns, ne),
@@ -124,6 +143,10 @@ impl Runtime {
         let image_cond = cond::image_cond(&mask, &z).map_err(terr("image_cond"))?;
         let latent = Tensor::zeros((o.batch, z_dim, t, lh, lw), DType::F32, &Device::Cpu)
             .map_err(terr("latent"))?;
-        Ok(FrameCond { latent, image_cond: Some(image_cond), noise_mask: None })
+        Ok(FrameCond {
+            latent,
+            image_cond: Some(image_cond),
+            noise_mask: None,
+        })
     }
 }

@@ -77,6 +77,7 @@ impl WanResident {
             }
             source.release(&format!("blocks.{i}."));
         }
+        source.finish_uploads();
         let mut model = Self {
             cfg: cfg.clone(),
             dtype,

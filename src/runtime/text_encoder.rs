@@ -104,6 +104,7 @@ pub fn load(
     let (tokenizer, tokenizer_from) = find_tokenizer(&source, &header.path, &p, tokenizer)?;
     // The weights are copied out; hand the mapped pages back.
     source.release("");
+    source.finish_uploads();
     Ok(TextEncoder {
         encoder,
         tokenizer,

@@ -71,12 +71,26 @@ pub fn is_vae(header: &Header) -> bool {
 }
 
 fn is_vae22(header: &Header) -> bool {
-    layout22::is_wan22_vae(header.tensors.keys().map(|k| wan_vae::layout::strip_prefix(k)))
+    layout22::is_wan22_vae(
+        header
+            .tensors
+            .keys()
+            .map(|k| wan_vae::layout::strip_prefix(k)),
+    )
 }
 
 /// The Wan 2.2 VAE's plan: keys to original names, config from the shapes.
-fn plan22(header: &Header, dtype: DType, config: impl Fn(String) -> CheckpointError) -> Result<Planned, CheckpointError> {
-    let keys = || header.tensors.keys().map(|k| wan_vae::layout::strip_prefix(k));
+fn plan22(
+    header: &Header,
+    dtype: DType,
+    config: impl Fn(String) -> CheckpointError,
+) -> Result<Planned, CheckpointError> {
+    let keys = || {
+        header
+            .tensors
+            .keys()
+            .map(|k| wan_vae::layout::strip_prefix(k))
+    };
     let diffusers = keys().any(|k| k.contains("up_blocks."));
     let nrb = layout22::diffusers_nrb(keys());
     let mut tensors = BTreeMap::new();
@@ -90,9 +104,16 @@ fn plan22(header: &Header, dtype: DType, config: impl Fn(String) -> CheckpointEr
         };
         tensors.insert(name, e.clone());
     }
-    let shapes = tensors.iter().map(|(k, e)| (k.clone(), e.shape.clone())).collect();
+    let shapes = tensors
+        .iter()
+        .map(|(k, e)| (k.clone(), e.shape.clone()))
+        .collect();
     let cfg = wan_vae::Wan22VaeConfig::infer(&shapes).map_err(config)?;
-    let variant = if cfg.enc_dim == 160 { "2.2".to_string() } else { format!("2.2 width {}", cfg.enc_dim) };
+    let variant = if cfg.enc_dim == 160 {
+        "2.2".to_string()
+    } else {
+        format!("2.2 width {}", cfg.enc_dim)
+    };
     let info = ModelInfo {
         arch: "wan-vae",
         variant,
@@ -101,7 +122,11 @@ fn plan22(header: &Header, dtype: DType, config: impl Fn(String) -> CheckpointEr
         params: tensors.values().map(|e| e.numel() as u64).sum(),
         blocks: 0,
     };
-    Ok(Planned { cfg: VaeKind::V22(cfg), tensors, info })
+    Ok(Planned {
+        cfg: VaeKind::V22(cfg),
+        tensors,
+        info,
+    })
 }
 
 /// Maps the keys and infers the config from the header alone. On the CPU
@@ -158,7 +183,11 @@ pub fn plan(
         params: tensors.values().map(|e| e.numel() as u64).sum(),
         blocks: 0,
     };
-    Ok(Planned { cfg: VaeKind::V21(cfg), tensors, info })
+    Ok(Planned {
+        cfg: VaeKind::V21(cfg),
+        tensors,
+        info,
+    })
 }
 
 /// Reads the weights of a planned VAE.
@@ -171,5 +200,6 @@ pub fn load(header: &Header, p: &Planned, dev: &Device) -> Result<AnyVae, String
     }
     .map_err(|e| super::error::plain_error(&e))?;
     source.release("");
+    source.finish_uploads();
     Ok(vae)
 }

@@ -11,10 +11,18 @@ use rhai::{Dynamic, Engine, Map, NativeCallContext};
 
 fn options(node: FrameNode, map: Map) -> ScriptResult<FrameCondOptions> {
     let o = Opts::documented(node.name(), map)?;
-    let default_size = if node == FrameNode::Ti2vLatent { (1280, 704, 121) } else { (832, 480, 81) };
+    let default_size = if node == FrameNode::Ti2vLatent {
+        (1280, 704, 121)
+    } else {
+        (832, 480, 81)
+    };
     Ok(FrameCondOptions {
         start: o.opt_tensor("start_image")?,
-        end: if node == FrameNode::FirstLastToVideo { o.opt_tensor("end_image")? } else { None },
+        end: if node == FrameNode::FirstLastToVideo {
+            o.opt_tensor("end_image")?
+        } else {
+            None
+        },
         width: o.usize("width", default_size.0)?,
         height: o.usize("height", default_size.1)?,
         length: o.usize("length", default_size.2)?,
@@ -35,7 +43,11 @@ fn to_map(c: FrameCond) -> Map {
 }
 
 pub fn register(engine: &mut Engine, rt: &Shared) {
-    for node in [FrameNode::ImageToVideo, FrameNode::FirstLastToVideo, FrameNode::Ti2vLatent] {
+    for node in [
+        FrameNode::ImageToVideo,
+        FrameNode::FirstLastToVideo,
+        FrameNode::Ti2vLatent,
+    ] {
         let r = rt.clone();
         engine.register_fn(
             node.name(),

@@ -131,7 +131,9 @@ impl Ctx<'_> {
 
     /// The `sample` options the variables `vars` carry (see `Ctx::carried`).
     fn carried_by(&self, vars: &[&str]) -> Vec<String> {
-        vars.iter().filter_map(|v| self.carried.get(*v).cloned()).collect()
+        vars.iter()
+            .filter_map(|v| self.carried.get(*v).cloned())
+            .collect()
     }
 
     pub(super) fn sampler(&mut self, n: &Node) -> Result<(), String> {

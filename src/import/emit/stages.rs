@@ -133,8 +133,14 @@ impl Ctx<'_> {
             uses.extend(vh);
             let c = self.namer.fresh("ti2v");
             let (start, what) = match &image {
-                Some(i) => (format!("start_image: {i}, "), "TI2V-5B: the start image encoded as the clean first latent frame"),
-                None => (String::new(), "TI2V-5B without a start image: text to video"),
+                Some(i) => (
+                    format!("start_image: {i}, "),
+                    "TI2V-5B: the start image encoded as the clean first latent frame",
+                ),
+                None => (
+                    String::new(),
+                    "TI2V-5B without a start image: text to video",
+                ),
             };
             lines.push(self.header(n, what));
             lines.push(format!(
@@ -144,7 +150,8 @@ impl Ctx<'_> {
             lines.push(format!("let {var} = {c}.latent;"));
             if image.is_some() {
                 // Its mask keeps the image frame clean at timestep 0 in every sampler using the latent.
-                self.carried.insert(var.clone(), format!("noise_mask: {c}.noise_mask"));
+                self.carried
+                    .insert(var.clone(), format!("noise_mask: {c}.noise_mask"));
             }
         } else {
             lines.push(self.header(n, ""));
@@ -184,7 +191,11 @@ impl Ctx<'_> {
             images.push(format!("end_image: {e}, "));
         }
         if images.is_empty() {
-            let what = if n.class == "WanFirstLastFrameToVideo" { "neither start_image nor end_image is connected" } else { "start_image is not connected" };
+            let what = if n.class == "WanFirstLastFrameToVideo" {
+                "neither start_image nor end_image is connected"
+            } else {
+                "start_image is not connected"
+            };
             return Err(self.err(n, what));
         }
         let var = self.namer.fresh("latent");
@@ -192,9 +203,16 @@ impl Ctx<'_> {
         let (verb, what) = if n.class == "WanFirstLastFrameToVideo" {
             ("first_last_to_video", "the first and last frames encoded; the DiT gets the mask and image latent as image_cond")
         } else {
-            ("image_to_video", "the start image encoded; the DiT gets the mask and image latent as image_cond")
+            (
+                "image_to_video",
+                "the start image encoded; the DiT gets the mask and image latent as image_cond",
+            )
         };
-        let batch = if batch == 1 { String::new() } else { format!(", batch_size: {batch}") };
+        let batch = if batch == 1 {
+            String::new()
+        } else {
+            format!(", batch_size: {batch}")
+        };
         let lines = vec![
             self.header(n, what),
             format!(
@@ -205,7 +223,8 @@ impl Ctx<'_> {
         ];
         // ComfyUI puts the image latent on both conditionings; baton's
         // samplers take it once, as an option of the pass using the positive.
-        self.carried.insert(pos.clone(), format!("image_cond: {c}.image_cond"));
+        self.carried
+            .insert(pos.clone(), format!("image_cond: {c}.image_cond"));
         self.step(n, lines, vh.into_iter().collect());
         self.set(n, 0, Val::Var(pos));
         if let Some(neg) = neg {
@@ -224,9 +243,17 @@ impl Ctx<'_> {
             .get(&(n.id.clone(), 0))
             .is_some_and(|c| !c.is_empty() && c.iter().all(|(_, input)| input == "end_image"));
         let (param, help, base) = if feeds_end {
-            ("end_image", "End image (read under the model roots or the script's folder)", "end_frame")
+            (
+                "end_image",
+                "End image (read under the model roots or the script's folder)",
+                "end_frame",
+            )
         } else {
-            ("image", "Start image (read under the model roots or the script's folder)", "start_image")
+            (
+                "image",
+                "Start image (read under the model roots or the script's folder)",
+                "start_image",
+            )
         };
         let p = self.param(param, Value::String(file), help);
         let var = self

@@ -11,24 +11,78 @@ use candle_core::{DType, Result, Tensor};
 
 use super::linear::matmul_dtype;
 
-/// Bytes of attention scores (all batches and heads together) held at once;
-/// longer query sequences are processed in row chunks, so a 75,600-token
-/// 720p forward never materialises its 40 x 75,600 x 75,600 score matrix.
-/// Scores and their softmax are both live, so attention holds twice this.
+/// Bytes of attention scores (all batches and heads together) held at once
+/// on the CPU, and the least a card gets; longer query sequences are
+/// processed in row chunks, so a 75,600-token 720p forward never
+/// materialises its 40 x 75,600 x 75,600 score matrix. Scores and their
+/// softmax are both live, so attention holds twice this.
 pub const ATTN_SCORE_BYTES: usize = 256 << 20;
 
-static SCORE_CAP: std::sync::atomic::AtomicUsize =
-    std::sync::atomic::AtomicUsize::new(ATTN_SCORE_BYTES);
+/// The most a card's chunks hold, however much is free: past a few GiB a
+/// chunk is already a wide GEMM, and more only delays the rest of the
+/// forward's allocations.
+pub const ATTN_SCORE_BYTES_MAX: usize = 8 << 30;
 
-/// The score cap [`attention`] uses now (default [`ATTN_SCORE_BYTES`]).
+/// 0: automatic (see [`auto_score_cap`]); else the cap a caller fixed.
+static SCORE_CAP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// The score cap on the CPU now: the fixed one, else [`ATTN_SCORE_BYTES`].
 pub fn attention_score_cap() -> usize {
-    SCORE_CAP.load(std::sync::atomic::Ordering::Relaxed)
+    attention_score_cap_with(None)
 }
 
-/// Sets the process-wide score cap (at least one query row is always
-/// computed): smaller trades speed for memory.
+/// The score cap the chunked path uses on `dev` now: the fixed one, else
+/// sized from the device's free memory (a card) or [`ATTN_SCORE_BYTES`].
+pub fn attention_score_cap_on(dev: &candle_core::Device) -> usize {
+    attention_score_cap_with(device_free_bytes(dev))
+}
+
+fn attention_score_cap_with(free: Option<u64>) -> usize {
+    match SCORE_CAP.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => auto_score_cap(free),
+        fixed => fixed,
+    }
+}
+
+/// Fixes the process-wide score cap (at least one query row is always
+/// computed): smaller trades speed for memory. 0 goes back to automatic.
 pub fn set_attention_score_cap(bytes: usize) {
     SCORE_CAP.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The automatic cap for a device with `free` bytes free (`None`: the CPU,
+/// whose attention is the fused kernel and whose chunked path is the
+/// reference): a quarter of the free memory, since scores and softmax are
+/// both live and the forward's other activations need the rest, within
+/// [`ATTN_SCORE_BYTES`] and [`ATTN_SCORE_BYTES_MAX`]. At 40 heads x 75,600
+/// keys in bf16 a 256 MiB cap gives 44 query rows per chunk, ~1,700 thin
+/// GEMMs; 8 GiB gives ~1,400 rows, 54 chunks.
+pub fn auto_score_cap(free: Option<u64>) -> usize {
+    match free {
+        None => ATTN_SCORE_BYTES,
+        Some(f) => {
+            ((f / 4).min(usize::MAX as u64) as usize).clamp(ATTN_SCORE_BYTES, ATTN_SCORE_BYTES_MAX)
+        }
+    }
+}
+
+/// Free bytes on a card (the driver's count), `None` on the CPU.
+#[cfg(feature = "cuda")]
+fn device_free_bytes(dev: &candle_core::Device) -> Option<u64> {
+    match dev {
+        candle_core::Device::Cuda(c) => c
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(free, _)| free as u64),
+        _ => None,
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn device_free_bytes(_dev: &candle_core::Device) -> Option<u64> {
+    None
 }
 
 /// Query rows per attention chunk: as many as keep `batch_heads x rows x
@@ -49,12 +103,21 @@ pub fn attention_chunk_rows(
 /// (contiguous). Returns [B, Sq, H * d] in q's dtype.
 ///
 /// On the CPU this is the fused, tiled kernel of [`super::flash`] (no score
-/// matrix); elsewhere the chunked path under the score cap.
+/// matrix); on a card bf16 and f16 at head dims 64 and 128 take the fused
+/// NVRTC kernel (`flash_cuda`, with the `cuda` feature); everything else
+/// the chunked path under the device's score cap
+/// ([`attention_score_cap_on`]).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     if q.device().is_cpu() {
         return super::flash::attention_fused(q, k, v);
     }
-    attention_chunked(q, k, v, attention_score_cap())
+    #[cfg(feature = "cuda")]
+    if super::flash_cuda::takes(q.dtype(), q.dim(3)?, q.device()) {
+        if let Some(out) = super::flash_cuda::attention(q, k, v) {
+            return Ok(out);
+        }
+    }
+    attention_chunked(q, k, v, attention_score_cap_on(q.device()))
 }
 
 /// [`attention`] holding at most about `max_score_bytes` of scores at a time
@@ -94,4 +157,24 @@ pub(super) fn split_heads(x: &Tensor, num_heads: usize) -> Result<Tensor> {
     x.reshape((b, s, num_heads, dim / num_heads))?
         .transpose(1, 2)?
         .contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn automatic_cap_follows_free_memory_within_bounds() {
+        assert_eq!(auto_score_cap(None), ATTN_SCORE_BYTES);
+        // A quarter of what is free...
+        assert_eq!(auto_score_cap(Some(8 << 30)), 2 << 30);
+        // ...never below the CPU's cap (one row always runs anyway)...
+        assert_eq!(auto_score_cap(Some(100 << 20)), ATTN_SCORE_BYTES);
+        // ...nor above the ceiling on a nearly empty 141 GB card.
+        assert_eq!(auto_score_cap(Some(139 << 30)), ATTN_SCORE_BYTES_MAX);
+        // 14B dims at 75,600 tokens, bf16 scores: rows per chunk grow with the cap.
+        let rows = |cap| attention_chunk_rows(40, 75_600, 75_600, DType::BF16, cap);
+        assert_eq!(rows(ATTN_SCORE_BYTES), 44);
+        assert_eq!(rows(ATTN_SCORE_BYTES_MAX), 1420);
+    }
 }

@@ -29,7 +29,8 @@ use super::WanConfig;
 // public items stay reachable here, where callers have always found them.
 pub use super::attention::{
     attention, attention_chunk_rows, attention_chunked, attention_score_cap,
-    set_attention_score_cap, ATTN_SCORE_BYTES,
+    attention_score_cap_on, auto_score_cap, set_attention_score_cap, ATTN_SCORE_BYTES,
+    ATTN_SCORE_BYTES_MAX,
 };
 pub use super::linear::{compute_dtype, matmul_dtype};
 pub use super::rope::{apply_rope, rope_axis_slots, rope_table, Rope};

@@ -6,6 +6,8 @@ pub mod dit;
 pub mod fast;
 pub mod flash;
 #[cfg(feature = "cuda")]
+pub mod flash_cuda;
+#[cfg(feature = "cuda")]
 pub mod fp8_cuda;
 pub mod linear;
 pub mod memory;

@@ -47,7 +47,10 @@ pub fn to_original22(key: &str, nrb: usize) -> Option<String> {
         return Some(format!("{side}.{list}.{i}.{list}.{j}.{}", resnet_key(r)?));
     }
     let r = r.strip_prefix(sampler)?;
-    Some(format!("{side}.{list}.{i}.{list}.{last}.{}", resample_key(r)?))
+    Some(format!(
+        "{side}.{list}.{i}.{list}.{last}.{}",
+        resample_key(r)?
+    ))
 }
 
 /// Whether (prefix-stripped) keys are a Wan 2.2 VAE's, in either layout.
@@ -86,7 +89,10 @@ pub struct Wan22VaeConfig {
 impl Wan22VaeConfig {
     /// Encoder widths: conv1 output then each stage's.
     pub fn encoder_dims(&self) -> Vec<usize> {
-        std::iter::once(1).chain(self.dim_mult.iter().copied()).map(|u| u * self.enc_dim).collect()
+        std::iter::once(1)
+            .chain(self.dim_mult.iter().copied())
+            .map(|u| u * self.enc_dim)
+            .collect()
     }
 
     /// Decoder widths: conv1 output then each stage's.
@@ -111,14 +117,22 @@ impl Wan22VaeConfig {
     /// Reads the config from original-layout shapes.
     pub fn infer(shapes: &BTreeMap<String, Vec<usize>>) -> Result<Self, String> {
         let get = |k: &str| {
-            shapes.get(k).ok_or_else(|| format!("wan 2.2 vae: missing tensor `{k}`"))
+            shapes
+                .get(k)
+                .ok_or_else(|| format!("wan 2.2 vae: missing tensor `{k}`"))
         };
         let first = |k: &str| -> Result<usize, String> { Ok(*get(k)?.first().unwrap_or(&0)) };
         let enc_dim = first("encoder.conv1.weight")?;
         let z_dim = first("conv2.weight")?;
-        let res = |i: usize, j: usize| format!("encoder.downsamples.{i}.downsamples.{j}.residual.2.weight");
-        let stages = (0..).take_while(|&i| shapes.contains_key(&res(i, 0))).count();
-        let nrb = (0..).take_while(|&j| shapes.contains_key(&res(0, j))).count();
+        let res = |i: usize, j: usize| {
+            format!("encoder.downsamples.{i}.downsamples.{j}.residual.2.weight")
+        };
+        let stages = (0..)
+            .take_while(|&i| shapes.contains_key(&res(i, 0)))
+            .count();
+        let nrb = (0..)
+            .take_while(|&j| shapes.contains_key(&res(0, j)))
+            .count();
         if enc_dim == 0 || stages < 2 || nrb == 0 {
             return Err(format!(
                 "wan 2.2 vae: {stages} encoder stages with {nrb} residual blocks, width {enc_dim}"
@@ -128,10 +142,21 @@ impl Wan22VaeConfig {
             .map(|i| first(&res(i, 0)).map(|w| w / enc_dim))
             .collect::<Result<Vec<_>, _>>()?;
         let temporal_downsample = (0..stages - 1)
-            .map(|i| shapes.contains_key(&format!("encoder.downsamples.{i}.downsamples.{nrb}.time_conv.weight")))
+            .map(|i| {
+                shapes.contains_key(&format!(
+                    "encoder.downsamples.{i}.downsamples.{nrb}.time_conv.weight"
+                ))
+            })
             .collect();
         let dec_dim = first("decoder.conv1.weight")? / dim_mult[stages - 1].max(1);
-        Ok(Self { enc_dim, dec_dim, z_dim, dim_mult, num_res_blocks: nrb, temporal_downsample })
+        Ok(Self {
+            enc_dim,
+            dec_dim,
+            z_dim,
+            dim_mult,
+            num_res_blocks: nrb,
+            temporal_downsample,
+        })
     }
 }
 

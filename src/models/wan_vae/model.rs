@@ -152,7 +152,12 @@ impl Resample {
     }
 
     /// An upsample's conv goes C -> `up_out` (2.1: C/2; 2.2 keeps C).
-    pub(super) fn with_up_width(dim: usize, up_out: usize, mode: ResampleMode, vb: VarBuilder) -> Result<Self> {
+    pub(super) fn with_up_width(
+        dim: usize,
+        up_out: usize,
+        mode: ResampleMode,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         let (conv, time_conv) = match mode {
             ResampleMode::Up2d | ResampleMode::Up3d => (
                 Conv2d::new(dim, up_out, 3, 1, 1, vb.pp("resample.1"))?,
@@ -617,7 +622,9 @@ fn latent_stats(latent: &Tensor) -> Result<(Tensor, Tensor)> {
     shape[1] = c;
     let dev = latent.device();
     let dt = latent.dtype();
-    let mean = Tensor::new(mean, dev)?.reshape(shape.clone())?.to_dtype(dt)?;
+    let mean = Tensor::new(mean, dev)?
+        .reshape(shape.clone())?
+        .to_dtype(dt)?;
     let std = Tensor::new(std, dev)?.reshape(shape)?.to_dtype(dt)?;
     Ok((mean, std))
 }

@@ -39,7 +39,10 @@ fn avg_down(x: &Tensor, out: usize, ft: usize, fs: usize) -> Result<Tensor> {
     let (b, t, c, h, w) = x.dims5()?;
     let pad = (ft - t % ft) % ft;
     let x = if pad > 0 {
-        Tensor::cat(&[&Tensor::zeros((b, pad, c, h, w), x.dtype(), x.device())?, x], 1)?
+        Tensor::cat(
+            &[&Tensor::zeros((b, pad, c, h, w), x.dtype(), x.device())?, x],
+            1,
+        )?
     } else {
         x.clone()
     };
@@ -126,12 +129,23 @@ impl Coder {
             let t = cfg.temporal_downsample.get(i).copied().unwrap_or(false);
             let resample = (i + 1 < n)
                 .then(|| {
-                    let mode = if t { ResampleMode::Down3d } else { ResampleMode::Down2d };
+                    let mode = if t {
+                        ResampleMode::Down3d
+                    } else {
+                        ResampleMode::Down2d
+                    };
                     Resample::new(cout, mode, vs.pp(cfg.num_res_blocks))
                 })
                 .transpose()?;
             let fs = if i + 1 < n { 2 } else { 1 };
-            stages.push(Stage { res, resample, out: cout, ft: if t { 2 } else { 1 }, fs, down: true });
+            stages.push(Stage {
+                res,
+                resample,
+                out: cout,
+                ft: if t { 2 } else { 1 },
+                fs,
+                down: true,
+            });
         }
         let out = dims[n];
         Ok(Self {
@@ -156,11 +170,22 @@ impl Coder {
             let t = up_t.get(i).copied().unwrap_or(false);
             let resample = (i + 1 < n)
                 .then(|| {
-                    let mode = if t { ResampleMode::Up3d } else { ResampleMode::Up2d };
+                    let mode = if t {
+                        ResampleMode::Up3d
+                    } else {
+                        ResampleMode::Up2d
+                    };
                     Resample::with_up_width(cout, cout, mode, vs.pp(cfg.num_res_blocks + 1))
                 })
                 .transpose()?;
-            stages.push(Stage { res, resample, out: cout, ft: if t { 2 } else { 1 }, fs: 2, down: false });
+            stages.push(Stage {
+                res,
+                resample,
+                out: cout,
+                ft: if t { 2 } else { 1 },
+                fs: 2,
+                down: false,
+            });
         }
         Ok(Self {
             conv1: CausalConv3d::new(cfg.z_dim, dims[0], [3, 3, 3], vb.pp("conv1"))?,
@@ -227,7 +252,13 @@ impl Wan22Vae {
 
     /// Decodes latent frame `i` of raw `z` [B, T, z_dim, h, w] (frame-major,
     /// compute dtype) with the running cache: [B, 3, F, H, W] f32.
-    fn decode_frame(&self, z: &Tensor, i: usize, cache: &mut FeatCache, clamp: bool) -> Result<Tensor> {
+    fn decode_frame(
+        &self,
+        z: &Tensor,
+        i: usize,
+        cache: &mut FeatCache,
+        clamp: bool,
+    ) -> Result<Tensor> {
         cache.begin_chunk();
         let x = self.post_quant_conv.forward_valid(&z.narrow(1, i, 1)?, 1)?;
         let y = unpatchify(&self.decoder.decode(&x, cache, i == 0)?)?;
@@ -284,7 +315,9 @@ impl Wan22Vae {
                 video.dims()
             )
         }
-        let x = patchify(&swap_ct(&video.to_device(&self.device)?.to_dtype(self.dtype)?)?)?;
+        let x = patchify(&swap_ct(
+            &video.to_device(&self.device)?.to_dtype(self.dtype)?,
+        )?)?;
         let mut cache = FeatCache::new();
         let mut outs = Vec::new();
         let mut start = 0;
