@@ -274,8 +274,8 @@ pub enum BenchWhat {
     /// The GGUF speed table: a seeded expert at the `bench speed`
     /// configuration as f32, bf16, Q8_0 and Q4_K (dequantize-then-f32 and
     /// candle's quantized kernel), forward times, resident bytes and errors,
-    /// in one run. Its latent is fixed ([1,16,3,32,32], 512 text tokens);
-    /// the latent flags do not apply.
+    /// in one run. Its latent is [1,16,F,32,32] (F = --latent-frames, 3 by
+    /// default: 768 tokens) with 512 text tokens; the latent flags do not apply.
     Gguf {
         /// Interleaved rounds (one forward of every row each).
         #[arg(long, default_value_t = 3)]
@@ -292,6 +292,9 @@ pub enum BenchWhat {
         /// Feed-forward width.
         #[arg(long, default_value_t = 4096)]
         ffn: usize,
+        /// Latent frames of the [1,16,F,32,32] input (256 tokens each).
+        #[arg(long = "latent-frames", default_value_t = 3)]
+        latent_frames: usize,
     },
     /// load_model throughput of a bf16 Wan checkpoint against a plain
     /// sequential read of the same file (both from the page cache), and

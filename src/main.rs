@@ -180,6 +180,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     heads,
                     layers,
                     ffn,
+                    latent_frames,
                 }),
             ..
         } => {
@@ -189,6 +190,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 heads,
                 layers,
                 ffn,
+                frames: latent_frames,
             };
             print!("{}", baton::bench::gguf::run(&o)?);
         }

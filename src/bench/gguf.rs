@@ -31,6 +31,8 @@ pub struct GgufBenchOptions {
     pub heads: usize,
     pub layers: usize,
     pub ffn: usize,
+    /// Latent frames (3: the speed bench's 768 tokens; 256 tokens each).
+    pub frames: usize,
 }
 
 impl Default for GgufBenchOptions {
@@ -42,6 +44,7 @@ impl Default for GgufBenchOptions {
             heads: 8,
             layers: 4,
             ffn: 4096,
+            frames: 3,
         }
     }
 }
@@ -114,6 +117,14 @@ pub fn run(o: &GgufBenchOptions) -> anyhow::Result<String> {
         row("Q4_K, QMatMul kernel", &q4, None, true),
     ];
     let (x, t, ctx) = crate::bench::speed::speed_inputs(&cfg)?;
+    // More latent frames (more tokens) where asked, the same pattern.
+    let x = if o.frames == x.dim(2)? {
+        x
+    } else {
+        let n = 16 * o.frames * 32 * 32;
+        (Tensor::arange(0f32, n as f32, &Device::Cpu)?.reshape((1, 16, o.frames, 32, 32))? * 0.01)?
+            .sin()?
+    };
     let mut out = String::new();
     writeln!(
         out,
