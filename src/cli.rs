@@ -273,10 +273,31 @@ pub enum BenchWhat {
     /// prefetch, streamed forwards at 25/50/75% (uses the --width/--height/
     /// --frames/--context/--repeats given before it).
     Memory,
-    /// The GGUF speed table: the built-in tiny expert as f32, bf16, Q8_0
-    /// and Q4_K (dequantize-then-f32 and candle's quantized kernel), forward
-    /// times and resident bytes, in the same run.
-    Gguf,
+    /// The GGUF speed table: a seeded expert at the `bench speed`
+    /// configuration as f32, bf16, Q8_0 and Q4_K (dequantize-then-f32 and
+    /// candle's quantized kernel), forward times, resident bytes and errors,
+    /// in one run. Its latent is [1,16,F,32,32] (F = --latent-frames, 3 by
+    /// default: 768 tokens) with 512 text tokens; the latent flags do not apply.
+    Gguf {
+        /// Interleaved rounds (one forward of every row each).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Model width.
+        #[arg(long, default_value_t = 1024)]
+        dim: usize,
+        /// Attention heads (dim / heads must be 128).
+        #[arg(long, default_value_t = 8)]
+        heads: usize,
+        /// DiT layers.
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        /// Feed-forward width.
+        #[arg(long, default_value_t = 4096)]
+        ffn: usize,
+        /// Latent frames of the [1,16,F,32,32] input (256 tokens each).
+        #[arg(long = "latent-frames", default_value_t = 3)]
+        latent_frames: usize,
+    },
     /// load_model throughput of a bf16 Wan checkpoint against a plain
     /// sequential read of the same file (both from the page cache), and
     /// peak RSS during the load.

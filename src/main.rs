@@ -179,10 +179,27 @@ fn execute(command: Command) -> anyhow::Result<()> {
             ..
         } => print!("{}", baton::bench::memory::run(&latent.options(1))?),
         Command::Bench {
-            what: Some(BenchWhat::Gguf),
-            latent,
+            what:
+                Some(BenchWhat::Gguf {
+                    rounds,
+                    dim,
+                    heads,
+                    layers,
+                    ffn,
+                    latent_frames,
+                }),
             ..
-        } => print!("{}", baton::bench::gguf::run(&latent.options(1))?),
+        } => {
+            let o = baton::bench::gguf::GgufBenchOptions {
+                rounds,
+                dim,
+                heads,
+                layers,
+                ffn,
+                frames: latent_frames,
+            };
+            print!("{}", baton::bench::gguf::run(&o)?);
+        }
         Command::Bench {
             what: None, latent, ..
         } => print!("{}", baton::bench::run(&latent.options(1))?),

@@ -32,6 +32,37 @@ fn inspect_reports_arch_layout_dtype_and_size() {
     }
 }
 
+/// `inspect` on a community GGUF: bytes per quant type, the config from
+/// the shapes, and what would stay resident under `--vram` (blocks counted
+/// at their quantized size).
+#[test]
+fn inspect_reports_gguf_types_and_residency() {
+    let path = "tests/fixtures/gguf/wan_tiny_Q4_K_M.gguf";
+    let (ok, out, err) = baton(&["inspect", path]);
+    assert!(ok, "{err}");
+    for want in [
+        "gguf:       F16 6 tensors 1.2 MiB, Q4_K 14 tensors 0.6 MiB, Q6_K 6 tensors 0.4 MiB, F32 43 tensors 0.1 MiB",
+        "arch:       wan-dit",
+        "dim 256 | heads 2 (head_dim 128) | layers 2 | ffn 512 | text_dim 64",
+        "resident:   2.3 MiB in f32, GGUF matrices kept as stored (all 2 blocks)",
+        "metadata:   general.architecture = wan",
+    ] {
+        assert!(out.contains(want), "{want:?} missing from:\n{out}");
+    }
+    let (ok, out, err) = baton(&["inspect", path, "--vram", "2MiB"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("0/2 blocks resident") && out.contains("1.0 MiB streamed per forward"),
+        "{out}"
+    );
+    let (ok, out, err) = baton(&["inspect", "tests/fixtures/gguf/umt5_tiny_Q8_0.gguf"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("gguf:       Q8_0 15 tensors") && out.contains("arch:       umt5 2x64"),
+        "{out}"
+    );
+}
+
 #[test]
 fn inspect_of_a_truncated_file_fails_naming_it() {
     let dir = tempfile::tempdir().unwrap();

@@ -166,7 +166,12 @@ fn bad_gguf_input_names_file_and_tensor() {
     let p = dir.path().join("trunc.gguf");
     std::fs::write(&p, &good[..good.len() - 100]).unwrap();
     let e = Header::read(&p).unwrap_err().to_string();
-    assert!(e.contains("trunc.gguf") && e.contains("truncated"), "{e}");
+    let last = &h.tensors.iter().max_by_key(|t| t.offset).unwrap().name;
+    assert!(
+        e.contains("trunc.gguf") && e.contains(last.as_str()) && e.contains("truncated"),
+        "{e}"
+    );
+    println!("truncated: {e}");
     // An IQ type: named, and said to be unsupported.
     let t0 = &h.tensors[0];
     let mut bad = good.clone();
@@ -182,6 +187,18 @@ fn bad_gguf_input_names_file_and_tensor() {
             && e.contains("not supported"),
         "{e}"
     );
+    println!("IQ type: {e}");
+    // A type id GGML never had: named as unknown, with the tensor.
+    let mut bad = good.clone();
+    bad[at..at + 4].copy_from_slice(&99u32.to_le_bytes());
+    let p = dir.path().join("unknown.gguf");
+    std::fs::write(&p, &bad).unwrap();
+    let e = Header::read(&p).unwrap_err().to_string();
+    assert!(
+        e.contains("unknown.gguf") && e.contains(&t0.name) && e.contains("unknown GGML type id 99"),
+        "{e}"
+    );
+    println!("unknown type: {e}");
     // A type whose size disagrees with the bytes before the next tensor (Q8_0 -> F32).
     let mut bad = good.clone();
     bad[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
@@ -192,7 +209,7 @@ fn bad_gguf_input_names_file_and_tensor() {
         e.contains("size.gguf") && e.contains(&t0.name) && e.contains("disagrees"),
         "{e}"
     );
-    println!("errors read like:\n  {e}");
+    println!("size disagrees: {e}");
 }
 
 /// Where tensor `name`'s type id sits in the header (after its name and dims).

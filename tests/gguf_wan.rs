@@ -123,9 +123,24 @@ fn streamed_gguf_blocks_give_the_same_output() {
         ),
     );
     let offloaded = as_f64(eval(&mut s, "vram().models[0].offloaded"));
+    let bytes = as_f64(eval(&mut s, "vram().models[0].bytes"));
     let diff = as_f64(eval(&mut s, "max_abs(a - b)"));
-    println!("streamed: {offloaded} bytes offloaded, max abs vs resident {diff:.2e}");
+    // The blocks stream as stored: what is offloaded is their quantized
+    // bytes in the file (Q4_K / Q6_K blocks, F32 norms and biases).
+    let header = Header::read(&common::fixture(FILE)).unwrap();
+    let block_bytes: usize = header
+        .tensors
+        .iter()
+        .filter(|(k, _)| k.starts_with("blocks."))
+        .map(|(_, e)| e.bytes())
+        .sum();
+    println!(
+        "streamed: {offloaded} bytes offloaded (the blocks' file bytes: {block_bytes}), \
+         model {bytes} bytes, max abs vs resident {diff:.2e}"
+    );
     assert!(offloaded > 0.0);
+    assert_eq!(offloaded, block_bytes as f64);
+    assert_eq!(bytes, header.total_bytes() as f64);
     assert_eq!(diff, 0.0);
 }
 
