@@ -6,7 +6,8 @@
 //! to overflow in fp16 (transformers clamps its activations for that reason)
 //! and candle's CPU matmul has no bf16 kernel, so the weights stay in the
 //! checkpoint's dtype in memory (what the ledger counts) and each linear widens
-//! its weight to f32 for the call, as the DiT's projections do.
+//! its weight to f32 for the call: a slab at a time on the CPU for bf16
+//! (`super::widen`), the whole tensor elsewhere.
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
@@ -32,6 +33,11 @@ impl Proj {
 
     /// x f32 [.., in] -> f32 [.., out].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Self::Dense(w) = self {
+            if let Some(y) = super::widen::matmul_bf16_weight(x, w)? {
+                return Ok(y);
+            }
+        }
         let w = match self {
             // Widened on rayon's pool (candle's cast is one scalar loop).
             Self::Dense(w) => crate::models::wan::fast::cast(w, DType::F32)?,
