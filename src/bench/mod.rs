@@ -198,3 +198,4 @@ pub mod gguf;
 pub mod load;
 pub mod memory;
 pub mod speed;
+pub mod speed_umt5;

@@ -3,7 +3,7 @@
 //! 8 heads x 128, 4 layers, ffn 4096, latent [1,16,3,32,32], 512 text
 //! tokens) in f32 and bf16, random weights; baton and the peer alternate
 //! (A B A B ...) so both see the same machine load, and the figure is the
-//! median of the per-round ratios.
+//! median of the per-round ratios. The umT5 rows are in `speed_umt5`.
 //!
 //! The peer is `benches/peers/peer_forward.py` (diffusers
 //! `WanTransformer3DModel`), run with the Python named by `BATON_PEER_PYTHON`
@@ -256,7 +256,8 @@ pub fn dit_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
 
 /// The table `baton bench speed` prints.
 pub fn run(o: &SpeedOptions) -> anyhow::Result<String> {
-    let rows = dit_rows(o)?;
+    let mut rows = dit_rows(o)?;
+    rows.extend(super::speed_umt5::umt5_rows(o)?);
     let mut s = String::new();
     writeln!(
         s,
@@ -269,18 +270,24 @@ pub fn run(o: &SpeedOptions) -> anyhow::Result<String> {
     for r in rows {
         let peer = if r.peer_measured_now {
             format!("{:.1} ms", r.peer_s * 1000.0)
+        } else if r.peer_s.is_nan() {
+            "no peer installed, none recorded".to_string()
         } else {
             format!(
                 "{:.1} ms (recorded in issue 19, not this run)",
                 r.peer_s * 1000.0
             )
         };
+        let ratio = if r.ratio.is_nan() {
+            "n/a".to_string()
+        } else {
+            format!("{:.2}x", r.ratio)
+        };
         writeln!(
             s,
-            "| {} | {peer} | {:.1} ms | {:.2}x |",
+            "| {} | {peer} | {:.1} ms | {ratio} |",
             r.what,
-            r.baton_s * 1000.0,
-            r.ratio
+            r.baton_s * 1000.0
         )?;
     }
     Ok(s)

@@ -195,7 +195,6 @@ impl CheckpointSource {
     /// run at a sixth of a plain read's speed). Half floats are read as
     /// their bits and reinterpreted; others go through a byte buffer.
     fn read(&self, name: &str, e: &TensorEntry, dtype: DType) -> candle_core::Result<Tensor> {
-        use std::os::unix::fs::FileExt;
         let n = e.numel();
         let file = &self.files[e.file];
         let err = |source: std::io::Error| {
@@ -205,12 +204,7 @@ impl CheckpointSource {
             ))
         };
         if cfg!(target_endian = "little") && e.bytes() == 2 * n {
-            let mut bits = vec![0u16; n];
-            // SAFETY: a u16 buffer viewed as its bytes: same allocation,
-            // alignment 1, every byte pattern valid for u16.
-            let bytes =
-                unsafe { std::slice::from_raw_parts_mut(bits.as_mut_ptr().cast::<u8>(), 2 * n) };
-            file.read_exact_at(bytes, e.start as u64).map_err(err)?;
+            let bits: Vec<u16> = read_fresh(file, e.start as u64, n).map_err(err)?;
             return match dtype {
                 DType::BF16 => Tensor::from_vec(
                     half::vec::HalfBitsVecExt::reinterpret_into::<half::bf16>(bits),
@@ -223,7 +217,8 @@ impl CheckpointSource {
                     &Device::Cpu,
                 ),
                 _ => Tensor::from_raw_buffer(
-                    // SAFETY: as above, read-only.
+                    // SAFETY: a u16 buffer viewed as its bytes: same
+                    // allocation, alignment 1, read-only.
                     unsafe { std::slice::from_raw_parts(bits.as_ptr().cast::<u8>(), 2 * n) },
                     dtype,
                     &e.shape,
@@ -232,12 +227,7 @@ impl CheckpointSource {
             };
         }
         if cfg!(target_endian = "little") && dtype == DType::F32 && e.bytes() == 4 * n {
-            let mut v = vec![0f32; n];
-            // SAFETY: an f32 buffer viewed as its bytes; every bit pattern is
-            // a valid f32.
-            let bytes =
-                unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), 4 * n) };
-            file.read_exact_at(bytes, e.start as u64).map_err(err)?;
+            let v: Vec<f32> = read_fresh(file, e.start as u64, n).map_err(err)?;
             return Tensor::from_vec(v, e.shape.as_slice(), &Device::Cpu);
         }
         let bytes = &self.maps[e.file][e.start..e.end];
@@ -370,6 +360,78 @@ impl CheckpointSource {
             }
         }
     }
+}
+
+/// Plain numbers every bit pattern of which is a value, so a buffer of them
+/// may be filled from a file's bytes.
+trait Pod: Copy {}
+impl Pod for u16 {}
+impl Pod for f32 {}
+
+/// `n` values read with one `pread` at `offset` into a fresh buffer, which
+/// is never zero-filled first (a zeroing pass costs as much as the copy),
+/// and whose pages are faulted in with one `MADV_POPULATE_WRITE` call
+/// before the copy rather than one trap per 4 KiB page during it.
+fn read_fresh<T: Pod>(file: &std::fs::File, offset: u64, n: usize) -> std::io::Result<Vec<T>> {
+    use std::os::fd::AsRawFd;
+    let mut v = Vec::<T>::with_capacity(n);
+    let len = n * std::mem::size_of::<T>();
+    let base = v.as_mut_ptr().cast::<u8>();
+    populate(base, len);
+    let mut done = 0usize;
+    while done < len {
+        // SAFETY: `base + done .. base + len` lies in the spare capacity,
+        // which pread only writes; the descriptor is open for the call.
+        let got = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                base.add(done).cast(),
+                len - done,
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match got {
+            0 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the file ends {} bytes into this tensor's {len}", done),
+                ))
+            }
+            g if g > 0 => done += g as usize,
+            _ => {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    // SAFETY: all `len` bytes, hence all `n` values, were written, and
+    // `T: Pod` makes any bytes a valid `T`.
+    unsafe { v.set_len(n) };
+    Ok(v)
+}
+
+/// Faults in the whole pages of `[p, p + len)` for writing, in one call.
+/// Advice only: a kernel without `MADV_POPULATE_WRITE` (before 5.14)
+/// refuses it and the copy faults the pages in as it goes.
+fn populate(p: *mut u8, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const MADV_POPULATE_WRITE: libc::c_int = 23;
+        let page = page_size();
+        let start = (p as usize).next_multiple_of(page);
+        let end = (p as usize + len) / page * page;
+        if end > start {
+            // SAFETY: the range lies inside one live allocation of ours;
+            // populating only allocates its pages, contents unchanged.
+            unsafe {
+                libc::madvise(start as *mut libc::c_void, end - start, MADV_POPULATE_WRITE);
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (p, len);
 }
 
 fn page_size() -> usize {

@@ -6,7 +6,8 @@
 //! to overflow in fp16 (transformers clamps its activations for that reason)
 //! and candle's CPU matmul has no bf16 kernel, so the weights stay in the
 //! checkpoint's dtype in memory (what the ledger counts) and each linear widens
-//! its weight to f32 for the call, as the DiT's projections do.
+//! its weight to f32 for the call: a slab at a time on the CPU for bf16
+//! (`super::widen`), the whole tensor elsewhere.
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
@@ -32,8 +33,14 @@ impl Proj {
 
     /// x f32 [.., in] -> f32 [.., out].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Self::Dense(w) = self {
+            if let Some(y) = super::widen::matmul_bf16_weight(x, w)? {
+                return Ok(y);
+            }
+        }
         let w = match self {
-            Self::Dense(w) => w.to_dtype(DType::F32)?,
+            // Widened on rayon's pool (candle's cast is one scalar loop).
+            Self::Dense(w) => crate::models::wan::fast::cast(w, DType::F32)?,
             Self::Blocks(q) => q.dequantize(x.device())?,
         };
         Linear::new(w, None).forward(x)
@@ -137,7 +144,47 @@ impl SelfAttention {
         })
     }
 
-    /// Position bias [1, H, L, L] from the bucket table [L, L].
+    /// The position bias plus the key mask, [B, H, L, L] contiguous, built
+    /// in one parallel pass: `table[bucket(i, j), h] + mask[b, j]`. (Adding
+    /// the permuted, broadcast bias and then the mask to the scores took two
+    /// strided passes over the largest tensor of the block.)
+    fn bias_and_mask(&self, key_mask: &Tensor, buckets: &Tensor) -> Result<Tensor> {
+        use rayon::prelude::*;
+        let (l, lk) = buckets.dims2()?;
+        let b = key_mask.dim(0)?;
+        let h = self.num_heads;
+        let table = self.bias_table.flatten_all()?.to_vec1::<f32>()?;
+        let buckets = buckets.flatten_all()?.to_vec1::<u32>()?;
+        let mask = key_mask.flatten_all()?.to_vec1::<f32>()?;
+        if mask.len() != b * lk {
+            candle_core::bail!("umt5: key mask {:?} for {lk} keys", key_mask.dims())
+        }
+        let mut out = vec![0f32; b * h * l * lk];
+        out.par_chunks_mut(l * lk)
+            .enumerate()
+            .try_for_each(|(bh, plane)| {
+                let (bi, hi) = (bh / h, bh % h);
+                let m = &mask[bi * lk..(bi + 1) * lk];
+                for (row, (o, bk)) in plane
+                    .chunks_mut(lk)
+                    .zip(buckets.chunks(lk))
+                    .enumerate()
+                {
+                    for ((o, &k), &m) in o.iter_mut().zip(bk).zip(m) {
+                        let Some(&t) = table.get(k as usize * h + hi) else {
+                            return Err(candle_core::Error::Msg(format!(
+                                "umt5: bucket {k} at row {row} outside the bias table"
+                            )));
+                        };
+                        *o = t + m;
+                    }
+                }
+                Ok(())
+            })?;
+        Tensor::from_vec(out, (b, h, l, lk), key_mask.device())
+    }
+
+    /// Position bias [1, H, L, L] from the bucket table [L, L] (off the CPU).
     fn position_bias(&self, buckets: &Tensor) -> Result<Tensor> {
         let (l, _) = buckets.dims2()?;
         self.bias_table
@@ -160,10 +207,13 @@ impl SelfAttention {
         let q = heads(self.q.forward(&h)?)?;
         let k = heads(self.k.forward(&h)?)?;
         let v = heads(self.v.forward(&h)?)?;
-        let scores = q
-            .matmul(&k.t()?)?
-            .broadcast_add(&self.position_bias(buckets)?)?
-            .broadcast_add(key_mask)?;
+        let scores = if x.device().is_cpu() {
+            (q.matmul(&k.t()?)? + self.bias_and_mask(key_mask, buckets)?)?
+        } else {
+            q.matmul(&k.t()?)?
+                .broadcast_add(&self.position_bias(buckets)?)?
+                .broadcast_add(key_mask)?
+        };
         let p = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = p
             .matmul(&v)?
@@ -200,7 +250,8 @@ impl GatedFfn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = t5_layer_norm(x, &self.norm, self.eps)?;
         // candle's `gelu` is the tanh approximation (HF `gelu_new`, Wan's GELU).
-        let gate = self.wi_0.forward(&h)?.gelu()?;
+        // `fast::gelu`: the same function on rayon's pool, within a few ulps.
+        let gate = crate::models::wan::fast::gelu(&self.wi_0.forward(&h)?)?;
         self.wo.forward(&(gate * self.wi_1.forward(&h)?)?)
     }
 }

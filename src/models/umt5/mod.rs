@@ -11,6 +11,7 @@ pub mod encoder;
 pub mod layout;
 pub mod spm;
 pub mod tokenizer;
+mod widen;
 
 pub use clean::clean_prompt;
 pub use config::UmT5Config;
