@@ -151,6 +151,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     rounds,
                     layers,
                     dtype,
+                    only,
                 }),
             ..
         } => {
@@ -160,10 +161,14 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 Some("bf16") => vec![candle_core::DType::BF16],
                 Some(d) => anyhow::bail!("bench speed: dtype {d} is not f32 or bf16"),
             };
+            if let Some(w) = only.iter().find(|w| !["dit", "vae"].contains(&w.as_str())) {
+                anyhow::bail!("bench speed: --only {w} is not dit or vae");
+            }
             let o = baton::bench::speed::SpeedOptions {
                 rounds,
                 layers,
                 dtypes,
+                only,
             };
             print!("{}", baton::bench::speed::run(&o)?);
         }

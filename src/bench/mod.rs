@@ -197,3 +197,4 @@ pub mod gguf;
 pub mod load;
 pub mod memory;
 pub mod speed;
+pub mod speed_vae;

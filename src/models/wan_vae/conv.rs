@@ -48,9 +48,12 @@ pub enum Conv3dImpl {
 }
 
 /// The lowering the model uses for weights `w`: [`Conv3dImpl::Gemm`] on the
-/// CPU in f32, else [`Conv3dImpl::PerTap`] (see the module docs).
+/// CPU in f32, else [`Conv3dImpl::PerTap`] (see the module docs). Setting
+/// `BATON_VAE_CONV=candle` keeps the candle path on the CPU too (to profile
+/// or time the reference).
 pub fn default_impl(w: &Tensor) -> Conv3dImpl {
-    if w.device().is_cpu() && w.dtype() == DType::F32 {
+    let candle = std::env::var("BATON_VAE_CONV").is_ok_and(|v| v == "candle");
+    if w.device().is_cpu() && w.dtype() == DType::F32 && !candle {
         Conv3dImpl::Gemm
     } else {
         Conv3dImpl::PerTap
