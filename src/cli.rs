@@ -254,9 +254,10 @@ impl LatentArgs {
 
 #[derive(Subcommand)]
 pub enum BenchWhat {
-    /// baton against its PyTorch peer (benches/peers) on the same CPU, in
-    /// the same run: the DiT forward in f32 and bf16 at the issue-19
-    /// configuration, alternating baton and the peer.
+    /// baton against its PyTorch peers (benches/peers) on the same CPU, in
+    /// the same run: the DiT forward and the umT5 encode in f32 and bf16 and
+    /// the Wan 2.1 VAE decode at the issue-19 configuration, alternating
+    /// baton and the peer.
     Speed {
         /// Alternating rounds (baton, peer) per row.
         #[arg(long, default_value_t = 3)]
@@ -267,6 +268,9 @@ pub enum BenchWhat {
         /// Only this dtype (f32 or bf16; default both).
         #[arg(long)]
         dtype: Option<String>,
+        /// Only these rows, comma-separated: dit, vae, umt5 (default all).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// The memory table: load throughput vs a plain read, RSS after delete,
     /// two-expert pipeline peaks, swap times cold and warm with and without

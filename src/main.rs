@@ -157,6 +157,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     rounds,
                     layers,
                     dtype,
+                    only,
                 }),
             ..
         } => {
@@ -166,10 +167,14 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 Some("bf16") => vec![candle_core::DType::BF16],
                 Some(d) => anyhow::bail!("bench speed: dtype {d} is not f32 or bf16"),
             };
+            if let Some(w) = only.iter().find(|w| !["dit", "vae", "umt5"].contains(&w.as_str())) {
+                anyhow::bail!("bench speed: --only {w} is not dit, vae or umt5");
+            }
             let o = baton::bench::speed::SpeedOptions {
                 rounds,
                 layers,
                 dtypes,
+                only,
             };
             print!("{}", baton::bench::speed::run(&o)?);
         }

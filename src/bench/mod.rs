@@ -199,3 +199,4 @@ pub mod load;
 pub mod memory;
 pub mod speed;
 pub mod speed_umt5;
+pub mod speed_vae;

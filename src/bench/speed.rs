@@ -29,6 +29,15 @@ pub struct SpeedOptions {
     pub layers: usize,
     /// Only the dtypes named (empty: f32 and bf16).
     pub dtypes: Vec<DType>,
+    /// Only the rows of these works (`dit`, `vae`; empty: all).
+    pub only: Vec<String>,
+}
+
+impl SpeedOptions {
+    /// Whether the rows of `work` are measured.
+    pub fn wants(&self, work: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|w| w == work)
+    }
 }
 
 /// The DiT configuration with `layers` blocks.
@@ -256,8 +265,13 @@ pub fn dit_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
 
 /// The table `baton bench speed` prints.
 pub fn run(o: &SpeedOptions) -> anyhow::Result<String> {
-    let mut rows = dit_rows(o)?;
-    rows.extend(super::speed_umt5::umt5_rows(o)?);
+    let mut rows = if o.wants("dit") { dit_rows(o)? } else { Vec::new() };
+    if o.wants("vae") {
+        rows.push(super::speed_vae::vae_row(o)?);
+    }
+    if o.wants("umt5") {
+        rows.extend(super::speed_umt5::umt5_rows(o)?);
+    }
     let mut s = String::new();
     writeln!(
         s,

@@ -3,6 +3,7 @@
 //! 3-D conv, and the chunked encoder/decoder.
 pub mod config;
 pub mod conv;
+pub mod cpu_conv;
 pub mod formats;
 pub mod layout;
 pub mod layout22;

@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::{BlockSpec, ResampleMode, WanVaeConfig};
-use super::conv::{compute_dtype, CausalConv3d, Conv2d, FeatCache, Slot};
+use super::conv::{compute_dtype, rms_norm, CausalConv3d, Conv2d, FeatCache, Slot};
 use crate::models::wan::attention::attention;
 
 /// Wan's `RMS_norm`: L2-normalise over channels (eps 1e-12, no mean
@@ -39,8 +39,7 @@ impl RmsNorm {
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let norm = x.sqr()?.sum_keepdim(2)?.sqrt()?.maximum(1e-12)?;
-        x.broadcast_div(&norm)?.broadcast_mul(&self.scale)
+        rms_norm(x, &self.scale)
     }
 }
 
@@ -84,11 +83,9 @@ impl ResidualBlock {
         };
         let r = self
             .conv1
-            .forward_cached(&self.norm1.forward(x)?.silu()?, cache.next_slot())?;
-        let r = self
-            .conv2
-            .forward_cached(&self.norm2.forward(&r)?.silu()?, cache.next_slot())?;
-        h + r
+            .forward_fused(x, Some(&self.norm1.scale), cache.next_slot(), None)?;
+        self.conv2
+            .forward_fused(&r, Some(&self.norm2.scale), cache.next_slot(), Some(&h))
     }
 }
 
@@ -194,9 +191,7 @@ impl Resample {
         let (b, t, c, h, w) = x.dims5()?;
         let frames = x.reshape((b * t, c, h, w))?;
         let y = match self.mode {
-            ResampleMode::Up2d | ResampleMode::Up3d => self
-                .conv
-                .forward(&frames.upsample_nearest2d(2 * h, 2 * w)?)?,
+            ResampleMode::Up2d | ResampleMode::Up3d => self.conv.forward_up2(&frames)?,
             ResampleMode::Down2d | ResampleMode::Down3d => {
                 if h < 2 || w < 2 {
                     candle_core::bail!("wan vae: cannot downsample a {h}x{w} frame")
@@ -286,7 +281,7 @@ impl Head {
 
     pub(super) fn forward(&self, x: &Tensor, cache: &mut FeatCache) -> Result<Tensor> {
         self.conv
-            .forward_cached(&self.norm.forward(x)?.silu()?, cache.next_slot())
+            .forward_fused(x, Some(&self.norm.scale), cache.next_slot(), None)
     }
 }
 
