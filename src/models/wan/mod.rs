@@ -9,7 +9,10 @@ pub mod flash;
 pub mod fp8_cuda;
 pub mod linear;
 pub mod memory;
+#[cfg(feature = "onednn")]
+pub mod onednn;
 pub mod rope;
+pub mod spans;
 
 pub use config::WanConfig;
 pub use memory::activation_peak_bytes;
