@@ -52,6 +52,10 @@ pub fn attention_chunk_rows(
 /// matrix); elsewhere the chunked path under the score cap.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     if q.device().is_cpu() {
+        #[cfg(feature = "onednn")]
+        if let Some(o) = super::onednn::attention(q, k, v)? {
+            return Ok(o);
+        }
         return super::flash::attention_fused(q, k, v);
     }
     attention_chunked(q, k, v, attention_score_cap())

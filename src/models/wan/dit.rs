@@ -103,6 +103,9 @@ pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Re
 
 /// `x + y * gate` computed in f32, stored back in x's dtype.
 fn gated_residual(x: &Tensor, y: &Tensor, gate: Option<&Tensor>) -> Result<Tensor> {
+    if let Some(out) = super::fused::gated_add(x, y, gate)? {
+        return Ok(out);
+    }
     let y = super::fast::cast(y, DType::F32)?;
     let y = match gate {
         Some(g) => y.broadcast_mul(g)?,
@@ -150,6 +153,12 @@ impl WanAttention {
         let dtype = x.dtype();
         let heads = |proj: &Proj, norm: &Tensor, src: &Tensor| -> Result<Tensor> {
             let t = proj.forward(src)?;
+            let fused = span("rms_norm+rope", || {
+                super::fused::qk_heads(&t, norm, self.eps, self.num_heads, rope)
+            })?;
+            if let Some(h) = fused {
+                return super::fast::cast(&h, dtype);
+            }
             let t = span("rms_norm", || rms_norm(&t, norm, self.eps))?;
             let t = span("copies", || split_heads(&t, self.num_heads))?;
             span("rope", || match rope {

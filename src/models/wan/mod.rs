@@ -5,6 +5,7 @@ pub mod config;
 pub mod dit;
 pub mod fast;
 pub mod flash;
+pub mod fused;
 #[cfg(feature = "cuda")]
 pub mod fp8_cuda;
 pub mod linear;

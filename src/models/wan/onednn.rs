@@ -98,13 +98,31 @@ fn check(what: &str, s: ffi::dnnl_status_t) -> Result<()> {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// One operand's memory: dims, strides and oneDNN data type.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Operand {
+    dims: Vec<i64>,
+    strides: Vec<i64>,
+    dt: i32,
+}
+
+impl Operand {
+    fn new(dims: &[usize], strides: &[usize], dt: i32) -> Self {
+        Self {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            strides: strides.iter().map(|&d| d as i64).collect(),
+            dt,
+        }
+    }
+}
+
+/// A matmul primitive's shape: `dst = src · weights (+ bias)`.
+#[derive(Clone, PartialEq, Eq, Hash)]
 struct Key {
-    m: usize,
-    k: usize,
-    n: usize,
-    bf16: bool,
-    bias: bool,
+    src: Operand,
+    weights: Operand,
+    bias: Option<Operand>,
+    dst: Operand,
 }
 
 /// A matmul primitive and its memory objects (data handles set per call).
@@ -161,24 +179,27 @@ impl State {
         })
     }
 
-    fn prim(&mut self, key: Key) -> Result<&Prim> {
-        if !self.prims.contains_key(&key) {
+    fn prim(&mut self, key: &Key) -> Result<&Prim> {
+        if !self.prims.contains_key(key) {
             let p = self.build(key)?;
-            self.prims.insert(key, p);
+            self.prims.insert(key.clone(), p);
         }
-        Ok(&self.prims[&key])
+        Ok(&self.prims[key])
     }
 
-    fn build(&self, key: Key) -> Result<Prim> {
-        let (m, k, n) = (key.m as i64, key.k as i64, key.n as i64);
-        let dt = if key.bf16 { ffi::BF16 } else { ffi::F32 };
-        let src = md(&[m, k], &[k, 1], dt)?;
-        // The [N, K] row-major weight read as [K, N]: element (k, n) at n*K + k.
-        let weights = md(&[k, n], &[1, k], dt)?;
-        let bias = md(&[1, n], &[n, 1], ffi::F32)?;
-        let dst = md(&[m, n], &[n, 1], dt)?;
+    fn build(&self, key: &Key) -> Result<Prim> {
+        let o = |o: &Operand| md(&o.dims, &o.strides, o.dt);
+        let (src, weights, dst) = (o(&key.src)?, o(&key.weights)?, o(&key.dst)?);
+        let bias = match &key.bias {
+            Some(b) => o(b)?,
+            None => o(&key.dst)?,
+        };
         let mut op = Box::new(ffi::OpDesc([0; 8192]));
-        let bias_ptr: *const ffi::MemDesc = if key.bias { &*bias } else { std::ptr::null() };
+        let bias_ptr: *const ffi::MemDesc = if key.bias.is_some() {
+            &*bias
+        } else {
+            std::ptr::null()
+        };
         unsafe {
             check(
                 "matmul_desc_init",
@@ -230,17 +251,62 @@ where
     }
 }
 
+/// Runs the matmul `key` on raw buffers.
+///
+/// # Safety
+/// Each pointer must address a live buffer that holds every element its
+/// operand's dims and strides reach; `dst` must be writable and must not
+/// overlap the others. `bias` is null exactly when `key.bias` is `None`.
+unsafe fn exec(
+    key: &Key,
+    src: *const c_void,
+    weights: *const c_void,
+    bias: *const c_void,
+    dst: *mut c_void,
+) -> Result<()> {
+    let mut guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        *guard = Some(State::new()?);
+    }
+    let state = guard.as_mut().expect("just set");
+    let stream = state.stream;
+    let prim = state.prim(key)?;
+    let mut args = vec![
+        ffi::ExecArg { arg: ffi::ARG_SRC, memory: prim.src },
+        ffi::ExecArg { arg: ffi::ARG_WEIGHTS, memory: prim.weights },
+        ffi::ExecArg { arg: ffi::ARG_DST, memory: prim.dst },
+    ];
+    check("set src", ffi::dnnl_memory_set_data_handle(prim.src, src as *mut c_void))?;
+    check("set weights", ffi::dnnl_memory_set_data_handle(prim.weights, weights as *mut c_void))?;
+    check("set dst", ffi::dnnl_memory_set_data_handle(prim.dst, dst))?;
+    if key.bias.is_some() {
+        check("set bias", ffi::dnnl_memory_set_data_handle(prim.bias, bias as *mut c_void))?;
+        args.push(ffi::ExecArg { arg: ffi::ARG_BIAS, memory: prim.bias });
+    }
+    check(
+        "matmul execute",
+        ffi::dnnl_primitive_execute(prim.prim, stream, args.len() as i32, args.as_ptr()),
+    )?;
+    check("stream wait", ffi::dnnl_stream_wait(stream))
+}
+
+fn dt_of(dtype: DType) -> Option<i32> {
+    match dtype {
+        DType::F32 => Some(ffi::F32),
+        DType::BF16 => Some(ffi::BF16),
+        _ => None,
+    }
+}
+
 /// `x · wᵀ + b` for `x` [.., K] and `w` [N, K] of the same dtype (f32 or
 /// bf16, both on the CPU and contiguous), output in that dtype; `None` when
 /// the operands are of another kind (the caller keeps its own path).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tensor>> {
     let dtype = x.dtype();
-    if !x.device().is_cpu()
-        || w.dtype() != dtype
-        || !matches!(dtype, DType::F32 | DType::BF16)
-        || w.rank() != 2
-        || !w.is_contiguous()
-    {
+    let Some(dt) = dt_of(dtype) else {
+        return Ok(None);
+    };
+    if !x.device().is_cpu() || w.dtype() != dtype || w.rank() != 2 || !w.is_contiguous() {
         return Ok(None);
     }
     let (n, k) = w.dims2()?;
@@ -260,27 +326,20 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tenso
     let mut out_shape = dims.to_vec();
     *out_shape.last_mut().expect("rank >= 1") = n;
     let key = Key {
-        m,
-        k,
-        n,
-        bf16: dtype == DType::BF16,
-        bias: bias.is_some(),
+        src: Operand::new(&[m, k], &[k, 1], dt),
+        // The [N, K] row-major weight read as [K, N]: (k, n) at n*K + k.
+        weights: Operand::new(&[k, n], &[1, k], dt),
+        bias: bias.as_ref().map(|_| Operand::new(&[1, n], &[n, 1], ffi::F32)),
+        dst: Operand::new(&[m, n], &[n, 1], dt),
     };
-    let mut guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
-    if guard.is_none() {
-        *guard = Some(State::new()?);
-    }
-    let state = guard.as_mut().expect("just set");
-    let stream = state.stream;
-    let prim = state.prim(key)?;
     let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
     let bias_guard = bias.as_ref().map(|b| b.storage_and_layout());
     let bias_ptr = match &bias_guard {
         Some((s, l)) => slice_of::<f32>(s, l)
             .ok_or_else(|| candle_core::Error::Msg("oneDNN linear: bias not on the CPU".into()))?
-            .as_ptr() as *mut c_void,
-        None => std::ptr::null_mut(),
+            .as_ptr() as *const c_void,
+        None => std::ptr::null(),
     };
     macro_rules! run {
         ($t:ty) => {{
@@ -288,35 +347,191 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tenso
                 return Ok(None);
             };
             let mut out: Vec<$t> = Vec::with_capacity(m * n);
-            let mut args = vec![
-                ffi::ExecArg { arg: ffi::ARG_SRC, memory: prim.src },
-                ffi::ExecArg { arg: ffi::ARG_WEIGHTS, memory: prim.weights },
-                ffi::ExecArg { arg: ffi::ARG_DST, memory: prim.dst },
-            ];
-            if key.bias {
-                args.push(ffi::ExecArg { arg: ffi::ARG_BIAS, memory: prim.bias });
-            }
-            // SAFETY: the handles point at live buffers of the sizes the
-            // primitive was built for (m*k, n*k, n and m*n elements); oneDNN
-            // only reads src, weights and bias and writes all of dst, which
-            // is complete when the in-order stream has been waited on.
+            // SAFETY: x holds m*k elements, w n*k, the bias n, and `out` has
+            // room for the m*n the primitive writes in full before `exec`
+            // returns (it waits on the stream).
             unsafe {
-                check("set src", ffi::dnnl_memory_set_data_handle(prim.src, xv.as_ptr() as *mut c_void))?;
-                check("set weights", ffi::dnnl_memory_set_data_handle(prim.weights, wv.as_ptr() as *mut c_void))?;
-                check("set dst", ffi::dnnl_memory_set_data_handle(prim.dst, out.as_mut_ptr() as *mut c_void))?;
-                if key.bias {
-                    check("set bias", ffi::dnnl_memory_set_data_handle(prim.bias, bias_ptr))?;
-                }
-                check(
-                    "matmul execute",
-                    ffi::dnnl_primitive_execute(prim.prim, stream, args.len() as i32, args.as_ptr()),
+                exec(
+                    &key,
+                    xv.as_ptr() as *const c_void,
+                    wv.as_ptr() as *const c_void,
+                    bias_ptr,
+                    out.as_mut_ptr() as *mut c_void,
                 )?;
-                check("stream wait", ffi::dnnl_stream_wait(stream))?;
                 out.set_len(m * n);
             }
             Tensor::from_vec(out, out_shape, x.device())?
         }};
     }
-    let y = if key.bf16 { run!(bf16) } else { run!(f32) };
+    let y = if dtype == DType::BF16 { run!(bf16) } else { run!(f32) };
     Ok(Some(y))
+}
+
+/// Bytes of f32 scores one attention step may hold ([H, rows, Sk]).
+const SCORE_BYTES: usize = 1 << 20;
+
+/// softmax(q kᵀ / sqrt(d)) v per head on oneDNN's batched matmul; q [B, H,
+/// Sq, d], k/v [B, H, Sk, d] of one dtype (f32 or bf16, CPU, contiguous).
+/// Returns [B, Sq, H * d] in q's dtype, or `None` for other operands.
+///
+/// Per head, query rows go in chunks whose f32 scores stay under about
+/// 1 MiB (at least one row), so no whole score matrix is held: for each
+/// chunk, S = q kᵀ (f32 accumulation), an f32 softmax per row
+/// (written as P in the input dtype, bf16 for bf16 inputs as PyTorch's bf16
+/// attention does), then O = P v written straight into the output rows.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let dtype = q.dtype();
+    let Some(dt) = dt_of(dtype) else {
+        return Ok(None);
+    };
+    if !q.device().is_cpu() || k.dtype() != dtype || v.dtype() != dtype {
+        return Ok(None);
+    }
+    let (b, h, sq, d) = q.dims4()?;
+    let sk = k.dim(2)?;
+    if k.dims() != [b, h, sk, d] || v.dims() != [b, h, sk, d] || sq == 0 || sk == 0 || d == 0 {
+        return Ok(None);
+    }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let rows = (SCORE_BYTES / (4 * sk)).clamp(1, sq);
+    let scale = 1.0 / (d as f32).sqrt();
+    let esize = dtype.size_in_bytes();
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    macro_rules! run {
+        ($t:ty, $to:expr) => {{
+            let (Some(qv), Some(kv), Some(vv)) = (
+                slice_of::<$t>(&qs, ql),
+                slice_of::<$t>(&ks, kl),
+                slice_of::<$t>(&vs, vl),
+            ) else {
+                return Ok(None);
+            };
+            let mut out: Vec<$t> = Vec::with_capacity(b * sq * h * d);
+            let mut scores = vec![0f32; rows * sk];
+            let mut p: Vec<$t> = vec![<$t>::default(); rows * sk];
+            for (bi, hi) in (0..b).flat_map(|bi| (0..h).map(move |hi| (bi, hi))) {
+                let mut r0 = 0;
+                while r0 < sq {
+                    let n = rows.min(sq - r0);
+                    let qk = Key {
+                        src: Operand::new(&[n, d], &[d, 1], dt),
+                        // k [sk, d] read as kᵀ [d, sk].
+                        weights: Operand::new(&[d, sk], &[1, d], dt),
+                        bias: None,
+                        dst: Operand::new(&[n, sk], &[sk, 1], ffi::F32),
+                    };
+                    let pv = Key {
+                        src: Operand::new(&[n, sk], &[sk, 1], dt),
+                        weights: Operand::new(&[sk, d], &[d, 1], dt),
+                        bias: None,
+                        // Rows r0.. of head hi in the [B, Sq, H * d] output.
+                        dst: Operand::new(&[n, d], &[h * d, 1], dt),
+                    };
+                    let bh = bi * h + hi;
+                    let (qoff, kvoff, ooff) =
+                        ((bh * sq + r0) * d, bh * sk * d, ((bi * sq + r0) * h + hi) * d);
+                    // SAFETY: q from `qoff` holds n*d elements of its head,
+                    // k/v from `kvoff` the head's sk*d, the scores and P
+                    // buffers rows*sk >= n*sk, and the output block (rows
+                    // r0..r0+n of head hi, batch bi) lies within `out`'s
+                    // capacity and is written once.
+                    unsafe {
+                        exec(
+                            &qk,
+                            qv.as_ptr().add(qoff) as *const c_void,
+                            kv.as_ptr().add(kvoff) as *const c_void,
+                            std::ptr::null(),
+                            scores.as_mut_ptr() as *mut c_void,
+                        )?;
+                    }
+                    scores[..n * sk]
+                        .par_chunks_mut(sk)
+                        .zip(p[..n * sk].par_chunks_mut(sk))
+                        .for_each(|(srow, prow)| {
+                            let mut lanes = [f32::NEG_INFINITY; 16];
+                            for c in srow.chunks_mut(16) {
+                                for (l, x) in lanes.iter_mut().zip(c.iter_mut()) {
+                                    *x *= scale;
+                                    *l = if *x > *l { *x } else { *l };
+                                }
+                            }
+                            let m = lanes.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                            let inv = 1.0 / super::flash::exp_sub_sum(srow, m);
+                            for (o, x) in prow.iter_mut().zip(srow.iter()) {
+                                *o = $to(*x * inv);
+                            }
+                        });
+                    unsafe {
+                        exec(
+                            &pv,
+                            p.as_ptr() as *const c_void,
+                            vv.as_ptr().add(kvoff) as *const c_void,
+                            std::ptr::null(),
+                            (out.as_mut_ptr() as *mut u8).add(ooff * esize) as *mut c_void,
+                        )?;
+                    }
+                    r0 += n;
+                }
+            }
+            // SAFETY: every (batch, row, head) block of d elements was
+            // written by one P·V product above.
+            unsafe { out.set_len(b * sq * h * d) };
+            Tensor::from_vec(out, (b, sq, h * d), q.device())?
+        }};
+    }
+    let o = if dtype == DType::BF16 {
+        run!(bf16, bf16::from_f32)
+    } else {
+        run!(f32, |x: f32| x)
+    };
+    Ok(Some(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.to_dtype(DType::F32).unwrap();
+        let b = b.to_dtype(DType::F32).unwrap();
+        let e = (a - &b).unwrap().sqr().unwrap().sum_all().unwrap();
+        let n = b.sqr().unwrap().sum_all().unwrap();
+        (e.to_scalar::<f32>().unwrap() / n.to_scalar::<f32>().unwrap()).sqrt()
+    }
+
+    #[test]
+    fn linear_matches_candle() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 37, 96), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (80, 96), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 80, &dev).unwrap();
+        let want = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+        let want = candle_core::Module::forward(&want, &x).unwrap();
+        let got = linear(&x, &w, Some(&b)).unwrap().unwrap();
+        assert!(rel(&got, &want) < 1e-6, "f32 {}", rel(&got, &want));
+        let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let got = linear(&bf(&x), &bf(&w), Some(&bf(&b))).unwrap().unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        assert!(rel(&got, &want) < 1e-2, "bf16 {}", rel(&got, &want));
+    }
+
+    #[test]
+    fn attention_matches_the_chunked_reference() {
+        let dev = Device::Cpu;
+        for (sq, sk) in [(7, 5), (300, 300), (130, 520)] {
+            let q = Tensor::randn(0f32, 1.0, (2, 3, sq, 16), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (2, 3, sk, 16), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (2, 3, sk, 16), &dev).unwrap();
+            let want = super::super::attention::attention_chunked(&q, &k, &v, 1 << 30).unwrap();
+            let got = attention(&q, &k, &v).unwrap().unwrap();
+            assert!(rel(&got, &want) < 1e-5, "f32 {sq}x{sk}: {}", rel(&got, &want));
+            let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+            let got = attention(&bf(&q), &bf(&k), &bf(&v)).unwrap().unwrap();
+            assert!(rel(&got, &want) < 1e-2, "bf16 {sq}x{sk}: {}", rel(&got, &want));
+        }
+    }
 }
