@@ -11,6 +11,7 @@
 //! the peer time measured on the 2-core machine in issue 19, labelled so.
 
 use crate::models::wan::dit::WanDit;
+use crate::models::wan::linear::gemm_path;
 use crate::models::wan::WanConfig;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -259,8 +260,31 @@ pub fn dit_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
             },
             recorded_peer(dtype) * o.layers as f64 / 4.0,
         )?);
+        if std::env::var("BATON_DIT_SPANS").is_ok_and(|v| v == "1") {
+            println!("{}", dit_spans(&m, &x, &t, &ctx, dtype)?);
+        }
     }
     Ok(rows)
+}
+
+/// The profile breakdown of one DiT forward by kernel (timing spans, see
+/// `models::wan::spans`), as a markdown table.
+fn dit_spans(m: &WanDit, x: &Tensor, t: &Tensor, ctx: &Tensor, dtype: DType) -> anyhow::Result<String> {
+    use crate::models::wan::spans;
+    spans::enable(true);
+    let total = time_forward(m, x, t, ctx)?;
+    let parts = spans::totals();
+    spans::enable(false);
+    let mut s = format!("DiT forward {dtype:?}, one forward by span ({}):\n", gemm_path());
+    writeln!(s, "| span | ms | share |\n|---|---|---|")?;
+    let mut rest = total;
+    for (name, v) in parts {
+        rest -= v;
+        writeln!(s, "| {name} | {:.1} | {:.0}% |", v * 1e3, 100.0 * v / total)?;
+    }
+    writeln!(s, "| other (stem, head, modulation split) | {:.1} | {:.0}% |", rest * 1e3, 100.0 * rest / total)?;
+    writeln!(s, "| total | {:.1} | 100% |", total * 1e3)?;
+    Ok(s)
 }
 
 /// The table `baton bench speed` prints.
@@ -275,8 +299,9 @@ pub fn run(o: &SpeedOptions) -> anyhow::Result<String> {
     let mut s = String::new();
     writeln!(
         s,
-        "threads {}; ratio = peer time / baton time (above 1: baton faster), median of {} alternating rounds",
+        "threads {}; DiT GEMM path: {}; ratio = peer time / baton time (above 1: baton faster), median of {} alternating rounds",
         candle_core::utils::get_num_threads(),
+        gemm_path(),
         o.rounds
     )?;
     writeln!(s, "| work | PyTorch peer | baton | ratio |")?;

@@ -109,6 +109,10 @@ pub fn attention_chunk_rows(
 /// ([`attention_score_cap_on`]).
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     if q.device().is_cpu() {
+        #[cfg(feature = "onednn")]
+        if let Some(o) = super::onednn::attention(q, k, v)? {
+            return Ok(o);
+        }
         return super::flash::attention_fused(q, k, v);
     }
     #[cfg(feature = "cuda")]

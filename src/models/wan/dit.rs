@@ -23,6 +23,7 @@ use candle_nn::{Linear, VarBuilder};
 
 use super::attention::split_heads;
 use super::linear::Proj;
+use super::spans::span;
 use super::WanConfig;
 
 // The kernels the blocks are built from live in their own modules; their
@@ -103,6 +104,9 @@ pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Re
 
 /// `x + y * gate` computed in f32, stored back in x's dtype.
 fn gated_residual(x: &Tensor, y: &Tensor, gate: Option<&Tensor>) -> Result<Tensor> {
+    if let Some(out) = super::fused::gated_add(x, y, gate)? {
+        return Ok(out);
+    }
     let y = super::fast::cast(y, DType::F32)?;
     let y = match gate {
         Some(g) => y.broadcast_mul(g)?,
@@ -149,20 +153,26 @@ impl WanAttention {
     fn forward(&self, x: &Tensor, kv: &Tensor, rope: Option<&Rope>) -> Result<Tensor> {
         let dtype = x.dtype();
         let heads = |proj: &Proj, norm: &Tensor, src: &Tensor| -> Result<Tensor> {
-            let t = split_heads(
-                &rms_norm(&proj.forward(src)?, norm, self.eps)?,
-                self.num_heads,
-            )?;
-            match rope {
+            let t = proj.forward(src)?;
+            let fused = span("rms_norm+rope", || {
+                super::fused::qk_heads(&t, norm, self.eps, self.num_heads, rope)
+            })?;
+            if let Some(h) = fused {
+                return super::fast::cast(&h, dtype);
+            }
+            let t = span("rms_norm", || rms_norm(&t, norm, self.eps))?;
+            let t = span("copies", || split_heads(&t, self.num_heads))?;
+            span("rope", || match rope {
                 Some(r) => super::fast::cast(&apply_rope(&t, r)?, dtype),
                 None => super::fast::cast(&t, dtype),
-            }
+            })
         };
         let out = {
             let q = heads(&self.q, &self.norm_q, x)?;
             let k = heads(&self.k, &self.norm_k, kv)?;
-            let v = split_heads(&self.v.forward(kv)?, self.num_heads)?;
-            attention(&q, &k, &v)?
+            let v = self.v.forward(kv)?;
+            let v = span("copies", || split_heads(&v, self.num_heads))?;
+            span("attention", || attention(&q, &k, &v))?
         };
         self.o.forward(&out)
     }
@@ -224,46 +234,54 @@ impl WanBlock {
         let dtype = x.dtype();
         // [1, 1, 6, dim] + [B, T, 6, dim]; each chunk [B, T, dim] broadcasts
         // over the tokens when T = 1.
-        let m = self.modulation.unsqueeze(0)?.broadcast_add(&p.e0)?;
+        let m = span("modulation", || self.modulation.unsqueeze(0)?.broadcast_add(&p.e0))?;
         let chunk = |i: usize| m.narrow(2, i, 1)?.squeeze(2);
         let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
         let (shift_ffn, scale_ffn, gate_ffn) = (chunk(3)?, chunk(4)?, chunk(5)?);
+        let norm_mod = |x: &Tensor, shift: &Tensor, scale: &Tensor| {
+            span("norm+modulate", || {
+                super::fast::cast(&norm_modulate(x, shift, scale, self.eps)?, dtype)
+            })
+        };
+        let residual = |x: &Tensor, y: &Tensor, g: Option<&Tensor>| {
+            span("residual", || gated_residual(x, y, g))
+        };
 
         // Every [S, dim] intermediate is dropped as soon as it is used (no
         // shadowing, which would keep each alive to the end of the block).
         let x1 = {
-            let y = super::fast::cast(&norm_modulate(x, &shift_msa, &scale_msa, self.eps)?, dtype)?;
+            let y = norm_mod(x, &shift_msa, &scale_msa)?;
             let a = self.self_attn.forward(&y, &y, Some(&p.rope))?;
             drop(y);
-            gated_residual(x, &a, Some(&gate_msa))?
+            residual(x, &a, Some(&gate_msa))?
         };
         let x2 = {
-            let y = match super::fast::norm_affine(
-                &x1,
-                &self.norm3_weight,
-                &self.norm3_bias,
-                self.eps,
-            )? {
-                Some(y) => y,
-                None => layer_norm(&x1, self.eps)?
-                    .broadcast_mul(&self.norm3_weight)?
-                    .broadcast_add(&self.norm3_bias)?,
-            };
-            let y = super::fast::cast(&y, dtype)?;
+            let y = span("norm+modulate", || {
+                let y = match super::fast::norm_affine(
+                    &x1,
+                    &self.norm3_weight,
+                    &self.norm3_bias,
+                    self.eps,
+                )? {
+                    Some(y) => y,
+                    None => layer_norm(&x1, self.eps)?
+                        .broadcast_mul(&self.norm3_weight)?
+                        .broadcast_add(&self.norm3_bias)?,
+                };
+                super::fast::cast(&y, dtype)
+            })?;
             let c = self.cross_attn.forward(&y, &p.context, None)?;
             drop(y);
-            gated_residual(&x1, &c, None)?
+            residual(&x1, &c, None)?
         };
         drop(x1);
-        let y = super::fast::cast(
-            &norm_modulate(&x2, &shift_ffn, &scale_ffn, self.eps)?,
-            dtype,
-        )?;
-        let hidden = super::fast::gelu(&self.ffn_0.forward(&y)?)?;
+        let y = norm_mod(&x2, &shift_ffn, &scale_ffn)?;
+        let hidden = self.ffn_0.forward(&y)?;
+        let hidden = span("gelu", || super::fast::gelu(&hidden))?;
         drop(y);
         let f = self.ffn_2.forward(&hidden)?;
         drop(hidden);
-        gated_residual(&x2, &f, Some(&gate_ffn))
+        residual(&x2, &f, Some(&gate_ffn))
     }
 }
 

@@ -182,7 +182,7 @@ fn tile_attention(
 
 /// x <- exp(x - m) in place; returns the sum. Vectorised where the CPU has
 /// AVX-512 or AVX2 (a Cephes-style polynomial, ~1 ulp), else scalar `exp`.
-fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
+pub(super) fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx512f") {

@@ -11,6 +11,8 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use super::spans::span;
+
 /// The dtype a matmul over `dtype` activations actually runs in on `device`
 /// (public for the activation memory formula in `super::memory`).
 ///
@@ -23,6 +25,15 @@ pub fn matmul_dtype(dtype: DType, device: &Device) -> DType {
         DType::F32
     } else {
         dtype
+    }
+}
+
+/// Which GEMM the CPU linears run on, for `baton bench speed`.
+pub fn gemm_path() -> &'static str {
+    if cfg!(feature = "onednn") {
+        "oneDNN matmul (feature onednn: bf16 x bf16 and f32, f32 accumulation)"
+    } else {
+        "gemm crate, f32 (bf16 weights widened to f32 per call)"
     }
 }
 
@@ -119,18 +130,25 @@ impl Proj {
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = super::fast::cast(x, self.mm_dtype)?;
+        #[cfg(feature = "onednn")]
+        if self.quant.is_none() && self.scale.is_none() {
+            let (w, b) = (self.inner.weight(), self.inner.bias());
+            if let Some(y) = span("matmul", || super::onednn::linear(x, w, b))? {
+                return span("cast", || super::fast::cast(&y, self.act_dtype));
+            }
+        }
+        let x = span("cast", || super::fast::cast(x, self.mm_dtype))?;
         let y = if let Some(q) = &self.quant {
             let b = self
                 .inner
                 .bias()
                 .map(|b| b.to_dtype(self.mm_dtype))
                 .transpose()?;
-            q.forward(&x, b.as_ref(), self.mm_dtype)?
+            span("matmul", || q.forward(&x, b.as_ref(), self.mm_dtype))?
         } else if self.inner.weight().dtype() == self.mm_dtype {
-            self.inner.forward(&x)?
+            span("matmul", || self.inner.forward(&x))?
         } else {
-            let w = widen(self.inner.weight(), self.mm_dtype)?;
+            let w = span("cast (weights)", || widen(self.inner.weight(), self.mm_dtype))?;
             let w = match &self.scale {
                 Some(s) => w.broadcast_mul(s)?,
                 None => w,
@@ -140,9 +158,9 @@ impl Proj {
                 .bias()
                 .map(|b| b.to_dtype(self.mm_dtype))
                 .transpose()?;
-            Linear::new(w, b).forward(&x)?
+            span("matmul", || Linear::new(w, b).forward(&x))?
         };
-        super::fast::cast(&y, self.act_dtype)
+        span("cast", || super::fast::cast(&y, self.act_dtype))
     }
 }
 

@@ -5,13 +5,17 @@ pub mod config;
 pub mod dit;
 pub mod fast;
 pub mod flash;
+pub mod fused;
 #[cfg(feature = "cuda")]
 pub mod flash_cuda;
 #[cfg(feature = "cuda")]
 pub mod fp8_cuda;
 pub mod linear;
 pub mod memory;
+#[cfg(feature = "onednn")]
+pub mod onednn;
 pub mod rope;
+pub mod spans;
 
 pub use config::WanConfig;
 pub use memory::activation_peak_bytes;

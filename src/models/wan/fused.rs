@@ -1,0 +1,300 @@
+//! Two more fused CPU passes of the DiT block, each replacing a chain of
+//! candle ops (and the casts and copies between them) by one parallel pass
+//! over the rows, with the same f32 arithmetic in the same order:
+//!
+//! - [`gated_add`]: the gated residual `x + y * gate`, in f32, stored in
+//!   x's dtype (was: two widening casts, a multiply, an add, a narrowing
+//!   cast);
+//! - [`qk_heads`]: RMSNorm over the whole inner dim, the head split, RoPE on
+//!   each head's channel pairs and the cast back to the activation dtype
+//!   (was: cast, `rms_norm`, a transposing copy, `rope_i`, cast).
+//!
+//! Both return `None` where the device, dtypes or shapes do not fit; the
+//! caller then takes candle's ops.
+
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+use half::bf16;
+use rayon::prelude::*;
+
+use super::rope::Rope;
+
+/// Rows of `t` (f32-castable, last dim `dim`) as an f32 vector with its
+/// row count, when it broadcasts over [B, S, dim] as [B, 1, dim] or
+/// [B, S, dim]; `None` otherwise.
+fn rows_f32(t: &Tensor, b: usize, s: usize, dim: usize) -> Result<Option<(Vec<f32>, usize)>> {
+    let rows = t.elem_count() / dim.max(1);
+    if t.elem_count() % dim.max(1) != 0
+        || !(rows == b || rows == b * s)
+        || t.dim(t.rank() - 1)? != dim
+    {
+        return Ok(None);
+    }
+    let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    Ok(Some((v, rows)))
+}
+
+#[inline(always)]
+fn widen(v: bf16) -> f32 {
+    f32::from_bits((v.to_bits() as u32) << 16)
+}
+
+/// f32 -> bf16, round to nearest even (quiet NaN kept), as `half` does.
+#[inline(always)]
+fn narrow(x: f32) -> bf16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return bf16::from_bits(((bits >> 16) | 0x0040) as u16);
+    }
+    let round = 0x7FFF + ((bits >> 16) & 1);
+    bf16::from_bits((bits.wrapping_add(round) >> 16) as u16)
+}
+
+/// `x + y * gate` (or `x + y`) for x, y [B, S, dim] of one dtype (f32 or
+/// bf16), gate f32 broadcasting as [B, 1, dim] or [B, S, dim]; computed in
+/// f32 and returned in x's dtype.
+pub fn gated_add(x: &Tensor, y: &Tensor, gate: Option<&Tensor>) -> Result<Option<Tensor>> {
+    let Ok((b, s, dim)) = x.dims3() else {
+        return Ok(None);
+    };
+    if !x.device().is_cpu() || y.dims() != x.dims() || y.dtype() != x.dtype() || dim == 0 {
+        return Ok(None);
+    }
+    let g = match gate {
+        Some(g) => match rows_f32(g, b, s, dim)? {
+            Some(v) => Some(v),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    let gate_row = |r: usize| -> Option<&[f32]> {
+        g.as_ref().map(|(v, rows)| {
+            let i = if *rows == b * s { r } else { r / s };
+            &v[i * dim..(i + 1) * dim]
+        })
+    };
+    let y = y.contiguous()?;
+    let (xs, xl) = x.storage_and_layout();
+    let (ys, yl) = y.storage_and_layout();
+    let (Some((x0, x1)), Some((y0, y1))) = (xl.contiguous_offsets(), yl.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    let out = match (&*xs, &*ys) {
+        (Storage::Cpu(CpuStorage::F32(xv)), Storage::Cpu(CpuStorage::F32(yv))) => {
+            let (xv, yv) = (&xv[x0..x1], &yv[y0..y1]);
+            let mut out = vec![0f32; xv.len()];
+            out.par_chunks_mut(dim).enumerate().for_each(|(r, o)| {
+                let (xr, yr) = (&xv[r * dim..][..dim], &yv[r * dim..][..dim]);
+                match gate_row(r) {
+                    Some(gr) => {
+                        for i in 0..dim {
+                            o[i] = xr[i] + yr[i] * gr[i];
+                        }
+                    }
+                    None => {
+                        for i in 0..dim {
+                            o[i] = xr[i] + yr[i];
+                        }
+                    }
+                }
+            });
+            Tensor::from_vec(out, (b, s, dim), x.device())?
+        }
+        (Storage::Cpu(CpuStorage::BF16(xv)), Storage::Cpu(CpuStorage::BF16(yv))) => {
+            let (xv, yv) = (&xv[x0..x1], &yv[y0..y1]);
+            let mut out = vec![bf16::ZERO; xv.len()];
+            out.par_chunks_mut(dim).enumerate().for_each(|(r, o)| {
+                let (xr, yr) = (&xv[r * dim..][..dim], &yv[r * dim..][..dim]);
+                match gate_row(r) {
+                    Some(gr) => {
+                        for i in 0..dim {
+                            o[i] = narrow(widen(xr[i]) + widen(yr[i]) * gr[i]);
+                        }
+                    }
+                    None => {
+                        for i in 0..dim {
+                            o[i] = narrow(widen(xr[i]) + widen(yr[i]));
+                        }
+                    }
+                }
+            });
+            Tensor::from_vec(out, (b, s, dim), x.device())?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(out))
+}
+
+struct OutPtr<T>(*mut T);
+// SAFETY: every row writes its own disjoint set of output elements.
+unsafe impl<T> Sync for OutPtr<T> {}
+unsafe impl<T> Send for OutPtr<T> {}
+
+impl<T> OutPtr<T> {
+    fn at(&self, i: usize) -> *mut T {
+        self.0.wrapping_add(i)
+    }
+}
+
+/// RMSNorm of each row of t [B, S, dim] (f32 sums, `weight` f32 [dim]),
+/// split into `heads` heads, rotated by `rope` (pairs (2i, 2i+1), table
+/// [S, head_dim / 2]) when given, returned as [B, heads, S, head_dim] in
+/// t's dtype (f32 or bf16).
+pub fn qk_heads(
+    t: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    heads: usize,
+    rope: Option<&Rope>,
+) -> Result<Option<Tensor>> {
+    let Ok((b, s, dim)) = t.dims3() else {
+        return Ok(None);
+    };
+    if !t.device().is_cpu() || heads == 0 || dim % heads != 0 || weight.elem_count() != dim {
+        return Ok(None);
+    }
+    let hd = dim / heads;
+    let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let table = match rope {
+        Some(r) => {
+            if r.cos.dims() != [s, hd / 2] || hd % 2 != 0 {
+                return Ok(None);
+            }
+            let f = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
+            Some((f(&r.cos)?, f(&r.sin)?))
+        }
+        None => None,
+    };
+    let eps = eps as f32;
+    // One row (b, s) in f32 -> normalised, rotated, written per head.
+    let row = |r: usize, x: &mut [f32], write: &dyn Fn(usize, &[f32])| {
+        let sum2: f32 = x.iter().map(|v| v * v).sum();
+        let m = (sum2 / dim as f32 + eps).sqrt();
+        for (v, w) in x.iter_mut().zip(&w) {
+            *v = *v / m * w;
+        }
+        let si = r % s;
+        if let Some((cos, sin)) = &table {
+            let (c, sn) = (&cos[si * hd / 2..][..hd / 2], &sin[si * hd / 2..][..hd / 2]);
+            for h in x.chunks_mut(hd) {
+                for i in 0..hd / 2 {
+                    let (a, bb) = (h[2 * i], h[2 * i + 1]);
+                    h[2 * i] = a * c[i] - bb * sn[i];
+                    h[2 * i + 1] = a * sn[i] + bb * c[i];
+                }
+            }
+        }
+        let bi = r / s;
+        for h in 0..heads {
+            write(((bi * heads + h) * s + si) * hd, &x[h * hd..(h + 1) * hd]);
+        }
+    };
+    let t = t.contiguous()?;
+    let (ts, tl) = t.storage_and_layout();
+    let Some((o0, o1)) = tl.contiguous_offsets() else {
+        return Ok(None);
+    };
+    let shape = (b, heads, s, hd);
+    let out = match &*ts {
+        Storage::Cpu(CpuStorage::F32(v)) => {
+            let v = &v[o0..o1];
+            let mut out = vec![0f32; b * s * dim];
+            let p = OutPtr(out.as_mut_ptr());
+            (0..b * s).into_par_iter().for_each(|r| {
+                let mut x = v[r * dim..(r + 1) * dim].to_vec();
+                row(r, &mut x, &|at, src| {
+                    // SAFETY: (b, h, s) segments are disjoint across rows
+                    // and `at + hd` is within `out`.
+                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), p.at(at), src.len()) }
+                });
+            });
+            Tensor::from_vec(out, shape, t.device())?
+        }
+        Storage::Cpu(CpuStorage::BF16(v)) => {
+            let v = &v[o0..o1];
+            let mut out = vec![bf16::ZERO; b * s * dim];
+            let p = OutPtr(out.as_mut_ptr());
+            (0..b * s).into_par_iter().for_each(|r| {
+                let mut x: Vec<f32> = v[r * dim..(r + 1) * dim].iter().map(|&e| widen(e)).collect();
+                row(r, &mut x, &|at, src| {
+                    for (i, e) in src.iter().enumerate() {
+                        // SAFETY: as above.
+                        unsafe { *p.at(at + i) = narrow(*e) }
+                    }
+                });
+            });
+            Tensor::from_vec(out, shape, t.device())?
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+            .fold(0f32, f32::max)
+    }
+
+    #[test]
+    fn gated_add_matches_candle() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 3.0, (2, 37, 64), &dev).unwrap();
+        let y = Tensor::randn(0f32, 1.0, (2, 37, 64), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (2, 1, 64), &dev).unwrap();
+        for dt in [DType::F32, DType::BF16] {
+            let (x, y) = (x.to_dtype(dt).unwrap(), y.to_dtype(dt).unwrap());
+            let want = |g: Option<&Tensor>| {
+                let y = y.to_dtype(DType::F32).unwrap();
+                let y = match g {
+                    Some(g) => y.broadcast_mul(g).unwrap(),
+                    None => y,
+                };
+                (x.to_dtype(DType::F32).unwrap() + y).unwrap().to_dtype(dt).unwrap()
+            };
+            let a = gated_add(&x, &y, Some(&g)).unwrap().unwrap();
+            assert_eq!(max_rel(&a, &want(Some(&g))), 0.0, "{dt:?} gated");
+            let a = gated_add(&x, &y, None).unwrap().unwrap();
+            assert_eq!(max_rel(&a, &want(None)), 0.0, "{dt:?} plain");
+        }
+    }
+
+    #[test]
+    fn qk_heads_matches_candle() {
+        let dev = Device::Cpu;
+        let (b, s, heads, hd) = (2, 11, 4, 16);
+        let t = Tensor::randn(0f32, 2.0, (b, s, heads * hd), &dev).unwrap();
+        let w = Tensor::randn(1f32, 0.1, heads * hd, &dev).unwrap();
+        let ang = Tensor::randn(0f32, 1.0, (s, hd / 2), &dev).unwrap();
+        let rope = Rope {
+            cos: ang.cos().unwrap(),
+            sin: ang.sin().unwrap(),
+        };
+        for dt in [DType::F32, DType::BF16] {
+            let t = t.to_dtype(dt).unwrap();
+            let n = candle_nn::ops::rms_norm(&t.to_dtype(DType::F32).unwrap(), &w, 1e-6).unwrap();
+            let n = n
+                .reshape((b, s, heads, hd))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap();
+            let r = candle_nn::rotary_emb::rope_i(&n, &rope.cos, &rope.sin).unwrap();
+            let tol = if dt == DType::F32 { 1e-5 } else { 8e-3 };
+            let a = qk_heads(&t, &w, 1e-6, heads, Some(&rope)).unwrap().unwrap();
+            assert!(max_rel(&a, &r.to_dtype(dt).unwrap()) <= tol, "{dt:?} rope");
+            let a = qk_heads(&t, &w, 1e-6, heads, None).unwrap().unwrap();
+            assert!(max_rel(&a, &n.to_dtype(dt).unwrap()) <= tol, "{dt:?} no rope");
+        }
+    }
+}

@@ -1,0 +1,537 @@
+//! The DiT's CPU linears through oneDNN's matmul primitive (cargo feature
+//! `onednn`, links the system `libdnnl`, 2.x C API): bf16 x bf16 with f32
+//! accumulation on AMX / AVX512_BF16 where the CPU has them, f32 on AVX-512.
+//!
+//! The weights are used in place, as loaded: a `[N, K]` row-major matrix is
+//! handed to oneDNN as the `[K, N]` operand with strides `(1, K)`, so bf16
+//! weights stay bf16 in memory and nothing is widened or copied per call
+//! (oneDNN may repack a tile into its own scratchpad while it multiplies).
+//! The bias is added in f32 inside the primitive and the output is rounded
+//! once to the activation dtype, as the widened path does.
+//!
+//! One engine and stream for the process; one primitive per
+//! (M, K, N, dtype, bias) shape, built on first use and kept. Calls are
+//! serialised by a lock (oneDNN threads each call itself).
+
+use candle_core::{DType, Result, Storage, Tensor};
+use half::bf16;
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::Mutex;
+
+#[allow(non_camel_case_types)]
+mod ffi {
+    use std::ffi::c_void;
+    pub type dnnl_status_t = i32;
+    pub type handle = *mut c_void;
+    /// `dnnl_memory_desc_t` (696 bytes in 2.6) and `dnnl_matmul_desc_t`
+    /// (2,800 bytes) are plain structs the library fills in; they are only
+    /// passed by pointer here, so opaque buffers with room to spare do.
+    #[repr(C, align(16))]
+    pub struct MemDesc(pub [u8; 2048]);
+    #[repr(C, align(16))]
+    pub struct OpDesc(pub [u8; 8192]);
+    #[repr(C)]
+    pub struct ExecArg {
+        pub arg: i32,
+        pub memory: handle,
+    }
+    pub const SUCCESS: dnnl_status_t = 0;
+    pub const BF16: i32 = 2;
+    pub const F32: i32 = 3;
+    pub const CPU: i32 = 1;
+    pub const IN_ORDER: u32 = 1;
+    pub const ARG_SRC: i32 = 1;
+    pub const ARG_DST: i32 = 17;
+    pub const ARG_WEIGHTS: i32 = 33;
+    pub const ARG_BIAS: i32 = 41;
+
+    #[link(name = "dnnl")]
+    extern "C" {
+        pub fn dnnl_engine_create(engine: *mut handle, kind: i32, index: usize) -> dnnl_status_t;
+        pub fn dnnl_stream_create(stream: *mut handle, engine: handle, flags: u32) -> dnnl_status_t;
+        pub fn dnnl_stream_wait(stream: handle) -> dnnl_status_t;
+        pub fn dnnl_memory_desc_init_by_strides(
+            md: *mut MemDesc,
+            ndims: i32,
+            dims: *const i64,
+            data_type: i32,
+            strides: *const i64,
+        ) -> dnnl_status_t;
+        pub fn dnnl_matmul_desc_init(
+            desc: *mut OpDesc,
+            src: *const MemDesc,
+            weights: *const MemDesc,
+            bias: *const MemDesc,
+            dst: *const MemDesc,
+        ) -> dnnl_status_t;
+        pub fn dnnl_primitive_desc_create(
+            pd: *mut handle,
+            op_desc: *const OpDesc,
+            attr: handle,
+            engine: handle,
+            hint: handle,
+        ) -> dnnl_status_t;
+        pub fn dnnl_primitive_desc_destroy(pd: handle) -> dnnl_status_t;
+        pub fn dnnl_primitive_create(p: *mut handle, pd: handle) -> dnnl_status_t;
+        pub fn dnnl_memory_create(
+            mem: *mut handle,
+            md: *const MemDesc,
+            engine: handle,
+            data: *mut c_void,
+        ) -> dnnl_status_t;
+        pub fn dnnl_memory_set_data_handle(mem: handle, data: *mut c_void) -> dnnl_status_t;
+        pub fn dnnl_primitive_execute(
+            p: handle,
+            stream: handle,
+            nargs: i32,
+            args: *const ExecArg,
+        ) -> dnnl_status_t;
+    }
+}
+
+fn check(what: &str, s: ffi::dnnl_status_t) -> Result<()> {
+    if s == ffi::SUCCESS {
+        Ok(())
+    } else {
+        candle_core::bail!("oneDNN {what} failed (status {s})")
+    }
+}
+
+/// One operand's memory: dims, strides and oneDNN data type.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Operand {
+    dims: Vec<i64>,
+    strides: Vec<i64>,
+    dt: i32,
+}
+
+impl Operand {
+    fn new(dims: &[usize], strides: &[usize], dt: i32) -> Self {
+        Self {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            strides: strides.iter().map(|&d| d as i64).collect(),
+            dt,
+        }
+    }
+}
+
+/// A matmul primitive's shape: `dst = src · weights (+ bias)`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Key {
+    src: Operand,
+    weights: Operand,
+    bias: Option<Operand>,
+    dst: Operand,
+}
+
+/// A matmul primitive and its memory objects (data handles set per call).
+struct Prim {
+    prim: ffi::handle,
+    src: ffi::handle,
+    weights: ffi::handle,
+    bias: ffi::handle,
+    dst: ffi::handle,
+}
+
+struct State {
+    engine: ffi::handle,
+    stream: ffi::handle,
+    prims: HashMap<Key, Prim>,
+}
+
+// The handles are only used under the lock below; oneDNN objects may be
+// used from any thread.
+unsafe impl Send for State {}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+fn md(dims: &[i64], strides: &[i64], dt: i32) -> Result<Box<ffi::MemDesc>> {
+    let mut d = Box::new(ffi::MemDesc([0; 2048]));
+    let s = unsafe {
+        ffi::dnnl_memory_desc_init_by_strides(
+            &mut *d,
+            dims.len() as i32,
+            dims.as_ptr(),
+            dt,
+            strides.as_ptr(),
+        )
+    };
+    check("memory_desc_init", s)?;
+    Ok(d)
+}
+
+impl State {
+    fn new() -> Result<Self> {
+        let mut engine = std::ptr::null_mut();
+        let mut stream = std::ptr::null_mut();
+        unsafe {
+            check("engine_create", ffi::dnnl_engine_create(&mut engine, ffi::CPU, 0))?;
+            check(
+                "stream_create",
+                ffi::dnnl_stream_create(&mut stream, engine, ffi::IN_ORDER),
+            )?;
+        }
+        Ok(Self {
+            engine,
+            stream,
+            prims: HashMap::new(),
+        })
+    }
+
+    fn prim(&mut self, key: &Key) -> Result<&Prim> {
+        if !self.prims.contains_key(key) {
+            let p = self.build(key)?;
+            self.prims.insert(key.clone(), p);
+        }
+        Ok(&self.prims[key])
+    }
+
+    fn build(&self, key: &Key) -> Result<Prim> {
+        let o = |o: &Operand| md(&o.dims, &o.strides, o.dt);
+        let (src, weights, dst) = (o(&key.src)?, o(&key.weights)?, o(&key.dst)?);
+        let bias = match &key.bias {
+            Some(b) => o(b)?,
+            None => o(&key.dst)?,
+        };
+        let mut op = Box::new(ffi::OpDesc([0; 8192]));
+        let bias_ptr: *const ffi::MemDesc = if key.bias.is_some() {
+            &*bias
+        } else {
+            std::ptr::null()
+        };
+        unsafe {
+            check(
+                "matmul_desc_init",
+                ffi::dnnl_matmul_desc_init(&mut *op, &*src, &*weights, bias_ptr, &*dst),
+            )?;
+            let mut pd = std::ptr::null_mut();
+            check(
+                "primitive_desc_create (matmul)",
+                ffi::dnnl_primitive_desc_create(
+                    &mut pd,
+                    &*op,
+                    std::ptr::null_mut(),
+                    self.engine,
+                    std::ptr::null_mut(),
+                ),
+            )?;
+            let mut prim = std::ptr::null_mut();
+            let made = ffi::dnnl_primitive_create(&mut prim, pd);
+            ffi::dnnl_primitive_desc_destroy(pd);
+            check("primitive_create (matmul)", made)?;
+            let mem = |d: &ffi::MemDesc| -> Result<ffi::handle> {
+                let mut h = std::ptr::null_mut();
+                check(
+                    "memory_create",
+                    ffi::dnnl_memory_create(&mut h, d, self.engine, std::ptr::null_mut()),
+                )?;
+                Ok(h)
+            };
+            Ok(Prim {
+                prim,
+                src: mem(&src)?,
+                weights: mem(&weights)?,
+                bias: mem(&bias)?,
+                dst: mem(&dst)?,
+            })
+        }
+    }
+}
+
+/// A contiguous CPU tensor's elements of type `T` (`None` otherwise).
+fn slice_of<'a, T>(s: &'a Storage, l: &candle_core::Layout) -> Option<&'a [T]>
+where
+    T: candle_core::WithDType,
+{
+    let (a, b) = l.contiguous_offsets()?;
+    match s {
+        Storage::Cpu(c) => T::cpu_storage_as_slice(c).ok().map(|v| &v[a..b]),
+        _ => None,
+    }
+}
+
+/// Runs the matmul `key` on raw buffers.
+///
+/// # Safety
+/// Each pointer must address a live buffer that holds every element its
+/// operand's dims and strides reach; `dst` must be writable and must not
+/// overlap the others. `bias` is null exactly when `key.bias` is `None`.
+unsafe fn exec(
+    key: &Key,
+    src: *const c_void,
+    weights: *const c_void,
+    bias: *const c_void,
+    dst: *mut c_void,
+) -> Result<()> {
+    let mut guard = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    if guard.is_none() {
+        *guard = Some(State::new()?);
+    }
+    let state = guard.as_mut().expect("just set");
+    let stream = state.stream;
+    let prim = state.prim(key)?;
+    let mut args = vec![
+        ffi::ExecArg { arg: ffi::ARG_SRC, memory: prim.src },
+        ffi::ExecArg { arg: ffi::ARG_WEIGHTS, memory: prim.weights },
+        ffi::ExecArg { arg: ffi::ARG_DST, memory: prim.dst },
+    ];
+    check("set src", ffi::dnnl_memory_set_data_handle(prim.src, src as *mut c_void))?;
+    check("set weights", ffi::dnnl_memory_set_data_handle(prim.weights, weights as *mut c_void))?;
+    check("set dst", ffi::dnnl_memory_set_data_handle(prim.dst, dst))?;
+    if key.bias.is_some() {
+        check("set bias", ffi::dnnl_memory_set_data_handle(prim.bias, bias as *mut c_void))?;
+        args.push(ffi::ExecArg { arg: ffi::ARG_BIAS, memory: prim.bias });
+    }
+    check(
+        "matmul execute",
+        ffi::dnnl_primitive_execute(prim.prim, stream, args.len() as i32, args.as_ptr()),
+    )?;
+    check("stream wait", ffi::dnnl_stream_wait(stream))
+}
+
+fn dt_of(dtype: DType) -> Option<i32> {
+    match dtype {
+        DType::F32 => Some(ffi::F32),
+        DType::BF16 => Some(ffi::BF16),
+        _ => None,
+    }
+}
+
+/// `x · wᵀ + b` for `x` [.., K] and `w` [N, K] of the same dtype (f32 or
+/// bf16, both on the CPU and contiguous), output in that dtype; `None` when
+/// the operands are of another kind (the caller keeps its own path).
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tensor>> {
+    let dtype = x.dtype();
+    let Some(dt) = dt_of(dtype) else {
+        return Ok(None);
+    };
+    if !x.device().is_cpu() || w.dtype() != dtype || w.rank() != 2 || !w.is_contiguous() {
+        return Ok(None);
+    }
+    let (n, k) = w.dims2()?;
+    let dims = x.dims();
+    if dims.last() != Some(&k) {
+        candle_core::bail!(
+            "oneDNN linear: input {:?} does not end in the weight's {k} inputs",
+            dims
+        )
+    }
+    let m = x.elem_count() / k.max(1);
+    if m == 0 || n == 0 || k == 0 {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let bias = b.map(|b| super::fast::cast(b, DType::F32)).transpose()?;
+    let mut out_shape = dims.to_vec();
+    *out_shape.last_mut().expect("rank >= 1") = n;
+    let key = Key {
+        src: Operand::new(&[m, k], &[k, 1], dt),
+        // The [N, K] row-major weight read as [K, N]: (k, n) at n*K + k.
+        weights: Operand::new(&[k, n], &[1, k], dt),
+        bias: bias.as_ref().map(|_| Operand::new(&[1, n], &[n, 1], ffi::F32)),
+        dst: Operand::new(&[m, n], &[n, 1], dt),
+    };
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let bias_guard = bias.as_ref().map(|b| b.storage_and_layout());
+    let bias_ptr = match &bias_guard {
+        Some((s, l)) => slice_of::<f32>(s, l)
+            .ok_or_else(|| candle_core::Error::Msg("oneDNN linear: bias not on the CPU".into()))?
+            .as_ptr() as *const c_void,
+        None => std::ptr::null(),
+    };
+    macro_rules! run {
+        ($t:ty) => {{
+            let (Some(xv), Some(wv)) = (slice_of::<$t>(&xs, xl), slice_of::<$t>(&ws, wl)) else {
+                return Ok(None);
+            };
+            let mut out: Vec<$t> = Vec::with_capacity(m * n);
+            // SAFETY: x holds m*k elements, w n*k, the bias n, and `out` has
+            // room for the m*n the primitive writes in full before `exec`
+            // returns (it waits on the stream).
+            unsafe {
+                exec(
+                    &key,
+                    xv.as_ptr() as *const c_void,
+                    wv.as_ptr() as *const c_void,
+                    bias_ptr,
+                    out.as_mut_ptr() as *mut c_void,
+                )?;
+                out.set_len(m * n);
+            }
+            Tensor::from_vec(out, out_shape, x.device())?
+        }};
+    }
+    let y = if dtype == DType::BF16 { run!(bf16) } else { run!(f32) };
+    Ok(Some(y))
+}
+
+/// Bytes of f32 scores one attention step may hold ([H, rows, Sk]).
+const SCORE_BYTES: usize = 1 << 20;
+
+/// softmax(q kᵀ / sqrt(d)) v per head on oneDNN's batched matmul; q [B, H,
+/// Sq, d], k/v [B, H, Sk, d] of one dtype (f32 or bf16, CPU, contiguous).
+/// Returns [B, Sq, H * d] in q's dtype, or `None` for other operands.
+///
+/// Per head, query rows go in chunks whose f32 scores stay under about
+/// 1 MiB (at least one row), so no whole score matrix is held: for each
+/// chunk, S = q kᵀ (f32 accumulation), an f32 softmax per row
+/// (written as P in the input dtype, bf16 for bf16 inputs as PyTorch's bf16
+/// attention does), then O = P v written straight into the output rows.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let dtype = q.dtype();
+    let Some(dt) = dt_of(dtype) else {
+        return Ok(None);
+    };
+    if !q.device().is_cpu() || k.dtype() != dtype || v.dtype() != dtype {
+        return Ok(None);
+    }
+    let (b, h, sq, d) = q.dims4()?;
+    let sk = k.dim(2)?;
+    if k.dims() != [b, h, sk, d] || v.dims() != [b, h, sk, d] || sq == 0 || sk == 0 || d == 0 {
+        return Ok(None);
+    }
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let rows = (SCORE_BYTES / (4 * sk)).clamp(1, sq);
+    let scale = 1.0 / (d as f32).sqrt();
+    let esize = dtype.size_in_bytes();
+    let (qs, ql) = q.storage_and_layout();
+    let (ks, kl) = k.storage_and_layout();
+    let (vs, vl) = v.storage_and_layout();
+    macro_rules! run {
+        ($t:ty, $to:expr) => {{
+            let (Some(qv), Some(kv), Some(vv)) = (
+                slice_of::<$t>(&qs, ql),
+                slice_of::<$t>(&ks, kl),
+                slice_of::<$t>(&vs, vl),
+            ) else {
+                return Ok(None);
+            };
+            let mut out: Vec<$t> = Vec::with_capacity(b * sq * h * d);
+            let mut scores = vec![0f32; rows * sk];
+            let mut p: Vec<$t> = vec![<$t>::default(); rows * sk];
+            for (bi, hi) in (0..b).flat_map(|bi| (0..h).map(move |hi| (bi, hi))) {
+                let mut r0 = 0;
+                while r0 < sq {
+                    let n = rows.min(sq - r0);
+                    let qk = Key {
+                        src: Operand::new(&[n, d], &[d, 1], dt),
+                        // k [sk, d] read as kᵀ [d, sk].
+                        weights: Operand::new(&[d, sk], &[1, d], dt),
+                        bias: None,
+                        dst: Operand::new(&[n, sk], &[sk, 1], ffi::F32),
+                    };
+                    let pv = Key {
+                        src: Operand::new(&[n, sk], &[sk, 1], dt),
+                        weights: Operand::new(&[sk, d], &[d, 1], dt),
+                        bias: None,
+                        // Rows r0.. of head hi in the [B, Sq, H * d] output.
+                        dst: Operand::new(&[n, d], &[h * d, 1], dt),
+                    };
+                    let bh = bi * h + hi;
+                    let (qoff, kvoff, ooff) =
+                        ((bh * sq + r0) * d, bh * sk * d, ((bi * sq + r0) * h + hi) * d);
+                    // SAFETY: q from `qoff` holds n*d elements of its head,
+                    // k/v from `kvoff` the head's sk*d, the scores and P
+                    // buffers rows*sk >= n*sk, and the output block (rows
+                    // r0..r0+n of head hi, batch bi) lies within `out`'s
+                    // capacity and is written once.
+                    unsafe {
+                        exec(
+                            &qk,
+                            qv.as_ptr().add(qoff) as *const c_void,
+                            kv.as_ptr().add(kvoff) as *const c_void,
+                            std::ptr::null(),
+                            scores.as_mut_ptr() as *mut c_void,
+                        )?;
+                    }
+                    scores[..n * sk]
+                        .par_chunks_mut(sk)
+                        .zip(p[..n * sk].par_chunks_mut(sk))
+                        .for_each(|(srow, prow)| {
+                            let mut lanes = [f32::NEG_INFINITY; 16];
+                            for c in srow.chunks_mut(16) {
+                                for (l, x) in lanes.iter_mut().zip(c.iter_mut()) {
+                                    *x *= scale;
+                                    *l = if *x > *l { *x } else { *l };
+                                }
+                            }
+                            let m = lanes.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+                            let inv = 1.0 / super::flash::exp_sub_sum(srow, m);
+                            for (o, x) in prow.iter_mut().zip(srow.iter()) {
+                                *o = $to(*x * inv);
+                            }
+                        });
+                    unsafe {
+                        exec(
+                            &pv,
+                            p.as_ptr() as *const c_void,
+                            vv.as_ptr().add(kvoff) as *const c_void,
+                            std::ptr::null(),
+                            (out.as_mut_ptr() as *mut u8).add(ooff * esize) as *mut c_void,
+                        )?;
+                    }
+                    r0 += n;
+                }
+            }
+            // SAFETY: every (batch, row, head) block of d elements was
+            // written by one P·V product above.
+            unsafe { out.set_len(b * sq * h * d) };
+            Tensor::from_vec(out, (b, sq, h * d), q.device())?
+        }};
+    }
+    let o = if dtype == DType::BF16 {
+        run!(bf16, bf16::from_f32)
+    } else {
+        run!(f32, |x: f32| x)
+    };
+    Ok(Some(o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn rel(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.to_dtype(DType::F32).unwrap();
+        let b = b.to_dtype(DType::F32).unwrap();
+        let e = (a - &b).unwrap().sqr().unwrap().sum_all().unwrap();
+        let n = b.sqr().unwrap().sum_all().unwrap();
+        (e.to_scalar::<f32>().unwrap() / n.to_scalar::<f32>().unwrap()).sqrt()
+    }
+
+    #[test]
+    fn linear_matches_candle() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1.0, (2, 37, 96), &dev).unwrap();
+        let w = Tensor::randn(0f32, 0.1, (80, 96), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 80, &dev).unwrap();
+        let want = candle_nn::Linear::new(w.clone(), Some(b.clone()));
+        let want = candle_core::Module::forward(&want, &x).unwrap();
+        let got = linear(&x, &w, Some(&b)).unwrap().unwrap();
+        assert!(rel(&got, &want) < 1e-6, "f32 {}", rel(&got, &want));
+        let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+        let got = linear(&bf(&x), &bf(&w), Some(&bf(&b))).unwrap().unwrap();
+        assert_eq!(got.dtype(), DType::BF16);
+        assert!(rel(&got, &want) < 1e-2, "bf16 {}", rel(&got, &want));
+    }
+
+    #[test]
+    fn attention_matches_the_chunked_reference() {
+        let dev = Device::Cpu;
+        for (sq, sk) in [(7, 5), (300, 300), (130, 520)] {
+            let q = Tensor::randn(0f32, 1.0, (2, 3, sq, 16), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (2, 3, sk, 16), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (2, 3, sk, 16), &dev).unwrap();
+            let want = super::super::attention::attention_chunked(&q, &k, &v, 1 << 30).unwrap();
+            let got = attention(&q, &k, &v).unwrap().unwrap();
+            assert!(rel(&got, &want) < 1e-5, "f32 {sq}x{sk}: {}", rel(&got, &want));
+            let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
+            let got = attention(&bf(&q), &bf(&k), &bf(&v)).unwrap().unwrap();
+            assert!(rel(&got, &want) < 1e-2, "bf16 {sq}x{sk}: {}", rel(&got, &want));
+        }
+    }
+}
