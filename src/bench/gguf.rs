@@ -93,7 +93,7 @@ pub fn run(o: &GgufBenchOptions) -> anyhow::Result<String> {
         ffn_dim: o.ffn,
         ..crate::bench::speed::speed_config(o.layers)
     };
-    if o.heads == 0 || o.dim % o.heads != 0 || o.dim / o.heads != 128 {
+    if o.heads == 0 || !o.dim.is_multiple_of(o.heads) || o.dim / o.heads != 128 {
         anyhow::bail!(
             "bench gguf: dim {} / {} heads must be 128 per head (GGUF files carry no head count)",
             o.dim,

@@ -276,8 +276,10 @@ impl WanBlock {
         };
         drop(x1);
         let y = norm_mod(&x2, &shift_ffn, &scale_ffn)?;
-        let hidden = self.ffn_0.forward(&y)?;
-        let hidden = span("gelu", || super::fast::gelu(&hidden))?;
+        let hidden = {
+            let pre = self.ffn_0.forward(&y)?;
+            span("gelu", || super::fast::gelu(&pre))?
+        };
         drop(y);
         let f = self.ffn_2.forward(&hidden)?;
         drop(hidden);

@@ -23,7 +23,7 @@ use super::rope::Rope;
 /// [B, S, dim]; `None` otherwise.
 fn rows_f32(t: &Tensor, b: usize, s: usize, dim: usize) -> Result<Option<(Vec<f32>, usize)>> {
     let rows = t.elem_count() / dim.max(1);
-    if t.elem_count() % dim.max(1) != 0
+    if !t.elem_count().is_multiple_of(dim.max(1))
         || !(rows == b || rows == b * s)
         || t.dim(t.rank() - 1)? != dim
     {
@@ -157,7 +157,7 @@ pub fn qk_heads(
     let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let table = match rope {
         Some(r) => {
-            if r.cos.dims() != [s, hd / 2] || hd % 2 != 0 {
+            if r.cos.dims() != [s, hd / 2] || !hd.is_multiple_of(2) {
                 return Ok(None);
             }
             let f = |t: &Tensor| t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>();
