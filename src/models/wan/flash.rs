@@ -287,48 +287,4 @@ mod tests {
             assert!((a - b).abs() <= 2e-7 * b.max(1e-30) + 1e-38, "{x}: {a} {b}");
         }
     }
-
-    /// Timing of the fused kernel against the chunked reference at the
-    /// speed bench's shapes (`cargo test --release -- --ignored flash_timing --nocapture`).
-    #[test]
-    #[ignore]
-    fn flash_timing() {
-        let dev = Device::Cpu;
-        for (sq, sk) in [(768, 768), (768, 512)] {
-            let q = Tensor::randn(0f32, 1.0, (1, 8, sq, 128), &dev).unwrap();
-            let k = Tensor::randn(0f32, 1.0, (1, 8, sk, 128), &dev).unwrap();
-            let v = Tensor::randn(0f32, 1.0, (1, 8, sk, 128), &dev).unwrap();
-            let tiles = [
-                (16, 256),
-                (32, 128),
-                (32, 256),
-                (32, 512),
-                (48, 256),
-                (64, 256),
-            ];
-            let mut f = vec![Vec::new(); tiles.len()];
-            let mut c = Vec::new();
-            for _ in 0..7 {
-                for (i, &(qt, kt)) in tiles.iter().enumerate() {
-                    let t = std::time::Instant::now();
-                    fused_with(&q, &k, &v, qt, kt).unwrap();
-                    f[i].push(t.elapsed().as_secs_f64() * 1e3);
-                }
-                let t = std::time::Instant::now();
-                super::super::attention::attention_chunked(&q, &k, &v, 256 << 20).unwrap();
-                c.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            let med = |mut v: Vec<f64>| {
-                v.sort_by(|a, b| a.total_cmp(b));
-                v[v.len() / 2]
-            };
-            for (i, t) in tiles.iter().enumerate() {
-                println!(
-                    "{sq}x{sk} x 8 heads: fused {t:?} {:.2} ms",
-                    med(f[i].clone())
-                );
-            }
-            println!("{sq}x{sk} x 8 heads: chunked {:.2} ms", med(c));
-        }
-    }
 }
