@@ -17,6 +17,8 @@ const EXIT_CANCELLED: u8 = 130;
 const EXIT_TIMED_OUT: u8 = 124;
 
 fn main() -> ExitCode {
+    #[cfg(feature = "onednn")]
+    baton::models::wan::onednn::passive_openmp();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -167,7 +169,10 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 Some("bf16") => vec![candle_core::DType::BF16],
                 Some(d) => anyhow::bail!("bench speed: dtype {d} is not f32 or bf16"),
             };
-            if let Some(w) = only.iter().find(|w| !["dit", "vae", "umt5"].contains(&w.as_str())) {
+            if let Some(w) = only
+                .iter()
+                .find(|w| !["dit", "vae", "umt5"].contains(&w.as_str()))
+            {
                 anyhow::bail!("bench speed: --only {w} is not dit, vae or umt5");
             }
             let o = baton::bench::speed::SpeedOptions {

@@ -120,10 +120,15 @@ fn peer_dir() -> PathBuf {
 /// Runs a peer script with `args` and returns its median time in seconds
 /// (it prints `median <ms> ms`).
 pub fn run_peer(py: &PathBuf, script: &str, args: &[String]) -> anyhow::Result<f64> {
-    let out = Command::new(py)
-        .arg(peer_dir().join(script))
-        .args(args)
-        .output()?;
+    let mut cmd = Command::new(py);
+    cmd.arg(peer_dir().join(script)).args(args);
+    // The peer keeps PyTorch's own OpenMP wait policy when baton set its own
+    // (feature onednn; see `onednn::passive_openmp`).
+    if std::env::var_os("BATON_SET_OMP_WAIT_POLICY").is_some() {
+        cmd.env_remove("OMP_WAIT_POLICY")
+            .env_remove("BATON_SET_OMP_WAIT_POLICY");
+    }
+    let out = cmd.output()?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         anyhow::bail!(
@@ -269,27 +274,45 @@ pub fn dit_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
 
 /// The profile breakdown of one DiT forward by kernel (timing spans, see
 /// `models::wan::spans`), as a markdown table.
-fn dit_spans(m: &WanDit, x: &Tensor, t: &Tensor, ctx: &Tensor, dtype: DType) -> anyhow::Result<String> {
+fn dit_spans(
+    m: &WanDit,
+    x: &Tensor,
+    t: &Tensor,
+    ctx: &Tensor,
+    dtype: DType,
+) -> anyhow::Result<String> {
     use crate::models::wan::spans;
     spans::enable(true);
     let total = time_forward(m, x, t, ctx)?;
     let parts = spans::totals();
     spans::enable(false);
-    let mut s = format!("DiT forward {dtype:?}, one forward by span ({}):\n", gemm_path());
+    let mut s = format!(
+        "DiT forward {dtype:?}, one forward by span ({}):\n",
+        gemm_path()
+    );
     writeln!(s, "| span | ms | share |\n|---|---|---|")?;
     let mut rest = total;
     for (name, v) in parts {
         rest -= v;
         writeln!(s, "| {name} | {:.1} | {:.0}% |", v * 1e3, 100.0 * v / total)?;
     }
-    writeln!(s, "| other (stem, head, modulation split) | {:.1} | {:.0}% |", rest * 1e3, 100.0 * rest / total)?;
+    writeln!(
+        s,
+        "| other (stem, head, modulation split) | {:.1} | {:.0}% |",
+        rest * 1e3,
+        100.0 * rest / total
+    )?;
     writeln!(s, "| total | {:.1} | 100% |", total * 1e3)?;
     Ok(s)
 }
 
 /// The table `baton bench speed` prints.
 pub fn run(o: &SpeedOptions) -> anyhow::Result<String> {
-    let mut rows = if o.wants("dit") { dit_rows(o)? } else { Vec::new() };
+    let mut rows = if o.wants("dit") {
+        dit_rows(o)?
+    } else {
+        Vec::new()
+    };
     if o.wants("vae") {
         rows.push(super::speed_vae::vae_row(o)?);
     }

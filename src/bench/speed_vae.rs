@@ -133,7 +133,8 @@ pub fn vae_row(o: &SpeedOptions) -> anyhow::Result<Row> {
             .get("video")
             .ok_or_else(|| anyhow::anyhow!("{}: no `video`", vpath.display()))?;
         let d = (v - pv)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-        row.what.push_str(&format!(" (outputs differ by max abs {d:.1e})"));
+        row.what
+            .push_str(&format!(" (outputs differ by max abs {d:.1e})"));
     }
     Ok(row)
 }

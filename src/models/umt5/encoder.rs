@@ -165,11 +165,7 @@ impl SelfAttention {
             .try_for_each(|(bh, plane)| {
                 let (bi, hi) = (bh / h, bh % h);
                 let m = &mask[bi * lk..(bi + 1) * lk];
-                for (row, (o, bk)) in plane
-                    .chunks_mut(lk)
-                    .zip(buckets.chunks(lk))
-                    .enumerate()
-                {
+                for (row, (o, bk)) in plane.chunks_mut(lk).zip(buckets.chunks(lk)).enumerate() {
                     for ((o, &k), &m) in o.iter_mut().zip(bk).zip(m) {
                         let Some(&t) = table.get(k as usize * h + hi) else {
                             return Err(candle_core::Error::Msg(format!(

@@ -26,7 +26,10 @@ pub fn matmul_bf16_weight(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
     let (n, k) = w.dims2()?;
     let mut dims = x.dims().to_vec();
     if dims.last() != Some(&k) {
-        candle_core::bail!("umt5 linear: input {:?} against weight [{n}, {k}]", x.dims())
+        candle_core::bail!(
+            "umt5 linear: input {:?} against weight [{n}, {k}]",
+            x.dims()
+        )
     }
     let m = x.elem_count() / k.max(1);
     let x = x.contiguous()?;

@@ -234,7 +234,9 @@ impl WanBlock {
         let dtype = x.dtype();
         // [1, 1, 6, dim] + [B, T, 6, dim]; each chunk [B, T, dim] broadcasts
         // over the tokens when T = 1.
-        let m = span("modulation", || self.modulation.unsqueeze(0)?.broadcast_add(&p.e0))?;
+        let m = span("modulation", || {
+            self.modulation.unsqueeze(0)?.broadcast_add(&p.e0)
+        })?;
         let chunk = |i: usize| m.narrow(2, i, 1)?.squeeze(2);
         let (shift_msa, scale_msa, gate_msa) = (chunk(0)?, chunk(1)?, chunk(2)?);
         let (shift_ffn, scale_ffn, gate_ffn) = (chunk(3)?, chunk(4)?, chunk(5)?);

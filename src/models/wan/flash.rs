@@ -198,10 +198,55 @@ pub(super) fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
     exp_sub_sum_poly(x, m)
 }
 
+/// The AVX-512 form, written with intrinsics: the auto-vectorised
+/// polynomial left the round-to-integer and the saturating float-to-int
+/// cast as scalar sequences and was the largest item of the bf16 forward's
+/// profile (18% of its samples).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32) -> f32 {
-    exp_sub_sum_poly(x, m)
+    use std::arch::x86_64::*;
+    let mv = _mm512_set1_ps(m);
+    let mut acc = _mm512_setzero_ps();
+    let mut chunks = x.chunks_exact_mut(16);
+    for c in &mut chunks {
+        let p = c.as_mut_ptr();
+        // SAFETY: `c` holds exactly 16 f32; unaligned loads and stores.
+        let e = unsafe { exp512(_mm512_sub_ps(_mm512_loadu_ps(p), mv)) };
+        unsafe { _mm512_storeu_ps(p, e) };
+        acc = _mm512_add_ps(acc, e);
+    }
+    let mut total = _mm512_reduce_add_ps(acc);
+    for v in chunks.into_remainder() {
+        let e = exp_poly(*v - m);
+        *v = e;
+        total += e;
+    }
+    total
+}
+
+/// [`exp_poly`] on 16 lanes: the same reduction and polynomial, with the
+/// integer part rounded to nearest-even and applied by `vscalefps` (exact
+/// for the clamped range, like the exponent-bits trick).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let c = _mm512_set1_ps;
+    let x = _mm512_max_ps(x, c(-87.0));
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, c(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, c(0.693_359_4), x);
+    let r = _mm512_fmadd_ps(n, c(2.121_944_4e-4), r);
+    let mut p = c(1.987_569_1e-4);
+    p = _mm512_fmadd_ps(p, r, c(1.398_199_9e-3));
+    p = _mm512_fmadd_ps(p, r, c(8.333_452e-3));
+    p = _mm512_fmadd_ps(p, r, c(4.166_579_6e-2));
+    p = _mm512_fmadd_ps(p, r, c(1.666_666_5e-1));
+    p = _mm512_fmadd_ps(p, r, c(0.5));
+    let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), c(1.0));
+    _mm512_scalef_ps(y, n)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -277,6 +322,28 @@ mod tests {
                 (err / norm).sqrt()
             );
         }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_exp_sum_matches_the_scalar_one() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            eprintln!("no AVX-512 on this CPU: only the scalar form runs here");
+            return;
+        }
+        // 1000 values (62 full vectors and a tail of 8), from 0 down to -100.
+        let x: Vec<f32> = (0..1000).map(|i| -(i as f32) * 0.1).collect();
+        let (mut a, mut b) = (x.clone(), x.clone());
+        // SAFETY: the feature was detected above.
+        let sa = unsafe { exp_sub_sum_avx512(&mut a, 0.5) };
+        let sb = exp_sub_sum_poly(&mut b, 0.5);
+        for ((a, b), x) in a.iter().zip(&b).zip(&x) {
+            assert!(
+                (a - b).abs() <= 4e-7 * b.max(1e-30) + 1e-38,
+                "exp({x} - 0.5): {a} vs {b}"
+            );
+        }
+        assert!((sa - sb).abs() <= 1e-6 * sb, "{sa} vs {sb}");
     }
 
     #[test]

@@ -7,9 +7,9 @@
 //! query-chunked path, the reference (a failure is logged once).
 //! `BATON_ATTENTION=chunked` forces the reference, for comparisons.
 
+use candle_core::backend::BackendStorage;
 use candle_core::cuda::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
-use candle_core::backend::BackendStorage;
 use candle_core::cuda::{CudaDType, CudaStorage, WrapErr};
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use std::sync::{Mutex, OnceLock};

@@ -154,7 +154,10 @@ pub fn qk_heads(
         return Ok(None);
     }
     let hd = dim / heads;
-    let w = weight.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    let w = weight
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
     let table = match rope {
         Some(r) => {
             if r.cos.dims() != [s, hd / 2] || !hd.is_multiple_of(2) {
@@ -215,7 +218,10 @@ pub fn qk_heads(
             let mut out = vec![bf16::ZERO; b * s * dim];
             let p = OutPtr(out.as_mut_ptr());
             (0..b * s).into_par_iter().for_each(|r| {
-                let mut x: Vec<f32> = v[r * dim..(r + 1) * dim].iter().map(|&e| widen(e)).collect();
+                let mut x: Vec<f32> = v[r * dim..(r + 1) * dim]
+                    .iter()
+                    .map(|&e| widen(e))
+                    .collect();
                 row(r, &mut x, &|at, src| {
                     for (i, e) in src.iter().enumerate() {
                         // SAFETY: as above.
@@ -236,8 +242,20 @@ mod tests {
     use candle_core::Device;
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let a = a.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = b.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let a = a
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let b = b
+            .to_dtype(DType::F32)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
         assert_eq!(a.len(), b.len());
         a.iter()
             .zip(&b)
@@ -259,7 +277,10 @@ mod tests {
                     Some(g) => y.broadcast_mul(g).unwrap(),
                     None => y,
                 };
-                (x.to_dtype(DType::F32).unwrap() + y).unwrap().to_dtype(dt).unwrap()
+                (x.to_dtype(DType::F32).unwrap() + y)
+                    .unwrap()
+                    .to_dtype(dt)
+                    .unwrap()
             };
             let a = gated_add(&x, &y, Some(&g)).unwrap().unwrap();
             assert_eq!(max_rel(&a, &want(Some(&g))), 0.0, "{dt:?} gated");
@@ -294,7 +315,10 @@ mod tests {
             let a = qk_heads(&t, &w, 1e-6, heads, Some(&rope)).unwrap().unwrap();
             assert!(max_rel(&a, &r.to_dtype(dt).unwrap()) <= tol, "{dt:?} rope");
             let a = qk_heads(&t, &w, 1e-6, heads, None).unwrap().unwrap();
-            assert!(max_rel(&a, &n.to_dtype(dt).unwrap()) <= tol, "{dt:?} no rope");
+            assert!(
+                max_rel(&a, &n.to_dtype(dt).unwrap()) <= tol,
+                "{dt:?} no rope"
+            );
         }
     }
 }

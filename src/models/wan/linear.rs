@@ -148,7 +148,9 @@ impl Proj {
         } else if self.inner.weight().dtype() == self.mm_dtype {
             span("matmul", || self.inner.forward(&x))?
         } else {
-            let w = span("cast (weights)", || widen(self.inner.weight(), self.mm_dtype))?;
+            let w = span("cast (weights)", || {
+                widen(self.inner.weight(), self.mm_dtype)
+            })?;
             let w = match &self.scale {
                 Some(s) => w.broadcast_mul(s)?,
                 None => w,

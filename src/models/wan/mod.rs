@@ -5,11 +5,11 @@ pub mod config;
 pub mod dit;
 pub mod fast;
 pub mod flash;
-pub mod fused;
 #[cfg(feature = "cuda")]
 pub mod flash_cuda;
 #[cfg(feature = "cuda")]
 pub mod fp8_cuda;
+pub mod fused;
 pub mod linear;
 pub mod memory;
 #[cfg(feature = "onednn")]

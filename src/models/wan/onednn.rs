@@ -49,7 +49,8 @@ mod ffi {
     #[link(name = "dnnl")]
     extern "C" {
         pub fn dnnl_engine_create(engine: *mut handle, kind: i32, index: usize) -> dnnl_status_t;
-        pub fn dnnl_stream_create(stream: *mut handle, engine: handle, flags: u32) -> dnnl_status_t;
+        pub fn dnnl_stream_create(stream: *mut handle, engine: handle, flags: u32)
+            -> dnnl_status_t;
         pub fn dnnl_stream_wait(stream: handle) -> dnnl_status_t;
         pub fn dnnl_memory_desc_init_by_strides(
             md: *mut MemDesc,
@@ -96,6 +97,38 @@ fn check(what: &str, s: ffi::dnnl_status_t) -> Result<()> {
     } else {
         candle_core::bail!("oneDNN {what} failed (status {s})")
     }
+}
+
+/// Set in the environment by [`passive_openmp`] when it chose the wait
+/// policy itself, so child processes (the speed bench's PyTorch peers) get
+/// their own default back.
+pub const OMP_POLICY_SET_BY_BATON: &str = "BATON_SET_OMP_WAIT_POLICY";
+
+/// Re-executes the process once with `OMP_WAIT_POLICY=passive` unless the
+/// user set a policy. oneDNN runs on libgomp, whose threads spin for a
+/// while after each matmul waiting for the next; meanwhile rayon's pool
+/// (softmax, norms, GELU between the matmuls) wants the same cores, and on
+/// 2 cores the spinning cost the bf16 DiT forward a fifth of its time.
+/// libgomp reads the policy once, when it is loaded (before `main`), so
+/// setting it later has no effect; hence the exec. On failure the process
+/// simply carries on as it is.
+pub fn passive_openmp() {
+    use std::os::unix::process::CommandExt;
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut args = std::env::args_os();
+    let arg0 = args.next().unwrap_or_else(|| exe.clone().into_os_string());
+    let err = std::process::Command::new(&exe)
+        .arg0(arg0)
+        .args(args)
+        .env("OMP_WAIT_POLICY", "passive")
+        .env(OMP_POLICY_SET_BY_BATON, "1")
+        .exec();
+    tracing::debug!("re-executing with OMP_WAIT_POLICY=passive failed: {err}");
 }
 
 /// One operand's memory: dims, strides and oneDNN data type.
@@ -166,7 +199,10 @@ impl State {
         let mut engine = std::ptr::null_mut();
         let mut stream = std::ptr::null_mut();
         unsafe {
-            check("engine_create", ffi::dnnl_engine_create(&mut engine, ffi::CPU, 0))?;
+            check(
+                "engine_create",
+                ffi::dnnl_engine_create(&mut engine, ffi::CPU, 0),
+            )?;
             check(
                 "stream_create",
                 ffi::dnnl_stream_create(&mut stream, engine, ffi::IN_ORDER),
@@ -272,16 +308,37 @@ unsafe fn exec(
     let stream = state.stream;
     let prim = state.prim(key)?;
     let mut args = vec![
-        ffi::ExecArg { arg: ffi::ARG_SRC, memory: prim.src },
-        ffi::ExecArg { arg: ffi::ARG_WEIGHTS, memory: prim.weights },
-        ffi::ExecArg { arg: ffi::ARG_DST, memory: prim.dst },
+        ffi::ExecArg {
+            arg: ffi::ARG_SRC,
+            memory: prim.src,
+        },
+        ffi::ExecArg {
+            arg: ffi::ARG_WEIGHTS,
+            memory: prim.weights,
+        },
+        ffi::ExecArg {
+            arg: ffi::ARG_DST,
+            memory: prim.dst,
+        },
     ];
-    check("set src", ffi::dnnl_memory_set_data_handle(prim.src, src as *mut c_void))?;
-    check("set weights", ffi::dnnl_memory_set_data_handle(prim.weights, weights as *mut c_void))?;
+    check(
+        "set src",
+        ffi::dnnl_memory_set_data_handle(prim.src, src as *mut c_void),
+    )?;
+    check(
+        "set weights",
+        ffi::dnnl_memory_set_data_handle(prim.weights, weights as *mut c_void),
+    )?;
     check("set dst", ffi::dnnl_memory_set_data_handle(prim.dst, dst))?;
     if key.bias.is_some() {
-        check("set bias", ffi::dnnl_memory_set_data_handle(prim.bias, bias as *mut c_void))?;
-        args.push(ffi::ExecArg { arg: ffi::ARG_BIAS, memory: prim.bias });
+        check(
+            "set bias",
+            ffi::dnnl_memory_set_data_handle(prim.bias, bias as *mut c_void),
+        )?;
+        args.push(ffi::ExecArg {
+            arg: ffi::ARG_BIAS,
+            memory: prim.bias,
+        });
     }
     check(
         "matmul execute",
@@ -329,7 +386,9 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tenso
         src: Operand::new(&[m, k], &[k, 1], dt),
         // The [N, K] row-major weight read as [K, N]: (k, n) at n*K + k.
         weights: Operand::new(&[k, n], &[1, k], dt),
-        bias: bias.as_ref().map(|_| Operand::new(&[1, n], &[n, 1], ffi::F32)),
+        bias: bias
+            .as_ref()
+            .map(|_| Operand::new(&[1, n], &[n, 1], ffi::F32)),
         dst: Operand::new(&[m, n], &[n, 1], dt),
     };
     let (xs, xl) = x.storage_and_layout();
@@ -363,22 +422,31 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tenso
             Tensor::from_vec(out, out_shape, x.device())?
         }};
     }
-    let y = if dtype == DType::BF16 { run!(bf16) } else { run!(f32) };
+    let y = if dtype == DType::BF16 {
+        run!(bf16)
+    } else {
+        run!(f32)
+    };
     Ok(Some(y))
 }
 
-/// Bytes of f32 scores one attention step may hold ([H, rows, Sk]).
-const SCORE_BYTES: usize = 1 << 20;
+/// Bytes of f32 scores one attention step holds across all heads
+/// ([H, rows, Sk]), the least being one query row per head.
+const SCORE_BYTES: usize = 4 << 20;
 
-/// softmax(q kᵀ / sqrt(d)) v per head on oneDNN's batched matmul; q [B, H,
-/// Sq, d], k/v [B, H, Sk, d] of one dtype (f32 or bf16, CPU, contiguous).
-/// Returns [B, Sq, H * d] in q's dtype, or `None` for other operands.
+/// softmax(q kᵀ / sqrt(d)) v on oneDNN's batched matmul, all heads in one
+/// call; q [B, H, Sq, d], k/v [B, H, Sk, d] of one dtype (f32 or bf16, CPU,
+/// contiguous). Returns [B, Sq, H * d] in q's dtype, or `None` for other
+/// operands.
 ///
-/// Per head, query rows go in chunks whose f32 scores stay under about
-/// 1 MiB (at least one row), so no whole score matrix is held: for each
-/// chunk, S = q kᵀ (f32 accumulation), an f32 softmax per row
-/// (written as P in the input dtype, bf16 for bf16 inputs as PyTorch's bf16
-/// attention does), then O = P v written straight into the output rows.
+/// Query rows go in chunks whose f32 scores over all heads stay under
+/// [`SCORE_BYTES`], so no whole score matrix is held: for each chunk,
+/// S = q kᵀ for every head at once (f32 accumulation), an f32 softmax per
+/// row in parallel (written as P in the input dtype, bf16 for bf16 inputs
+/// as PyTorch's bf16 attention does), then O = P v for every head into a
+/// [H, rows, d] block that is interleaved into the output rows. One call
+/// per chunk instead of one per head and chunk: at the speed bench's 768
+/// tokens a head's product is too small for oneDNN to spread over threads.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
     use rayon::prelude::*;
     let dtype = q.dtype();
@@ -394,9 +462,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    let rows = (SCORE_BYTES / (4 * sk)).clamp(1, sq);
+    let rows = (SCORE_BYTES / (4 * h * sk)).clamp(1, sq);
     let scale = 1.0 / (d as f32).sqrt();
-    let esize = dtype.size_in_bytes();
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
@@ -409,35 +476,33 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
             ) else {
                 return Ok(None);
             };
-            let mut out: Vec<$t> = Vec::with_capacity(b * sq * h * d);
-            let mut scores = vec![0f32; rows * sk];
-            let mut p: Vec<$t> = vec![<$t>::default(); rows * sk];
-            for (bi, hi) in (0..b).flat_map(|bi| (0..h).map(move |hi| (bi, hi))) {
+            let mut out: Vec<$t> = vec![<$t>::default(); b * sq * h * d];
+            let mut scores = vec![0f32; h * rows * sk];
+            let mut p: Vec<$t> = vec![<$t>::default(); h * rows * sk];
+            let mut o: Vec<$t> = vec![<$t>::default(); h * rows * d];
+            for bi in 0..b {
                 let mut r0 = 0;
                 while r0 < sq {
                     let n = rows.min(sq - r0);
                     let qk = Key {
-                        src: Operand::new(&[n, d], &[d, 1], dt),
-                        // k [sk, d] read as kᵀ [d, sk].
-                        weights: Operand::new(&[d, sk], &[1, d], dt),
+                        // Rows r0..r0+n of every head of q.
+                        src: Operand::new(&[h, n, d], &[sq * d, d, 1], dt),
+                        // Each head's k [sk, d] read as kᵀ [d, sk].
+                        weights: Operand::new(&[h, d, sk], &[sk * d, 1, d], dt),
                         bias: None,
-                        dst: Operand::new(&[n, sk], &[sk, 1], ffi::F32),
+                        dst: Operand::new(&[h, n, sk], &[n * sk, sk, 1], ffi::F32),
                     };
                     let pv = Key {
-                        src: Operand::new(&[n, sk], &[sk, 1], dt),
-                        weights: Operand::new(&[sk, d], &[d, 1], dt),
+                        src: Operand::new(&[h, n, sk], &[n * sk, sk, 1], dt),
+                        weights: Operand::new(&[h, sk, d], &[sk * d, d, 1], dt),
                         bias: None,
-                        // Rows r0.. of head hi in the [B, Sq, H * d] output.
-                        dst: Operand::new(&[n, d], &[h * d, 1], dt),
+                        dst: Operand::new(&[h, n, d], &[n * d, d, 1], dt),
                     };
-                    let bh = bi * h + hi;
-                    let (qoff, kvoff, ooff) =
-                        ((bh * sq + r0) * d, bh * sk * d, ((bi * sq + r0) * h + hi) * d);
-                    // SAFETY: q from `qoff` holds n*d elements of its head,
-                    // k/v from `kvoff` the head's sk*d, the scores and P
-                    // buffers rows*sk >= n*sk, and the output block (rows
-                    // r0..r0+n of head hi, batch bi) lies within `out`'s
-                    // capacity and is written once.
+                    let (qoff, kvoff) = ((bi * h * sq + r0) * d, bi * h * sk * d);
+                    // SAFETY: from `qoff` the q operand reaches head h-1's
+                    // row r0+n-1 (within batch bi), k/v from `kvoff` hold the
+                    // batch's h*sk*d elements, and the scores, P and O
+                    // buffers hold h*rows*sk >= h*n*sk (O: h*rows*d) elements.
                     unsafe {
                         exec(
                             &qk,
@@ -447,9 +512,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
                             scores.as_mut_ptr() as *mut c_void,
                         )?;
                     }
-                    scores[..n * sk]
+                    scores[..h * n * sk]
                         .par_chunks_mut(sk)
-                        .zip(p[..n * sk].par_chunks_mut(sk))
+                        .zip(p[..h * n * sk].par_chunks_mut(sk))
                         .for_each(|(srow, prow)| {
                             let mut lanes = [f32::NEG_INFINITY; 16];
                             for c in srow.chunks_mut(16) {
@@ -460,34 +525,79 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
                             }
                             let m = lanes.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                             let inv = 1.0 / super::flash::exp_sub_sum(srow, m);
-                            for (o, x) in prow.iter_mut().zip(srow.iter()) {
-                                *o = $to(*x * inv);
-                            }
+                            $to(srow, inv, prow);
                         });
+                    // SAFETY: as above; O is written in full before `exec`
+                    // returns.
                     unsafe {
                         exec(
                             &pv,
                             p.as_ptr() as *const c_void,
                             vv.as_ptr().add(kvoff) as *const c_void,
                             std::ptr::null(),
-                            (out.as_mut_ptr() as *mut u8).add(ooff * esize) as *mut c_void,
+                            o.as_mut_ptr() as *mut c_void,
                         )?;
                     }
+                    // [H, n, d] -> rows r0..r0+n of [B, Sq, H * d].
+                    let dst = &mut out[(bi * sq + r0) * h * d..(bi * sq + r0 + n) * h * d];
+                    dst.par_chunks_mut(h * d).enumerate().for_each(|(r, row)| {
+                        for (hi, seg) in row.chunks_mut(d).enumerate() {
+                            seg.copy_from_slice(&o[(hi * n + r) * d..(hi * n + r + 1) * d]);
+                        }
+                    });
                     r0 += n;
                 }
             }
-            // SAFETY: every (batch, row, head) block of d elements was
-            // written by one P·V product above.
-            unsafe { out.set_len(b * sq * h * d) };
             Tensor::from_vec(out, (b, sq, h * d), q.device())?
         }};
     }
     let o = if dtype == DType::BF16 {
-        run!(bf16, bf16::from_f32)
+        run!(bf16, scale_to_bf16)
     } else {
-        run!(f32, |x: f32| x)
+        run!(f32, |src: &[f32], k: f32, dst: &mut [f32]| {
+            for (o, x) in dst.iter_mut().zip(src) {
+                *o = x * k;
+            }
+        })
     };
     Ok(Some(o))
+}
+
+/// dst = bf16(src * k), rounded to nearest-even as `half` does for finite
+/// values (softmax rows hold no NaN). 16 lanes at a time on AVX-512: this
+/// conversion of every probability was a scalar loop.
+fn scale_to_bf16(src: &[f32], k: f32, dst: &mut [bf16]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the features were detected at run time (avx512bw implies avx512f).
+        return unsafe { scale_to_bf16_avx512(src, k, dst) };
+    }
+    for (o, x) in dst.iter_mut().zip(src) {
+        *o = bf16::from_f32(x * k);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn scale_to_bf16_avx512(src: &[f32], k: f32, dst: &mut [half::bf16]) {
+    use std::arch::x86_64::*;
+    let n = src.len().min(dst.len());
+    let kv = _mm512_set1_ps(k);
+    let (bias, one) = (_mm512_set1_epi32(0x7FFF), _mm512_set1_epi32(1));
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n elements of both slices; unaligned accesses.
+        let x = unsafe { _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), kv) };
+        let b = _mm512_castps_si512(x);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), one);
+        let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(b, bias), lsb));
+        let h = _mm512_cvtepi32_epi16(r);
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h) };
+        i += 16;
+    }
+    for (o, x) in dst[i..n].iter_mut().zip(&src[i..n]) {
+        *o = half::bf16::from_f32(x * k);
+    }
 }
 
 #[cfg(test)]
@@ -501,6 +611,19 @@ mod tests {
         let e = (a - &b).unwrap().sqr().unwrap().sum_all().unwrap();
         let n = b.sqr().unwrap().sum_all().unwrap();
         (e.to_scalar::<f32>().unwrap() / n.to_scalar::<f32>().unwrap()).sqrt()
+    }
+
+    #[test]
+    fn bf16_rounding_matches_half() {
+        // 1000 values (62 vectors and a tail), ties included.
+        let src: Vec<f32> = (0..1000)
+            .map(|i| f32::from_bits(0x3f80_0000 + i * 0x8000 + (i % 3) * 0x7fff))
+            .collect();
+        let mut got = vec![bf16::ZERO; src.len()];
+        scale_to_bf16(&src, 0.37, &mut got);
+        for (g, x) in got.iter().zip(&src) {
+            assert_eq!(g.to_bits(), bf16::from_f32(x * 0.37).to_bits(), "{x}");
+        }
     }
 
     #[test]
@@ -528,10 +651,18 @@ mod tests {
             let v = Tensor::randn(0f32, 1.0, (2, 3, sk, 16), &dev).unwrap();
             let want = super::super::attention::attention_chunked(&q, &k, &v, 1 << 30).unwrap();
             let got = attention(&q, &k, &v).unwrap().unwrap();
-            assert!(rel(&got, &want) < 1e-5, "f32 {sq}x{sk}: {}", rel(&got, &want));
+            assert!(
+                rel(&got, &want) < 1e-5,
+                "f32 {sq}x{sk}: {}",
+                rel(&got, &want)
+            );
             let bf = |t: &Tensor| t.to_dtype(DType::BF16).unwrap();
             let got = attention(&bf(&q), &bf(&k), &bf(&v)).unwrap().unwrap();
-            assert!(rel(&got, &want) < 1e-2, "bf16 {sq}x{sk}: {}", rel(&got, &want));
+            assert!(
+                rel(&got, &want) < 1e-2,
+                "bf16 {sq}x{sk}: {}",
+                rel(&got, &want)
+            );
         }
     }
 }

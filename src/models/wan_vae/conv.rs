@@ -237,7 +237,12 @@ impl CausalConv3d {
             let x = x.contiguous()?;
             let (st, l) = x.storage_and_layout();
             let data = cpu_f32(&st, l)?;
-            let g = Planes { c, h, w, pad: self.pad };
+            let g = Planes {
+                c,
+                h,
+                w,
+                pad: self.pad,
+            };
             let fr = c * h * w;
             let mut out = Vec::new();
             for bi in 0..b {
@@ -364,7 +369,12 @@ impl CausalConv3d {
         let hd = hg.as_ref().map(|(s, l)| cpu_f32(s, l)).transpose()?;
         let rg = residual.as_ref().map(|t| t.storage_and_layout());
         let rd = rg.as_ref().map(|(s, l)| cpu_f32(s, l)).transpose()?;
-        let g = Planes { c, h, w, pad: self.pad };
+        let g = Planes {
+            c,
+            h,
+            w,
+            pad: self.pad,
+        };
         let fr = c * h * w;
         let ofr = self.c_out * h * w;
         let (mut out, mut keep) = (Vec::with_capacity(b * t * ofr), Vec::new());
@@ -436,7 +446,13 @@ fn cpu_kernel(w: &Tensor, bias: &Tensor) -> Result<CpuKernel> {
 /// Runs a CPU conv over `fills`; with no spatial padding and nothing to
 /// compute before the conv, straight over the frames, else over padded
 /// planes filled first.
-fn run_cpu(k: &CpuKernel, g: Planes, fills: &[Fill], stride: usize, res: Option<&[f32]>) -> Vec<f32> {
+fn run_cpu(
+    k: &CpuKernel,
+    g: Planes,
+    fills: &[Fill],
+    stride: usize,
+    res: Option<&[f32]>,
+) -> Vec<f32> {
     let direct: Option<Vec<Option<&[f32]>>> = (g.pad == 0)
         .then(|| {
             fills
@@ -461,10 +477,18 @@ fn run_cpu(k: &CpuKernel, g: Planes, fills: &[Fill], stride: usize, res: Option<
 
 /// [`run_cpu`] with stride 1, also returning the last `need` input frames
 /// as the conv saw them ([need, C, H, W], unpadded), for the cache.
-fn run_cpu_keep(k: &CpuKernel, g: Planes, fills: &[Fill], res: Option<&[f32]>, need: usize) -> (Vec<f32>, Vec<f32>) {
+fn run_cpu_keep(
+    k: &CpuKernel,
+    g: Planes,
+    fills: &[Fill],
+    res: Option<&[f32]>,
+    need: usize,
+) -> (Vec<f32>, Vec<f32>) {
     let fr = g.c * g.h * g.w;
     let n = fills.len();
-    let plain = fills.iter().all(|f| matches!(f, Fill::Copy(_) | Fill::Zero));
+    let plain = fills
+        .iter()
+        .all(|f| matches!(f, Fill::Copy(_) | Fill::Zero));
     if g.pad == 0 && plain {
         let mut keep = vec![0f32; need * fr];
         for (dst, f) in keep.chunks_exact_mut(fr).zip(&fills[n - need..]) {
@@ -512,11 +536,18 @@ impl Conv2d {
     ) -> Result<Self> {
         let weight = vb.get((c_out, c_in, k, k), "weight")?;
         let bias = vb.get(c_out, "bias")?.reshape((1, c_out, 1, 1))?;
-        let cpu = (stride == 1 && k % 2 == 1 && pad == (k - 1) / 2 && default_impl(&weight) == Conv3dImpl::Gemm)
+        let cpu = (stride == 1
+            && k % 2 == 1
+            && pad == (k - 1) / 2
+            && default_impl(&weight) == Conv3dImpl::Gemm)
             .then(|| cpu_kernel(&weight.unsqueeze(2)?, &bias).map(Arc::new))
             .transpose()?;
         // The CPU path keeps its own copy of the weights; drop candle's.
-        let weight = if cpu.is_some() { Tensor::zeros(1, DType::F32, weight.device())? } else { weight };
+        let weight = if cpu.is_some() {
+            Tensor::zeros(1, DType::F32, weight.device())?
+        } else {
+            weight
+        };
         Ok(Self {
             weight,
             bias,
@@ -531,13 +562,22 @@ impl Conv2d {
     fn forward_cpu(&self, k: &CpuKernel, x: &Tensor, up: bool) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         if c != k.c_in {
-            candle_core::bail!("wan vae: conv2d expects {} channels, got input {:?}", k.c_in, x.dims())
+            candle_core::bail!(
+                "wan vae: conv2d expects {} channels, got input {:?}",
+                k.c_in,
+                x.dims()
+            )
         }
         let x = x.contiguous()?;
         let (st, l) = x.storage_and_layout();
         let data = cpu_f32(&st, l)?;
         let (ho, wo) = if up { (2 * h, 2 * w) } else { (h, w) };
-        let g = Planes { c, h: ho, w: wo, pad: self.pad };
+        let g = Planes {
+            c,
+            h: ho,
+            w: wo,
+            pad: self.pad,
+        };
         let fr = c * h * w;
         let fills: Vec<Fill> = (0..n)
             .map(|i| {
@@ -565,7 +605,11 @@ impl Conv2d {
             return self.forward_cpu(k, x, false);
         }
         if self.cpu.is_some() {
-            candle_core::bail!("wan vae: a CPU f32 conv2d got a {:?} input on {:?}", x.dtype(), x.device())
+            candle_core::bail!(
+                "wan vae: a CPU f32 conv2d got a {:?} input on {:?}",
+                x.dtype(),
+                x.device()
+            )
         }
         x.conv2d(&self.weight, self.pad, self.stride, 1, 1)?
             .broadcast_add(&self.bias)

@@ -129,7 +129,10 @@ pub fn fill_planes(g: Planes, fills: &[Fill]) -> Vec<f32> {
         // SAFETY: unit (f, band) writes rows y0..y1 of the interior of frame
         // f's planes only; units are disjoint and `buf` outlives the loop.
         let row = |c: usize, y: usize| unsafe {
-            std::slice::from_raw_parts_mut(ptr.get().add(f * g.frame() + c * plane + (y + p) * wp + p), w)
+            std::slice::from_raw_parts_mut(
+                ptr.get().add(f * g.frame() + c * plane + (y + p) * wp + p),
+                w,
+            )
         };
         match fills[f] {
             Fill::Zero => {}
@@ -336,7 +339,14 @@ mod tests {
     use super::*;
 
     /// Direct summation of the same conv, for small shapes.
-    fn naive(w: &[f32], bias: &[f32], [o_n, c_n, kt, k]: [usize; 4], x: &[Vec<f32>], h: usize, wd: usize) -> Vec<f32> {
+    fn naive(
+        w: &[f32],
+        bias: &[f32],
+        [o_n, c_n, kt, k]: [usize; 4],
+        x: &[Vec<f32>],
+        h: usize,
+        wd: usize,
+    ) -> Vec<f32> {
         let p = (k - 1) / 2;
         let t_out = x.len() - kt + 1;
         let mut out = vec![0f32; t_out * o_n * h * wd];
@@ -370,24 +380,41 @@ mod tests {
 
     fn seq(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
-            .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 24) as f32) - 0.5)
+            .map(|i| {
+                (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32
+                    / (1u32 << 24) as f32)
+                    - 0.5
+            })
             .collect()
     }
 
     #[test]
     fn matches_direct_summation() {
-        for (o_n, c_n, kt, k, h, wd, t) in [(5, 3, 3, 3, 7, 6, 4), (4, 6, 1, 1, 3, 5, 2), (3, 2, 3, 1, 2, 2, 3)] {
+        for (o_n, c_n, kt, k, h, wd, t) in [
+            (5, 3, 3, 3, 7, 6, 4),
+            (4, 6, 1, 1, 3, 5, 2),
+            (3, 2, 3, 1, 2, 2, 3),
+        ] {
             let w = seq(o_n * c_n * kt * k * k, 1);
             let bias = seq(o_n, 2);
             let x: Vec<Vec<f32>> = (0..t).map(|i| seq(c_n * h * wd, 10 + i as u32)).collect();
             let kern = CpuKernel::new(&w, bias.clone(), [o_n, c_n, kt, k]);
-            let g = Planes { c: c_n, h, w: wd, pad: (k - 1) / 2 };
+            let g = Planes {
+                c: c_n,
+                h,
+                w: wd,
+                pad: (k - 1) / 2,
+            };
             let fills: Vec<Fill> = x.iter().map(|f| Fill::Copy(f)).collect();
             let buf = fill_planes(g, &fills);
             let frames: Vec<Option<&[f32]>> = buf.chunks_exact(g.frame()).map(Some).collect();
             let got = conv(&kern, g, &frames, 1, None);
             let want = naive(&w, &bias, [o_n, c_n, kt, k], &x, h, wd);
-            let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let err = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(err < 1e-5, "{o_n} {c_n} {kt} {k}: {err}");
         }
     }
