@@ -33,6 +33,19 @@ impl Proj {
 
     /// x f32 [.., in] -> f32 [.., out].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        // With oneDNN, a bf16 weight multiplies bf16-rounded activations on
+        // the CPU's bf16 units (f32 accumulation, f32 out), as PyTorch's
+        // bf16 encoder does; without it the weight is widened instead.
+        #[cfg(feature = "onednn")]
+        if let Self::Dense(w) = self {
+            if w.dtype() == DType::BF16 && x.device().is_cpu() {
+                let xb = crate::models::wan::fast::cast(x, DType::BF16)?;
+                if let Some(y) = crate::models::wan::onednn::linear_into(&xb, w, None, DType::F32)?
+                {
+                    return Ok(y);
+                }
+            }
+        }
         if let Self::Dense(w) = self {
             if let Some(y) = super::widen::matmul_bf16_weight(x, w)? {
                 return Ok(y);

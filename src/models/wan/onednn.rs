@@ -359,8 +359,20 @@ fn dt_of(dtype: DType) -> Option<i32> {
 /// bf16, both on the CPU and contiguous), output in that dtype; `None` when
 /// the operands are of another kind (the caller keeps its own path).
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tensor>> {
+    linear_into(x, w, b, x.dtype())
+}
+
+/// [`linear`] with the output in `out` (f32 or bf16) whatever the inputs'
+/// dtype: bf16 x bf16 accumulated in f32 and kept in f32, for the umT5
+/// encoder, whose activations stay f32 between its linears.
+pub fn linear_into(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    out: DType,
+) -> Result<Option<Tensor>> {
     let dtype = x.dtype();
-    let Some(dt) = dt_of(dtype) else {
+    let (Some(dt), Some(out_dt)) = (dt_of(dtype), dt_of(out)) else {
         return Ok(None);
     };
     if !x.device().is_cpu() || w.dtype() != dtype || w.rank() != 2 || !w.is_contiguous() {
@@ -389,7 +401,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tenso
         bias: bias
             .as_ref()
             .map(|_| Operand::new(&[1, n], &[n, 1], ffi::F32)),
-        dst: Operand::new(&[m, n], &[n, 1], dt),
+        dst: Operand::new(&[m, n], &[n, 1], out_dt),
     };
     let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
@@ -401,11 +413,11 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tenso
         None => std::ptr::null(),
     };
     macro_rules! run {
-        ($t:ty) => {{
+        ($t:ty, $o:ty) => {{
             let (Some(xv), Some(wv)) = (slice_of::<$t>(&xs, xl), slice_of::<$t>(&ws, wl)) else {
                 return Ok(None);
             };
-            let mut out: Vec<$t> = Vec::with_capacity(m * n);
+            let mut out: Vec<$o> = Vec::with_capacity(m * n);
             // SAFETY: x holds m*k elements, w n*k, the bias n, and `out` has
             // room for the m*n the primitive writes in full before `exec`
             // returns (it waits on the stream).
@@ -422,10 +434,11 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<Tenso
             Tensor::from_vec(out, out_shape, x.device())?
         }};
     }
-    let y = if dtype == DType::BF16 {
-        run!(bf16)
-    } else {
-        run!(f32)
+    let y = match (dtype, out) {
+        (DType::BF16, DType::BF16) => run!(bf16, bf16),
+        (DType::BF16, _) => run!(bf16, f32),
+        (_, DType::BF16) => run!(f32, bf16),
+        _ => run!(f32, f32),
     };
     Ok(Some(y))
 }
