@@ -28,17 +28,8 @@ use std::time::Instant;
 /// The 14B expert's dimensions (Wan 2.2 T2V-A14B) with `layers` blocks.
 pub(super) fn a14b_config(layers: usize) -> WanConfig {
     WanConfig {
-        dim: 5120,
-        ffn_dim: 13824,
-        freq_dim: 256,
-        text_dim: 4096,
-        in_dim: 16,
-        out_dim: 16,
-        num_heads: 40,
         num_layers: layers,
-        patch_size: [1, 2, 2],
-        eps: 1e-6,
-        rope_theta: 10000.0,
+        ..WanConfig::wan22_t2v_a14b()
     }
 }
 

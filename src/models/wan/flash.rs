@@ -269,11 +269,12 @@ fn exp_sub_sum_poly(x: &mut [f32], m: f32) -> f32 {
     total.iter().sum()
 }
 
-/// exp(x) for x <= 0 (Cephes expf: range reduction by ln 2, degree-5
-/// polynomial, 2^n through the exponent bits); 0 below -87.
+/// exp(x) (Cephes expf: range reduction by ln 2, degree-5 polynomial, 2^n
+/// through the exponent bits), ~1 ulp, for x clamped to [-87, 88]. The
+/// softmax, GELU and the VAE's SiLU share it.
 #[inline(always)]
-pub(super) fn exp_poly(x: f32) -> f32 {
-    let x = x.max(-87.0);
+pub fn exp_poly(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
     let n = (x * std::f32::consts::LOG2_E).round();
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4f32;

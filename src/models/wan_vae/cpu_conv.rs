@@ -19,6 +19,8 @@
 
 use rayon::prelude::*;
 
+use crate::models::wan::flash::exp_poly;
+
 /// Target accumulator size of one tile, in f32 (512 KiB: half an L2).
 const TILE_FLOATS: usize = 1 << 17;
 
@@ -217,24 +219,6 @@ fn silu_row_generic(out: &mut [f32], x: &[f32], inv: &[f32], scale: f32) {
         let v = x * i * scale;
         *o = v / (1.0 + exp_poly(-v));
     }
-}
-
-/// exp(x) (Cephes expf: range reduction by ln 2, degree-5 polynomial, 2^n
-/// through the exponent bits), ~1 ulp, for x clamped to [-87, 88].
-#[inline(always)]
-pub fn exp_poly(x: f32) -> f32 {
-    let x = x.clamp(-87.0, 88.0);
-    let n = (x * std::f32::consts::LOG2_E).round();
-    let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
-    let mut q = 1.987_569_1e-4f32;
-    q = q.mul_add(r, 1.398_199_9e-3);
-    q = q.mul_add(r, 8.333_452e-3);
-    q = q.mul_add(r, 4.166_579_6e-2);
-    q = q.mul_add(r, 1.666_666_5e-1);
-    q = q.mul_add(r, 0.5);
-    let y = q.mul_add(r * r, r) + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
-    y * f32::from_bits(bits)
 }
 
 /// The conv over `frames` (padded planes of geometry `g`, `None` for a zero
