@@ -230,7 +230,7 @@ unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32) -> f32 {
 /// for the clamped range, like the exponent-bits trick).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-pub(super) fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+pub fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     use std::arch::x86_64::*;
     let c = _mm512_set1_ps;
     let x = _mm512_max_ps(x, c(-87.0));

@@ -204,7 +204,26 @@ fn silu_row(out: &mut [f32], x: &[f32], inv: &[f32], scale: f32) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn silu_row_avx512(out: &mut [f32], x: &[f32], inv: &[f32], scale: f32) {
-    silu_row_generic(out, x, inv, scale)
+    use std::arch::x86_64::*;
+    // Intrinsics: the auto-vectorised form keeps exp's rounding scalar.
+    let n = out.len().min(x.len()).min(inv.len());
+    let (sc, one) = (_mm512_set1_ps(scale), _mm512_set1_ps(1.0));
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: i + 16 <= n elements of each slice; unaligned accesses.
+        let (xv, iv) = unsafe {
+            (
+                _mm512_loadu_ps(x.as_ptr().add(i)),
+                _mm512_loadu_ps(inv.as_ptr().add(i)),
+            )
+        };
+        let v = _mm512_mul_ps(_mm512_mul_ps(xv, iv), sc);
+        let e = crate::models::wan::flash::exp512(_mm512_sub_ps(_mm512_setzero_ps(), v));
+        let y = _mm512_div_ps(v, _mm512_add_ps(one, e));
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(i), y) };
+        i += 16;
+    }
+    silu_row_generic(&mut out[i..n], &x[i..n], &inv[i..n], scale)
 }
 
 #[cfg(target_arch = "x86_64")]
