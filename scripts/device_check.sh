@@ -30,7 +30,7 @@ if [[ ${1:-} == --dry-run ]]; then
   # a card's, so they are printed by the card run only.
   device=cpu
   bench=(--size-gb 0.6 --width 160 --height 160 --frames 9 --context 64 --repeats 2
-         --block-tokens 64 --attention-tokens 1024)
+         --block-tokens 64 --attention-tokens 1024 --vae-latent 2,8,8)
 fi
 # The CPU widens bf16 weights at every forward, so the 14B block is slow there.
 table_limit=480

@@ -341,6 +341,12 @@ pub enum BenchWhat {
         /// --dir) and time one CFG step at 480p x 81 frames.
         #[arg(long)]
         full_expert: bool,
+        /// Latent frames, height and width of the Wan 2.1 VAE decode at the
+        /// real widths (random weights, bf16 on a card). Default on a card:
+        /// 21,60,104 (480p x 81 frames); on the CPU it runs only when given.
+        /// 0,0,0 skips it.
+        #[arg(long, value_delimiter = ',')]
+        vae_latent: Option<Vec<usize>>,
         /// Directory for the temp checkpoints (default: the system temp dir).
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,

@@ -136,6 +136,7 @@ fn execute(command: Command) -> anyhow::Result<()> {
                     attention_tokens,
                     bounds,
                     full_expert,
+                    vae_latent,
                     dir,
                 }),
             latent,
@@ -149,6 +150,15 @@ fn execute(command: Command) -> anyhow::Result<()> {
                 attention_tokens,
                 bounds,
                 full_expert,
+                vae_latent: match vae_latent.as_deref() {
+                    None if dev.is_cuda() => Some((21, 60, 104)),
+                    None => None,
+                    Some(&[f, h, w]) if f * h * w > 0 => Some((f, h, w)),
+                    Some(&[_, _, _]) => None,
+                    Some(v) => anyhow::bail!(
+                        "bench device: --vae-latent takes three numbers, frames,height,width (got {v:?})"
+                    ),
+                },
                 dir,
             };
             print!("{}", baton::bench::device::run(&o, &dev)?);

@@ -209,3 +209,14 @@ fn piped_logs_carry_no_ansi_codes() {
         );
     }
 }
+
+#[test]
+fn bench_device_refuses_a_vae_latent_of_two_numbers() {
+    // Checked before anything is written or loaded.
+    let (ok, _, err) = baton(&["bench", "device", "--device", "cpu", "--vae-latent", "2,8"]);
+    assert!(!ok);
+    assert!(
+        err.contains("--vae-latent takes three numbers") && err.contains("[2, 8]"),
+        "{err}"
+    );
+}

@@ -46,6 +46,9 @@ pub struct DeviceBenchOptions {
     pub attention_tokens: usize,
     /// Also step the whole 14B expert once at 480p (writes ~28 GB to `dir`).
     pub full_expert: bool,
+    /// Latent (frames, height, width) of the Wan 2.1 VAE decode row; `None`
+    /// skips it.
+    pub vae_latent: Option<(usize, usize, usize)>,
     /// Hold the figures to the card's bounds ([`Bounds`]): a missed one is
     /// a FAILED row and a non-zero exit.
     pub bounds: bool,
@@ -326,6 +329,11 @@ pub fn run(o: &DeviceBenchOptions, dev: &Device) -> anyhow::Result<String> {
     if o.full_expert {
         section(&mut t, "14B expert", |t| {
             super::device_speed::full_expert(dev, &dir, t).map(drop)
+        });
+    }
+    if let Some(latent) = o.vae_latent {
+        section(&mut t, "VAE decode", |t| {
+            super::device_speed::vae_decode(dev, &dir, latent, o.latent.repeats, t).map(drop)
         });
     }
     if o.bounds {

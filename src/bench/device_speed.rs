@@ -422,6 +422,45 @@ pub(super) fn full_expert(dev: &Device, dir: &Path, t: &mut Table) -> anyhow::Re
     Ok(s)
 }
 
+/// The Wan 2.1 VAE at its real widths (seeded random weights, written to
+/// `dir` in f32 and loaded as `load_model` loads it: bf16 on a card, f32 on
+/// the CPU) decoding a latent of `(frames, h, w)`: seconds per decode.
+pub(super) fn vae_decode(
+    dev: &Device,
+    dir: &Path,
+    (frames, h, w): (usize, usize, usize),
+    repeats: usize,
+    t: &mut Table,
+) -> anyhow::Result<f64> {
+    use crate::runtime::vae::{self, AnyVae};
+    let file = temp_file(dir, "vae21");
+    let cfg = crate::models::wan_vae::WanVaeConfig::wan21();
+    candle_core::safetensors::save(&super::speed_vae::random_vae_tensors(&cfg)?, &file.0)?;
+    let header = crate::checkpoint::header::Header::read(&file.0)?;
+    let planned = vae::plan(&header, Some(DType::BF16), dev)?;
+    let dtype = planned.info.dtype;
+    let AnyVae::V21(m) = vae::load(&header, &planned, dev).map_err(anyhow::Error::msg)? else {
+        anyhow::bail!("{}: not loaded as a Wan 2.1 VAE", file.0.display());
+    };
+    let z = Tensor::randn(0f32, 1.0, (1, 16, frames, h, w), dev)?.to_dtype(dtype)?;
+    // Fewer repeats for the long decode: one is minutes on a CPU.
+    let s = timed(dev, repeats.min(2), || {
+        m.decode(&z)?;
+        Ok(())
+    })?;
+    t.row(
+        format!(
+            "Wan 2.1 VAE decode, latent [1,16,{frames},{h},{w}] -> {}x{}x{}, {dtype:?}",
+            1 + 4 * (frames - 1),
+            8 * h,
+            8 * w
+        ),
+        format!("{s:.2} s"),
+        "real widths, random weights, median".to_string(),
+    );
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
