@@ -228,6 +228,10 @@ unsafe fn exp_sub_sum_avx512(x: &mut [f32], m: f32) -> f32 {
 /// [`exp_poly`] on 16 lanes: the same reduction and polynomial, with the
 /// integer part rounded to nearest-even and applied by `vscalefps` (exact
 /// for the clamped range, like the exponent-bits trick).
+///
+/// # Safety
+/// The CPU must have AVX-512F (callers check with
+/// `is_x86_feature_detected!` or are themselves compiled for it).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 pub fn exp512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
