@@ -61,7 +61,7 @@ pub fn matmul_bf16_weight(x: &Tensor, w: &Tensor) -> Result<Option<Tensor>> {
             .zip(src.par_chunks(k))
             .for_each(|(o, i)| {
                 for (o, i) in o.iter_mut().zip(i) {
-                    *o = f32::from_bits((i.to_bits() as u32) << 16);
+                    *o = crate::models::wan::fast::from_bf16(*i);
                 }
             });
         // out[:, r0..r0+rows] = x [m, k] · slab [rows, k]ᵀ

@@ -30,7 +30,7 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
                     .zip(src.par_chunks(CHUNK))
                     .for_each(|(o, i)| {
                         for (o, i) in o.iter_mut().zip(i) {
-                            *o = f32::from_bits((i.to_bits() as u32) << 16);
+                            *o = from_bf16(*i);
                         }
                     });
                 Some(Tensor::from_vec(out, x.shape().clone(), x.device()))
@@ -56,9 +56,15 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
     }
 }
 
+/// bf16 -> f32 (exact: the bits shifted into place).
+#[inline(always)]
+pub fn from_bf16(v: bf16) -> f32 {
+    f32::from_bits((v.to_bits() as u32) << 16)
+}
+
 /// f32 -> bf16 rounding to nearest even (quiet NaN kept), as `half` does.
 #[inline(always)]
-fn to_bf16(x: f32) -> bf16 {
+pub(super) fn to_bf16(x: f32) -> bf16 {
     let bits = x.to_bits();
     if x.is_nan() {
         return bf16::from_bits(((bits >> 16) | 0x0040) as u16);
@@ -91,7 +97,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
                         for (o, i) in o.chunks_mut(256).zip(i.chunks(256)) {
                             let t = &mut t[..i.len()];
                             for (t, i) in t.iter_mut().zip(i) {
-                                *t = f32::from_bits((i.to_bits() as u32) << 16);
+                                *t = from_bf16(*i);
                             }
                             gelu_slice(t);
                             for (o, t) in o.iter_mut().zip(t.iter()) {
@@ -132,7 +138,7 @@ unsafe fn gelu_avx512(c: &mut [f32]) {
         // The same steps as `gelu_generic`, 16 lanes at a time.
         let x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
         let z = _mm512_mul_ps(k(0.797_884_6), _mm512_fmadd_ps(k(0.044715), x3, x));
-        let e = super::flash::exp512(_mm512_min_ps(_mm512_add_ps(z, z), k(80.0)));
+        let e = super::expf::exp512(_mm512_min_ps(_mm512_add_ps(z, z), k(80.0)));
         let t = _mm512_sub_ps(k(1.0), _mm512_div_ps(k(2.0), _mm512_add_ps(e, k(1.0))));
         let y = _mm512_mul_ps(_mm512_mul_ps(k(0.5), x), _mm512_add_ps(k(1.0), t));
         unsafe { _mm512_storeu_ps(p, y) };
@@ -147,7 +153,7 @@ fn gelu_generic(c: &mut [f32]) {
         let x = *v;
         let z = S * (x + 0.044715 * x * x * x);
         // tanh(z) = 1 - 2 / (exp(2z) + 1), exp clamped to stay finite.
-        let e = super::flash::exp_poly((2.0 * z).min(80.0));
+        let e = super::expf::exp_poly((2.0 * z).min(80.0));
         let t = 1.0 - 2.0 / (e + 1.0);
         *v = 0.5 * x * (1.0 + t);
     }
@@ -204,7 +210,7 @@ pub fn norm_affine(x: &Tensor, mul: &Tensor, add: &Tensor, eps: f64) -> Result<O
                 let v = &v[o0..o1];
                 run(&|r, o| {
                     for (o, i) in o.iter_mut().zip(&v[r * dim..(r + 1) * dim]) {
-                        *o = f32::from_bits((i.to_bits() as u32) << 16);
+                        *o = from_bf16(*i);
                     }
                 });
             }

@@ -16,6 +16,7 @@ use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 use half::bf16;
 use rayon::prelude::*;
 
+use super::fast::{from_bf16 as widen, to_bf16 as narrow};
 use super::rope::Rope;
 
 /// Rows of `t` (f32-castable, last dim `dim`) as an f32 vector with its
@@ -31,22 +32,6 @@ fn rows_f32(t: &Tensor, b: usize, s: usize, dim: usize) -> Result<Option<(Vec<f3
     }
     let v = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     Ok(Some((v, rows)))
-}
-
-#[inline(always)]
-fn widen(v: bf16) -> f32 {
-    f32::from_bits((v.to_bits() as u32) << 16)
-}
-
-/// f32 -> bf16, round to nearest even (quiet NaN kept), as `half` does.
-#[inline(always)]
-fn narrow(x: f32) -> bf16 {
-    let bits = x.to_bits();
-    if x.is_nan() {
-        return bf16::from_bits(((bits >> 16) | 0x0040) as u16);
-    }
-    let round = 0x7FFF + ((bits >> 16) & 1);
-    bf16::from_bits((bits.wrapping_add(round) >> 16) as u16)
 }
 
 /// `x + y * gate` (or `x + y`) for x, y [B, S, dim] of one dtype (f32 or

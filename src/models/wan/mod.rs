@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod config;
 pub mod dit;
+pub mod expf;
 pub mod fast;
 pub mod flash;
 #[cfg(feature = "cuda")]

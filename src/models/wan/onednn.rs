@@ -537,7 +537,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
                                 }
                             }
                             let m = lanes.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                            let inv = 1.0 / super::flash::exp_sub_sum(srow, m);
+                            let inv = 1.0 / super::expf::exp_sub_sum(srow, m);
                             $to(srow, inv, prow);
                         });
                     // SAFETY: as above; O is written in full before `exec`

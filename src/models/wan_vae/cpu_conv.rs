@@ -19,7 +19,7 @@
 
 use rayon::prelude::*;
 
-use crate::models::wan::flash::exp_poly;
+use crate::models::wan::expf::exp_poly;
 
 /// Target accumulator size of one tile, in f32 (512 KiB: half an L2).
 const TILE_FLOATS: usize = 1 << 17;
@@ -218,7 +218,7 @@ unsafe fn silu_row_avx512(out: &mut [f32], x: &[f32], inv: &[f32], scale: f32) {
             )
         };
         let v = _mm512_mul_ps(_mm512_mul_ps(xv, iv), sc);
-        let e = crate::models::wan::flash::exp512(_mm512_sub_ps(_mm512_setzero_ps(), v));
+        let e = crate::models::wan::expf::exp512(_mm512_sub_ps(_mm512_setzero_ps(), v));
         let y = _mm512_div_ps(v, _mm512_add_ps(one, e));
         unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(i), y) };
         i += 16;
@@ -419,15 +419,6 @@ mod tests {
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             assert!(err < 1e-5, "{o_n} {c_n} {kt} {k}: {err}");
-        }
-    }
-
-    #[test]
-    fn exp_poly_is_close() {
-        for i in -2000..2000 {
-            let x = i as f32 * 0.04;
-            let (a, b) = (exp_poly(x), x.exp());
-            assert!((a - b).abs() <= 3e-7 * b, "{x}: {a} {b}");
         }
     }
 }
