@@ -197,6 +197,7 @@ pub mod device_speed;
 pub mod gguf;
 pub mod load;
 pub mod memory;
+pub mod peer;
 pub mod speed;
 pub mod speed_umt5;
 pub mod speed_vae;

@@ -15,31 +15,12 @@ use crate::models::wan::linear::gemm_path;
 use crate::models::wan::WanConfig;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
+
+pub use super::peer::SpeedOptions;
+use super::peer::{interleave, peer_python, run_peer_if, torch_dtype, Row};
 use std::collections::HashMap;
 use std::fmt::Write;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
-
-/// Options of `baton bench speed`.
-#[derive(Debug, Clone)]
-pub struct SpeedOptions {
-    /// Alternating rounds (each: one baton forward, one peer forward).
-    pub rounds: usize,
-    /// Layers of the DiT (the issue's figures use 4).
-    pub layers: usize,
-    /// Only the dtypes named (empty: f32 and bf16).
-    pub dtypes: Vec<DType>,
-    /// Only the rows of these works (`dit`, `vae`; empty: all).
-    pub only: Vec<String>,
-}
-
-impl SpeedOptions {
-    /// Whether the rows of `work` are measured.
-    pub fn wants(&self, work: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|w| w == work)
-    }
-}
 
 /// The issue's DiT configuration with `layers` blocks.
 pub fn speed_config(layers: usize) -> WanConfig {
@@ -103,63 +84,6 @@ fn time_forward(m: &WanDit, x: &Tensor, t: &Tensor, ctx: &Tensor) -> anyhow::Res
     Ok(s.elapsed().as_secs_f64())
 }
 
-/// The Python that runs the peers, if one is installed.
-pub fn peer_python() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("BATON_PEER_PYTHON") {
-        return (!p.is_empty()).then(|| PathBuf::from(p));
-    }
-    let v = PathBuf::from("venv/bin/python");
-    v.exists().then_some(v)
-}
-
-/// The directory of the peer scripts (`benches/peers` of the source tree).
-fn peer_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers")
-}
-
-/// Runs a peer script with `args` and returns its median time in seconds
-/// (it prints `median <ms> ms`).
-pub fn run_peer(py: &PathBuf, script: &str, args: &[String]) -> anyhow::Result<f64> {
-    let mut cmd = Command::new(py);
-    cmd.arg(peer_dir().join(script)).args(args);
-    // The peer keeps PyTorch's own OpenMP wait policy when baton set its own
-    // (feature onednn; see `onednn::passive_openmp`).
-    if std::env::var_os("BATON_SET_OMP_WAIT_POLICY").is_some() {
-        cmd.env_remove("OMP_WAIT_POLICY")
-            .env_remove("BATON_SET_OMP_WAIT_POLICY");
-    }
-    let out = cmd.output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        anyhow::bail!(
-            "peer {script} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let ms = text
-        .split("median ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .ok_or_else(|| anyhow::anyhow!("peer {script} printed no median: {text}"))?;
-    Ok(ms / 1000.0)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
-    v[v.len() / 2]
-}
-
-/// One row of the table: baton's and the peer's median and the median of
-/// per-round ratios (peer / baton, above 1 when baton is faster).
-pub struct Row {
-    pub what: String,
-    pub baton_s: f64,
-    pub peer_s: f64,
-    pub ratio: f64,
-    pub peer_measured_now: bool,
-}
-
 /// Figures measured in issue 19 on the 2-core machine (seconds), for when
 /// no peer is installed.
 fn recorded_peer(dtype: DType) -> f64 {
@@ -170,64 +94,15 @@ fn recorded_peer(dtype: DType) -> f64 {
     }
 }
 
-/// Alternates `baton` and `peer` for `rounds`; the peer closure returns
-/// `None` when no peer runs.
-pub fn interleave(
-    what: String,
-    rounds: usize,
-    mut baton: impl FnMut() -> anyhow::Result<f64>,
-    mut peer: impl FnMut() -> anyhow::Result<Option<f64>>,
-    recorded: f64,
-) -> anyhow::Result<Row> {
-    baton()?; // warm-up
-    let (mut b, mut p, mut r) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds.max(1) {
-        let tb = baton()?;
-        b.push(tb);
-        if let Some(tp) = peer()? {
-            p.push(tp);
-            r.push(tp / tb);
-        }
-    }
-    let baton_s = median(b);
-    Ok(if p.is_empty() {
-        Row {
-            what,
-            baton_s,
-            peer_s: recorded,
-            ratio: recorded / baton_s,
-            peer_measured_now: false,
-        }
-    } else {
-        Row {
-            what,
-            baton_s,
-            peer_s: median(p),
-            ratio: median(r),
-            peer_measured_now: true,
-        }
-    })
-}
-
 /// The DiT rows.
 pub fn dit_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
     let cfg = speed_config(o.layers);
     let threads = candle_core::utils::get_num_threads();
     let py = peer_python();
-    let dtypes = if o.dtypes.is_empty() {
-        vec![DType::F32, DType::BF16]
-    } else {
-        o.dtypes.clone()
-    };
     let mut rows = Vec::new();
-    for dtype in dtypes {
+    for dtype in o.dtypes_or_both() {
         let m = random_dit(&cfg, dtype)?;
         let (x, t, ctx) = speed_inputs(&cfg)?;
-        let name = if dtype == DType::BF16 {
-            "bfloat16"
-        } else {
-            "float32"
-        };
         let args: Vec<String> = [
             "--dim",
             "1024",
@@ -244,7 +119,7 @@ pub fn dit_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
             "--threads",
             &threads.to_string(),
             "--dtype",
-            name,
+            torch_dtype(dtype),
             "--reps",
             "1",
         ]
@@ -259,10 +134,7 @@ pub fn dit_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
             what,
             o.rounds,
             || time_forward(&m, &x, &t, &ctx),
-            || match &py {
-                Some(py) => run_peer(py, "peer_forward.py", &args).map(Some),
-                None => Ok(None),
-            },
+            || run_peer_if(&py, "peer_forward.py", &args),
             recorded_peer(dtype) * o.layers as f64 / 4.0,
         )?);
         if std::env::var("BATON_DIT_SPANS").is_ok_and(|v| v == "1") {

@@ -6,7 +6,7 @@
 //! on both sides: the lookup is not the cost, and the full table would add
 //! 4 GB to each process.
 
-use super::speed::{interleave, peer_python, run_peer, Row, SpeedOptions};
+use super::peer::{interleave, peer_python, run_peer_if, torch_dtype, Row, SpeedOptions};
 use crate::models::umt5::{UmT5Config, UmT5Encoder};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -110,20 +110,10 @@ pub fn umt5_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
     let cfg = umt5_speed_config();
     let threads = candle_core::utils::get_num_threads();
     let py = peer_python();
-    let dtypes = if o.dtypes.is_empty() {
-        vec![DType::F32, DType::BF16]
-    } else {
-        o.dtypes.clone()
-    };
     let mut rows = Vec::new();
-    for dtype in dtypes {
+    for dtype in o.dtypes_or_both() {
         let m = random_umt5(&cfg, dtype)?;
         let (ids, mask) = inputs(&cfg)?;
-        let name = if dtype == DType::BF16 {
-            "bfloat16"
-        } else {
-            "float32"
-        };
         let args: Vec<String> = [
             "--layers",
             &LAYERS.to_string(),
@@ -134,7 +124,7 @@ pub fn umt5_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
             "--threads",
             &threads.to_string(),
             "--dtype",
-            name,
+            torch_dtype(dtype),
             "--reps",
             "1",
         ]
@@ -146,10 +136,7 @@ pub fn umt5_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
             what,
             o.rounds,
             || time_encode(&m, &ids, &mask),
-            || match &py {
-                Some(py) => run_peer(py, "peer_umt5.py", &args).map(Some),
-                None => Ok(None),
-            },
+            || run_peer_if(&py, "peer_umt5.py", &args),
             f64::NAN,
         )?);
     }

@@ -11,7 +11,7 @@
 //! same latent. The peer also writes its video, and the row reports how far
 //! baton's is from it.
 
-use super::speed::{interleave, peer_python, run_peer, Row, SpeedOptions};
+use super::peer::{interleave, peer_python, run_peer_if, Row, SpeedOptions};
 use crate::checkpoint::header::Header;
 use crate::models::wan_vae::WanVaeConfig;
 use crate::runtime::vae::{self, AnyVae};
@@ -121,10 +121,7 @@ pub fn vae_row(o: &SpeedOptions) -> anyhow::Result<Row> {
             video = Some(v);
             Ok(t)
         },
-        || match &py {
-            Some(py) => run_peer(py, "peer_vae_decode.py", &args).map(Some),
-            None => Ok(None),
-        },
+        || run_peer_if(&py, "peer_vae_decode.py", &args),
         RECORDED_PEER_S,
     )?;
     if let (Some(v), true) = (video, vpath.exists()) {
