@@ -19,18 +19,17 @@
 //! carries this to a GPU machine (`scripts/device_check.sh`).
 
 use super::device_speed::{check_bounds, Bounds, Figures};
-use super::load::{block_params, write_checkpoint_seeded, TempFile};
+use super::device_table::{path_str, temp_file, used_now, PeakMeter, Table};
+use super::load::{block_params, write_checkpoint_seeded};
 use super::{median, swap_secs, two_expert_pipeline, Pipeline};
 use crate::models::wan::WanConfig;
-use crate::runtime::device::{driver_memory, driver_memory_now, label};
+use crate::runtime::device::{driver_memory, label};
 use crate::runtime::placement::stream_buffers;
 use crate::runtime::size::mib;
 use crate::runtime::{memstat, LoadOptions, Runtime};
 use candle_core::{DType, Device, Tensor};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 pub struct DeviceBenchOptions {
@@ -53,68 +52,6 @@ pub struct DeviceBenchOptions {
     /// a FAILED row and a non-zero exit.
     pub bounds: bool,
     pub dir: Option<PathBuf>,
-}
-
-/// A bench checkpoint in `dir`, removed when dropped.
-pub(super) fn temp_file(dir: &Path, what: &str) -> TempFile {
-    TempFile(dir.join(format!(
-        "baton-bench-{what}-{}.safetensors",
-        std::process::id()
-    )))
-}
-
-/// Memory as the device counts it: the driver's used bytes on a card,
-/// RSS on the CPU.
-pub(super) fn used_now(dev: &Device) -> u64 {
-    match driver_memory(dev) {
-        Some(m) => m.used(),
-        None => {
-            memstat::trim();
-            memstat::rss()
-        }
-    }
-}
-
-/// The highest memory use while it runs: a thread polling the driver on a
-/// card, the kernel's VmHWM on the CPU.
-pub(super) struct PeakMeter {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl PeakMeter {
-    pub(super) fn start(dev: &Device) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let peak = Arc::new(AtomicU64::new(0));
-        let thread = if dev.is_cuda() {
-            let (dev, stop, peak) = (dev.clone(), stop.clone(), peak.clone());
-            Some(std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(m) = driver_memory_now(&dev) {
-                        peak.fetch_max(m.used(), Ordering::Relaxed);
-                    }
-                    std::thread::sleep(std::time::Duration::from_micros(500));
-                }
-            }))
-        } else {
-            memstat::trim();
-            memstat::reset_peak();
-            None
-        };
-        Self { stop, peak, thread }
-    }
-
-    pub(super) fn finish(mut self, dev: &Device) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        match self.thread.take() {
-            Some(t) => {
-                let _ = t.join();
-                self.peak.load(Ordering::Relaxed).max(used_now(dev))
-            }
-            None => memstat::peak_rss(),
-        }
-    }
 }
 
 /// Wan 2.1 T2V-1.3B block dimensions with `layers` blocks.
@@ -150,34 +87,6 @@ fn inputs(width: usize, height: usize, frames: usize, context: usize) -> anyhow:
         ctx: (Tensor::randn(0f32, 1.0, (1, context, 4096), &Device::Cpu)? * 0.1)?,
         tokens,
     })
-}
-
-pub(super) fn path_str(p: &Path) -> String {
-    p.display().to_string()
-}
-
-/// Table rows: what, figure, how it was taken.
-pub(super) struct Table(Vec<(String, String, String)>);
-
-impl Table {
-    pub(super) fn row(
-        &mut self,
-        what: impl Into<String>,
-        figure: impl Into<String>,
-        note: impl Into<String>,
-    ) {
-        self.0.push((what.into(), figure.into(), note.into()));
-    }
-
-    fn render(&self) -> String {
-        let w0 = self.0.iter().map(|r| r.0.len()).max().unwrap_or(0);
-        let w1 = self.0.iter().map(|r| r.1.len()).max().unwrap_or(0);
-        let mut out = String::new();
-        for (a, b, c) in &self.0 {
-            let _ = writeln!(out, "{a:<w0$}  {b:>w1$}  {c}");
-        }
-        out
-    }
 }
 
 /// Everything the sections share.
@@ -248,7 +157,7 @@ pub fn run(o: &DeviceBenchOptions, dev: &Device) -> anyhow::Result<String> {
     if let Some(m) = driver_memory(dev) {
         writeln!(out, "driver: {} free of {}", mib(m.free), mib(m.total))?;
     }
-    let mut t = Table(Vec::new());
+    let mut t = Table::default();
     #[cfg(feature = "cuda")]
     if on_card {
         section(&mut t, "host->device copy, pinned", |t| {
@@ -342,10 +251,7 @@ pub fn run(o: &DeviceBenchOptions, dev: &Device) -> anyhow::Result<String> {
         }
     }
     out.push_str(&t.render());
-    if t.0
-        .iter()
-        .any(|r| r.1 == "FAILED" || r.2.contains("FAILED"))
-    {
+    if t.any_failed() {
         print!("{out}");
         anyhow::bail!("a check on {} failed (see the table)", label(dev));
     }

@@ -13,7 +13,7 @@
 //! rows that read FAILED when a bound is missed, and a FAILED row makes the
 //! bench (and so the device check) exit non-zero.
 
-use super::device::{path_str, temp_file, used_now, PeakMeter, Table};
+use super::device_table::{path_str, temp_file, used_now, PeakMeter, Table};
 use super::load::write_checkpoint_seeded;
 use super::median;
 use crate::models::wan::dit::{attention, attention_chunked, attention_score_cap_on, matmul_dtype};

@@ -194,6 +194,7 @@ pub fn run(o: &LatentOptions) -> anyhow::Result<String> {
 
 pub mod device;
 pub mod device_speed;
+mod device_table;
 pub mod gguf;
 pub mod load;
 pub mod memory;
