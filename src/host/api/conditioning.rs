@@ -1,7 +1,7 @@
 //! Image-conditioning primitives, named after ComfyUI's Wan nodes:
 //! image_to_video, first_last_to_video, ti2v_latent.
 
-use super::models::ModelHandle;
+use super::ModelHandle;
 use super::Shared;
 use crate::host::errors::{call_site, script_err, ScriptResult};
 use crate::host::options::Opts;

@@ -1,6 +1,7 @@
 //! LoRA primitives: apply_lora(model, path[, strength]), remove_lora(model, path).
 
-use super::models::{model_path, ModelHandle};
+use super::models::model_path;
+use super::ModelHandle;
 use super::{Shared, SharedPolicy};
 use crate::host::errors::{call_site, script_err, ScriptResult};
 use crate::host::options::as_f64;

@@ -16,6 +16,16 @@ use crate::runtime::Runtime;
 use std::cell::RefCell;
 use std::rc::Rc;
 
+/// A script's handle on a model: an id, never the weights. Here rather
+/// than in `models.rs`, which registers it, because every domain's
+/// primitives take it (`scripted.rs` among them, whose functions
+/// `models.rs` calls in turn).
+#[derive(Debug, Clone)]
+pub struct ModelHandle {
+    pub id: crate::runtime::ModelId,
+    pub name: String,
+}
+
 /// The runtime as the primitives share it.
 pub type Shared = Rc<RefCell<Runtime>>;
 

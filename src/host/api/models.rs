@@ -6,16 +6,11 @@ use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;
 use crate::host::policy::PathPolicy;
 use crate::runtime::registry::LoadedModel;
-use crate::runtime::{Entry, LoadOptions, ModelId, OffloadPolicy};
+use crate::runtime::{Entry, LoadOptions, OffloadPolicy};
 use candle_core::{DType, Tensor};
 use rhai::{Dynamic, Engine, Map, NativeCallContext};
 
-/// A script's handle on a model: an id, never the weights.
-#[derive(Debug, Clone)]
-pub struct ModelHandle {
-    pub id: ModelId,
-    pub name: String,
-}
+use super::ModelHandle;
 
 /// A model path through the file policy; `builtin:` names live in baton's
 /// own cache and are exempt.

@@ -1,6 +1,6 @@
 //! Sampling primitives: empty_latent, sample, schedule.
 
-use super::models::ModelHandle;
+use super::ModelHandle;
 use super::Shared;
 use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;

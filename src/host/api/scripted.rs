@@ -10,7 +10,7 @@
 //! `NativeCallContext`, with the runtime not borrowed (the function may call
 //! any primitive).
 
-use super::models::ModelHandle;
+use super::ModelHandle;
 use super::Shared;
 use crate::host::errors::{call_site, script_err, tensor_err, ScriptResult};
 use crate::host::options::Opts;

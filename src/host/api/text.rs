@@ -1,6 +1,6 @@
 //! Text-encoder primitives: encode_text, tokenize, encode_ids.
 
-use super::models::ModelHandle;
+use super::ModelHandle;
 use super::Shared;
 use crate::host::errors::{call_site, script_err, ScriptResult};
 use crate::host::options::Opts;

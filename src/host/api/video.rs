@@ -1,6 +1,6 @@
 //! VAE primitives: decode (latent to video) and encode (video to latent).
 
-use super::models::ModelHandle;
+use super::ModelHandle;
 use super::Shared;
 use crate::host::errors::{call_site, script_err, ScriptResult};
 use crate::host::options::Opts;
