@@ -215,17 +215,23 @@ impl CausalConv3d {
         }
     }
 
-    /// The conv over x [B, T, C, H, W] with no temporal padding ("valid" in
-    /// time), temporal stride `stride`; returns [B, T_out, O, H, W].
-    pub fn forward_valid(&self, x: &Tensor, stride: usize) -> Result<Tensor> {
-        let (b, t, c, h, w) = x.dims5()?;
-        if c != self.c_in {
+    /// x's [B, T, C, H, W], checked against the conv's input channels.
+    fn input_dims(&self, x: &Tensor) -> Result<(usize, usize, usize, usize, usize)> {
+        let dims = x.dims5()?;
+        if dims.2 != self.c_in {
             candle_core::bail!(
                 "wan vae: conv expects {} channels, got input {:?}",
                 self.c_in,
                 x.dims()
             )
         }
+        Ok(dims)
+    }
+
+    /// The conv over x [B, T, C, H, W] with no temporal padding ("valid" in
+    /// time), temporal stride `stride`; returns [B, T_out, O, H, W].
+    pub fn forward_valid(&self, x: &Tensor, stride: usize) -> Result<Tensor> {
+        let (b, t, c, h, w) = self.input_dims(x)?;
         if t < self.kt || stride == 0 {
             candle_core::bail!(
                 "wan vae: conv over {t} frames needs at least {} (input {:?})",
@@ -341,14 +347,7 @@ impl CausalConv3d {
         residual: Option<&Tensor>,
     ) -> Result<Tensor> {
         let need = self.kt - 1;
-        let (b, t, c, h, w) = x.dims5()?;
-        if c != self.c_in {
-            candle_core::bail!(
-                "wan vae: conv expects {} channels, got input {:?}",
-                self.c_in,
-                x.dims()
-            )
-        }
+        let (b, t, c, h, w) = self.input_dims(x)?;
         let scale = norm
             .map(|s| s.flatten_all()?.to_vec1::<f32>())
             .transpose()?;
