@@ -116,15 +116,9 @@ pub fn run(o: &GgufBenchOptions) -> anyhow::Result<String> {
         row("Q4_K, dequant+f32 GEMM", &q4, None, false),
         row("Q4_K, QMatMul kernel", &q4, None, true),
     ];
-    let (x, t, ctx) = crate::bench::speed::speed_inputs(&cfg)?;
+    let (_, t, ctx) = crate::bench::speed::speed_inputs(&cfg)?;
     // More latent frames (more tokens) where asked, the same pattern.
-    let x = if o.frames == x.dim(2)? {
-        x
-    } else {
-        let n = 16 * o.frames * 32 * 32;
-        (Tensor::arange(0f32, n as f32, &Device::Cpu)?.reshape((1, 16, o.frames, 32, 32))? * 0.01)?
-            .sin()?
-    };
+    let x = crate::bench::speed::speed_latent(o.frames)?;
     let mut out = String::new();
     writeln!(
         out,

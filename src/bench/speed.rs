@@ -59,14 +59,19 @@ pub fn random_dit(cfg: &WanConfig, dtype: DType) -> candle_core::Result<WanDit> 
     WanDit::new(cfg, VarBuilder::from_tensors(tensors, dtype, &Device::Cpu))
 }
 
+/// The speed latent [1, 16, frames, 32, 32] (256 tokens a frame): a
+/// smooth deterministic pattern (the peer times random inputs of the same
+/// shape; the values do not change the work).
+pub fn speed_latent(frames: usize) -> candle_core::Result<Tensor> {
+    let n = 16 * frames * 32 * 32;
+    (Tensor::arange(0f32, n as f32, &Device::Cpu)?.reshape((1, 16, frames, 32, 32))? * 0.01)?.sin()
+}
+
 /// The DiT inputs of the speed figures: latent [1,16,3,32,32], t = 500,
 /// 512 text tokens.
 pub fn speed_inputs(cfg: &WanConfig) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let dev = Device::Cpu;
-    let x = (Tensor::arange(0f32, (16 * 3 * 32 * 32) as f32, &dev)?
-        .reshape((1, 16, 3, 32, 32))?
-        * 0.01)?
-        .sin()?;
+    let x = speed_latent(3)?;
     let ctx = (Tensor::arange(0f32, (512 * cfg.text_dim) as f32, &dev)?.reshape((
         1,
         512,
