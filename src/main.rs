@@ -11,6 +11,11 @@ use clap::Parser;
 use cli::{BenchWhat, Cli, Command};
 use std::process::ExitCode;
 
+/// Loads hand tensors the page cache's pages instead of copies; this
+/// allocator frees them (see `checkpoint::mapped`).
+#[global_allocator]
+static ALLOC: baton::checkpoint::mapped::Allocator = baton::checkpoint::mapped::Allocator;
+
 /// `baton run`'s exit code when Ctrl-C stopped the script (128 + SIGINT).
 const EXIT_CANCELLED: u8 = 130;
 /// `baton run`'s exit code when `--timeout` ran out (as timeout(1)).

@@ -64,6 +64,7 @@ pub fn run(o: &LoadBenchOptions) -> anyhow::Result<String> {
     let mut reads = Vec::new();
     let mut loads = Vec::new();
     let mut peaks = Vec::new();
+    let mut mapped = 0;
     let mut rt = Runtime::new(Device::Cpu, None);
     for _ in 0..o.repeats.max(1) {
         let t0 = Instant::now();
@@ -77,6 +78,7 @@ pub fn run(o: &LoadBenchOptions) -> anyhow::Result<String> {
         let id = rt.load_model(&file.0.to_string_lossy(), &LoadOptions::default(), "bench")?;
         loads.push(t0.elapsed().as_secs_f64());
         peaks.push((before, memstat::peak_rss(), memstat::rss()));
+        mapped = crate::checkpoint::mapped::mapped_bytes();
         rt.delete_model(id, "bench")?;
     }
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -114,6 +116,16 @@ pub fn run(o: &LoadBenchOptions) -> anyhow::Result<String> {
         mib(peak.saturating_sub(before)),
         mib(after),
         mib(bytes)
+    )?;
+    writeln!(
+        out,
+        "tensors mapped from the page cache (no copy): {}{}",
+        mib(mapped as u64),
+        if crate::checkpoint::mapped::enabled() {
+            ""
+        } else {
+            " (mapping off: BATON_LOAD_COPY, or a binary without baton's allocator)"
+        }
     )?;
     Ok(out)
 }

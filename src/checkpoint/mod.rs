@@ -8,6 +8,7 @@ pub mod gguf;
 pub mod gguf_write;
 pub mod header;
 pub mod layout;
+pub mod mapped;
 pub mod qblocks;
 pub mod quant;
 pub mod shards;

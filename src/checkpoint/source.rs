@@ -189,11 +189,11 @@ impl CheckpointSource {
         }
     }
 
-    /// One tensor in its file dtype, read with `pread` straight into the
-    /// tensor's own buffer: one copy from the page cache, and no file pages
-    /// mapped into the process (faulting a mapping in 4 KiB pages made loads
-    /// run at a sixth of a plain read's speed). Half floats are read as
-    /// their bits and reinterpreted; others go through a byte buffer.
+    /// One tensor in its file dtype. Kept as stored, its buffer is a private
+    /// mapping of the file (no copy; see `mapped`) where the binary allows
+    /// it; otherwise it is read with `pread` straight into the tensor's own
+    /// buffer: one copy from the page cache. Half floats are read as their
+    /// bits and reinterpreted; others go through a byte buffer.
     fn read(&self, name: &str, e: &TensorEntry, dtype: DType) -> candle_core::Result<Tensor> {
         let n = e.numel();
         let file = &self.files[e.file];
@@ -204,7 +204,13 @@ impl CheckpointSource {
             ))
         };
         if cfg!(target_endian = "little") && e.bytes() == 2 * n {
-            let bits: Vec<u16> = read_fresh(file, e.start as u64, n).map_err(err)?;
+            let bits: Vec<u16> = if matches!(dtype, DType::BF16 | DType::F16) {
+                super::mapped::map_vec(file, e.start as u64, n).map_err(err)?
+            } else {
+                None
+            }
+            .map_or_else(|| read_fresh(file, e.start as u64, n), Ok)
+            .map_err(err)?;
             return match dtype {
                 DType::BF16 => Tensor::from_vec(
                     half::vec::HalfBitsVecExt::reinterpret_into::<half::bf16>(bits),
@@ -227,7 +233,10 @@ impl CheckpointSource {
             };
         }
         if cfg!(target_endian = "little") && dtype == DType::F32 && e.bytes() == 4 * n {
-            let v: Vec<f32> = read_fresh(file, e.start as u64, n).map_err(err)?;
+            let v: Vec<f32> = super::mapped::map_vec(file, e.start as u64, n)
+                .map_err(err)?
+                .map_or_else(|| read_fresh(file, e.start as u64, n), Ok)
+                .map_err(err)?;
             return Tensor::from_vec(v, e.shape.as_slice(), &Device::Cpu);
         }
         let bytes = &self.maps[e.file][e.start..e.end];
@@ -362,11 +371,7 @@ impl CheckpointSource {
     }
 }
 
-/// Plain numbers every bit pattern of which is a value, so a buffer of them
-/// may be filled from a file's bytes.
-trait Pod: Copy {}
-impl Pod for u16 {}
-impl Pod for f32 {}
+use super::mapped::Pod;
 
 /// Tensors at least this large are read by several threads.
 const PARALLEL_READ_BYTES: usize = 4 << 20;
