@@ -137,6 +137,12 @@ impl Proj {
                 return span("cast", || super::fast::cast(&y, self.act_dtype));
             }
         }
+        if self.quant.is_none() && self.scale.is_none() {
+            let (w, b) = (self.inner.weight(), self.inner.bias());
+            if let Some(y) = span("matmul", || super::fast::matvec_bf16(x, w, b))? {
+                return span("cast", || super::fast::cast(&y, self.act_dtype));
+            }
+        }
         let x = span("cast", || super::fast::cast(x, self.mm_dtype))?;
         let y = if let Some(q) = &self.quant {
             let b = self

@@ -21,10 +21,12 @@
 //!   self-attn q / k           a + Hq,  2a + Hq    Hq = max([a≠m]m + 2m, a + 8)
 //!   self-attn (CPU, fused)    4a + 4 + 3[a≠4]·4   + W(N)
 //!   cross-attn (CPU, fused)   3a + 4 + [a≠4]·4    + W(N) + 2·L·D·(a + [a≠4]·4) bytes
+//!   self-attn (CPU, oneDNN)   6a + O(N, N)        (feature `onednn`; m = a there)
+//!   cross-attn (CPU, oneDNN)  4a + O(N, L) + 2·L·D·a bytes
 //!   self-attn (GPU, chunked)  4a + 2m + 2[a≠m]m   + S(N, N)
 //!   cross-attn (GPU, chunked) 3a + 2m + [a≠m]m    + S(N, L) + 4·L·D·m bytes
 //!   output projections        3a + [a≠m]m + 2m
-//!   gated residual adds       2a + 2[a≠4]·4 + 8 + [a≠4]a
+//!   gated residual adds       2a + 2[a≠4]·4 + 8 + [a≠4]a   (CPU, fused: 3a)
 //!   feed-forward              max(2a + [a≠m]m + 2·(F/D)·m,
 //!                                 a + (F/D)(a + [a≠m]m) + 2m) + [a≠m]·D·F·m bytes
 //! S(Nq, Nk) = q_c + max(2·H·R·Nk·m, H·R·Nk·m + 2·R·D·m) bytes,
@@ -32,6 +34,8 @@
 //!           (cap: 256 MiB of scores), q_c = R·D·m if R < Nq else 0
 //! W(Nq) = the fused kernel's tiles, threads · 4·(R'·256 + R'·d + 2R')
 //!           bytes, R' = min(64, Nq) (`super::flash::working_bytes`)
+//! O(Nq, Nk) = oneDNN's chunk buffers, H·R·(Nk·(4 + a) + d·(4 + a) + 4) bytes,
+//!           R = clamp(4 MiB / (4·H·Nk), 1, Nq) (`super::onednn::working_bytes`)
 //! ```
 //!
 //! The phase terms count the tensors live at each step of
@@ -40,7 +44,8 @@
 //! config but are included. `tests/activation_memory.rs` checks the formula
 //! against a counting allocator around real forwards (within 0.1%). For a
 //! 14B expert at 75,600 tokens in bf16 on the CPU it gives about 12.4 GiB
-//! (the feed-forward phase; self-attention peaks at ~10.6 GiB); per-token
+//! (the feed-forward phase; self-attention peaks at ~10.6 GiB), 6.8 GiB
+//! with the `onednn` feature (no widened copies); per-token
 //! timesteps (TI2V) add 13·N·D·4 bytes to the base.
 
 use super::attention::{attention_chunk_rows, attention_score_cap};
@@ -81,7 +86,9 @@ pub fn activation_peak_bytes_on(
 ) -> u64 {
     let a = dtype.size_in_bytes() as f64;
     let mm = matmul_dtype(dtype, device);
-    let m = mm.size_in_bytes() as f64;
+    // oneDNN multiplies bf16 as it is: no widened copies.
+    let onednn = cfg!(feature = "onednn") && device.is_cpu();
+    let m = if onednn { a } else { mm.size_in_bytes() as f64 };
     let (n, l) = (tokens as f64, text_tokens as f64);
     let (d, f, h) = (cfg.dim as f64, cfg.ffn_dim as f64, cfg.num_heads as f64);
     let head_dim = cfg.head_dim() as f64;
@@ -106,7 +113,27 @@ pub fn activation_peak_bytes_on(
     let heads = r(cvt_m + 2.0 * m).max(a + 8.0);
     // On the CPU attention is the fused kernel: f32 views of q, k and v
     // (copies when a != 4), its f32 output and per-thread tiles, no scores.
-    let (self_attn, cross_attn) = if device.is_cpu() {
+    // With oneDNN: q, k and v as they are (one made contiguous in
+    // self-attention), the output in their dtype, and the kernel's chunk
+    // buffers (`onednn::working_bytes`).
+    #[cfg(feature = "onednn")]
+    let onednn_attn = if onednn {
+        let work = |nk: usize| {
+            let (hd, ai) = (cfg.head_dim(), a as usize);
+            super::onednn::working_bytes(cfg.num_heads, tokens, nk, hd, ai) as f64
+        };
+        Some((
+            6.0 * a * nd + work(tokens),
+            4.0 * a * nd + 2.0 * l * d * a + work(text_tokens),
+        ))
+    } else {
+        None
+    };
+    #[cfg(not(feature = "onednn"))]
+    let onednn_attn: Option<(f64, f64)> = None;
+    let (self_attn, cross_attn) = if let Some(both) = onednn_attn {
+        both
+    } else if device.is_cpu() {
         let tiles = |nq: usize| working_bytes(cfg.num_heads, nq, cfg.head_dim()) as f64;
         (
             (4.0 * a + 4.0 + 3.0 * cvt_4) * nd + tiles(tokens),
@@ -125,7 +152,12 @@ pub fn activation_peak_bytes_on(
         self_attn,
         cross_attn,
         (3.0 * a + cvt_m + 2.0 * m) * nd,
-        (2.0 * a + 2.0 * cvt_4 + 8.0 + copy_a4) * nd,
+        // The CPU adds in one fused pass (`fused::gated_add`): x, y, out.
+        if device.is_cpu() {
+            3.0 * a * nd
+        } else {
+            (2.0 * a + 2.0 * cvt_4 + 8.0 + copy_a4) * nd
+        },
         (2.0 * a + cvt_m + 2.0 * ratio * m).max(a + ratio * (a + cvt_m) + 2.0 * m) * nd
             + if cvt_m > 0.0 { d * f * m } else { 0.0 },
         prepare_bytes(cfg, n, a, m, per_token_timesteps),
@@ -173,8 +205,14 @@ mod tests {
         let (p1, p2) = (at(37_800), at(75_600));
         assert!(p2 / p1 < 2.1 && p2 / p1 > 1.8, "{p1} {p2}");
         // The 720p 81-frame forward of a 14B expert in bf16 on the CPU:
-        // the feed-forward phase, ~12.4 GiB.
+        // the feed-forward phase, ~12.4 GiB with the weights widened per
+        // call, ~6.8 GiB on oneDNN, which multiplies bf16 as it is.
         let gib = p2 / (1u64 << 30) as f64;
-        assert!((12.0..13.0).contains(&gib), "{gib}");
+        let want = if cfg!(feature = "onednn") {
+            6.3..7.3
+        } else {
+            12.0..13.0
+        };
+        assert!(want.contains(&gib), "{gib}");
     }
 }

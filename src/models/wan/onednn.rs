@@ -1,5 +1,6 @@
 //! The DiT's CPU linears through oneDNN's matmul primitive (cargo feature
-//! `onednn`, links the system `libdnnl`, 2.x C API): bf16 x bf16 with f32
+//! `onednn`, links `libdnnl`, 3.x C API; see `build.rs` for where it is
+//! found): bf16 x bf16 with f32
 //! accumulation on AMX / AVX512_BF16 where the CPU has them, f32 on AVX-512.
 //!
 //! The weights are used in place, as loaded: a `[N, K]` row-major matrix is
@@ -24,13 +25,6 @@ mod ffi {
     use std::ffi::c_void;
     pub type dnnl_status_t = i32;
     pub type handle = *mut c_void;
-    /// `dnnl_memory_desc_t` (696 bytes in 2.6) and `dnnl_matmul_desc_t`
-    /// (2,800 bytes) are plain structs the library fills in; they are only
-    /// passed by pointer here, so opaque buffers with room to spare do.
-    #[repr(C, align(16))]
-    pub struct MemDesc(pub [u8; 2048]);
-    #[repr(C, align(16))]
-    pub struct OpDesc(pub [u8; 8192]);
     #[repr(C)]
     pub struct ExecArg {
         pub arg: i32,
@@ -52,32 +46,28 @@ mod ffi {
         pub fn dnnl_stream_create(stream: *mut handle, engine: handle, flags: u32)
             -> dnnl_status_t;
         pub fn dnnl_stream_wait(stream: handle) -> dnnl_status_t;
-        pub fn dnnl_memory_desc_init_by_strides(
-            md: *mut MemDesc,
+        pub fn dnnl_memory_desc_create_with_strides(
+            md: *mut handle,
             ndims: i32,
             dims: *const i64,
             data_type: i32,
             strides: *const i64,
         ) -> dnnl_status_t;
-        pub fn dnnl_matmul_desc_init(
-            desc: *mut OpDesc,
-            src: *const MemDesc,
-            weights: *const MemDesc,
-            bias: *const MemDesc,
-            dst: *const MemDesc,
-        ) -> dnnl_status_t;
-        pub fn dnnl_primitive_desc_create(
+        pub fn dnnl_memory_desc_destroy(md: handle) -> dnnl_status_t;
+        pub fn dnnl_matmul_primitive_desc_create(
             pd: *mut handle,
-            op_desc: *const OpDesc,
-            attr: handle,
             engine: handle,
-            hint: handle,
+            src: handle,
+            weights: handle,
+            bias: handle,
+            dst: handle,
+            attr: handle,
         ) -> dnnl_status_t;
         pub fn dnnl_primitive_desc_destroy(pd: handle) -> dnnl_status_t;
         pub fn dnnl_primitive_create(p: *mut handle, pd: handle) -> dnnl_status_t;
         pub fn dnnl_memory_create(
             mem: *mut handle,
-            md: *const MemDesc,
+            md: handle,
             engine: handle,
             data: *mut c_void,
         ) -> dnnl_status_t;
@@ -179,19 +169,31 @@ unsafe impl Send for State {}
 
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 
-fn md(dims: &[i64], strides: &[i64], dt: i32) -> Result<Box<ffi::MemDesc>> {
-    let mut d = Box::new(ffi::MemDesc([0; 2048]));
+/// A memory descriptor (opaque in the 3.x API), destroyed on drop.
+struct Md(ffi::handle);
+
+impl Drop for Md {
+    fn drop(&mut self) {
+        // SAFETY: made by `md`, destroyed once; primitives and memories
+        // built from it keep copies of their own.
+        unsafe { ffi::dnnl_memory_desc_destroy(self.0) };
+    }
+}
+
+fn md(dims: &[i64], strides: &[i64], dt: i32) -> Result<Md> {
+    let mut d = std::ptr::null_mut();
+    // SAFETY: dims and strides hold `dims.len()` values each.
     let s = unsafe {
-        ffi::dnnl_memory_desc_init_by_strides(
-            &mut *d,
+        ffi::dnnl_memory_desc_create_with_strides(
+            &mut d,
             dims.len() as i32,
             dims.as_ptr(),
             dt,
             strides.as_ptr(),
         )
     };
-    check("memory_desc_init", s)?;
-    Ok(d)
+    check("memory_desc_create", s)?;
+    Ok(Md(d))
 }
 
 impl State {
@@ -230,25 +232,22 @@ impl State {
             Some(b) => o(b)?,
             None => o(&key.dst)?,
         };
-        let mut op = Box::new(ffi::OpDesc([0; 8192]));
-        let bias_ptr: *const ffi::MemDesc = if key.bias.is_some() {
-            &*bias
+        let bias_md = if key.bias.is_some() {
+            bias.0
         } else {
-            std::ptr::null()
+            std::ptr::null_mut()
         };
         unsafe {
-            check(
-                "matmul_desc_init",
-                ffi::dnnl_matmul_desc_init(&mut *op, &*src, &*weights, bias_ptr, &*dst),
-            )?;
             let mut pd = std::ptr::null_mut();
             check(
-                "primitive_desc_create (matmul)",
-                ffi::dnnl_primitive_desc_create(
+                "matmul_primitive_desc_create",
+                ffi::dnnl_matmul_primitive_desc_create(
                     &mut pd,
-                    &*op,
-                    std::ptr::null_mut(),
                     self.engine,
+                    src.0,
+                    weights.0,
+                    bias_md,
+                    dst.0,
                     std::ptr::null_mut(),
                 ),
             )?;
@@ -256,11 +255,11 @@ impl State {
             let made = ffi::dnnl_primitive_create(&mut prim, pd);
             ffi::dnnl_primitive_desc_destroy(pd);
             check("primitive_create (matmul)", made)?;
-            let mem = |d: &ffi::MemDesc| -> Result<ffi::handle> {
+            let mem = |d: &Md| -> Result<ffi::handle> {
                 let mut h = std::ptr::null_mut();
                 check(
                     "memory_create",
-                    ffi::dnnl_memory_create(&mut h, d, self.engine, std::ptr::null_mut()),
+                    ffi::dnnl_memory_create(&mut h, d.0, self.engine, std::ptr::null_mut()),
                 )?;
                 Ok(h)
             };
@@ -447,6 +446,19 @@ pub fn linear_into(
 /// ([H, rows, Sk]), the least being one query row per head.
 const SCORE_BYTES: usize = 4 << 20;
 
+/// Query rows per step of [`attention`] for `h` heads over `nk` keys.
+fn chunk_rows(h: usize, nq: usize, nk: usize) -> usize {
+    (SCORE_BYTES / (4 * h * nk).max(1)).clamp(1, nq.max(1))
+}
+
+/// Bytes [`attention`] allocates besides its output ([B, Sq, H·d] in the
+/// operands' dtype of `a` bytes), for the activation formula: per chunk of
+/// rows, the f32 scores, P, the packed queries, the f32 O and the row sums.
+pub fn working_bytes(h: usize, nq: usize, nk: usize, head_dim: usize, a: usize) -> usize {
+    let rows = chunk_rows(h, nq, nk);
+    h * rows * (nk * (4 + a) + head_dim * (4 + a) + 4)
+}
+
 /// softmax(q kᵀ / sqrt(d)) v on oneDNN's batched matmul, all heads in one
 /// call; q [B, H, Sq, d], k/v [B, H, Sk, d] of one dtype (f32 or bf16, CPU,
 /// contiguous). Returns [B, Sq, H * d] in q's dtype, or `None` for other
@@ -475,7 +487,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-    let rows = (SCORE_BYTES / (4 * h * sk)).clamp(1, sq);
+    let rows = chunk_rows(h, sq, sk);
     let scale = 1.0 / (d as f32).sqrt();
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
@@ -492,14 +504,23 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
             let mut out: Vec<$t> = vec![<$t>::default(); b * sq * h * d];
             let mut scores = vec![0f32; h * rows * sk];
             let mut p: Vec<$t> = vec![<$t>::default(); h * rows * sk];
-            let mut o: Vec<$t> = vec![<$t>::default(); h * rows * d];
+            let mut o: Vec<f32> = vec![0.0; h * rows * d];
+            let mut inv: Vec<f32> = vec![0.0; h * rows];
+            let mut qc: Vec<$t> = vec![<$t>::default(); h * rows * d];
             for bi in 0..b {
                 let mut r0 = 0;
                 while r0 < sq {
                     let n = rows.min(sq - r0);
+                    // Rows r0..r0+n of every head of q, packed: with a
+                    // head stride other than n*d (q read in place) oneDNN
+                    // 2.6 leaves its AMX kernel for a plain jit GEMM that
+                    // ran q kᵀ at a quarter of the speed of P v.
+                    for (hi, dst) in qc[..h * n * d].chunks_mut(n * d).enumerate() {
+                        let from = ((bi * h + hi) * sq + r0) * d;
+                        dst.copy_from_slice(&qv[from..from + n * d]);
+                    }
                     let qk = Key {
-                        // Rows r0..r0+n of every head of q.
-                        src: Operand::new(&[h, n, d], &[sq * d, d, 1], dt),
+                        src: Operand::new(&[h, n, d], &[n * d, d, 1], dt),
                         // Each head's k [sk, d] read as kᵀ [d, sk].
                         weights: Operand::new(&[h, d, sk], &[sk * d, 1, d], dt),
                         bias: None,
@@ -509,36 +530,30 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
                         src: Operand::new(&[h, n, sk], &[n * sk, sk, 1], dt),
                         weights: Operand::new(&[h, sk, d], &[sk * d, d, 1], dt),
                         bias: None,
-                        dst: Operand::new(&[h, n, d], &[n * d, d, 1], dt),
+                        dst: Operand::new(&[h, n, d], &[n * d, d, 1], ffi::F32),
                     };
-                    let (qoff, kvoff) = ((bi * h * sq + r0) * d, bi * h * sk * d);
-                    // SAFETY: from `qoff` the q operand reaches head h-1's
-                    // row r0+n-1 (within batch bi), k/v from `kvoff` hold the
+                    let kvoff = bi * h * sk * d;
+                    // SAFETY: the packed q chunk holds h*n*d elements, k/v from `kvoff` hold the
                     // batch's h*sk*d elements, and the scores, P and O
                     // buffers hold h*rows*sk >= h*n*sk (O: h*rows*d) elements.
                     unsafe {
                         exec(
                             &qk,
-                            qv.as_ptr().add(qoff) as *const c_void,
+                            qc.as_ptr() as *const c_void,
                             kv.as_ptr().add(kvoff) as *const c_void,
                             std::ptr::null(),
                             scores.as_mut_ptr() as *mut c_void,
                         )?;
                     }
+                    // P = exp(scale (s - max)) unnormalised, in one pass
+                    // from the f32 scores; each row's 1 / sum scales O
+                    // below, where it is rounded once.
                     scores[..h * n * sk]
-                        .par_chunks_mut(sk)
+                        .par_chunks(sk)
                         .zip(p[..h * n * sk].par_chunks_mut(sk))
-                        .for_each(|(srow, prow)| {
-                            let mut lanes = [f32::NEG_INFINITY; 16];
-                            for c in srow.chunks_mut(16) {
-                                for (l, x) in lanes.iter_mut().zip(c.iter_mut()) {
-                                    *x *= scale;
-                                    *l = if *x > *l { *x } else { *l };
-                                }
-                            }
-                            let m = lanes.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-                            let inv = 1.0 / super::expf::exp_sub_sum(srow, m);
-                            $to(srow, inv, prow);
+                        .zip(inv[..h * n].par_iter_mut())
+                        .for_each(|((srow, prow), inv)| {
+                            *inv = 1.0 / numerators(srow, scale, row_max(srow), prow);
                         });
                     // SAFETY: as above; O is written in full before `exec`
                     // returns.
@@ -555,7 +570,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
                     let dst = &mut out[(bi * sq + r0) * h * d..(bi * sq + r0 + n) * h * d];
                     dst.par_chunks_mut(h * d).enumerate().for_each(|(r, row)| {
                         for (hi, seg) in row.chunks_mut(d).enumerate() {
-                            seg.copy_from_slice(&o[(hi * n + r) * d..(hi * n + r + 1) * d]);
+                            let i = hi * n + r;
+                            $to(&o[i * d..(i + 1) * d], inv[i], seg);
                         }
                     });
                     r0 += n;
@@ -574,6 +590,86 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
         })
     };
     Ok(Some(o))
+}
+
+/// The largest of a row of scores (they hold no NaN).
+fn row_max(s: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    for c in s.chunks(16) {
+        for (l, &x) in lanes.iter_mut().zip(c) {
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    lanes.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+}
+
+/// Softmax numerators in the operand type of P v: f32, or bf16 rounded to
+/// nearest-even.
+trait Numerator: Copy {
+    fn from_f32(x: f32) -> Self;
+    const BF16: bool;
+}
+impl Numerator for f32 {
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    const BF16: bool = false;
+}
+impl Numerator for bf16 {
+    fn from_f32(x: f32) -> Self {
+        bf16::from_f32(x)
+    }
+    const BF16: bool = true;
+}
+
+/// p = exp(k (s - m)) for a row of scores `s` with maximum `m`; returns the
+/// sum of the numerators (before any rounding of `p`).
+fn numerators<T: Numerator>(s: &[f32], k: f32, m: f32, p: &mut [T]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the features were detected at run time; `T` is f32 or
+        // bf16 as `T::BF16` says (the only two implementations).
+        return unsafe { numerators_avx512(s, k, m, p.as_mut_ptr().cast(), p.len(), T::BF16) };
+    }
+    let mut total = 0.0;
+    for (o, &x) in p.iter_mut().zip(s) {
+        let e = super::expf::exp_poly(k * (x - m));
+        total += e;
+        *o = T::from_f32(e);
+    }
+    total
+}
+
+/// [`numerators`] 16 lanes at a time; `p` holds `len` f32 or bf16 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn numerators_avx512(s: &[f32], k: f32, m: f32, p: *mut u8, len: usize, bf: bool) -> f32 {
+    use std::arch::x86_64::*;
+    let n = s.len().min(len);
+    let (kv, km) = (_mm512_set1_ps(k), _mm512_set1_ps(k * m));
+    let (bias, one) = (_mm512_set1_epi32(0x7FFF), _mm512_set1_epi32(1));
+    let mut sum = _mm512_setzero_ps();
+    let mut i = 0;
+    while i < n {
+        let lanes = (n - i).min(16);
+        let mask: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
+        // SAFETY: the mask keeps loads and stores within the first n values.
+        unsafe {
+            let x = _mm512_maskz_loadu_ps(mask, s.as_ptr().add(i));
+            let e = _mm512_maskz_mov_ps(mask, super::expf::exp512(_mm512_fmsub_ps(x, kv, km)));
+            sum = _mm512_add_ps(sum, e);
+            if bf {
+                let b = _mm512_castps_si512(e);
+                let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), one);
+                let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(b, bias), lsb));
+                _mm512_mask_cvtepi32_storeu_epi16(p.cast::<i16>().add(i).cast(), mask, r);
+            } else {
+                _mm512_mask_storeu_ps(p.cast::<f32>().add(i), mask, e);
+            }
+        }
+        i += 16;
+    }
+    _mm512_reduce_add_ps(sum)
 }
 
 /// dst = bf16(src * k), rounded to nearest-even as `half` does for finite
