@@ -95,10 +95,22 @@ pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
 /// `modulate(layer_norm(x), shift, scale)` as one fused pass on the CPU
 /// (`super::fast::norm_affine`), candle's ops elsewhere; f32 out.
 pub fn norm_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f64) -> Result<Tensor> {
+    norm_modulate_as(x, shift, scale, eps, DType::F32)
+}
+
+/// [`norm_modulate`] with the result in `dtype`: on the CPU written in it
+/// directly, elsewhere computed in f32 and cast.
+pub fn norm_modulate_as(
+    x: &Tensor,
+    shift: &Tensor,
+    scale: &Tensor,
+    eps: f64,
+    dtype: DType,
+) -> Result<Tensor> {
     let mul = (scale + 1.0)?;
-    match super::fast::norm_affine(x, &mul, shift, eps)? {
+    match super::fast::norm_affine_as(x, &mul, shift, eps, dtype)? {
         Some(y) => Ok(y),
-        None => modulate(&layer_norm(x, eps)?, shift, scale),
+        None => super::fast::cast(&modulate(&layer_norm(x, eps)?, shift, scale)?, dtype),
     }
 }
 
@@ -242,7 +254,7 @@ impl WanBlock {
         let (shift_ffn, scale_ffn, gate_ffn) = (chunk(3)?, chunk(4)?, chunk(5)?);
         let norm_mod = |x: &Tensor, shift: &Tensor, scale: &Tensor| {
             span("norm+modulate", || {
-                super::fast::cast(&norm_modulate(x, shift, scale, self.eps)?, dtype)
+                norm_modulate_as(x, shift, scale, self.eps, dtype)
             })
         };
         let residual = |x: &Tensor, y: &Tensor, g: Option<&Tensor>| {
@@ -259,18 +271,21 @@ impl WanBlock {
         };
         let x2 = {
             let y = span("norm+modulate", || {
-                let y = match super::fast::norm_affine(
+                match super::fast::norm_affine_as(
                     &x1,
                     &self.norm3_weight,
                     &self.norm3_bias,
                     self.eps,
+                    dtype,
                 )? {
-                    Some(y) => y,
-                    None => layer_norm(&x1, self.eps)?
-                        .broadcast_mul(&self.norm3_weight)?
-                        .broadcast_add(&self.norm3_bias)?,
-                };
-                super::fast::cast(&y, dtype)
+                    Some(y) => Ok(y),
+                    None => super::fast::cast(
+                        &layer_norm(&x1, self.eps)?
+                            .broadcast_mul(&self.norm3_weight)?
+                            .broadcast_add(&self.norm3_bias)?,
+                        dtype,
+                    ),
+                }
             })?;
             let c = self.cross_attn.forward(&y, &p.context, None)?;
             drop(y);

@@ -252,6 +252,21 @@ fn dot_bf16_generic(w: &[bf16], x: &[f32]) -> f32 {
 /// [B, 1, dim] or [B, S, dim]. Returns f32 [B, S, dim], or `None` where the
 /// shapes or device do not fit (the caller then takes candle's ops).
 pub fn norm_affine(x: &Tensor, mul: &Tensor, add: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    norm_affine_as(x, mul, add, eps, DType::F32)
+}
+
+/// [`norm_affine`] with the result in `dtype` (f32 or bf16), rounded once
+/// per row as it is written: no f32 tensor and no second pass for bf16.
+pub fn norm_affine_as(
+    x: &Tensor,
+    mul: &Tensor,
+    add: &Tensor,
+    eps: f64,
+    dtype: DType,
+) -> Result<Option<Tensor>> {
+    if !matches!(dtype, DType::F32 | DType::BF16) {
+        return Ok(None);
+    }
     let Ok((b, s, dim)) = x.dims3() else {
         return Ok(None);
     };
@@ -275,18 +290,38 @@ pub fn norm_affine(x: &Tensor, mul: &Tensor, add: &Tensor, eps: f64) -> Result<O
         let Some((o0, o1)) = l.contiguous_offsets() else {
             return Ok(None);
         };
-        let mut out = vec![0f32; b * s * dim];
         let row_of = |r: usize, rows: usize| if rows == b * s { r } else { r / s };
+        let norm = |r: usize, o: &mut [f32]| {
+            norm_row(
+                o,
+                eps,
+                &mv[row_of(r, mr) * dim..][..dim],
+                &av[row_of(r, ar) * dim..][..dim],
+            )
+        };
+        let mut out = vec![0f32; if dtype == DType::F32 { b * s * dim } else { 0 }];
+        let mut out16 = vec![bf16::ZERO; if dtype == DType::BF16 { b * s * dim } else { 0 }];
         let mut run = |src: &(dyn Fn(usize, &mut [f32]) + Sync)| {
-            out.par_chunks_mut(dim).enumerate().for_each(|(r, o)| {
-                src(r, o);
-                norm_row(
-                    o,
-                    eps,
-                    &mv[row_of(r, mr) * dim..][..dim],
-                    &av[row_of(r, ar) * dim..][..dim],
-                );
-            });
+            if dtype == DType::F32 {
+                out.par_chunks_mut(dim).enumerate().for_each(|(r, o)| {
+                    src(r, o);
+                    norm(r, o);
+                });
+            } else {
+                out16
+                    .par_chunks_mut(dim)
+                    .enumerate()
+                    .for_each_init(
+                        || vec![0f32; dim],
+                        |row, (r, o)| {
+                            src(r, row);
+                            norm(r, row);
+                            for (o, &v) in o.iter_mut().zip(row.iter()) {
+                                *o = to_bf16(v);
+                            }
+                        },
+                    );
+            }
         };
         match &*st {
             Storage::Cpu(CpuStorage::F32(v)) => {
@@ -303,9 +338,13 @@ pub fn norm_affine(x: &Tensor, mul: &Tensor, add: &Tensor, eps: f64) -> Result<O
             }
             _ => return Ok(None),
         }
-        out
+        (out, out16)
     };
-    Ok(Some(Tensor::from_vec(out, (b, s, dim), x.device())?))
+    Ok(Some(if dtype == DType::F32 {
+        Tensor::from_vec(out.0, (b, s, dim), x.device())?
+    } else {
+        Tensor::from_vec(out.1, (b, s, dim), x.device())?
+    }))
 }
 
 /// One row in place: (x - mean) / sqrt(var + eps) * mul + add.

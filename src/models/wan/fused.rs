@@ -121,6 +121,61 @@ impl<T> OutPtr<T> {
     }
 }
 
+/// One row: RMSNorm (f32 sum of squares, times `w`), then each head of
+/// `hd` values rotated by the row's (cos, sin) pairs when given. Dispatches
+/// to an AVX-512 build of the same steps where the CPU has it.
+fn norm_rope_row(x: &mut [f32], w: &[f32], eps: f32, rot: Option<(&[f32], &[f32])>, hd: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was detected at run time.
+        return unsafe { norm_rope_row_avx512(x, w, eps, rot, hd) };
+    }
+    norm_rope_row_generic(x, w, eps, rot, hd)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn norm_rope_row_avx512(
+    x: &mut [f32],
+    w: &[f32],
+    eps: f32,
+    rot: Option<(&[f32], &[f32])>,
+    hd: usize,
+) {
+    norm_rope_row_generic(x, w, eps, rot, hd)
+}
+
+#[inline(always)]
+fn norm_rope_row_generic(
+    x: &mut [f32],
+    w: &[f32],
+    eps: f32,
+    rot: Option<(&[f32], &[f32])>,
+    hd: usize,
+) {
+    // 16 partial sums, so the reduction vectorises.
+    let mut lanes = [0f32; 16];
+    for c in x.chunks(16) {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l += v * v;
+        }
+    }
+    let sum2: f32 = lanes.iter().sum();
+    let inv = 1.0 / (sum2 / x.len() as f32 + eps).sqrt();
+    for (v, w) in x.iter_mut().zip(w) {
+        *v = *v * inv * w;
+    }
+    if let Some((c, sn)) = rot {
+        for h in x.chunks_exact_mut(hd) {
+            for ((p, &c), &sn) in h.chunks_exact_mut(2).zip(c).zip(sn) {
+                let (a, b) = (p[0], p[1]);
+                p[0] = a * c - b * sn;
+                p[1] = a * sn + b * c;
+            }
+        }
+    }
+}
+
 /// RMSNorm of each row of t [B, S, dim] (f32 sums, `weight` f32 [dim]),
 /// split into `heads` heads, rotated by `rope` (pairs (2i, 2i+1), table
 /// [S, head_dim / 2]) when given, returned as [B, heads, S, head_dim] in
@@ -156,22 +211,11 @@ pub fn qk_heads(
     let eps = eps as f32;
     // One row (b, s) in f32 -> normalised, rotated, written per head.
     let row = |r: usize, x: &mut [f32], write: &dyn Fn(usize, &[f32])| {
-        let sum2: f32 = x.iter().map(|v| v * v).sum();
-        let m = (sum2 / dim as f32 + eps).sqrt();
-        for (v, w) in x.iter_mut().zip(&w) {
-            *v = *v / m * w;
-        }
         let si = r % s;
-        if let Some((cos, sin)) = &table {
-            let (c, sn) = (&cos[si * hd / 2..][..hd / 2], &sin[si * hd / 2..][..hd / 2]);
-            for h in x.chunks_mut(hd) {
-                for i in 0..hd / 2 {
-                    let (a, bb) = (h[2 * i], h[2 * i + 1]);
-                    h[2 * i] = a * c[i] - bb * sn[i];
-                    h[2 * i + 1] = a * sn[i] + bb * c[i];
-                }
-            }
-        }
+        let rot = table
+            .as_ref()
+            .map(|(cos, sin)| (&cos[si * hd / 2..][..hd / 2], &sin[si * hd / 2..][..hd / 2]));
+        norm_rope_row(x, &w, eps, rot, hd);
         let bi = r / s;
         for h in 0..heads {
             write(((bi * heads + h) * s + si) * hd, &x[h * hd..(h + 1) * hd]);

@@ -17,7 +17,7 @@
 //!      + 4·N·d                  (the RoPE cos/sin tables, f32)
 //!      + L·D·a + 13·T·D·4       (embedded text; time embeddings, T = 1 or N)
 //! phases, in units of N·D bytes unless marked:
-//!   norm + modulate           4 + [a≠4]a   (one fused pass, f32 out, then cast)
+//!   norm + modulate           4 + [a≠4]a   (f32 out, then cast; CPU: a, one fused pass)
 //!   self-attn q / k           a + Hq,  2a + Hq    Hq = max([a≠m]m + 2m, a + 8)
 //!   self-attn (CPU, fused)    4a + 4 + 3[a≠4]·4   + W(N)
 //!   cross-attn (CPU, fused)   3a + 4 + [a≠4]·4    + W(N) + 2·L·D·(a + [a≠4]·4) bytes
@@ -147,7 +147,12 @@ pub fn activation_peak_bytes_on(
     };
     let ratio = f / d;
     let phases = [
-        (4.0 + copy_a4) * nd,
+        // The CPU writes the modulated norm in the activation dtype directly.
+        if device.is_cpu() {
+            a * nd
+        } else {
+            (4.0 + copy_a4) * nd
+        },
         (2.0 * a + heads) * nd,
         self_attn,
         cross_attn,

@@ -594,6 +594,23 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
 
 /// The largest of a row of scores (they hold no NaN).
 fn row_max(s: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the feature was detected at run time.
+        return unsafe { row_max_avx512(s) };
+    }
+    row_max_lanes(s)
+}
+
+/// [`row_max_lanes`] compiled for AVX-512 (16 lanes in one register).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_max_avx512(s: &[f32]) -> f32 {
+    row_max_lanes(s)
+}
+
+#[inline(always)]
+fn row_max_lanes(s: &[f32]) -> f32 {
     let mut lanes = [f32::NEG_INFINITY; 16];
     for c in s.chunks(16) {
         for (l, &x) in lanes.iter_mut().zip(c) {
