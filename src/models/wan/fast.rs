@@ -308,19 +308,16 @@ pub fn norm_affine_as(
                     norm(r, o);
                 });
             } else {
-                out16
-                    .par_chunks_mut(dim)
-                    .enumerate()
-                    .for_each_init(
-                        || vec![0f32; dim],
-                        |row, (r, o)| {
-                            src(r, row);
-                            norm(r, row);
-                            for (o, &v) in o.iter_mut().zip(row.iter()) {
-                                *o = to_bf16(v);
-                            }
-                        },
-                    );
+                out16.par_chunks_mut(dim).enumerate().for_each_init(
+                    || vec![0f32; dim],
+                    |row, (r, o)| {
+                        src(r, row);
+                        norm(r, row);
+                        for (o, &v) in o.iter_mut().zip(row.iter()) {
+                            *o = to_bf16(v);
+                        }
+                    },
+                );
             }
         };
         match &*st {

@@ -451,6 +451,17 @@ fn chunk_rows(h: usize, nq: usize, nk: usize) -> usize {
     (SCORE_BYTES / (4 * h * nk).max(1)).clamp(1, nq.max(1))
 }
 
+/// Fewer query rows per step than this and [`attention`] declines: its
+/// products get too thin for the AMX tiles, and the fused kernel (key
+/// tiles, no per-step scores over all keys) is faster. That is the case
+/// for long sequences (a 14B expert at 720p: 40 heads over 75,600 keys).
+const MIN_ROWS: usize = 32;
+
+/// Whether [`attention`] takes `h` heads of `nq` queries over `nk` keys.
+pub fn takes(h: usize, nq: usize, nk: usize) -> bool {
+    chunk_rows(h, nq, nk) >= MIN_ROWS.min(nq)
+}
+
 /// Bytes [`attention`] allocates besides its output ([B, Sq, H·d] in the
 /// operands' dtype of `a` bytes), for the activation formula: per chunk of
 /// rows, the f32 scores, P, the packed queries, the f32 O and the row sums.
@@ -484,6 +495,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
     let (b, h, sq, d) = q.dims4()?;
     let sk = k.dim(2)?;
     if k.dims() != [b, h, sk, d] || v.dims() != [b, h, sk, d] || sq == 0 || sk == 0 || d == 0 {
+        return Ok(None);
+    }
+    if !takes(h, sq, sk) {
         return Ok(None);
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
