@@ -221,7 +221,7 @@ pub fn map_vec<T: Pod>(
 ) -> std::io::Result<Option<Vec<T>>> {
     use std::os::fd::AsRawFd;
     let size = n * std::mem::size_of::<T>();
-    if !enabled() || n == 0 || offset % std::mem::align_of::<T>() as u64 != 0 {
+    if !enabled() || n == 0 || !offset.is_multiple_of(std::mem::align_of::<T>() as u64) {
         return Ok(None);
     }
     let page = page_size() as u64;

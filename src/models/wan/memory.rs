@@ -115,31 +115,18 @@ pub fn activation_peak_bytes_on(
     let heads = r(cvt_m + 2.0 * m).max(a + 8.0);
     // On the CPU attention is the fused kernel: f32 views of q, k and v
     // (copies when a != 4), its f32 output and per-thread tiles, no scores.
-    // With oneDNN: q, k and v as they are (one made contiguous in
-    // self-attention), the output in their dtype, and the kernel's chunk
-    // buffers (`onednn::working_bytes`).
-    #[cfg(feature = "onednn")]
-    let onednn_attn = if onednn {
-        let work = |nk: usize| {
-            let (hd, ai) = (cfg.head_dim(), a as usize);
-            super::onednn::working_bytes(cfg.num_heads, tokens, nk, hd, ai) as f64
-        };
-        let takes = |nk: usize| super::onednn::takes(cfg.num_heads, tokens, nk);
-        Some((
-            takes(tokens).then(|| 6.0 * a * nd + work(tokens)),
-            takes(text_tokens).then(|| 4.0 * a * nd + 2.0 * l * d * a + work(text_tokens)),
-        ))
+    let (onednn_self, onednn_cross) = if onednn {
+        onednn_attention_bytes(cfg, tokens, text_tokens, a)
     } else {
-        None
+        (None, None)
     };
-    #[cfg(not(feature = "onednn"))]
-    let onednn_attn: Option<(Option<f64>, Option<f64>)> = None;
     let (self_attn, cross_attn) = if device.is_cpu() {
         let tiles = |nq: usize| working_bytes(cfg.num_heads, nq, cfg.head_dim()) as f64;
-        let (s, c) = onednn_attn.unwrap_or((None, None));
         (
-            s.unwrap_or((4.0 * a + 4.0 + 3.0 * cvt_4) * nd + tiles(tokens)),
-            c.unwrap_or((3.0 * a + 4.0 + cvt_4) * nd + 2.0 * l * d * (a + cvt_4) + tiles(tokens)),
+            onednn_self.unwrap_or((4.0 * a + 4.0 + 3.0 * cvt_4) * nd + tiles(tokens)),
+            onednn_cross.unwrap_or(
+                (3.0 * a + 4.0 + cvt_4) * nd + 2.0 * l * d * (a + cvt_4) + tiles(tokens),
+            ),
         )
     } else {
         (
@@ -172,6 +159,37 @@ pub fn activation_peak_bytes_on(
     ];
     let peak = base + phases.into_iter().fold(0.0, f64::max);
     peak.ceil() as u64
+}
+
+/// Self- and cross-attention bytes with the `onednn` feature, each `None`
+/// where oneDNN declines (see `onednn::takes`) and the fused kernel runs:
+/// q, k and v as they are (one made contiguous in self-attention), the
+/// output in their dtype, and the kernel's chunk buffers
+/// (`onednn::working_bytes`).
+#[cfg(feature = "onednn")]
+fn onednn_attention_bytes(
+    cfg: &WanConfig,
+    tokens: usize,
+    text_tokens: usize,
+    a: f64,
+) -> (Option<f64>, Option<f64>) {
+    let nd = tokens as f64 * cfg.dim as f64;
+    let l = text_tokens as f64;
+    let work = |nk: usize| {
+        let (hd, ai) = (cfg.head_dim(), a as usize);
+        super::onednn::working_bytes(cfg.num_heads, tokens, nk, hd, ai) as f64
+    };
+    let takes = |nk: usize| super::onednn::takes(cfg.num_heads, tokens, nk);
+    (
+        takes(tokens).then(|| 6.0 * a * nd + work(tokens)),
+        takes(text_tokens).then(|| 4.0 * a * nd + 2.0 * l * cfg.dim as f64 * a + work(text_tokens)),
+    )
+}
+
+/// Without the `onednn` feature the fused kernel always runs.
+#[cfg(not(feature = "onednn"))]
+fn onednn_attention_bytes(_: &WanConfig, _: usize, _: usize, _: f64) -> (Option<f64>, Option<f64>) {
+    (None, None)
 }
 
 /// The stem's prepare: patches, the patch embedding, and (per-token
