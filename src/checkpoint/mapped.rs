@@ -224,6 +224,13 @@ pub fn map_vec<T: Pod>(
     if !enabled() || n == 0 || !offset.is_multiple_of(std::mem::align_of::<T>() as u64) {
         return Ok(None);
     }
+    // A range past the end would map, then fault with SIGBUS on first read.
+    if offset + size as u64 > file.metadata()?.len() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the file ends before this tensor's end",
+        ));
+    }
     let page = page_size() as u64;
     let file_start = offset / page * page;
     let delta = (offset - file_start) as usize;
@@ -283,7 +290,8 @@ pub fn map_vec<T: Pod>(
 /// Enters the file's pages of `[addr, addr + len)` in the page table, read
 /// only, so they count in RSS at once and the first reads do not fault.
 /// Split between threads for large tensors. A kernel before 5.14 has no
-/// `MADV_POPULATE_READ`; then pages come in on first touch instead.
+/// `MADV_POPULATE_READ`; there one byte of each page is read instead (the
+/// caller has checked the range lies within the file).
 fn populate(addr: usize, len: usize) -> std::io::Result<()> {
     const MADV_POPULATE_READ: libc::c_int = 22;
     const PARALLEL: usize = 64 << 20;
@@ -299,7 +307,14 @@ fn populate(addr: usize, len: usize) -> std::io::Result<()> {
         }
         let e = std::io::Error::last_os_error();
         match e.raw_os_error() {
-            Some(libc::EINVAL) => Ok(()),
+            Some(libc::EINVAL) => {
+                for p in (start..end).step_by(page) {
+                    // SAFETY: a readable page of a live mapping of ours,
+                    // backed by the file (checked by the caller).
+                    unsafe { std::ptr::read_volatile(p as *const u8) };
+                }
+                Ok(())
+            }
             Some(libc::EFAULT) => Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "the file ends before this tensor's end",

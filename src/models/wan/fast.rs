@@ -83,8 +83,25 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
         let (s, l) = x.storage_and_layout();
         match (&*s, l.contiguous_offsets()) {
             (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) => {
-                let mut out = v[a..b].to_vec();
-                out.par_chunks_mut(CHUNK).for_each(gelu_slice);
+                // Copied and computed chunk by chunk on the pool: one pass,
+                // no zero-fill and no serial copy first.
+                let src = &v[a..b];
+                let mut out: Vec<f32> = Vec::with_capacity(src.len());
+                out.spare_capacity_mut()
+                    .par_chunks_mut(CHUNK)
+                    .zip(src.par_chunks(CHUNK))
+                    .for_each(|(o, i)| {
+                        for (o, i) in o.iter_mut().zip(i) {
+                            o.write(*i);
+                        }
+                        // SAFETY: every element of `o` was just written.
+                        let o = unsafe {
+                            std::slice::from_raw_parts_mut(o.as_mut_ptr().cast::<f32>(), o.len())
+                        };
+                        gelu_slice(o);
+                    });
+                // SAFETY: the chunks cover all `src.len()` elements, each written.
+                unsafe { out.set_len(src.len()) };
                 Some(Tensor::from_vec(out, x.shape().clone(), x.device()))
             }
             (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => {

@@ -467,7 +467,9 @@ pub fn takes(h: usize, nq: usize, nk: usize) -> bool {
 /// rows, the f32 scores, P, the packed queries, the f32 O and the row sums.
 pub fn working_bytes(h: usize, nq: usize, nk: usize, head_dim: usize, a: usize) -> usize {
     let rows = chunk_rows(h, nq, nk);
-    h * rows * (nk * (4 + a) + head_dim * (4 + a) + 4)
+    // f32 numerators overwrite the scores; bf16 ones go to their own P.
+    let p = if a == 4 { 0 } else { a };
+    h * rows * (nk * (4 + p) + head_dim * (4 + a) + 4)
 }
 
 /// softmax(q kᵀ / sqrt(d)) v on oneDNN's batched matmul, all heads in one
@@ -502,6 +504,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
     }
     let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
     let rows = chunk_rows(h, sq, sk);
+    let in_place = dtype == DType::F32;
     let scale = 1.0 / (d as f32).sqrt();
     let (qs, ql) = q.storage_and_layout();
     let (ks, kl) = k.storage_and_layout();
@@ -517,7 +520,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
             };
             let mut out: Vec<$t> = vec![<$t>::default(); b * sq * h * d];
             let mut scores = vec![0f32; h * rows * sk];
-            let mut p: Vec<$t> = vec![<$t>::default(); h * rows * sk];
+            let mut p: Vec<$t> = vec![<$t>::default(); if in_place { 0 } else { h * rows * sk }];
             let mut o: Vec<f32> = vec![0.0; h * rows * d];
             let mut inv: Vec<f32> = vec![0.0; h * rows];
             let mut qc: Vec<$t> = vec![<$t>::default(); h * rows * d];
@@ -562,19 +565,36 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
                     // P = exp(scale (s - max)) unnormalised, in one pass
                     // from the f32 scores; each row's 1 / sum scales O
                     // below, where it is rounded once.
-                    scores[..h * n * sk]
-                        .par_chunks(sk)
-                        .zip(p[..h * n * sk].par_chunks_mut(sk))
-                        .zip(inv[..h * n].par_iter_mut())
-                        .for_each(|((srow, prow), inv)| {
-                            *inv = 1.0 / numerators(srow, scale, row_max(srow), prow);
-                        });
+                    // In f32 they overwrite the scores (half the memory
+                    // traffic), in bf16 they go to P.
+                    if in_place {
+                        scores[..h * n * sk]
+                            .par_chunks_mut(sk)
+                            .zip(inv[..h * n].par_iter_mut())
+                            .for_each(|(srow, inv)| {
+                                let m = row_max(srow);
+                                *inv = 1.0 / numerators_in_place(srow, scale, m);
+                            });
+                    } else {
+                        scores[..h * n * sk]
+                            .par_chunks(sk)
+                            .zip(p[..h * n * sk].par_chunks_mut(sk))
+                            .zip(inv[..h * n].par_iter_mut())
+                            .for_each(|((srow, prow), inv)| {
+                                *inv = 1.0 / numerators(srow, scale, row_max(srow), prow);
+                            });
+                    }
+                    let p_src = if in_place {
+                        scores.as_ptr() as *const c_void
+                    } else {
+                        p.as_ptr() as *const c_void
+                    };
                     // SAFETY: as above; O is written in full before `exec`
                     // returns.
                     unsafe {
                         exec(
                             &pv,
-                            p.as_ptr() as *const c_void,
+                            p_src,
                             vv.as_ptr().add(kvoff) as *const c_void,
                             std::ptr::null(),
                             o.as_mut_ptr() as *mut c_void,
@@ -660,7 +680,16 @@ fn numerators<T: Numerator>(s: &[f32], k: f32, m: f32, p: &mut [T]) -> f32 {
     if std::arch::is_x86_feature_detected!("avx512bw") {
         // SAFETY: the features were detected at run time; `T` is f32 or
         // bf16 as `T::BF16` says (the only two implementations).
-        return unsafe { numerators_avx512(s, k, m, p.as_mut_ptr().cast(), p.len(), T::BF16) };
+        return unsafe {
+            numerators_avx512(
+                s.as_ptr(),
+                s.len().min(p.len()),
+                k,
+                m,
+                p.as_mut_ptr().cast(),
+                T::BF16,
+            )
+        };
     }
     let mut total = 0.0;
     for (o, &x) in p.iter_mut().zip(s) {
@@ -671,12 +700,33 @@ fn numerators<T: Numerator>(s: &[f32], k: f32, m: f32, p: &mut [T]) -> f32 {
     total
 }
 
-/// [`numerators`] 16 lanes at a time; `p` holds `len` f32 or bf16 values.
+/// [`numerators`] over f32 scores in place: `s` becomes exp(k (s - m)).
+fn numerators_in_place(s: &mut [f32], k: f32, m: f32) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the features were detected at run time; each lane group
+        // is read before the same lanes are written.
+        return unsafe {
+            numerators_avx512(s.as_ptr(), s.len(), k, m, s.as_mut_ptr().cast(), false)
+        };
+    }
+    let mut total = 0.0;
+    for x in s.iter_mut() {
+        *x = super::expf::exp_poly(k * (*x - m));
+        total += *x;
+    }
+    total
+}
+
+/// [`numerators`] 16 lanes at a time: `n` scores from `s`, written to `p`
+/// as f32 or bf16 (`bf`); `p` may be `s` itself in f32.
+///
+/// # Safety
+/// `s` must hold `n` readable f32 and `p` room for `n` values of its type.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn numerators_avx512(s: &[f32], k: f32, m: f32, p: *mut u8, len: usize, bf: bool) -> f32 {
+unsafe fn numerators_avx512(s: *const f32, n: usize, k: f32, m: f32, p: *mut u8, bf: bool) -> f32 {
     use std::arch::x86_64::*;
-    let n = s.len().min(len);
     let (kv, km) = (_mm512_set1_ps(k), _mm512_set1_ps(k * m));
     let (bias, one) = (_mm512_set1_epi32(0x7FFF), _mm512_set1_epi32(1));
     let mut sum = _mm512_setzero_ps();
@@ -686,7 +736,7 @@ unsafe fn numerators_avx512(s: &[f32], k: f32, m: f32, p: *mut u8, len: usize, b
         let mask: __mmask16 = if lanes == 16 { !0 } else { (1u16 << lanes) - 1 };
         // SAFETY: the mask keeps loads and stores within the first n values.
         unsafe {
-            let x = _mm512_maskz_loadu_ps(mask, s.as_ptr().add(i));
+            let x = _mm512_maskz_loadu_ps(mask, s.add(i));
             let e = _mm512_maskz_mov_ps(mask, super::expf::exp512(_mm512_fmsub_ps(x, kv, km)));
             sum = _mm512_add_ps(sum, e);
             if bf {
