@@ -75,26 +75,16 @@ fn mapped_loads_match_the_file_and_unmap_on_delete() {
     let src = CheckpointSource::open(&header, header.tensors.clone()).unwrap();
     let names: Vec<String> = src.entries().keys().cloned().collect();
     let dtypes = [DType::F32, DType::BF16];
-    let mapped_ts: Vec<Tensor> = names
-        .iter()
-        .flat_map(|k| {
-            dtypes
-                .iter()
-                .map(|&d| src.tensor(k, d, &Device::Cpu).unwrap())
-        })
-        .collect();
+    let every_tensor = || -> Vec<Tensor> {
+        let each = |k: &String| dtypes.map(|d| src.tensor(k, d, &Device::Cpu).unwrap());
+        names.iter().flat_map(each).collect()
+    };
+    let mapped_ts = every_tensor();
     assert!(mapped::mapped_bytes() > 0);
     // SAFETY: this binary's only test; nothing else reads the environment now.
     std::env::set_var("BATON_LOAD_COPY", "1");
     assert!(!mapped::enabled());
-    let copied: Vec<Tensor> = names
-        .iter()
-        .flat_map(|k| {
-            dtypes
-                .iter()
-                .map(|&d| src.tensor(k, d, &Device::Cpu).unwrap())
-        })
-        .collect();
+    let copied = every_tensor();
     std::env::remove_var("BATON_LOAD_COPY");
     for (a, b) in mapped_ts.iter().zip(&copied) {
         assert_eq!(a.dtype(), b.dtype());

@@ -120,7 +120,8 @@ impl Extents {
     }
 }
 
-fn page_size() -> usize {
+/// The kernel's page size (4 KiB where it cannot be read).
+pub(crate) fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
     let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     if p > 0 {

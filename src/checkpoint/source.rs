@@ -371,7 +371,7 @@ impl CheckpointSource {
     }
 }
 
-use super::mapped::Pod;
+use super::mapped::{page_size, Pod};
 
 /// Tensors at least this large are read by several threads.
 const PARALLEL_READ_BYTES: usize = 4 << 20;
@@ -530,16 +530,6 @@ fn populate(p: *mut u8, len: usize) {
     }
     #[cfg(not(target_os = "linux"))]
     let _ = (p, len);
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if p > 0 {
-        p as usize
-    } else {
-        4096
-    }
 }
 
 struct Backend(Arc<CheckpointSource>);
