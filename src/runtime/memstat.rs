@@ -43,16 +43,9 @@ pub fn total_ram() -> u64 {
         .map_or(16 << 30, |k| k * 1024)
 }
 
-/// Keeps freed activations for reuse and gives memory back at deletes.
-///
-/// A forward allocates and frees tensors of megabytes by the hundred. Served
-/// by mmap (glibc's choice above its threshold, which this once set to
-/// 64 KiB), each one cost the kernel's page faults and page clearing anew:
-/// a third of the umT5 encode's samples were in the kernel. So allocations
-/// up to 256 MiB come from the heap and stay there when freed (no trimming
-/// on free), and `trim`, which `delete_model` calls, hands every free page
-/// back: RSS returns after a delete as before. Weights kept in their file's
-/// dtype are file mappings (`checkpoint::mapped`), unmapped on free.
+/// Makes freed weights go back to the kernel. glibc keeps freed heap memory
+/// for reuse; allocations of 64 KiB and more are served by mmap instead (and so
+/// unmapped on free), and `trim` returns what small-chunk arenas still hold.
 pub fn configure_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
@@ -60,8 +53,7 @@ pub fn configure_allocator() {
         ONCE.call_once(|| {
             // SAFETY: mallopt only changes allocator tuning parameters.
             unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 10);
             }
         });
     }
