@@ -227,10 +227,7 @@ pub fn map_vec<T: Pod>(
     }
     // A range past the end would map, then fault with SIGBUS on first read.
     if offset + size as u64 > file.metadata()?.len() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            "the file ends before this tensor's end",
-        ));
+        return Err(ends_early());
     }
     let page = page_size() as u64;
     let file_start = offset / page * page;
@@ -316,30 +313,49 @@ fn populate(addr: usize, len: usize) -> std::io::Result<()> {
                 }
                 Ok(())
             }
-            Some(libc::EFAULT) => Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the file ends before this tensor's end",
-            )),
+            Some(libc::EFAULT) => Err(ends_early()),
             _ => Err(e),
         }
     };
-    let threads = if len >= PARALLEL {
+    in_page_parts(len, PARALLEL, |start, end| one(addr + start, addr + end))
+}
+
+/// The error for a tensor whose bytes run past the end of its file.
+fn ends_early() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::UnexpectedEof,
+        "the file ends before this tensor's end",
+    )
+}
+
+/// Runs `f(start, end)` over `[0, len)` cut into parts on page boundaries
+/// (so no page is touched by two threads), one per thread, up to four, when
+/// `len` is at least `parallel_from` bytes; else once over the whole range.
+/// The first error is returned, after every part has run.
+pub(crate) fn in_page_parts(
+    len: usize,
+    parallel_from: usize,
+    f: impl Fn(usize, usize) -> std::io::Result<()> + Sync,
+) -> std::io::Result<()> {
+    let threads = if len >= parallel_from {
         std::thread::available_parallelism()
             .map_or(1, |t| t.get())
             .min(4)
     } else {
         1
     };
-    let part = len.div_ceil(threads).next_multiple_of(page);
+    if threads == 1 {
+        return f(0, len);
+    }
+    let part = len.div_ceil(threads).next_multiple_of(page_size());
+    let run = |k: usize| f((k * part).min(len), ((k + 1) * part).min(len));
     std::thread::scope(|s| {
-        let rest: Vec<_> = (1..threads)
-            .map(|k| s.spawn(move || one(addr + k * part, (addr + (k + 1) * part).min(addr + len))))
-            .collect();
-        let first = one(addr, (addr + part).min(addr + len));
+        let rest: Vec<_> = (1..threads).map(|k| s.spawn(move || run(k))).collect();
+        let first = run(0);
         rest.into_iter()
             .map(|h| {
                 h.join()
-                    .unwrap_or_else(|_| Err(std::io::Error::other("a populate thread panicked")))
+                    .unwrap_or_else(|_| Err(std::io::Error::other("a load thread panicked")))
             })
             .fold(first, |acc, r| acc.and(r))
     })

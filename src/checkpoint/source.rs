@@ -204,13 +204,8 @@ impl CheckpointSource {
             ))
         };
         if cfg!(target_endian = "little") && e.bytes() == 2 * n {
-            let bits: Vec<u16> = if matches!(dtype, DType::BF16 | DType::F16) {
-                super::mapped::map_vec(file, e.start as u64, n).map_err(err)?
-            } else {
-                None
-            }
-            .map_or_else(|| read_fresh(file, e.start as u64, n), Ok)
-            .map_err(err)?;
+            let half = matches!(dtype, DType::BF16 | DType::F16);
+            let bits: Vec<u16> = load_vec(file, e.start as u64, n, half).map_err(err)?;
             return match dtype {
                 DType::BF16 => Tensor::from_vec(
                     half::vec::HalfBitsVecExt::reinterpret_into::<half::bf16>(bits),
@@ -233,10 +228,7 @@ impl CheckpointSource {
             };
         }
         if cfg!(target_endian = "little") && dtype == DType::F32 && e.bytes() == 4 * n {
-            let v: Vec<f32> = super::mapped::map_vec(file, e.start as u64, n)
-                .map_err(err)?
-                .map_or_else(|| read_fresh(file, e.start as u64, n), Ok)
-                .map_err(err)?;
+            let v: Vec<f32> = load_vec(file, e.start as u64, n, true).map_err(err)?;
             return Tensor::from_vec(v, e.shape.as_slice(), &Device::Cpu);
         }
         let bytes = &self.maps[e.file][e.start..e.end];
@@ -373,6 +365,22 @@ impl CheckpointSource {
 
 use super::mapped::{page_size, Pod};
 
+/// `n` values of `file` at `offset`: the file's own pages when `map` and
+/// mapping is possible (see `mapped::map_vec`), else a fresh read.
+fn load_vec<T: Pod>(
+    file: &std::fs::File,
+    offset: u64,
+    n: usize,
+    map: bool,
+) -> std::io::Result<Vec<T>> {
+    if map {
+        if let Some(v) = super::mapped::map_vec(file, offset, n)? {
+            return Ok(v);
+        }
+    }
+    read_fresh(file, offset, n)
+}
+
 /// Tensors at least this large are read by several threads.
 const PARALLEL_READ_BYTES: usize = 4 << 20;
 
@@ -395,20 +403,8 @@ fn read_fresh<T: Pod>(file: &std::fs::File, offset: u64, n: usize) -> std::io::R
     let len = n * std::mem::size_of::<T>();
     let base = v.as_mut_ptr().cast::<u8>();
     huge_pages(base, len);
-    let threads = if len >= PARALLEL_READ_BYTES {
-        std::thread::available_parallelism()
-            .map_or(1, |t| t.get())
-            .min(4)
-    } else {
-        1
-    };
-    // Parts on page boundaries, so no page is populated by two threads.
-    let page = page_size();
-    let part = len.div_ceil(threads).next_multiple_of(page);
     let addr = base as usize;
-    let read_part = |k: usize| -> std::io::Result<()> {
-        let start = (k * part).min(len);
-        let end = ((k + 1) * part).min(len);
+    super::mapped::in_page_parts(len, PARALLEL_READ_BYTES, |start, end| {
         // SAFETY: `[start, end)` lies in the buffer's spare capacity and
         // the parts are disjoint.
         unsafe {
@@ -419,24 +415,7 @@ fn read_fresh<T: Pod>(file: &std::fs::File, offset: u64, n: usize) -> std::io::R
                 end - start,
             )
         }
-    };
-    if threads == 1 {
-        read_part(0)?;
-    } else {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (1..threads)
-                .map(|k| s.spawn(move || read_part(k)))
-                .collect();
-            let first = read_part(0);
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(std::io::Error::other("a read thread panicked")))
-                })
-                .fold(first, |acc, r| acc.and(r))
-        })?;
-    }
+    })?;
     // SAFETY: all `len` bytes, hence all `n` values, were written, and
     // `T: Pod` makes any bytes a valid `T`.
     unsafe { v.set_len(n) };
