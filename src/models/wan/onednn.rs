@@ -1,7 +1,7 @@
 //! The DiT's CPU linears through oneDNN's matmul primitive (cargo feature
-//! `onednn`, links `libdnnl`, 3.x C API; see `build.rs` for where it is
-//! found): bf16 x bf16 with f32
-//! accumulation on AMX / AVX512_BF16 where the CPU has them, f32 on AVX-512.
+//! `onednn`, links `libdnnl`, 3.x C API; `build.rs` says where it is found):
+//! bf16 x bf16 with f32 accumulation on AMX / AVX512_BF16 where the CPU has
+//! them, f32 on AVX-512.
 //!
 //! The weights are used in place, as loaded: a `[N, K]` row-major matrix is
 //! handed to oneDNN as the `[K, N]` operand with strides `(1, K)`, so bf16
@@ -520,7 +520,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
             };
             let mut out: Vec<$t> = vec![<$t>::default(); b * sq * h * d];
             let mut scores = vec![0f32; h * rows * sk];
-            let mut p: Vec<$t> = vec![<$t>::default(); if in_place { 0 } else { h * rows * sk }];
+            // P in bf16 (f32 numerators overwrite the scores instead).
+            let mut p: Vec<bf16> = vec![bf16::ZERO; if in_place { 0 } else { h * rows * sk }];
             let mut o: Vec<f32> = vec![0.0; h * rows * d];
             let mut inv: Vec<f32> = vec![0.0; h * rows];
             let mut qc: Vec<$t> = vec![<$t>::default(); h * rows * d];
@@ -530,8 +531,8 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
                     let n = rows.min(sq - r0);
                     // Rows r0..r0+n of every head of q, packed: with a
                     // head stride other than n*d (q read in place) oneDNN
-                    // 2.6 leaves its AMX kernel for a plain jit GEMM that
-                    // ran q kᵀ at a quarter of the speed of P v.
+                    // left its AMX kernel for a plain jit GEMM that ran
+                    // q kᵀ at a quarter of the speed of P v (seen in 2.6).
                     for (hi, dst) in qc[..h * n * d].chunks_mut(n * d).enumerate() {
                         let from = ((bi * h + hi) * sq + r0) * d;
                         dst.copy_from_slice(&qv[from..from + n * d]);
@@ -563,10 +564,9 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
                         )?;
                     }
                     // P = exp(scale (s - max)) unnormalised, in one pass
-                    // from the f32 scores; each row's 1 / sum scales O
-                    // below, where it is rounded once.
-                    // In f32 they overwrite the scores (half the memory
-                    // traffic), in bf16 they go to P.
+                    // from the f32 scores: in f32 over the scores themselves
+                    // (half the memory traffic), in bf16 into P. Each row's
+                    // 1 / sum scales O below, where it is rounded once.
                     if in_place {
                         scores[..h * n * sk]
                             .par_chunks_mut(sk)
@@ -581,7 +581,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
                             .zip(p[..h * n * sk].par_chunks_mut(sk))
                             .zip(inv[..h * n].par_iter_mut())
                             .for_each(|((srow, prow), inv)| {
-                                *inv = 1.0 / numerators(srow, scale, row_max(srow), prow);
+                                *inv = 1.0 / numerators_bf16(srow, scale, row_max(srow), prow);
                             });
                     }
                     let p_src = if in_place {
@@ -654,32 +654,13 @@ fn row_max_lanes(s: &[f32]) -> f32 {
     lanes.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
 }
 
-/// Softmax numerators in the operand type of P v: f32, or bf16 rounded to
-/// nearest-even.
-trait Numerator: Copy {
-    fn from_f32(x: f32) -> Self;
-    const BF16: bool;
-}
-impl Numerator for f32 {
-    fn from_f32(x: f32) -> Self {
-        x
-    }
-    const BF16: bool = false;
-}
-impl Numerator for bf16 {
-    fn from_f32(x: f32) -> Self {
-        bf16::from_f32(x)
-    }
-    const BF16: bool = true;
-}
-
-/// p = exp(k (s - m)) for a row of scores `s` with maximum `m`; returns the
-/// sum of the numerators (before any rounding of `p`).
-fn numerators<T: Numerator>(s: &[f32], k: f32, m: f32, p: &mut [T]) -> f32 {
+/// p = bf16(exp(k (s - m))) for a row of f32 scores `s` with maximum `m`;
+/// returns the sum of the numerators before rounding.
+fn numerators_bf16(s: &[f32], k: f32, m: f32, p: &mut [bf16]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512bw") {
-        // SAFETY: the features were detected at run time; `T` is f32 or
-        // bf16 as `T::BF16` says (the only two implementations).
+        // SAFETY: the features were detected at run time; `p` holds at
+        // least the `n` bf16 written.
         return unsafe {
             numerators_avx512(
                 s.as_ptr(),
@@ -687,7 +668,7 @@ fn numerators<T: Numerator>(s: &[f32], k: f32, m: f32, p: &mut [T]) -> f32 {
                 k,
                 m,
                 p.as_mut_ptr().cast(),
-                T::BF16,
+                true,
             )
         };
     }
@@ -695,12 +676,12 @@ fn numerators<T: Numerator>(s: &[f32], k: f32, m: f32, p: &mut [T]) -> f32 {
     for (o, &x) in p.iter_mut().zip(s) {
         let e = super::expf::exp_poly(k * (x - m));
         total += e;
-        *o = T::from_f32(e);
+        *o = bf16::from_f32(e);
     }
     total
 }
 
-/// [`numerators`] over f32 scores in place: `s` becomes exp(k (s - m)).
+/// [`numerators_bf16`] over f32 scores in place: `s` becomes exp(k (s - m)).
 fn numerators_in_place(s: &mut [f32], k: f32, m: f32) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512bw") {
@@ -718,7 +699,7 @@ fn numerators_in_place(s: &mut [f32], k: f32, m: f32) -> f32 {
     total
 }
 
-/// [`numerators`] 16 lanes at a time: `n` scores from `s`, written to `p`
+/// The numerators 16 lanes at a time: `n` scores from `s`, written to `p`
 /// as f32 or bf16 (`bf`); `p` may be `s` itself in f32.
 ///
 /// # Safety
@@ -728,7 +709,6 @@ fn numerators_in_place(s: &mut [f32], k: f32, m: f32) -> f32 {
 unsafe fn numerators_avx512(s: *const f32, n: usize, k: f32, m: f32, p: *mut u8, bf: bool) -> f32 {
     use std::arch::x86_64::*;
     let (kv, km) = (_mm512_set1_ps(k), _mm512_set1_ps(k * m));
-    let (bias, one) = (_mm512_set1_epi32(0x7FFF), _mm512_set1_epi32(1));
     let mut sum = _mm512_setzero_ps();
     let mut i = 0;
     while i < n {
@@ -740,9 +720,7 @@ unsafe fn numerators_avx512(s: *const f32, n: usize, k: f32, m: f32, p: *mut u8,
             let e = _mm512_maskz_mov_ps(mask, super::expf::exp512(_mm512_fmsub_ps(x, kv, km)));
             sum = _mm512_add_ps(sum, e);
             if bf {
-                let b = _mm512_castps_si512(e);
-                let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), one);
-                let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(b, bias), lsb));
+                let r = bf16_bits_rne(e);
                 _mm512_mask_cvtepi32_storeu_epi16(p.cast::<i16>().add(i).cast(), mask, r);
             } else {
                 _mm512_mask_storeu_ps(p.cast::<f32>().add(i), mask, e);
@@ -773,21 +751,29 @@ unsafe fn scale_to_bf16_avx512(src: &[f32], k: f32, dst: &mut [half::bf16]) {
     use std::arch::x86_64::*;
     let n = src.len().min(dst.len());
     let kv = _mm512_set1_ps(k);
-    let (bias, one) = (_mm512_set1_epi32(0x7FFF), _mm512_set1_epi32(1));
     let mut i = 0;
     while i + 16 <= n {
         // SAFETY: i + 16 <= n elements of both slices; unaligned accesses.
         let x = unsafe { _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), kv) };
-        let b = _mm512_castps_si512(x);
-        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), one);
-        let r = _mm512_srli_epi32::<16>(_mm512_add_epi32(_mm512_add_epi32(b, bias), lsb));
-        let h = _mm512_cvtepi32_epi16(r);
+        let h = _mm512_cvtepi32_epi16(bf16_bits_rne(x));
         unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h) };
         i += 16;
     }
     for (o, x) in dst[i..n].iter_mut().zip(&src[i..n]) {
         *o = half::bf16::from_f32(x * k);
     }
+}
+
+/// The bf16 bits of 16 finite f32 lanes, rounded to nearest-even as `half`
+/// does, each in the low half of a 32-bit lane.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn bf16_bits_rne(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let b = _mm512_castps_si512(x);
+    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+    let biased = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb);
+    _mm512_srli_epi32::<16>(biased)
 }
 
 #[cfg(test)]
