@@ -271,20 +271,11 @@ mod tests {
     use candle_core::Device;
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-        let a = a
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        let b = b
-            .to_dtype(DType::F32)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let f32s = |t: &Tensor| {
+            let t = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+            t.to_vec1::<f32>().unwrap()
+        };
+        let (a, b) = (f32s(a), f32s(b));
         assert_eq!(a.len(), b.len());
         a.iter()
             .zip(&b)

@@ -45,10 +45,9 @@
 //! config but are included. `tests/activation_memory.rs` checks the formula
 //! against a counting allocator around real forwards (within 0.1%). For a
 //! 14B expert at 75,600 tokens in bf16 on the CPU it gives about 12.4 GiB
-//! (the feed-forward phase; self-attention peaks at ~10.6 GiB), 10.1 GiB
+//! (the feed-forward phase; self-attention peaks at ~10.6 GiB), and 10.1 GiB
 //! with the `onednn` feature (no widened copies: self-attention is the
-//! peak); per-token
-//! timesteps (TI2V) add 13·N·D·4 bytes to the base.
+//! peak); per-token timesteps (TI2V) add 13·N·D·4 bytes to the base.
 
 use super::attention::{attention_chunk_rows, attention_score_cap};
 use super::flash::working_bytes;
