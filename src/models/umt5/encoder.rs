@@ -46,6 +46,18 @@ impl Proj {
                 }
             }
         }
+        // The same on the CPU's AMX tiles, where it has them.
+        if let Self::Dense(w) = self {
+            if w.dtype() == DType::BF16
+                && x.device().is_cpu()
+                && crate::models::wan::amx::available()
+            {
+                let xb = crate::models::wan::fast::cast(x, DType::BF16)?;
+                if let Some(y) = crate::models::wan::amx::linear_into(&xb, w, None, DType::F32)? {
+                    return Ok(y);
+                }
+            }
+        }
         if let Self::Dense(w) = self {
             if let Some(y) = super::widen::matmul_bf16_weight(x, w)? {
                 return Ok(y);

@@ -182,8 +182,11 @@ impl WanAttention {
         let out = {
             let q = heads(&self.q, &self.norm_q, x)?;
             let k = heads(&self.k, &self.norm_k, kv)?;
-            let v = self.v.forward(kv)?;
-            let v = span("copies", || split_heads(&v, self.num_heads))?;
+            // The projection is dropped once its heads are split out.
+            let v = {
+                let v = self.v.forward(kv)?;
+                span("copies", || split_heads(&v, self.num_heads))?
+            };
             span("attention", || attention(&q, &k, &v))?
         };
         self.o.forward(&out)

@@ -179,6 +179,13 @@ fn gelu_generic(c: &mut [f32]) {
 /// Rows of input up to which [`matvec_bf16`] beats widening the weight.
 pub const MATVEC_ROWS: usize = 8;
 
+/// Whether `x` [.., K] has at most [`MATVEC_ROWS`] rows (then
+/// [`matvec_bf16`] is the quicker bf16 product).
+pub fn few_rows(x: &Tensor) -> bool {
+    let k = x.dims().last().copied().unwrap_or(0).max(1);
+    x.elem_count() / k <= MATVEC_ROWS
+}
+
 /// `x · wᵀ + b` in f32 for a bf16 weight `w` [N, K] and a few rows of `x`
 /// [.., K] (f32 or bf16, at most [`MATVEC_ROWS`]), reading the weight once
 /// as it is: the time embedding's linears take one row, and widening their

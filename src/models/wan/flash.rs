@@ -21,12 +21,16 @@ pub const K_TILE: usize = 256;
 
 /// Bytes of working memory the kernel holds at once beyond its output:
 /// one work item's tiles (scores [rows, K_TILE], accumulator [rows, d],
-/// row maxima and sums) per pool thread busy, for `items` work items.
+/// row maxima and sums) per pool thread busy, for `items` work items, and
+/// the buffer the `gemm` crate allocates inside each tile product to pack
+/// its left operand (rows x the inner dimension, K_TILE for p·v or d for
+/// q·kᵀ, in f32, plus its alignment slack, measured under 4 KiB).
 pub fn working_bytes(batch_heads: usize, q_tokens: usize, head_dim: usize) -> usize {
     let rows = Q_TILE.min(q_tokens);
     let items = batch_heads * q_tokens.div_ceil(Q_TILE);
     let busy = rayon::current_num_threads().min(items);
-    busy * 4 * (rows * K_TILE + rows * head_dim + 2 * rows)
+    let gemm_pack = 4 * rows * K_TILE.max(head_dim) + 4096;
+    busy * (4 * (rows * K_TILE + rows * head_dim + 2 * rows) + gemm_pack)
 }
 
 struct OutPtr(*mut f32);

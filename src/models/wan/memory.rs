@@ -8,8 +8,9 @@
 //! linearly in tokens and the scores add a constant (tiles on the CPU, the
 //! score cap elsewhere). With N video tokens, L text tokens, D = dim, F = ffn_dim,
 //! H heads of head_dim d, `a` = bytes per activation (the compute dtype) and
-//! `m` = bytes per element of a matmul (= a, except bf16 on the CPU, where
-//! candle multiplies in f32: m = 4), and `[c]` = 1 when c holds else 0:
+//! `m` = bytes per element of a matmul (= a, except bf16 on a CPU without
+//! AMX or oneDNN, where candle multiplies in f32: m = 4), and `[c]` = 1
+//! when c holds else 0:
 //!
 //! ```text
 //! peak = base + max(phases)                          (batch 1, one timestep)
@@ -32,7 +33,8 @@
 //! S(Nq, Nk) = q_c + max(2·H·R·Nk·m, H·R·Nk·m + 2·R·D·m) bytes,
 //!           R = query rows per chunk = clamp(cap / (H·Nk·m), 1, Nq)
 //!           (cap: 256 MiB of scores), q_c = R·D·m if R < Nq else 0
-//! W(Nq) = the fused kernel's tiles, threads · 4·(R'·256 + R'·d + 2R')
+//! W(Nq) = the fused kernel's tiles and gemm's packing of a tile operand,
+//!           threads · (4·(R'·256 + R'·d + 2R') + 4·R'·max(256, d) + 4096)
 //!           bytes, R' = min(64, Nq) (`super::flash::working_bytes`)
 //! O(Nq, Nk) = oneDNN's chunk buffers, H·R·(Nk·(4 + a) + d·(4 + a) + 4) bytes,
 //!           R = clamp(4 MiB / (4·H·Nk), 1, Nq) (`super::onednn::working_bytes`);
@@ -46,8 +48,9 @@
 //! against a counting allocator around real forwards (within 0.1%). For a
 //! 14B expert at 75,600 tokens in bf16 on the CPU it gives about 12.4 GiB
 //! (the feed-forward phase; self-attention peaks at ~10.6 GiB), and 10.1 GiB
-//! with the `onednn` feature (no widened copies: self-attention is the
-//! peak); per-token timesteps (TI2V) add 13·N·D·4 bytes to the base.
+//! where bf16 multiplies as it is, on AMX (`super::amx`) or with the
+//! `onednn` feature (no widened copies: self-attention is the peak);
+//! per-token timesteps (TI2V) add 13·N·D·4 bytes to the base.
 
 use super::attention::{attention_chunk_rows, attention_score_cap};
 use super::flash::working_bytes;
@@ -87,9 +90,14 @@ pub fn activation_peak_bytes_on(
 ) -> u64 {
     let a = dtype.size_in_bytes() as f64;
     let mm = matmul_dtype(dtype, device);
-    // oneDNN multiplies bf16 as it is: no widened copies.
+    // oneDNN and the AMX kernel multiply bf16 as it is: no widened copies.
     let onednn = cfg!(feature = "onednn") && device.is_cpu();
-    let m = if onednn { a } else { mm.size_in_bytes() as f64 };
+    let amx = super::amx::available() && device.is_cpu();
+    let m = if onednn || amx {
+        a
+    } else {
+        mm.size_in_bytes() as f64
+    };
     let (n, l) = (tokens as f64, text_tokens as f64);
     let (d, f, h) = (cfg.dim as f64, cfg.ffn_dim as f64, cfg.num_heads as f64);
     let head_dim = cfg.head_dim() as f64;
@@ -231,9 +239,10 @@ mod tests {
         // The 720p 81-frame forward of a 14B expert in bf16 on the CPU:
         // the feed-forward phase, ~12.4 GiB with the weights widened per
         // call; on oneDNN, which multiplies bf16 as it is, the fused
-        // self-attention (oneDNN declines 40 heads over 75,600 keys), ~10.1.
+        // self-attention (oneDNN declines 40 heads over 75,600 keys), ~10.1;
+        // the same on AMX, which multiplies bf16 as it is too.
         let gib = p2 / (1u64 << 30) as f64;
-        let want = if cfg!(feature = "onednn") {
+        let want = if cfg!(feature = "onednn") || super::super::amx::available() {
             9.6..10.6
         } else {
             12.0..13.0

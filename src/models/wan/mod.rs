@@ -1,5 +1,6 @@
 //! Wan 2.x: the video DiT (`dit`, built from `linear`, `attention` and
 //! `rope`) and its activation memory formula; the VAE is `models::wan_vae`.
+pub mod amx;
 pub mod attention;
 pub mod config;
 pub mod dit;

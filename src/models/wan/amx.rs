@@ -1,0 +1,257 @@
+//! bf16 linears on Intel AMX, in the default build: `x · wᵀ + b` for bf16
+//! `x` [M, K] and a bf16 weight `w` [N, K] as loaded, accumulated in f32 by
+//! the tile unit (`tdpbf16ps`), written once in bf16 or f32.
+//!
+//! Why a kernel of our own: candle 0.11's CPU matmul has no bf16 kernel and
+//! the `gemm` crate none either (f16 only), so without the `onednn` feature
+//! every bf16 linear widened its weight to f32 per call (0.17x PyTorch's
+//! bf16 forward). Rust has no stable AMX intrinsics; the few instructions
+//! are written as inline assembly (the tile registers are invisible to the
+//! compiler, which never touches them).
+//!
+//! The product is blocked as AMX wants it: 2x2 tiles of 16x16 f32 in the
+//! accumulators (`tmm0..3`), two 16x32 bf16 tiles of `x` read in place
+//! (`tmm4`, `tmm5`) and two 32x16 tiles of `wᵀ` (`tmm6`, `tmm7`) in the
+//! pair-interleaved ("VNNI") layout the instruction reads. `w`'s rows hold
+//! each k pair as one 32-bit word, so that layout is the transpose of `w`
+//! read as u32: each worker packs a panel of [`PANEL`] output columns over
+//! all of K with AVX-512 gathers into its packing buffer, then sweeps every
+//! 32-row block of `x` over it. Work is split over panels (over rows when
+//! there are fewer panels than threads).
+//!
+//! The packing buffer is per rayon thread and kept between calls, as the
+//! `gemm` crate keeps its own: `PANEL · K · 2` bytes, 1.7 MiB for a 14B
+//! expert's feed-forward (K = 13,824). It is not an activation.
+//!
+//! Taken where the CPU has AMX-BF16 and AVX512-BF16 and Linux grants the
+//! tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`); `BATON_AMX=0` turns it
+//! off, for A/B runs. Elsewhere [`linear_into`] answers `None` and the
+//! caller keeps its path.
+
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+use half::bf16;
+
+/// Output columns one worker packs and sweeps at a time (a multiple of 32).
+pub const PANEL: usize = 64;
+
+/// Whether bf16 linears run here: the CPU has the tile unit, the kernel
+/// grants it, and `BATON_AMX` is not `0`. Asked once per process.
+pub fn available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BATON_AMX").map_or(true, |v| v != "0") && tiles::enable())
+}
+
+/// `x · wᵀ + b` with the output in `out` (bf16 or f32): `x` [.., K] and `w`
+/// [N, K] both bf16 and on the CPU, K a multiple of 32. `None` when the
+/// operands are of another kind or AMX is not [`available`] (the caller
+/// keeps its own path).
+pub fn linear_into(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    out: DType,
+) -> Result<Option<Tensor>> {
+    if !available()
+        || x.dtype() != DType::BF16
+        || w.dtype() != DType::BF16
+        || !matches!(out, DType::BF16 | DType::F32)
+        || !x.device().is_cpu()
+        || w.rank() != 2
+    {
+        return Ok(None);
+    }
+    let (n, k) = w.dims2()?;
+    let dims = x.dims();
+    if dims.last() != Some(&k) || k == 0 || !k.is_multiple_of(32) || n == 0 {
+        return Ok(None);
+    }
+    let m = x.elem_count() / k;
+    if m == 0 {
+        return Ok(None);
+    }
+    let x = x.contiguous()?;
+    let w = w.contiguous()?;
+    let bias = match b {
+        Some(b) => Some(
+            super::fast::cast(b, DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?,
+        ),
+        None => None,
+    };
+    if bias.as_ref().is_some_and(|b| b.len() != n) {
+        candle_core::bail!(
+            "AMX linear: a bias of {} values for {n} outputs",
+            bias.map_or(0, |b| b.len())
+        )
+    }
+    let (xs, xl) = x.storage_and_layout();
+    let (ws, wl) = w.storage_and_layout();
+    let (Some(xv), Some(wv)) = (bf16_slice(&xs, xl), bf16_slice(&ws, wl)) else {
+        return Ok(None);
+    };
+    let mut shape = dims.to_vec();
+    *shape.last_mut().expect("rank >= 1") = n;
+    let y = match out {
+        DType::BF16 => {
+            let mut o: Vec<bf16> = Vec::with_capacity(m * n);
+            tiles::matmul(
+                xv,
+                m,
+                k,
+                wv,
+                n,
+                bias.as_deref(),
+                Out::Bf16(o.spare_capacity_mut()),
+            );
+            // SAFETY: `matmul` wrote every one of the m·n elements.
+            unsafe { o.set_len(m * n) };
+            Tensor::from_vec(o, shape, x.device())?
+        }
+        _ => {
+            let mut o: Vec<f32> = Vec::with_capacity(m * n);
+            tiles::matmul(
+                xv,
+                m,
+                k,
+                wv,
+                n,
+                bias.as_deref(),
+                Out::F32(o.spare_capacity_mut()),
+            );
+            // SAFETY: as above.
+            unsafe { o.set_len(m * n) };
+            Tensor::from_vec(o, shape, x.device())?
+        }
+    };
+    Ok(Some(y))
+}
+
+/// Where the product goes, [M, N] row-major, every element written.
+pub enum Out<'a> {
+    Bf16(&'a mut [std::mem::MaybeUninit<bf16>]),
+    F32(&'a mut [std::mem::MaybeUninit<f32>]),
+}
+
+fn bf16_slice<'a>(s: &'a Storage, l: &candle_core::Layout) -> Option<&'a [bf16]> {
+    let (a, b) = l.contiguous_offsets()?;
+    match s {
+        Storage::Cpu(CpuStorage::BF16(v)) => Some(&v[a..b]),
+        _ => None,
+    }
+}
+
+/// Off x86_64 there is no tile unit.
+#[cfg(not(target_arch = "x86_64"))]
+mod tiles {
+    pub fn enable() -> bool {
+        false
+    }
+    pub fn matmul(
+        _: &[super::bf16],
+        _: usize,
+        _: usize,
+        _: &[super::bf16],
+        _: usize,
+        _: Option<&[f32]>,
+        _: super::Out,
+    ) {
+        unreachable!("AMX is never available off x86_64")
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod tiles;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// The AMX product against the widened f32 product of the same
+    /// bf16-rounded operands, at shapes that cover row tails (fewer than 16,
+    /// fewer than 32, a partial last block), column tails and both outputs.
+    #[test]
+    fn matches_the_widened_product() {
+        if !available() {
+            // Nothing to compare on a CPU without AMX: the callers' paths
+            // are the ones their own tests cover.
+            assert!(linear_into(
+                &Tensor::zeros((2, 32), DType::BF16, &Device::Cpu).unwrap(),
+                &Tensor::zeros((4, 32), DType::BF16, &Device::Cpu).unwrap(),
+                None,
+                DType::BF16
+            )
+            .unwrap()
+            .is_none());
+            return;
+        }
+        let dev = Device::Cpu;
+        for &(m, k, n) in &[
+            (1, 32, 16),
+            (7, 64, 40),
+            (20, 96, 64),
+            (45, 128, 100),
+            (300, 256, 257),
+            (64, 1024, 130),
+        ] {
+            let x = (Tensor::arange(0f32, (m * k) as f32, &dev).unwrap() * 0.37)
+                .unwrap()
+                .sin()
+                .unwrap();
+            let x = x.reshape((m, k)).unwrap().to_dtype(DType::BF16).unwrap();
+            let w = (Tensor::arange(0f32, (n * k) as f32, &dev).unwrap() * 0.11)
+                .unwrap()
+                .cos()
+                .unwrap();
+            let w = w.reshape((n, k)).unwrap().to_dtype(DType::BF16).unwrap();
+            let b = (Tensor::arange(0f32, n as f32, &dev).unwrap() * 0.05).unwrap();
+            let want = x
+                .to_dtype(DType::F32)
+                .unwrap()
+                .matmul(&w.to_dtype(DType::F32).unwrap().t().unwrap())
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap();
+            for out in [DType::F32, DType::BF16] {
+                let got = linear_into(&x, &w, Some(&b), out).unwrap().expect("taken");
+                assert_eq!(got.dims(), &[m, n]);
+                let got = got.to_dtype(DType::F32).unwrap();
+                let err = (&got - &want)
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                let scale = want
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                // f32 accumulation in another order; bf16 out adds one rounding.
+                let tol = if out == DType::F32 { 1e-5 } else { 4e-3 };
+                assert!(
+                    err <= tol * scale,
+                    "{m}x{k}x{n} {out:?}: max error {err} of {scale}"
+                );
+            }
+        }
+        // Operands the kernel does not take.
+        let x = Tensor::zeros((4, 48), DType::BF16, &dev).unwrap();
+        let w = Tensor::zeros((8, 48), DType::BF16, &dev).unwrap();
+        assert!(
+            linear_into(&x, &w, None, DType::BF16).unwrap().is_none(),
+            "K = 48"
+        );
+        let x = Tensor::zeros((4, 32), DType::F32, &dev).unwrap();
+        let w = Tensor::zeros((8, 32), DType::BF16, &dev).unwrap();
+        assert!(
+            linear_into(&x, &w, None, DType::BF16).unwrap().is_none(),
+            "f32 x"
+        );
+    }
+}
