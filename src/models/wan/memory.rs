@@ -24,6 +24,8 @@
 //!   cross-attn (CPU, fused)   3a + 4 + [a≠4]·4    + W(N) + 2·L·D·(a + [a≠4]·4) bytes
 //!   self-attn (CPU, oneDNN)   6a + O(N, N)        (feature `onednn`; m = a there)
 //!   cross-attn (CPU, oneDNN)  4a + O(N, L) + 2·L·D·a bytes
+//!   self-attn (CPU, AMX)      5a + X(N)           (bf16 on a CPU with AMX; m = a)
+//!   cross-attn (CPU, AMX)     3a + X(L) + 2·L·D·a bytes
 //!   self-attn (GPU, chunked)  4a + 2m + 2[a≠m]m   + S(N, N)
 //!   cross-attn (GPU, chunked) 3a + 2m + [a≠m]m    + S(N, L) + 4·L·D·m bytes
 //!   output projections        3a + [a≠m]m + 2m
@@ -38,7 +40,11 @@
 //!           bytes, R' = min(64, Nq) (`super::flash::working_bytes`)
 //! O(Nq, Nk) = oneDNN's chunk buffers, H·R·(Nk·(4 + a) + d·(4 + a) + 4) bytes,
 //!           R = clamp(4 MiB / (4·H·Nk), 1, Nq) (`super::onednn::working_bytes`);
-//!           where R < min(32, Nq) oneDNN declines and the fused terms hold
+//!           where R < min(32, Nq) oneDNN declines and the AMX or fused
+//!           terms hold
+//! X(Nk) = one head's k and v packed for the tile unit, 2·Nk'·d·2 bytes,
+//!           Nk' = Nk rounded up to 64 (`super::amx::attention_working_bytes`);
+//!           AMX takes bf16 with N ≥ 32 and d a multiple of 32 up to 256
 //! ```
 //!
 //! The phase terms count the tensors live at each step of
@@ -47,10 +53,11 @@
 //! config but are included. `tests/activation_memory.rs` checks the formula
 //! against a counting allocator around real forwards (within 0.1%). For a
 //! 14B expert at 75,600 tokens in bf16 on the CPU it gives about 12.4 GiB
-//! (the feed-forward phase; self-attention peaks at ~10.6 GiB), and 10.1 GiB
-//! where bf16 multiplies as it is, on AMX (`super::amx`) or with the
-//! `onednn` feature (no widened copies: self-attention is the peak);
-//! per-token timesteps (TI2V) add 13·N·D·4 bytes to the base.
+//! (the feed-forward phase; self-attention peaks at ~10.6 GiB), 10.1 GiB
+//! with the `onednn` feature (no widened copies: the fused self-attention
+//! is the peak), and 6.8 GiB on AMX (`super::amx`: bf16 linears and
+//! attention as they are); per-token timesteps (TI2V) add 13·N·D·4 bytes
+//! to the base.
 
 use super::attention::{attention_chunk_rows, attention_score_cap};
 use super::flash::working_bytes;
@@ -127,11 +134,14 @@ pub fn activation_peak_bytes_on(
     } else {
         (None, None)
     };
+    let (amx_self, amx_cross) = amx_attention_bytes(cfg, tokens, text_tokens, dtype);
     let (self_attn, cross_attn) = if device.is_cpu() {
         let tiles = |nq: usize| working_bytes(cfg.num_heads, nq, cfg.head_dim()) as f64;
         (
-            onednn_self.unwrap_or((4.0 * a + 4.0 + 3.0 * cvt_4) * nd + tiles(tokens)),
-            onednn_cross.unwrap_or(
+            onednn_self
+                .or(amx_self)
+                .unwrap_or((4.0 * a + 4.0 + 3.0 * cvt_4) * nd + tiles(tokens)),
+            onednn_cross.or(amx_cross).unwrap_or(
                 (3.0 * a + 4.0 + cvt_4) * nd + 2.0 * l * d * (a + cvt_4) + tiles(tokens),
             ),
         )
@@ -193,6 +203,28 @@ fn onednn_attention_bytes(
     )
 }
 
+/// Self- and cross-attention bytes where the AMX kernel takes them (see
+/// `amx::takes_attention`; after oneDNN, before the fused kernel): q, k and
+/// v as they are, the modulated input, the bf16 output, and one head's k
+/// and v packed (`amx::attention_working_bytes`).
+fn amx_attention_bytes(
+    cfg: &WanConfig,
+    tokens: usize,
+    text_tokens: usize,
+    dtype: DType,
+) -> (Option<f64>, Option<f64>) {
+    let a = dtype.size_in_bytes() as f64;
+    let (d, hd) = (cfg.dim as f64, cfg.head_dim());
+    let nd = tokens as f64 * d;
+    let takes = |nk: usize| super::amx::takes_attention(dtype, tokens, nk, hd);
+    let work = |nk: usize| super::amx::attention_working_bytes(nk, hd) as f64;
+    (
+        takes(tokens).then(|| 5.0 * a * nd + work(tokens)),
+        takes(text_tokens)
+            .then(|| 3.0 * a * nd + 2.0 * text_tokens as f64 * d * a + work(text_tokens)),
+    )
+}
+
 /// Without the `onednn` feature the fused kernel always runs.
 #[cfg(not(feature = "onednn"))]
 fn onednn_attention_bytes(_: &WanConfig, _: usize, _: usize, _: f64) -> (Option<f64>, Option<f64>) {
@@ -240,9 +272,12 @@ mod tests {
         // the feed-forward phase, ~12.4 GiB with the weights widened per
         // call; on oneDNN, which multiplies bf16 as it is, the fused
         // self-attention (oneDNN declines 40 heads over 75,600 keys), ~10.1;
-        // the same on AMX, which multiplies bf16 as it is too.
+        // on AMX, linears and attention in bf16 as they are, ~6.8 (the
+        // feed-forward phase again).
         let gib = p2 / (1u64 << 30) as f64;
-        let want = if cfg!(feature = "onednn") || super::super::amx::available() {
+        let want = if super::super::amx::available() {
+            6.3..7.3
+        } else if cfg!(feature = "onednn") {
             9.6..10.6
         } else {
             12.0..13.0

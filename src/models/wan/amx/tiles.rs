@@ -1,7 +1,7 @@
 //! The x86_64 side of [`super`]: detection, the tile configuration, the
 //! packing of `wᵀ`, the 2x2-tile inner loops and the epilogue.
 
-use super::{Out, PANEL};
+use super::{Out, MAX_HEAD_DIM, PANEL};
 use half::bf16;
 use rayon::prelude::*;
 use std::arch::asm;
@@ -227,25 +227,7 @@ unsafe fn worker(
 /// memory) and transposed in registers.
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_panel(w: &[bf16], n: usize, k: usize, n0: usize, out: &mut [u32]) {
-    let steps = k / 32;
-    for ct in 0..PANEL / 16 {
-        let c0 = n0 + ct * 16;
-        let valid = n.saturating_sub(c0).min(16);
-        for s in 0..steps {
-            let mut rows = [_mm512_setzero_si512(); 16];
-            for (j, row) in rows.iter_mut().enumerate().take(valid) {
-                // SAFETY: row c0 + j < n and words s·16 .. s·16 + 16 of it
-                // lie within its K / 2.
-                *row = unsafe { _mm512_loadu_si512(w.as_ptr().add((c0 + j) * k + s * 32).cast()) };
-            }
-            let t = transpose16(&rows);
-            let dst = unsafe { out.as_mut_ptr().add((ct * steps + s) * 256) };
-            for (r, v) in t.iter().enumerate() {
-                // SAFETY: the tile's 256 words lie within the panel buffer.
-                unsafe { _mm512_storeu_si512(dst.add(r * 16).cast(), *v) };
-            }
-        }
-    }
+    unsafe { pack_panel_n(w, n, k, n0, PANEL, out) }
 }
 
 /// The 16x16 transpose of 32-bit words: out[c] lane r = a[r] lane c.
@@ -298,6 +280,13 @@ impl Step {
     /// The 32x32 f32 product A · B into `to` (row stride 128 bytes).
     #[inline(always)]
     unsafe fn block(&self, to: *mut f32) {
+        unsafe { self.block_at(to, 128, false) }
+    }
+
+    /// A · B into the 32x32 f32 block at `to` whose rows are `ldc` bytes
+    /// apart, added to what is there when `add`.
+    #[inline(always)]
+    unsafe fn block_at(&self, to: *mut f32, ldc: usize, add: bool) {
         let Step {
             a,
             lda,
@@ -305,14 +294,30 @@ impl Step {
             ldb_tile,
             steps,
         } = *self;
+        let t = to.cast::<u8>();
         unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                options(nostack, nomem)
-            );
+            if add {
+                asm!(
+                    "tileloadd tmm0, [{c0} + {ldc}*1]",
+                    "tileloadd tmm1, [{c1} + {ldc}*1]",
+                    "tileloadd tmm2, [{c2} + {ldc}*1]",
+                    "tileloadd tmm3, [{c3} + {ldc}*1]",
+                    c0 = in(reg) t,
+                    c1 = in(reg) t.add(64),
+                    c2 = in(reg) t.add(16 * ldc),
+                    c3 = in(reg) t.add(16 * ldc + 64),
+                    ldc = in(reg) ldc,
+                    options(nostack, readonly),
+                );
+            } else {
+                asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                );
+            }
             let (a1, b1) = (a.add(16 * lda), b.add(ldb_tile));
             for s in 0..steps {
                 asm!(
@@ -333,7 +338,6 @@ impl Step {
                     options(nostack, readonly),
                 );
             }
-            let t = to.cast::<u8>();
             asm!(
                 "tilestored [{c0} + {ldc}*1], tmm0",
                 "tilestored [{c1} + {ldc}*1], tmm1",
@@ -341,9 +345,9 @@ impl Step {
                 "tilestored [{c3} + {ldc}*1], tmm3",
                 c0 = in(reg) t,
                 c1 = in(reg) t.add(64),
-                c2 = in(reg) t.add(16 * 128),
-                c3 = in(reg) t.add(16 * 128 + 64),
-                ldc = in(reg) 128usize,
+                c2 = in(reg) t.add(16 * ldc),
+                c3 = in(reg) t.add(16 * ldc + 64),
+                ldc = in(reg) ldc,
                 options(nostack),
             );
         }
@@ -441,5 +445,226 @@ fn mask16(valid: usize) -> u16 {
         u16::MAX
     } else {
         ((1u32 << valid) - 1) as u16
+    }
+}
+
+/// Keys per online-softmax step of [`attention`] (a multiple of 64).
+pub const KEYS: usize = 256;
+
+/// softmax(q kᵀ / √d) v for bf16 q [B·H, Sq, d] and k, v [B·H, Sk, d]
+/// (contiguous), written in bf16 to `out` [B, Sq, H·d]. Needs Sq ≥ 32,
+/// d a multiple of 32 up to `MAX_HEAD_DIM`.
+///
+/// Head by head: k and v are packed once (k as the linear's weights are,
+/// v pair-interleaved along the keys; `2·Sk'·d·2` bytes, Sk' = Sk rounded
+/// up to 64), then each 32-row tile of queries runs on the pool as one
+/// flash-attention pass: scores for [`KEYS`] keys at a time on the tiles,
+/// an online softmax in f32 (running max and sum, the probabilities
+/// rounded to bf16 as PyTorch's bf16 attention does), and P·v added to an
+/// f32 accumulator on the tiles. No score matrix beyond one tile's.
+pub fn attention(
+    q: &[bf16],
+    k: &[bf16],
+    v: &[bf16],
+    (b, h, sq, sk, d): (usize, usize, usize, usize, usize),
+    out: &mut [std::mem::MaybeUninit<bf16>],
+) {
+    assert!(
+        sq >= 32 && sk > 0 && d % 32 == 0 && d <= MAX_HEAD_DIM,
+        "AMX attention: unsupported shape"
+    );
+    assert!(q.len() >= b * h * sq * d && k.len() >= b * h * sk * d && v.len() >= b * h * sk * d);
+    assert!(out.len() >= b * sq * h * d);
+    let skp = sk.div_ceil(64) * 64;
+    let mut kp = vec![0u32; skp * d / 2];
+    let mut vp = vec![0u32; skp * d / 2];
+    let dst = SendPtr(out.as_mut_ptr().cast::<bf16>());
+    let tiles = sq.div_ceil(32);
+    for bh in 0..b * h {
+        let kh = &k[bh * sk * d..(bh + 1) * sk * d];
+        let vh = &v[bh * sk * d..(bh + 1) * sk * d];
+        let panel = 64 * d / 2;
+        // SAFETY: each chunk is one panel of the buffer (see `pack_panel`).
+        kp.par_chunks_mut(panel)
+            .enumerate()
+            .for_each(|(p, buf)| unsafe { pack_panel_n(kh, sk, d, p * 64, 64, buf) });
+        let vsteps = skp / 32;
+        // SAFETY: each chunk is one 16-column tile's steps (see `pack_kn`).
+        vp.par_chunks_mut(vsteps * 256)
+            .enumerate()
+            .for_each(|(ct, buf)| unsafe { pack_kn(vh, sk, d, ct * 16, vsteps, buf) });
+        let qh = &q[bh * sq * d..(bh + 1) * sq * d];
+        let (kp, vp) = (&kp, &vp);
+        (0..tiles).into_par_iter().for_each(|t| {
+            let nominal = t * 32;
+            let start = nominal.min(sq - 32);
+            // SAFETY: AMX is enabled (callers go through `available`);
+            // rows start..start + 32 are in q, the packed buffers hold
+            // Sk' keys, and this tile writes only rows nominal.. of its
+            // head, which no other tile writes.
+            unsafe {
+                attention_tile(
+                    qh,
+                    (kp, vp),
+                    (sk, skp, d),
+                    (start, nominal - start),
+                    (bh / h, bh % h, h, sq),
+                    dst,
+                )
+            }
+        });
+    }
+}
+
+/// The output pointer the query tiles share (disjoint rows).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut bf16);
+// SAFETY: tiles write disjoint (row, head) slices.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// One 32-row query tile of one head over all keys.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vl")]
+unsafe fn attention_tile(
+    qh: &[bf16],
+    (kp, vp): (&[u32], &[u32]),
+    (sk, skp, d): (usize, usize, usize),
+    (start, skip): (usize, usize),
+    (bi, hi, h, sq): (usize, usize, usize, usize),
+    dst: SendPtr,
+) {
+    let _tiles = unsafe { Tiles::load(&Config::new(16, 16)) };
+    let scale = 1.0 / (d as f32).sqrt();
+    let (ksteps, vsteps) = (d / 32, skp / 32);
+    let mut s = [0f32; 32 * KEYS];
+    let mut p = [bf16::ZERO; 32 * KEYS];
+    let mut o = [0f32; 32 * MAX_HEAD_DIM];
+    let mut max = [f32::NEG_INFINITY; 32];
+    let mut sum = [0f32; 32];
+    let a_q = unsafe { qh.as_ptr().add(start * d) }.cast::<u8>();
+    let mut k0 = 0;
+    while k0 < skp {
+        let nk = KEYS.min(skp - k0);
+        let valid = nk.min(sk - k0);
+        // Scores of the 32 rows against keys k0..k0 + nk, 32 at a time.
+        for pair in 0..nk / 32 {
+            let key = k0 + pair * 32;
+            let tile = (key / 64) * (64 * d / 2) + ((key % 64) / 32) * 2 * ksteps * 256;
+            let step = Step {
+                a: a_q,
+                lda: d * 2,
+                b: unsafe { kp.as_ptr().add(tile) }.cast(),
+                ldb_tile: ksteps * 1024,
+                steps: ksteps,
+            };
+            unsafe { step.block_at(s.as_mut_ptr().add(pair * 32), KEYS * 4, false) };
+        }
+        for r in 0..32 {
+            let row = &mut s[r * KEYS..r * KEYS + valid];
+            let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+            let m_new = max[r].max(m);
+            let corr = (max[r] - m_new).exp();
+            row.iter_mut().for_each(|x| *x *= scale);
+            let rs = super::super::expf::exp_sub_sum(row, m_new);
+            sum[r] = sum[r] * corr + rs;
+            max[r] = m_new;
+            if corr != 1.0 {
+                o[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= corr);
+            }
+            let pr = &mut p[r * KEYS..r * KEYS + nk];
+            to_bf16_row(&s[r * KEYS..r * KEYS + valid], &mut pr[..valid]);
+            pr[valid..].fill(bf16::ZERO);
+        }
+        // o += P · v for these keys, 32 output dims at a time.
+        for pair in 0..d / 32 {
+            let step = Step {
+                a: p.as_ptr().cast(),
+                lda: KEYS * 2,
+                b: unsafe { vp.as_ptr().add((2 * pair * vsteps + k0 / 32) * 256) }.cast(),
+                ldb_tile: vsteps * 1024,
+                steps: nk / 32,
+            };
+            unsafe { step.block_at(o.as_mut_ptr().add(pair * 32), d * 4, true) };
+        }
+        k0 += nk;
+    }
+    for r in skip..32 {
+        let inv = 1.0 / sum[r];
+        let at = ((bi * sq + start + r) * h + hi) * d;
+        // SAFETY: row (start + r) of head hi lies in the output, and only
+        // this tile writes it.
+        let dst = unsafe { std::slice::from_raw_parts_mut(dst.0.add(at), d) };
+        for (x, y) in dst.iter_mut().zip(&o[r * d..(r + 1) * d]) {
+            *x = bf16::from_f32(y * inv);
+        }
+    }
+}
+
+/// `src` rounded to bf16, 16 lanes at a time.
+#[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
+fn to_bf16_row(src: &[f32], dst: &mut [bf16]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 16 <= n {
+        // SAFETY: lanes i..i + 16 are in both slices.
+        unsafe {
+            let v = _mm512_loadu_ps(src.as_ptr().add(i));
+            let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
+            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), h);
+        }
+        i += 16;
+    }
+    for j in i..n {
+        dst[j] = bf16::from_f32(src[j]);
+    }
+}
+
+/// [`pack_panel`] for `cols` columns (a multiple of 16) from column n0:
+/// the packed tiles of `cols / 16` column tiles, each over all of K.
+#[target_feature(enable = "avx512f")]
+unsafe fn pack_panel_n(w: &[bf16], n: usize, k: usize, n0: usize, cols: usize, out: &mut [u32]) {
+    let steps = k / 32;
+    for ct in 0..cols / 16 {
+        let c0 = n0 + ct * 16;
+        let valid = n.saturating_sub(c0).min(16);
+        for s in 0..steps {
+            let mut rows = [_mm512_setzero_si512(); 16];
+            for (j, row) in rows.iter_mut().enumerate().take(valid) {
+                // SAFETY: row c0 + j < n, words s·16 .. s·16 + 16 in it.
+                *row = unsafe { _mm512_loadu_si512(w.as_ptr().add((c0 + j) * k + s * 32).cast()) };
+            }
+            let t = transpose16(&rows);
+            let dst = unsafe { out.as_mut_ptr().add((ct * steps + s) * 256) };
+            for (r, v) in t.iter().enumerate() {
+                // SAFETY: the tile's 256 words lie within `out`.
+                unsafe { _mm512_storeu_si512(dst.add(r * 16).cast(), *v) };
+            }
+        }
+    }
+}
+
+/// Packs columns [c0, c0 + 16) of a row-major [K, N] matrix `m` (K = `kn`
+/// rows, N = `n` columns) as the right operand of the tile product:
+/// `steps` tiles of 16 rows (k pairs) of 16 words, word j of row r
+/// holding m[2r][c0 + j] (low half) and m[2r + 1][c0 + j]. Rows past `kn`
+/// are zero.
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn pack_kn(m: &[bf16], kn: usize, n: usize, c0: usize, steps: usize, out: &mut [u32]) {
+    let row = |r: usize| -> __m512i {
+        if r < kn {
+            // SAFETY: row r < kn, columns c0 .. c0 + 16 <= n.
+            let v = unsafe { _mm256_loadu_si256(m.as_ptr().add(r * n + c0).cast()) };
+            _mm512_cvtepu16_epi32(v)
+        } else {
+            _mm512_setzero_si512()
+        }
+    };
+    for s in 0..steps {
+        for r in 0..16 {
+            let k0 = s * 32 + 2 * r;
+            let w = _mm512_or_si512(row(k0), _mm512_slli_epi32::<16>(row(k0 + 1)));
+            // SAFETY: word (s·16 + r)·16 .. + 16 lies within `out`.
+            unsafe { _mm512_storeu_si512(out.as_mut_ptr().add((s * 16 + r) * 16).cast(), w) };
+        }
     }
 }
