@@ -22,7 +22,7 @@
 //!   self-attn q / k           a + Hq,  2a + Hq    Hq = max([a≠m]m + 2m, a + 8)
 //!   self-attn (CPU, fused)    4a + 4 + 3[a≠4]·4   + W(N)
 //!   cross-attn (CPU, fused)   3a + 4 + [a≠4]·4    + W(N) + 2·L·D·(a + [a≠4]·4) bytes
-//!   self-attn (CPU, oneDNN)   6a + O(N, N)        (feature `onednn`; m = a there)
+//!   self-attn (CPU, oneDNN)   5a + O(N, N)        (feature `onednn`; m = a there)
 //!   cross-attn (CPU, oneDNN)  4a + O(N, L) + 2·L·D·a bytes
 //!   self-attn (CPU, AMX)      5a + X(N)           (bf16 on a CPU with AMX; m = a)
 //!   cross-attn (CPU, AMX)     3a + X(L) + 2·L·D·a bytes
@@ -40,8 +40,8 @@
 //!           bytes, R' = min(64, Nq) (`super::flash::working_bytes`)
 //! O(Nq, Nk) = oneDNN's chunk buffers, H·R·(Nk·(4 + a) + d·(4 + a) + 4) bytes,
 //!           R = clamp(4 MiB / (4·H·Nk), 1, Nq) (`super::onednn::working_bytes`);
-//!           where R < min(32, Nq) oneDNN declines and the AMX or fused
-//!           terms hold
+//!           where R < min(32, Nq) oneDNN declines and the fused terms
+//!           hold (the AMX terms come first where AMX takes the shape)
 //! X(Nk) = one head's k and v packed for the tile unit, 2·Nk'·d·2 bytes,
 //!           Nk' = Nk rounded up to 64 (`super::amx::attention_working_bytes`);
 //!           AMX takes bf16 with N ≥ 32 and d a multiple of 32 up to 256
@@ -138,10 +138,10 @@ pub fn activation_peak_bytes_on(
     let (self_attn, cross_attn) = if device.is_cpu() {
         let tiles = |nq: usize| working_bytes(cfg.num_heads, nq, cfg.head_dim()) as f64;
         (
-            onednn_self
-                .or(amx_self)
+            amx_self
+                .or(onednn_self)
                 .unwrap_or((4.0 * a + 4.0 + 3.0 * cvt_4) * nd + tiles(tokens)),
-            onednn_cross.or(amx_cross).unwrap_or(
+            amx_cross.or(onednn_cross).unwrap_or(
                 (3.0 * a + 4.0 + cvt_4) * nd + 2.0 * l * d * (a + cvt_4) + tiles(tokens),
             ),
         )
@@ -180,9 +180,8 @@ pub fn activation_peak_bytes_on(
 
 /// Self- and cross-attention bytes with the `onednn` feature, each `None`
 /// where oneDNN declines (see `onednn::takes`) and the fused kernel runs:
-/// q, k and v as they are (one made contiguous in self-attention), the
-/// output in their dtype, and the kernel's chunk buffers
-/// (`onednn::working_bytes`).
+/// the modulated input, q, k and v as they are, the output in their dtype,
+/// and the kernel's chunk buffers (`onednn::working_bytes`).
 #[cfg(feature = "onednn")]
 fn onednn_attention_bytes(
     cfg: &WanConfig,
@@ -198,13 +197,14 @@ fn onednn_attention_bytes(
     };
     let takes = |nk: usize| super::onednn::takes(cfg.num_heads, tokens, nk);
     (
-        takes(tokens).then(|| 6.0 * a * nd + work(tokens)),
+        takes(tokens).then(|| 5.0 * a * nd + work(tokens)),
         takes(text_tokens).then(|| 4.0 * a * nd + 2.0 * l * cfg.dim as f64 * a + work(text_tokens)),
     )
 }
 
 /// Self- and cross-attention bytes where the AMX kernel takes them (see
-/// `amx::takes_attention`; after oneDNN, before the fused kernel): q, k and
+/// `amx::takes_attention`; before oneDNN's, which measured slower, and the
+/// fused kernel): q, k and
 /// v as they are, the modulated input, the bf16 output, and one head's k
 /// and v packed (`amx::attention_working_bytes`).
 fn amx_attention_bytes(
