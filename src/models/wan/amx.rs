@@ -57,6 +57,28 @@ pub fn linear_into(
     b: Option<&Tensor>,
     out: DType,
 ) -> Result<Option<Tensor>> {
+    linear_act(x, w, b, out, false)
+}
+
+/// tanh-GELU(`x · wᵀ + b`) in `out`, the GELU applied to the f32 sums
+/// before the one rounding (the feed-forward's first linear: no separate
+/// GELU pass and no pre-activation tensor); `None` as [`linear_into`].
+pub fn linear_gelu(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    out: DType,
+) -> Result<Option<Tensor>> {
+    linear_act(x, w, b, out, true)
+}
+
+fn linear_act(
+    x: &Tensor,
+    w: &Tensor,
+    b: Option<&Tensor>,
+    out: DType,
+    gelu: bool,
+) -> Result<Option<Tensor>> {
     if !available()
         || x.dtype() != DType::BF16
         || w.dtype() != DType::BF16
@@ -108,6 +130,7 @@ pub fn linear_into(
                 wv,
                 n,
                 bias.as_deref(),
+                gelu,
                 Out::Bf16(o.spare_capacity_mut()),
             );
             // SAFETY: `matmul` wrote every one of the m·n elements.
@@ -123,6 +146,7 @@ pub fn linear_into(
                 wv,
                 n,
                 bias.as_deref(),
+                gelu,
                 Out::F32(o.spare_capacity_mut()),
             );
             // SAFETY: as above.
@@ -220,6 +244,7 @@ mod tiles {
         _: &[bf16],
         _: usize,
         _: Option<&[f32]>,
+        _: bool,
         _: super::Out,
     ) {
         unreachable!("AMX is never available off x86_64")
@@ -314,6 +339,22 @@ mod tests {
                     "{m}x{k}x{n} {out:?}: max error {err} of {scale}"
                 );
             }
+            // The fused GELU against candle's tanh GELU of the product.
+            let want = want.gelu().unwrap();
+            let got = linear_gelu(&x, &w, Some(&b), DType::BF16)
+                .unwrap()
+                .expect("taken");
+            let got = got.to_dtype(DType::F32).unwrap();
+            let err = (&got - &want).unwrap().abs().unwrap().max_all().unwrap();
+            let scale = want.abs().unwrap().max_all().unwrap();
+            let (err, scale) = (
+                err.to_scalar::<f32>().unwrap(),
+                scale.to_scalar::<f32>().unwrap(),
+            );
+            assert!(
+                err <= 4e-3 * scale,
+                "{m}x{k}x{n} GELU: max error {err} of {scale}"
+            );
         }
         // Operands the kernel does not take.
         let x = Tensor::zeros((4, 48), DType::BF16, &dev).unwrap();

@@ -296,10 +296,7 @@ impl WanBlock {
         };
         drop(x1);
         let y = norm_mod(&x2, &shift_ffn, &scale_ffn)?;
-        let hidden = {
-            let pre = self.ffn_0.forward(&y)?;
-            span("gelu", || super::fast::gelu(&pre))?
-        };
+        let hidden = self.ffn_0.forward_gelu(&y)?;
         drop(y);
         let f = self.ffn_2.forward(&hidden)?;
         drop(hidden);

@@ -146,21 +146,28 @@ fn gelu_slice(c: &mut [f32]) {
 #[target_feature(enable = "avx512f")]
 unsafe fn gelu_avx512(c: &mut [f32]) {
     use std::arch::x86_64::*;
-    let k = _mm512_set1_ps;
     let mut chunks = c.chunks_exact_mut(16);
     for ch in &mut chunks {
         let p = ch.as_mut_ptr();
         // SAFETY: `ch` holds exactly 16 f32; unaligned loads and stores.
         let x = unsafe { _mm512_loadu_ps(p) };
-        // The same steps as `gelu_generic`, 16 lanes at a time.
-        let x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
-        let z = _mm512_mul_ps(k(0.797_884_6), _mm512_fmadd_ps(k(0.044715), x3, x));
-        let e = super::expf::exp512(_mm512_min_ps(_mm512_add_ps(z, z), k(80.0)));
-        let t = _mm512_sub_ps(k(1.0), _mm512_div_ps(k(2.0), _mm512_add_ps(e, k(1.0))));
-        let y = _mm512_mul_ps(_mm512_mul_ps(k(0.5), x), _mm512_add_ps(k(1.0), t));
-        unsafe { _mm512_storeu_ps(p, y) };
+        unsafe { _mm512_storeu_ps(p, gelu512(x)) };
     }
     gelu_generic(chunks.into_remainder())
+}
+
+/// The tanh GELU of 16 lanes: the same steps as `gelu_generic` (also for
+/// the AMX linear's epilogue, `super::amx`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) fn gelu512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let k = _mm512_set1_ps;
+    let x3 = _mm512_mul_ps(_mm512_mul_ps(x, x), x);
+    let z = _mm512_mul_ps(k(0.797_884_6), _mm512_fmadd_ps(k(0.044715), x3, x));
+    let e = super::expf::exp512(_mm512_min_ps(_mm512_add_ps(z, z), k(80.0)));
+    let t = _mm512_sub_ps(k(1.0), _mm512_div_ps(k(2.0), _mm512_add_ps(e, k(1.0))));
+    _mm512_mul_ps(_mm512_mul_ps(k(0.5), x), _mm512_add_ps(k(1.0), t))
 }
 
 #[inline(always)]

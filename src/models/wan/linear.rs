@@ -133,6 +133,25 @@ impl Proj {
         self.inner.weight()
     }
 
+    /// tanh-GELU(self(x)): on the AMX tiles the GELU is applied to the f32
+    /// sums in the store (one rounding, no pre-activation tensor; see
+    /// `amx::linear_gelu`), elsewhere [`Proj::forward`] then the GELU.
+    pub(super) fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        // oneDNN keeps the linears where the feature is on (see `forward`).
+        if !cfg!(feature = "onednn") && self.quant.is_none() && self.scale.is_none() {
+            let (w, b) = (self.inner.weight(), self.inner.bias());
+            if !super::fast::few_rows(x) {
+                if let Some(y) = span("matmul", || {
+                    super::amx::linear_gelu(x, w, b, self.act_dtype)
+                })? {
+                    return Ok(y);
+                }
+            }
+        }
+        let y = self.forward(x)?;
+        span("gelu", || super::fast::gelu(&y))
+    }
+
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         #[cfg(feature = "onednn")]
         if self.quant.is_none() && self.scale.is_none() {

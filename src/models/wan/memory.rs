@@ -19,7 +19,8 @@
 //!      + L·D·a + 13·T·D·4       (embedded text; time embeddings, T = 1 or N)
 //! phases, in units of N·D bytes unless marked:
 //!   norm + modulate           4 + [a≠4]a   (f32 out, then cast; CPU: a, one fused pass)
-//!   self-attn q / k           a + Hq,  2a + Hq    Hq = max([a≠m]m + 2m, a + 8)
+//!   self-attn q / k           a + Hq,  2a + Hq    Hq = max([a≠m]m + 2m, a + 8 if a = 4
+//!                                                          else 2a + 4)
 //!   self-attn (CPU, fused)    4a + 4 + 3[a≠4]·4   + W(N)
 //!   cross-attn (CPU, fused)   3a + 4 + [a≠4]·4    + W(N) + 2·L·D·(a + [a≠4]·4) bytes
 //!   self-attn (CPU, oneDNN)   5a + O(N, N)        (feature `onednn`; m = a there)
@@ -32,6 +33,7 @@
 //!   gated residual adds       2a + 2[a≠4]·4 + 8 + [a≠4]a   (CPU, fused: 3a)
 //!   feed-forward              max(2a + [a≠m]m + 2·(F/D)·m,
 //!                                 a + (F/D)(a + [a≠m]m) + 2m) + [a≠m]·D·F·m bytes
+//!                             (AMX without oneDNN, GELU in the linear: 3a + (F/D)a)
 //! S(Nq, Nk) = q_c + max(2·H·R·Nk·m, H·R·Nk·m + 2·R·D·m) bytes,
 //!           R = query rows per chunk = clamp(cap / (H·Nk·m), 1, Nq)
 //!           (cap: 256 MiB of scores), q_c = R·D·m if R < Nq else 0
@@ -55,9 +57,10 @@
 //! 14B expert at 75,600 tokens in bf16 on the CPU it gives about 12.4 GiB
 //! (the feed-forward phase; self-attention peaks at ~10.6 GiB), 10.1 GiB
 //! with the `onednn` feature (no widened copies: the fused self-attention
-//! is the peak), and 6.8 GiB on AMX (`super::amx`: bf16 linears and
-//! attention as they are); per-token timesteps (TI2V) add 13·N·D·4 bytes
-//! to the base.
+//! is the peak), and 5.8 GiB on AMX (`super::amx`: bf16 linears and
+//! attention as they are, the GELU in the linear; 6.8 GiB with the feature,
+//! whose linears stay on oneDNN); per-token timesteps (TI2V) add
+//! 13·N·D·4 bytes to the base.
 
 use super::attention::{attention_chunk_rows, attention_score_cap};
 use super::flash::working_bytes;
@@ -105,6 +108,8 @@ pub fn activation_peak_bytes_on(
     } else {
         mm.size_in_bytes() as f64
     };
+    // Without oneDNN, the AMX linear applies the feed-forward's GELU itself.
+    let fused_gelu = amx && !onednn && dtype == DType::BF16;
     let (n, l) = (tokens as f64, text_tokens as f64);
     let (d, f, h) = (cfg.dim as f64, cfg.ffn_dim as f64, cfg.num_heads as f64);
     let head_dim = cfg.head_dim() as f64;
@@ -126,7 +131,11 @@ pub fn activation_peak_bytes_on(
     let t = if per_token_timesteps { n } else { 1.0 };
     let base = 2.0 * nd * a + 4.0 * n * head_dim + l * d * a + 13.0 * t * d * 4.0;
 
-    let heads = r(cvt_m + 2.0 * m).max(a + 8.0);
+    // The q/k chain: the projection, the f32 norm + RoPE output, and its
+    // cast for bf16 (a + 8 bounds the f32 chain; the bf16 one, 2a + 4, is
+    // what the counting allocator sees once a widened matmul is gone).
+    let chain = if a == 4.0 { a + 8.0 } else { 2.0 * a + 4.0 };
+    let heads = r(cvt_m + 2.0 * m).max(chain);
     // On the CPU attention is the fused kernel: f32 views of q, k and v
     // (copies when a != 4), its f32 output and per-thread tiles, no scores.
     let (onednn_self, onednn_cross) = if onednn {
@@ -169,8 +178,13 @@ pub fn activation_peak_bytes_on(
         } else {
             (2.0 * a + 2.0 * cvt_4 + 8.0 + copy_a4) * nd
         },
-        (2.0 * a + cvt_m + 2.0 * ratio * m).max(a + ratio * (a + cvt_m) + 2.0 * m) * nd
-            + if cvt_m > 0.0 { d * f * m } else { 0.0 },
+        if fused_gelu {
+            // No pre-activation tensor: the GELU is in the linear's store.
+            (2.0 * a + ratio * a).max(3.0 * a + ratio * a) * nd
+        } else {
+            (2.0 * a + cvt_m + 2.0 * ratio * m).max(a + ratio * (a + cvt_m) + 2.0 * m) * nd
+                + if cvt_m > 0.0 { d * f * m } else { 0.0 }
+        },
         prepare_bytes(cfg, n, a, m, per_token_timesteps),
         finish_bytes(cfg, n, a, m),
     ];
@@ -272,10 +286,13 @@ mod tests {
         // the feed-forward phase, ~12.4 GiB with the weights widened per
         // call; on oneDNN, which multiplies bf16 as it is, the fused
         // self-attention (oneDNN declines 40 heads over 75,600 keys), ~10.1;
-        // on AMX, linears and attention in bf16 as they are, ~6.8 (the
+        // on AMX, linears and attention in bf16 as they are, ~5.8 with the
+        // GELU in the linear and ~6.8 where oneDNN keeps the linears (the
         // feed-forward phase again).
         let gib = p2 / (1u64 << 30) as f64;
-        let want = if super::super::amx::available() {
+        let want = if super::super::amx::available() && !cfg!(feature = "onednn") {
+            5.3..6.3
+        } else if super::super::amx::available() {
             6.3..7.3
         } else if cfg!(feature = "onednn") {
             9.6..10.6

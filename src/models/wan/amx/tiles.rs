@@ -99,6 +99,7 @@ pub fn matmul(
     w: &[bf16],
     n: usize,
     bias: Option<&[f32]>,
+    gelu: bool,
     out: Out,
 ) {
     assert!(
@@ -140,7 +141,7 @@ pub fn matmul(
             // SAFETY: AMX is enabled (callers go through `available`);
             // every pointer below stays inside x, w, the bias, the
             // buffer and the output, whose sizes were checked above.
-            unsafe { worker(x, k, w, n, bias, dst, (p0, p1), (r0, r1), pack) }
+            unsafe { worker(x, k, w, n, (bias, gelu), dst, (p0, p1), (r0, r1), pack) }
         });
     });
 }
@@ -157,7 +158,7 @@ unsafe fn worker(
     k: usize,
     w: &[bf16],
     n: usize,
-    bias: Option<&[f32]>,
+    (bias, gelu): (Option<&[f32]>, bool),
     dst: Dst,
     (p0, p1): (usize, usize),
     (r0, r1): (usize, usize),
@@ -211,7 +212,17 @@ unsafe fn worker(
                 }
                 let (first_row, last_row) = (b0 - start, (r1 - start).min(32));
                 let bias = bias.map(|b| &b[c0..c0 + cols]);
-                unsafe { epilogue(&c, first_row..last_row, cols, bias, dst, (start, c0), n) };
+                unsafe {
+                    epilogue(
+                        &c,
+                        first_row..last_row,
+                        cols,
+                        (bias, gelu),
+                        dst,
+                        (start, c0),
+                        n,
+                    )
+                };
             }
             b0 += 32;
         }
@@ -418,7 +429,8 @@ impl Step {
     }
 }
 
-/// Rows `rows` of the 32x32 block `c` plus the bias, written at
+/// Rows `rows` of the 32x32 block `c` plus the bias (then the tanh GELU
+/// when `gelu`), written at
 /// (row0 + r, col0) of the [.., n] output, `cols` columns.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx512vl")]
 #[allow(clippy::too_many_arguments)]
@@ -426,7 +438,7 @@ unsafe fn epilogue(
     c: &[f32; 1024],
     rows: std::ops::Range<usize>,
     cols: usize,
-    bias: Option<&[f32]>,
+    (bias, gelu): (Option<&[f32]>, bool),
     dst: Dst,
     (row0, col0): (usize, usize),
     n: usize,
@@ -444,6 +456,14 @@ unsafe fn epilogue(
         let at = (row0 + r) * n + col0;
         let v0 = _mm512_add_ps(_mm512_loadu_ps(c[r * 32..].as_ptr()), b0);
         let v1 = _mm512_add_ps(_mm512_loadu_ps(c[r * 32 + 16..].as_ptr()), b1);
+        let (v0, v1) = if gelu {
+            (
+                super::super::fast::gelu512(v0),
+                super::super::fast::gelu512(v1),
+            )
+        } else {
+            (v0, v1)
+        };
         // SAFETY: (row0 + r, col0 .. col0 + cols) lies in the m·n output.
         unsafe {
             match dst {
