@@ -120,39 +120,10 @@ fn linear_act(
     };
     let mut shape = dims.to_vec();
     *shape.last_mut().expect("rank >= 1") = n;
+    let run = |o: Out| tiles::matmul((xv, m, k), (wv, n), (bias.as_deref(), gelu), o);
     let y = match out {
-        DType::BF16 => {
-            let mut o: Vec<bf16> = Vec::with_capacity(m * n);
-            tiles::matmul(
-                xv,
-                m,
-                k,
-                wv,
-                n,
-                bias.as_deref(),
-                gelu,
-                Out::Bf16(o.spare_capacity_mut()),
-            );
-            // SAFETY: `matmul` wrote every one of the m·n elements.
-            unsafe { o.set_len(m * n) };
-            Tensor::from_vec(o, shape, x.device())?
-        }
-        _ => {
-            let mut o: Vec<f32> = Vec::with_capacity(m * n);
-            tiles::matmul(
-                xv,
-                m,
-                k,
-                wv,
-                n,
-                bias.as_deref(),
-                gelu,
-                Out::F32(o.spare_capacity_mut()),
-            );
-            // SAFETY: as above.
-            unsafe { o.set_len(m * n) };
-            Tensor::from_vec(o, shape, x.device())?
-        }
+        DType::BF16 => written::<bf16>(m * n, shape, |o| run(Out::Bf16(o)))?,
+        _ => written::<f32>(m * n, shape, |o| run(Out::F32(o)))?,
     };
     Ok(Some(y))
 }
@@ -209,11 +180,25 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
     ) else {
         return Ok(None);
     };
-    let mut o: Vec<bf16> = Vec::with_capacity(b * sq * h * d);
-    tiles::attention(qv, kv, vv, (b, h, sq, sk, d), o.spare_capacity_mut());
-    // SAFETY: every (row, head) slice of the output was written.
-    unsafe { o.set_len(b * sq * h * d) };
-    Ok(Some(Tensor::from_vec(o, (b, sq, h * d), q.device())?))
+    let shape = vec![b, sq, h * d];
+    let o = written::<bf16>(b * sq * h * d, shape, |o| {
+        tiles::attention(qv, kv, vv, (b, h, sq, sk, d), o)
+    })?;
+    Ok(Some(o))
+}
+
+/// A CPU tensor of `len` elements that `fill` writes, every one of them
+/// (the kernels' contract: no zero-fill pass before they run).
+fn written<T: candle_core::WithDType>(
+    len: usize,
+    shape: Vec<usize>,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<T>]),
+) -> Result<Tensor> {
+    let mut o: Vec<T> = Vec::with_capacity(len);
+    fill(&mut o.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` wrote all `len` elements.
+    unsafe { o.set_len(len) };
+    Tensor::from_vec(o, shape, &candle_core::Device::Cpu)
 }
 
 /// Where the product goes, [M, N] row-major, every element written.
@@ -238,13 +223,9 @@ mod tiles {
         false
     }
     pub fn matmul(
-        _: &[bf16],
-        _: usize,
-        _: usize,
-        _: &[bf16],
-        _: usize,
-        _: Option<&[f32]>,
-        _: bool,
+        _: (&[bf16], usize, usize),
+        _: (&[bf16], usize),
+        _: (Option<&[f32]>, bool),
         _: super::Out,
     ) {
         unreachable!("AMX is never available off x86_64")

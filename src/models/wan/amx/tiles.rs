@@ -92,14 +92,12 @@ enum Dst {
 unsafe impl Send for Dst {}
 unsafe impl Sync for Dst {}
 
+/// `x · wᵀ (+ bias) (then GELU)` for `x` [M, K] and `w` [N, K] (K a
+/// multiple of 32) into `out` [M, N], every element written.
 pub fn matmul(
-    x: &[bf16],
-    m: usize,
-    k: usize,
-    w: &[bf16],
-    n: usize,
-    bias: Option<&[f32]>,
-    gelu: bool,
+    (x, m, k): (&[bf16], usize, usize),
+    (w, n): (&[bf16], usize),
+    (bias, gelu): (Option<&[f32]>, bool),
     out: Out,
 ) {
     assert!(
