@@ -33,27 +33,20 @@ impl Proj {
 
     /// x f32 [.., in] -> f32 [.., out].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // With oneDNN, a bf16 weight multiplies bf16-rounded activations on
-        // the CPU's bf16 units (f32 accumulation, f32 out), as PyTorch's
-        // bf16 encoder does; without it the weight is widened instead.
-        #[cfg(feature = "onednn")]
+        // A bf16 weight multiplies bf16-rounded activations on the CPU's
+        // bf16 units (f32 accumulation, f32 out), as PyTorch's bf16 encoder
+        // does: on the AMX tiles where the CPU has them, else on oneDNN with
+        // the feature; without either the weight is widened instead.
         if let Self::Dense(w) = self {
-            if w.dtype() == DType::BF16 && x.device().is_cpu() {
-                let xb = crate::models::wan::fast::cast(x, DType::BF16)?;
-                if let Some(y) = crate::models::wan::onednn::linear_into(&xb, w, None, DType::F32)?
-                {
-                    return Ok(y);
-                }
-            }
-        }
-        // The same on the CPU's AMX tiles, where it has them.
-        if let Self::Dense(w) = self {
-            if w.dtype() == DType::BF16
-                && x.device().is_cpu()
-                && crate::models::wan::amx::available()
-            {
+            let units = crate::models::wan::amx::available() || cfg!(feature = "onednn");
+            if w.dtype() == DType::BF16 && x.device().is_cpu() && units {
                 let xb = crate::models::wan::fast::cast(x, DType::BF16)?;
                 if let Some(y) = crate::models::wan::amx::linear_into(&xb, w, None, DType::F32)? {
+                    return Ok(y);
+                }
+                #[cfg(feature = "onednn")]
+                if let Some(y) = crate::models::wan::onednn::linear_into(&xb, w, None, DType::F32)?
+                {
                     return Ok(y);
                 }
             }

@@ -137,38 +137,37 @@ impl Proj {
     /// sums in the store (one rounding, no pre-activation tensor; see
     /// `amx::linear_gelu`), elsewhere [`Proj::forward`] then the GELU.
     pub(super) fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        // oneDNN keeps the linears where the feature is on (see `forward`).
-        if !cfg!(feature = "onednn") && self.quant.is_none() && self.scale.is_none() {
-            let (w, b) = (self.inner.weight(), self.inner.bias());
-            if !super::fast::few_rows(x) {
-                if let Some(y) = span("matmul", || {
-                    super::amx::linear_gelu(x, w, b, self.act_dtype)
-                })? {
-                    return Ok(y);
-                }
-            }
+        if let Some(y) = self.on_amx(x, true)? {
+            return Ok(y);
         }
         let y = self.forward(x)?;
         span("gelu", || super::fast::gelu(&y))
     }
 
+    /// bf16 on the tile unit where the CPU has one, for more than a few
+    /// rows (the matvec is quicker below): first in every build, as it
+    /// measured faster than oneDNN 3.2's AMX matmul once its loop was
+    /// pipelined and the GELU fused.
+    fn on_amx(&self, x: &Tensor, gelu: bool) -> Result<Option<Tensor>> {
+        if self.quant.is_some() || self.scale.is_some() || super::fast::few_rows(x) {
+            return Ok(None);
+        }
+        let (w, b) = (self.inner.weight(), self.inner.bias());
+        span("matmul", || match gelu {
+            true => super::amx::linear_gelu(x, w, b, self.act_dtype),
+            false => super::amx::linear_into(x, w, b, self.act_dtype),
+        })
+    }
+
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = self.on_amx(x, false)? {
+            return Ok(y);
+        }
         #[cfg(feature = "onednn")]
         if self.quant.is_none() && self.scale.is_none() {
             let (w, b) = (self.inner.weight(), self.inner.bias());
             if let Some(y) = span("matmul", || super::onednn::linear(x, w, b))? {
                 return span("cast", || super::fast::cast(&y, self.act_dtype));
-            }
-        }
-        // bf16 on the tile unit where the CPU has one (after oneDNN, which
-        // measured ~5-10% faster on the same AMX; before the matvec for
-        // more than a few rows).
-        if self.quant.is_none() && self.scale.is_none() && !super::fast::few_rows(x) {
-            let (w, b) = (self.inner.weight(), self.inner.bias());
-            if let Some(y) = span("matmul", || {
-                super::amx::linear_into(x, w, b, self.act_dtype)
-            })? {
-                return Ok(y);
             }
         }
         if self.quant.is_none() && self.scale.is_none() {

@@ -33,7 +33,7 @@
 //!   gated residual adds       2a + 2[a≠4]·4 + 8 + [a≠4]a   (CPU, fused: 3a)
 //!   feed-forward              max(2a + [a≠m]m + 2·(F/D)·m,
 //!                                 a + (F/D)(a + [a≠m]m) + 2m) + [a≠m]·D·F·m bytes
-//!                             (AMX without oneDNN, GELU in the linear: 3a + (F/D)a)
+//!                             (bf16 on AMX, GELU in the linear: 3a + (F/D)a)
 //! S(Nq, Nk) = q_c + max(2·H·R·Nk·m, H·R·Nk·m + 2·R·D·m) bytes,
 //!           R = query rows per chunk = clamp(cap / (H·Nk·m), 1, Nq)
 //!           (cap: 256 MiB of scores), q_c = R·D·m if R < Nq else 0
@@ -58,9 +58,8 @@
 //! (the feed-forward phase; self-attention peaks at ~10.6 GiB), 10.1 GiB
 //! with the `onednn` feature (no widened copies: the fused self-attention
 //! is the peak), and 5.8 GiB on AMX (`super::amx`: bf16 linears and
-//! attention as they are, the GELU in the linear; 6.8 GiB with the feature,
-//! whose linears stay on oneDNN); per-token timesteps (TI2V) add
-//! 13·N·D·4 bytes to the base.
+//! attention as they are, the GELU in the linear, in either build);
+//! per-token timesteps (TI2V) add 13·N·D·4 bytes to the base.
 
 use super::attention::{attention_chunk_rows, attention_score_cap};
 use super::flash::working_bytes;
@@ -108,8 +107,8 @@ pub fn activation_peak_bytes_on(
     } else {
         mm.size_in_bytes() as f64
     };
-    // Without oneDNN, the AMX linear applies the feed-forward's GELU itself.
-    let fused_gelu = amx && !onednn && dtype == DType::BF16;
+    // The AMX linear applies the feed-forward's GELU itself.
+    let fused_gelu = amx && dtype == DType::BF16;
     let (n, l) = (tokens as f64, text_tokens as f64);
     let (d, f, h) = (cfg.dim as f64, cfg.ffn_dim as f64, cfg.num_heads as f64);
     let head_dim = cfg.head_dim() as f64;
@@ -286,14 +285,11 @@ mod tests {
         // the feed-forward phase, ~12.4 GiB with the weights widened per
         // call; on oneDNN, which multiplies bf16 as it is, the fused
         // self-attention (oneDNN declines 40 heads over 75,600 keys), ~10.1;
-        // on AMX, linears and attention in bf16 as they are, ~5.8 with the
-        // GELU in the linear and ~6.8 where oneDNN keeps the linears (the
-        // feed-forward phase again).
+        // on AMX, linears and attention in bf16 as they are and the GELU in
+        // the linear, ~5.8 (the feed-forward phase again).
         let gib = p2 / (1u64 << 30) as f64;
-        let want = if super::super::amx::available() && !cfg!(feature = "onednn") {
+        let want = if super::super::amx::available() {
             5.3..6.3
-        } else if super::super::amx::available() {
-            6.3..7.3
         } else if cfg!(feature = "onednn") {
             9.6..10.6
         } else {
