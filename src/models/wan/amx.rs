@@ -249,6 +249,20 @@ mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
+    /// The largest |got - want| (got read as f32) and the largest |want|.
+    fn max_error(got: &Tensor, want: &Tensor) -> (f32, f32) {
+        let max = |t: Tensor| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let got = got.to_dtype(DType::F32).unwrap();
+        (max((&got - want).unwrap()), max(want.clone()))
+    }
+
     /// The AMX product against the widened f32 product of the same
     /// bf16-rounded operands, at shapes that cover row tails (fewer than 16,
     /// fewer than 32, a partial last block), column tails and both outputs.
@@ -297,22 +311,7 @@ mod tests {
             for out in [DType::F32, DType::BF16] {
                 let got = linear_into(&x, &w, Some(&b), out).unwrap().expect("taken");
                 assert_eq!(got.dims(), &[m, n]);
-                let got = got.to_dtype(DType::F32).unwrap();
-                let err = (&got - &want)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                let scale = want
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
+                let (err, scale) = max_error(&got, &want);
                 // f32 accumulation in another order; bf16 out adds one rounding.
                 let tol = if out == DType::F32 { 1e-5 } else { 4e-3 };
                 assert!(
@@ -325,13 +324,7 @@ mod tests {
             let got = linear_gelu(&x, &w, Some(&b), DType::BF16)
                 .unwrap()
                 .expect("taken");
-            let got = got.to_dtype(DType::F32).unwrap();
-            let err = (&got - &want).unwrap().abs().unwrap().max_all().unwrap();
-            let scale = want.abs().unwrap().max_all().unwrap();
-            let (err, scale) = (
-                err.to_scalar::<f32>().unwrap(),
-                scale.to_scalar::<f32>().unwrap(),
-            );
+            let (err, scale) = max_error(&got, &want);
             assert!(
                 err <= 4e-3 * scale,
                 "{m}x{k}x{n} GELU: max error {err} of {scale}"

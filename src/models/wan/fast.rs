@@ -208,7 +208,7 @@ pub fn matvec_bf16(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Option<
         return Ok(None);
     }
     let m = x.elem_count() / k;
-    if m == 0 || m > MATVEC_ROWS {
+    if m == 0 || !few_rows(x) {
         return Ok(None);
     }
     let xv = cast(x, DType::F32)?.flatten_all()?.to_vec1::<f32>()?;

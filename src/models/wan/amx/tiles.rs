@@ -176,7 +176,7 @@ unsafe fn worker(
     let mut c = [0f32; 32 * 32];
     for p in p0..p1 {
         let n0 = p * PANEL;
-        unsafe { pack_panel(w, n, k, n0, pack) };
+        unsafe { pack_panel(w, n, k, n0, PANEL, pack) };
         let mut b0 = r0;
         while b0 < r1 {
             // The last block of a range ends at r1, overlapping the one
@@ -225,18 +225,6 @@ unsafe fn worker(
             b0 += 32;
         }
     }
-}
-
-/// Packs the panel of columns [n0, n0 + PANEL) of `wᵀ` over all of K:
-/// for each 16-column tile and each 32-deep k step, 16 rows (k pairs)
-/// of 16 words (columns), 1 KiB, in that order. Columns past N are zero.
-///
-/// Each 16x16 block of words is read as 16 row loads of `w` (sequential
-/// streams the prefetcher follows; gathers from a cold weight stalled on
-/// memory) and transposed in registers.
-#[target_feature(enable = "avx512f")]
-unsafe fn pack_panel(w: &[bf16], n: usize, k: usize, n0: usize, out: &mut [u32]) {
-    unsafe { pack_panel_n(w, n, k, n0, PANEL, out) }
 }
 
 /// The 16x16 transpose of 32-bit words: out[c] lane r = a[r] lane c.
@@ -529,7 +517,7 @@ pub fn attention(
         // SAFETY: each chunk is one panel of the buffer (see `pack_panel`).
         kp.par_chunks_mut(panel)
             .enumerate()
-            .for_each(|(p, buf)| unsafe { pack_panel_n(kh, sk, d, p * 64, 64, buf) });
+            .for_each(|(p, buf)| unsafe { pack_panel(kh, sk, d, p * 64, 64, buf) });
         let vsteps = skp / 32;
         // SAFETY: each chunk is one 16-column tile's steps (see `pack_kn`).
         vp.par_chunks_mut(vsteps * 256)
@@ -590,8 +578,8 @@ unsafe fn attention_tile(
         let valid = nk.min(sk - k0);
         // Scores of the 32 rows against keys k0..k0 + nk, 32 at a time.
         for pair in 0..nk / 32 {
-            let key = k0 + pair * 32;
-            let tile = (key / 64) * (64 * d / 2) + ((key % 64) / 32) * 2 * ksteps * 256;
+            // The 64-key panels lie as one: 16-key tile t at t·ksteps·256.
+            let tile = (k0 + pair * 32) / 16 * ksteps * 256;
             let step = Step {
                 a: a_q,
                 lda: d * 2,
@@ -614,7 +602,8 @@ unsafe fn attention_tile(
                 o[r * d..(r + 1) * d].iter_mut().for_each(|x| *x *= corr);
             }
             let pr = &mut p[r * KEYS..r * KEYS + nk];
-            to_bf16_row(&s[r * KEYS..r * KEYS + valid], &mut pr[..valid]);
+            // SAFETY: `pr` holds nk >= valid elements.
+            unsafe { to_bf16_row(&s[r * KEYS..r * KEYS + valid], pr.as_mut_ptr()) };
             pr[valid..].fill(bf16::ZERO);
         }
         // o += P · v for these keys, 32 output dims at a time.
@@ -632,39 +621,50 @@ unsafe fn attention_tile(
     }
     for r in skip..32 {
         let inv = 1.0 / sum[r];
+        let row = &mut o[r * d..(r + 1) * d];
+        row.iter_mut().for_each(|x| *x *= inv);
         let at = ((bi * sq + start + r) * h + hi) * d;
-        // SAFETY: row (start + r) of head hi lies in the output, and only
-        // this tile writes it.
-        let dst = unsafe { std::slice::from_raw_parts_mut(dst.0.add(at), d) };
-        for (x, y) in dst.iter_mut().zip(&o[r * d..(r + 1) * d]) {
-            *x = bf16::from_f32(y * inv);
-        }
+        // SAFETY: row (start + r) of head hi, d elements, lies in the
+        // output, and only this tile writes it.
+        unsafe { to_bf16_row(row, dst.0.add(at)) };
     }
 }
 
-/// `src` rounded to bf16, 16 lanes at a time.
+/// `src` rounded to bf16 (to nearest even) at `dst`, 16 lanes at a time;
+/// written through the pointer, so `dst` may be uninitialised.
+///
+/// # Safety
+/// `dst` must be valid for `src.len()` writes.
 #[target_feature(enable = "avx512f,avx512bf16,avx512vl")]
-fn to_bf16_row(src: &[f32], dst: &mut [bf16]) {
-    let n = src.len().min(dst.len());
+unsafe fn to_bf16_row(src: &[f32], dst: *mut bf16) {
+    let n = src.len();
     let mut i = 0;
     while i + 16 <= n {
-        // SAFETY: lanes i..i + 16 are in both slices.
+        // SAFETY: lanes i..i + 16 are in `src` and, by the caller, `dst`.
         unsafe {
             let v = _mm512_loadu_ps(src.as_ptr().add(i));
             let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(v));
-            _mm256_storeu_si256(dst.as_mut_ptr().add(i).cast(), h);
+            _mm256_storeu_si256(dst.add(i).cast(), h);
         }
         i += 16;
     }
-    for j in i..n {
-        dst[j] = bf16::from_f32(src[j]);
+    for (j, &x) in src.iter().enumerate().skip(i) {
+        // SAFETY: j < n, within `dst` by the caller.
+        unsafe { dst.add(j).write(bf16::from_f32(x)) };
     }
 }
 
-/// [`pack_panel`] for `cols` columns (a multiple of 16) from column n0:
-/// the packed tiles of `cols / 16` column tiles, each over all of K.
+/// Packs the panel of columns [n0, n0 + cols) of `wᵀ` (`cols` a multiple
+/// of 16) over all of K: for each 16-column tile and each 32-deep k step,
+/// 16 rows (k pairs) of 16 words (columns), 1 KiB, in that order. Columns
+/// past N are zero. Panels packed one after the other therefore lay out as
+/// one wider panel would: tile t of step s at word (t·K/32 + s)·256.
+///
+/// Each 16x16 block of words is read as 16 row loads of `w` (sequential
+/// streams the prefetcher follows; gathers from a cold weight stalled on
+/// memory) and transposed in registers.
 #[target_feature(enable = "avx512f")]
-unsafe fn pack_panel_n(w: &[bf16], n: usize, k: usize, n0: usize, cols: usize, out: &mut [u32]) {
+unsafe fn pack_panel(w: &[bf16], n: usize, k: usize, n0: usize, cols: usize, out: &mut [u32]) {
     let steps = k / 32;
     for ct in 0..cols / 16 {
         let c0 = n0 + ct * 16;
