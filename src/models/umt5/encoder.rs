@@ -33,35 +33,71 @@ impl Proj {
 
     /// x f32 [.., in] -> f32 [.., out].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // A bf16 weight multiplies bf16-rounded activations on the CPU's
-        // bf16 units (f32 accumulation, f32 out), as PyTorch's bf16 encoder
-        // does: on the AMX tiles where the CPU has them, else on oneDNN with
-        // the feature; without either the weight is widened instead.
-        if let Self::Dense(w) = self {
-            let units = crate::models::wan::amx::available() || cfg!(feature = "onednn");
-            if w.dtype() == DType::BF16 && x.device().is_cpu() && units {
-                let xb = crate::models::wan::fast::cast(x, DType::BF16)?;
-                if let Some(y) = crate::models::wan::amx::linear_into(&xb, w, None, DType::F32)? {
-                    return Ok(y);
-                }
-                #[cfg(feature = "onednn")]
-                if let Some(y) = crate::models::wan::onednn::linear_into(&xb, w, None, DType::F32)?
-                {
-                    return Ok(y);
-                }
-            }
+        self.forward_act(x, false)
+    }
+
+    /// tanh-GELU(self(x)), the GELU in the store of our CPU kernels (no
+    /// pre-activation tensor, no separate pass).
+    fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, true)
+    }
+
+    fn forward_act(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+        use crate::models::wan::{fast, sgemm};
+        if let Some(y) = self.on_kernels(x, gelu)? {
+            return Ok(y);
         }
-        if let Self::Dense(w) = self {
-            if let Some(y) = super::widen::matmul_bf16_weight(x, w)? {
-                return Ok(y);
-            }
-        }
-        let w = match self {
-            // Widened on rayon's pool (candle's cast is one scalar loop).
-            Self::Dense(w) => crate::models::wan::fast::cast(w, DType::F32)?,
-            Self::Blocks(q) => q.dequantize(x.device())?,
+        let y = match self {
+            Self::Dense(w) => match super::widen::matmul_bf16_weight(x, w)? {
+                Some(y) => y,
+                None => {
+                    // Widened on rayon's pool (candle's cast is one scalar loop).
+                    let w = fast::cast(w, DType::F32)?;
+                    match sgemm::linear(x, &w, None, gelu)? {
+                        Some(y) => return Ok(y),
+                        None => Linear::new(w, None).forward(x)?,
+                    }
+                }
+            },
+            Self::Blocks(q) => Linear::new(q.dequantize(x.device())?, None).forward(x)?,
         };
-        Linear::new(w, None).forward(x)
+        if gelu {
+            fast::gelu(&y)
+        } else {
+            Ok(y)
+        }
+    }
+
+    /// Our CPU kernels: an f32 weight on AVX-512 (`sgemm`); a bf16 weight
+    /// times bf16-rounded activations (f32 accumulation, f32 out), as
+    /// PyTorch's bf16 encoder multiplies, on the AMX tiles where the CPU
+    /// has them, else on oneDNN with the feature. `None` elsewhere (the
+    /// weight is widened instead).
+    fn on_kernels(&self, x: &Tensor, gelu: bool) -> Result<Option<Tensor>> {
+        use crate::models::wan::{amx, fast, sgemm};
+        let Self::Dense(w) = self else {
+            return Ok(None);
+        };
+        if w.dtype() == DType::F32 {
+            return sgemm::linear(x, w, None, gelu);
+        }
+        let units = amx::available() || cfg!(feature = "onednn");
+        if w.dtype() != DType::BF16 || !x.device().is_cpu() || !units {
+            return Ok(None);
+        }
+        let xb = fast::cast(x, DType::BF16)?;
+        let y = match gelu {
+            true => amx::linear_gelu(&xb, w, None, DType::F32)?,
+            false => amx::linear_into(&xb, w, None, DType::F32)?,
+        };
+        if y.is_some() {
+            return Ok(y);
+        }
+        #[cfg(feature = "onednn")]
+        if let Some(y) = crate::models::wan::onednn::linear_into(&xb, w, None, DType::F32)? {
+            return Ok(Some(if gelu { fast::gelu(&y)? } else { y }));
+        }
+        Ok(None)
     }
 }
 
@@ -162,40 +198,38 @@ impl SelfAttention {
         })
     }
 
-    /// The position bias plus the key mask, [B, H, L, L] contiguous, built
-    /// in one parallel pass: `table[bucket(i, j), h] + mask[b, j]`. (Adding
-    /// the permuted, broadcast bias and then the mask to the scores took two
-    /// strided passes over the largest tensor of the block.)
-    fn bias_and_mask(&self, key_mask: &Tensor, buckets: &Tensor) -> Result<Tensor> {
-        use rayon::prelude::*;
+    /// The position bias per head as a function of the distance `j - i`,
+    /// [H, 2L - 1] (index `j - i + L - 1`), read from the bucket table
+    /// [L, L] (its first row holds the distances 0..L, its first column
+    /// 0..-L).
+    fn bias_by_distance(&self, buckets: &Tensor) -> Result<Vec<f32>> {
         let (l, lk) = buckets.dims2()?;
-        let b = key_mask.dim(0)?;
-        let h = self.num_heads;
-        let table = self.bias_table.flatten_all()?.to_vec1::<f32>()?;
-        let buckets = buckets.flatten_all()?.to_vec1::<u32>()?;
-        let mask = key_mask.flatten_all()?.to_vec1::<f32>()?;
-        if mask.len() != b * lk {
-            candle_core::bail!("umt5: key mask {:?} for {lk} keys", key_mask.dims())
+        if l != lk || l == 0 {
+            candle_core::bail!(
+                "umt5: a bucket table of {:?} for self-attention",
+                buckets.dims()
+            )
         }
-        let mut out = vec![0f32; b * h * l * lk];
-        out.par_chunks_mut(l * lk)
-            .enumerate()
-            .try_for_each(|(bh, plane)| {
-                let (bi, hi) = (bh / h, bh % h);
-                let m = &mask[bi * lk..(bi + 1) * lk];
-                for (row, (o, bk)) in plane.chunks_mut(lk).zip(buckets.chunks(lk)).enumerate() {
-                    for ((o, &k), &m) in o.iter_mut().zip(bk).zip(m) {
-                        let Some(&t) = table.get(k as usize * h + hi) else {
-                            return Err(candle_core::Error::Msg(format!(
-                                "umt5: bucket {k} at row {row} outside the bias table"
-                            )));
-                        };
-                        *o = t + m;
-                    }
-                }
-                Ok(())
-            })?;
-        Tensor::from_vec(out, (b, h, l, lk), key_mask.device())
+        let ahead = buckets.i(0)?.to_vec1::<u32>()?;
+        let behind = buckets.i((.., 0))?.to_vec1::<u32>()?;
+        let table = self.bias_table.flatten_all()?.to_vec1::<f32>()?;
+        let h = self.num_heads;
+        let span = 2 * l - 1;
+        let mut out = vec![0f32; h * span];
+        for at in 0..span {
+            let bucket = if at + 1 >= l {
+                ahead[at + 1 - l]
+            } else {
+                behind[l - 1 - at]
+            } as usize;
+            let Some(row) = table.get(bucket * h..(bucket + 1) * h) else {
+                candle_core::bail!("umt5: bucket {bucket} outside the bias table")
+            };
+            for (hi, &t) in row.iter().enumerate() {
+                out[hi * span + at] = t;
+            }
+        }
+        Ok(out)
     }
 
     /// Position bias [1, H, L, L] from the bucket table [L, L] (off the CPU).
@@ -221,13 +255,23 @@ impl SelfAttention {
         let q = heads(self.q.forward(&h)?)?;
         let k = heads(self.k.forward(&h)?)?;
         let v = heads(self.v.forward(&h)?)?;
-        let scores = if x.device().is_cpu() {
-            (q.matmul(&k.t()?)? + self.bias_and_mask(key_mask, buckets)?)?
-        } else {
-            q.matmul(&k.t()?)?
-                .broadcast_add(&self.position_bias(buckets)?)?
-                .broadcast_add(key_mask)?
-        };
+        if x.device().is_cpu() {
+            // The fused attention with the bias as a function of distance:
+            // no [B, H, L, L] bias, scores or probabilities.
+            let by_distance = self.bias_by_distance(buckets)?;
+            let mask = key_mask.flatten_all()?.to_vec1::<f32>()?;
+            let bias = crate::models::wan::flash::DistanceBias {
+                by_distance: &by_distance,
+                mask: &mask,
+            };
+            let out = crate::models::wan::flash::attention_fused_with(&q, &k, &v, 1.0, Some(bias))?;
+            return self.o.forward(&out);
+        }
+        // Elsewhere: the scores, the broadcast bias and mask, the softmax.
+        let scores = q
+            .matmul(&k.t()?)?
+            .broadcast_add(&self.position_bias(buckets)?)?
+            .broadcast_add(key_mask)?;
         let p = candle_nn::ops::softmax_last_dim(&scores)?;
         let out = p
             .matmul(&v)?
@@ -264,8 +308,9 @@ impl GatedFfn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let h = t5_layer_norm(x, &self.norm, self.eps)?;
         // candle's `gelu` is the tanh approximation (HF `gelu_new`, Wan's GELU).
-        // `fast::gelu`: the same function on rayon's pool, within a few ulps.
-        let gate = crate::models::wan::fast::gelu(&self.wi_0.forward(&h)?)?;
+        // `fast::gelu` and the kernels' store: the same function, within a
+        // few ulps.
+        let gate = self.wi_0.forward_gelu(&h)?;
         self.wo.forward(&(gate * self.wi_1.forward(&h)?)?)
     }
 }

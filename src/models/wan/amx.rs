@@ -122,8 +122,8 @@ fn linear_act(
     *shape.last_mut().expect("rank >= 1") = n;
     let run = |o: Out| tiles::matmul((xv, m, k), (wv, n), (bias.as_deref(), gelu), o);
     let y = match out {
-        DType::BF16 => written::<bf16>(m * n, shape, |o| run(Out::Bf16(o)))?,
-        _ => written::<f32>(m * n, shape, |o| run(Out::F32(o)))?,
+        DType::BF16 => super::fast::written::<bf16>(m * n, shape, |o| run(Out::Bf16(o)))?,
+        _ => super::fast::written::<f32>(m * n, shape, |o| run(Out::F32(o)))?,
     };
     Ok(Some(y))
 }
@@ -181,24 +181,10 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     };
     let shape = vec![b, sq, h * d];
-    let o = written::<bf16>(b * sq * h * d, shape, |o| {
+    let o = super::fast::written::<bf16>(b * sq * h * d, shape, |o| {
         tiles::attention(qv, kv, vv, (b, h, sq, sk, d), o)
     })?;
     Ok(Some(o))
-}
-
-/// A CPU tensor of `len` elements that `fill` writes, every one of them
-/// (the kernels' contract: no zero-fill pass before they run).
-fn written<T: candle_core::WithDType>(
-    len: usize,
-    shape: Vec<usize>,
-    fill: impl FnOnce(&mut [std::mem::MaybeUninit<T>]),
-) -> Result<Tensor> {
-    let mut o: Vec<T> = Vec::with_capacity(len);
-    fill(&mut o.spare_capacity_mut()[..len]);
-    // SAFETY: `fill` wrote all `len` elements.
-    unsafe { o.set_len(len) };
-    Tensor::from_vec(o, shape, &candle_core::Device::Cpu)
 }
 
 /// Where the product goes, [M, N] row-major, every element written.

@@ -390,6 +390,59 @@ fn norm_row(o: &mut [f32], eps: f64, mul: &[f32], add: &[f32]) {
     }
 }
 
+/// A CPU tensor of `len` elements that `fill` writes, every one of them
+/// (the kernels' contract: no zero-fill pass before they run).
+pub(super) fn written<T: candle_core::WithDType>(
+    len: usize,
+    shape: Vec<usize>,
+    fill: impl FnOnce(&mut [std::mem::MaybeUninit<T>]),
+) -> Result<Tensor> {
+    let mut o: Vec<T> = Vec::with_capacity(len);
+    fill(&mut o.spare_capacity_mut()[..len]);
+    // SAFETY: `fill` wrote all `len` elements.
+    unsafe { o.set_len(len) };
+    Tensor::from_vec(o, shape, &candle_core::Device::Cpu)
+}
+
+/// The 16x16 transpose of 32-bit words: out[c] lane r = a[r] lane c (the
+/// packing of a weight panel: pairs of bf16 for the AMX linear, f32 for
+/// `super::sgemm`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(super) fn transpose16(
+    a: &[std::arch::x86_64::__m512i; 16],
+) -> [std::arch::x86_64::__m512i; 16] {
+    use std::arch::x86_64::*;
+    // Pairs of rows interleaved by word, then by double word: u[4i + q]
+    // holds, in each 128-bit lane L, rows 4i..4i+3 of column 4L + q.
+    let mut t = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(a[2 * i], a[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(a[2 * i], a[2 * i + 1]);
+    }
+    let mut u = [_mm512_setzero_si512(); 16];
+    for i in 0..4 {
+        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    // Then the 128-bit lanes L of u[q], u[4 + q], u[8 + q], u[12 + q]
+    // gathered into column 4L + q.
+    let mut out = [_mm512_setzero_si512(); 16];
+    for q in 0..4 {
+        let v0 = _mm512_shuffle_i32x4::<0x88>(u[q], u[4 + q]);
+        let v1 = _mm512_shuffle_i32x4::<0xDD>(u[q], u[4 + q]);
+        let v2 = _mm512_shuffle_i32x4::<0x88>(u[8 + q], u[12 + q]);
+        let v3 = _mm512_shuffle_i32x4::<0xDD>(u[8 + q], u[12 + q]);
+        out[q] = _mm512_shuffle_i32x4::<0x88>(v0, v2);
+        out[8 + q] = _mm512_shuffle_i32x4::<0xDD>(v0, v2);
+        out[4 + q] = _mm512_shuffle_i32x4::<0x88>(v1, v3);
+        out[12 + q] = _mm512_shuffle_i32x4::<0xDD>(v1, v3);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

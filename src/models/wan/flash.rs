@@ -3,8 +3,9 @@
 //! softmax (running row maximum and sum), so no score matrix is ever
 //! materialised. Work items (batch x head x query tile) run in parallel on
 //! rayon's pool; each holds a few tiles of f32 (tens of KiB), whatever the
-//! sequence length. The tile products go through the `gemm` crate (the one
-//! candle's CPU matmul uses), single-threaded inside an item.
+//! sequence length. The tile products run on the calling thread, on our
+//! AVX-512 kernel (`super::sgemm`) where the CPU has it, else on the `gemm`
+//! crate (the one candle's CPU matmul uses).
 //!
 //! `super::attention::attention_chunked` stays as the reference (and the
 //! path on other devices); the tests compare the two.
@@ -22,14 +23,20 @@ pub const K_TILE: usize = 256;
 /// Bytes of working memory the kernel holds at once beyond its output:
 /// one work item's tiles (scores [rows, K_TILE], accumulator [rows, d],
 /// row maxima and sums) per pool thread busy, for `items` work items, and
-/// the buffer the `gemm` crate allocates inside each tile product to pack
-/// its left operand (rows x the inner dimension, K_TILE for p·v or d for
+/// (without `super::sgemm`) the buffer the `gemm` crate allocates inside
+/// each tile product to pack its left operand (rows x the inner dimension, K_TILE for p·v or d for
 /// q·kᵀ, in f32, plus its alignment slack, measured under 4 KiB).
 pub fn working_bytes(batch_heads: usize, q_tokens: usize, head_dim: usize) -> usize {
     let rows = Q_TILE.min(q_tokens);
     let items = batch_heads * q_tokens.div_ceil(Q_TILE);
     let busy = rayon::current_num_threads().min(items);
-    let gemm_pack = 4 * rows * K_TILE.max(head_dim) + 4096;
+    // Our kernel packs into its kept per-thread buffer; the `gemm` crate
+    // (without AVX-512) allocates per product.
+    let gemm_pack = if super::sgemm::available() {
+        0
+    } else {
+        4 * rows * K_TILE.max(head_dim) + 4096
+    };
     busy * (4 * (rows * K_TILE + rows * head_dim + 2 * rows) + gemm_pack)
 }
 
@@ -49,10 +56,44 @@ impl OutPtr {
 /// softmax(q k^T / sqrt(d)) v per head; q [B, H, Sq, d], k/v [B, H, Sk, d].
 /// Returns [B, Sq, H * d] in q's dtype; computes in f32.
 pub fn attention_fused(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let d = q.dim(3)?;
+    attention_fused_with(q, k, v, 1.0 / (d as f32).sqrt(), None)
+}
+
+/// An additive score bias of T5's kind, a function of the key's distance
+/// from the query per head plus a mask per key: the score of query i and
+/// key j in head h of batch b gains `by_distance[h][j - i + Sq - 1] +
+/// mask[b][j]`. Built in O(H·(Sq + Sk) + B·Sk), where the bias tensor it
+/// replaces is [B, H, Sq, Sk].
+pub struct DistanceBias<'a> {
+    /// [H, Sq + Sk - 1].
+    pub by_distance: &'a [f32],
+    /// [B, Sk] (0, or a large negative number for a padded key).
+    pub mask: &'a [f32],
+}
+
+/// softmax(scale · q kᵀ (+ bias)) v per head, as [`attention_fused`]
+/// (umT5's self-attention: no 1/√d, a [`DistanceBias`]).
+pub fn attention_fused_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    bias: Option<DistanceBias>,
+) -> Result<Tensor> {
     let (q_tile, k_tile) = (Q_TILE, K_TILE);
     let dtype = q.dtype();
     let (b, h, sq, d) = q.dims4()?;
     let sk = k.dim(2)?;
+    if let Some(bias) = &bias {
+        if bias.by_distance.len() != h * (sq + sk - 1) || bias.mask.len() != b * sk {
+            candle_core::bail!(
+                "attention: a distance bias of {} and a mask of {} values for {b}x{h} heads of {sq} queries over {sk} keys",
+                bias.by_distance.len(),
+                bias.mask.len()
+            )
+        }
+    }
     let f32c = |t: &Tensor| -> Result<Tensor> { super::fast::cast(t, DType::F32)?.contiguous() };
     // The f32 views of q, k and v (copies for bf16) are dropped before the
     // output is cast back to q's dtype.
@@ -72,7 +113,6 @@ pub fn attention_fused(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let mut out = vec![0f32; b * sq * h * d];
         let ptr = OutPtr(out.as_mut_ptr());
         let tiles = sq.div_ceil(q_tile);
-        let scale = 1.0 / (d as f32).sqrt();
         (0..b * h * tiles).into_par_iter().for_each(|item| {
             let (bh, tile) = (item / tiles, item % tiles);
             let r0 = tile * q_tile;
@@ -80,8 +120,18 @@ pub fn attention_fused(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
             let qt = &qs[(bh * sq + r0) * d..(bh * sq + r0 + rows) * d];
             let kh = &ks[bh * sk * d..(bh + 1) * sk * d];
             let vh = &vs[bh * sk * d..(bh + 1) * sk * d];
-            let o = tile_attention(qt, kh, vh, [rows, sk, d, k_tile], scale);
             let (bi, hi) = (bh / h, bh % h);
+            // The bias of this item's rows: row r's keys start at distance
+            // -(r0 + r), index Sq - 1 - r0 - r of its head's table.
+            let row_bias = bias.as_ref().map(|bias| {
+                let span = sq + sk - 1;
+                RowBias {
+                    by_distance: &bias.by_distance[hi * span..(hi + 1) * span],
+                    first: sq - 1 - r0,
+                    mask: &bias.mask[bi * sk..(bi + 1) * sk],
+                }
+            });
+            let o = tile_attention(qt, kh, vh, [rows, sk, d, k_tile], scale, row_bias);
             for r in 0..rows {
                 let dst = ((bi * sq + r0 + r) * h + hi) * d;
                 // SAFETY: (batch, row, head) triples are disjoint across
@@ -96,6 +146,14 @@ pub fn attention_fused(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     super::fast::cast(&Tensor::from_vec(out, (b, sq, h * d), q.device())?, dtype)
 }
 
+/// A [`DistanceBias`] seen from one query tile: row r, key j gains
+/// `by_distance[first - r + j] + mask[j]`.
+struct RowBias<'a> {
+    by_distance: &'a [f32],
+    first: usize,
+    mask: &'a [f32],
+}
+
 /// One query tile against all keys of its head: q [rows, d], k/v [sk, d].
 /// Returns the normalised output [rows, d].
 fn tile_attention(
@@ -104,6 +162,7 @@ fn tile_attention(
     v: &[f32],
     [rows, sk, d, k_tile]: [usize; 4],
     scale: f32,
+    bias: Option<RowBias>,
 ) -> Vec<f32> {
     let mut s = vec![0f32; rows * k_tile];
     let mut acc = vec![0f32; rows * d];
@@ -113,33 +172,44 @@ fn tile_attention(
     while k0 < sk {
         let n = k_tile.min(sk - k0);
         // s [rows, n] = scale * q [rows, d] . k[k0..k0+n]^T
-        // SAFETY: the strides describe in-bounds row-major views of the
-        // slices (q [rows, d], k tile [n, d] read transposed, s [rows, n]).
-        unsafe {
-            gemm::gemm(
-                rows,
-                n,
-                d,
-                s.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                q.as_ptr(),
-                1,
-                d as isize,
-                k[k0 * d..].as_ptr(),
-                d as isize,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        let kt = &k[k0 * d..(k0 + n) * d];
+        if !super::sgemm::tile_scores(q, kt, &mut s, (rows, n, d), scale) {
+            // SAFETY: the strides describe in-bounds row-major views of
+            // the slices (q [rows, d], k tile [n, d] read transposed, s
+            // [rows, n]).
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    n,
+                    d,
+                    s.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    q.as_ptr(),
+                    1,
+                    d as isize,
+                    kt.as_ptr(),
+                    d as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
         }
         for r in 0..rows {
             let row = &mut s[r * n..(r + 1) * n];
+            if let Some(b) = &bias {
+                let at = b.first - r + k0;
+                let by_distance = &b.by_distance[at..at + n];
+                for ((x, &p), &m) in row.iter_mut().zip(by_distance).zip(&b.mask[k0..k0 + n]) {
+                    *x += p + m;
+                }
+            }
             let m_new = row.iter().fold(max[r], |m, &x| m.max(x));
             let corr = (max[r] - m_new).exp();
             max[r] = m_new;
@@ -150,29 +220,32 @@ fn tile_attention(
             }
         }
         // acc [rows, d] += p [rows, n] . v[k0..k0+n] [n, d]
-        // SAFETY: as above (p [rows, n], v tile [n, d], acc [rows, d]).
-        unsafe {
-            gemm::gemm(
-                rows,
-                d,
-                n,
-                acc.as_mut_ptr(),
-                1,
-                d as isize,
-                true,
-                s.as_ptr(),
-                1,
-                n as isize,
-                v[k0 * d..].as_ptr(),
-                1,
-                d as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
+        let vt = &v[k0 * d..(k0 + n) * d];
+        if !super::sgemm::tile_update(&s, vt, &mut acc, (rows, n, d)) {
+            // SAFETY: as above (p [rows, n], v tile [n, d], acc [rows, d]).
+            unsafe {
+                gemm::gemm(
+                    rows,
+                    d,
+                    n,
+                    acc.as_mut_ptr(),
+                    1,
+                    d as isize,
+                    true,
+                    s.as_ptr(),
+                    1,
+                    n as isize,
+                    vt.as_ptr(),
+                    1,
+                    d as isize,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::None,
+                );
+            }
         }
         k0 += n;
     }

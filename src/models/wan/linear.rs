@@ -32,12 +32,18 @@ pub fn matmul_dtype(dtype: DType, device: &Device) -> DType {
 
 /// Which GEMM the CPU linears run on, for `baton bench speed`.
 pub fn gemm_path() -> &'static str {
-    if cfg!(feature = "onednn") {
-        "oneDNN matmul (feature onednn: bf16 x bf16 and f32, f32 accumulation)"
-    } else if super::amx::available() {
-        "AMX tiles for bf16 (f32 accumulation), gemm crate for f32"
-    } else {
-        "gemm crate, f32 (bf16 weights widened to f32 per call)"
+    let (amx, sgemm) = (super::amx::available(), super::sgemm::available());
+    match (cfg!(feature = "onednn"), amx, sgemm) {
+        (true, true, true) => {
+            "AMX tiles for bf16, AVX-512 kernel for f32 (oneDNN where they decline)"
+        }
+        (true, false, true) => "oneDNN matmul for bf16, AVX-512 kernel for f32",
+        (true, true, false) => "AMX tiles for bf16, oneDNN matmul for f32",
+        (true, false, false) => "oneDNN matmul (bf16 x bf16 and f32, f32 accumulation)",
+        (false, true, true) => "AMX tiles for bf16 (f32 accumulation), AVX-512 kernel for f32",
+        (false, true, false) => "AMX tiles for bf16 (f32 accumulation), gemm crate for f32",
+        (false, false, true) => "AVX-512 kernel for f32 (bf16 weights widened to f32 per call)",
+        (false, false, false) => "gemm crate, f32 (bf16 weights widened to f32 per call)",
     }
 }
 
@@ -133,26 +139,34 @@ impl Proj {
         self.inner.weight()
     }
 
-    /// tanh-GELU(self(x)): on the AMX tiles the GELU is applied to the f32
+    /// tanh-GELU(self(x)): on our CPU kernels the GELU is applied to the f32
     /// sums in the store (one rounding, no pre-activation tensor; see
-    /// `amx::linear_gelu`), elsewhere [`Proj::forward`] then the GELU.
+    /// `amx::linear_gelu` and `sgemm::linear`), elsewhere [`Proj::forward`]
+    /// then the GELU.
     pub(super) fn forward_gelu(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = self.on_amx(x, true)? {
+        if let Some(y) = self.on_kernels(x, true)? {
             return Ok(y);
         }
         let y = self.forward(x)?;
         span("gelu", || super::fast::gelu(&y))
     }
 
-    /// bf16 on the tile unit where the CPU has one, for more than a few
-    /// rows (the matvec is quicker below): first in every build, as it
-    /// measured faster than oneDNN 3.2's AMX matmul once its loop was
-    /// pipelined and the GELU fused.
-    fn on_amx(&self, x: &Tensor, gelu: bool) -> Result<Option<Tensor>> {
-        if self.quant.is_some() || self.scale.is_some() || super::fast::few_rows(x) {
+    /// Our CPU kernels, first in every build: bf16 on the tile unit where
+    /// the CPU has one, for more than a few rows (the matvec is quicker
+    /// below; it measured faster than oneDNN 3.2's AMX matmul once its loop
+    /// was pipelined and the GELU fused), and f32 on AVX-512 (the bias and
+    /// GELU in the store rather than candle's separate passes).
+    fn on_kernels(&self, x: &Tensor, gelu: bool) -> Result<Option<Tensor>> {
+        if self.quant.is_some() || self.scale.is_some() {
             return Ok(None);
         }
         let (w, b) = (self.inner.weight(), self.inner.bias());
+        if w.dtype() == DType::F32 && self.act_dtype == DType::F32 {
+            return span("matmul", || super::sgemm::linear(x, w, b, gelu));
+        }
+        if super::fast::few_rows(x) {
+            return Ok(None);
+        }
         span("matmul", || match gelu {
             true => super::amx::linear_gelu(x, w, b, self.act_dtype),
             false => super::amx::linear_into(x, w, b, self.act_dtype),
@@ -160,7 +174,7 @@ impl Proj {
     }
 
     pub(super) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = self.on_amx(x, false)? {
+        if let Some(y) = self.on_kernels(x, false)? {
             return Ok(y);
         }
         #[cfg(feature = "onednn")]
@@ -199,7 +213,12 @@ impl Proj {
                 .bias()
                 .map(|b| b.to_dtype(self.mm_dtype))
                 .transpose()?;
-            span("matmul", || Linear::new(w, b).forward(&x))?
+            span("matmul", || {
+                match super::sgemm::linear(&x, &w, b.as_ref(), false)? {
+                    Some(y) => Ok(y),
+                    None => Linear::new(w, b).forward(&x),
+                }
+            })?
         };
         span("cast", || super::fast::cast(&y, self.act_dtype))
     }

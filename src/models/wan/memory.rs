@@ -9,8 +9,10 @@
 //! score cap elsewhere). With N video tokens, L text tokens, D = dim, F = ffn_dim,
 //! H heads of head_dim d, `a` = bytes per activation (the compute dtype) and
 //! `m` = bytes per element of a matmul (= a, except bf16 on a CPU without
-//! AMX or oneDNN, where candle multiplies in f32: m = 4), and `[c]` = 1
-//! when c holds else 0:
+//! AMX or oneDNN, where candle multiplies in f32: m = 4), o = outputs a
+//! linear allocates (1 on our CPU linears, which add the bias in their
+//! store: bf16 on AMX, f32 on AVX-512 (`super::sgemm`); 2 where candle's
+//! matmul is followed by its bias add), and `[c]` = 1 when c holds else 0:
 //!
 //! ```text
 //! peak = base + max(phases)                          (batch 1, one timestep)
@@ -19,7 +21,7 @@
 //!      + L·D·a + 13·T·D·4       (embedded text; time embeddings, T = 1 or N)
 //! phases, in units of N·D bytes unless marked:
 //!   norm + modulate           4 + [a≠4]a   (f32 out, then cast; CPU: a, one fused pass)
-//!   self-attn q / k           a + Hq,  2a + Hq    Hq = max([a≠m]m + 2m, a + 8 if a = 4
+//!   self-attn q / k           a + Hq,  2a + Hq    Hq = max([a≠m]m + o·m, a + 8 if a = 4
 //!                                                          else 2a + 4)
 //!   self-attn (CPU, fused)    4a + 4 + 3[a≠4]·4   + W(N)
 //!   cross-attn (CPU, fused)   3a + 4 + [a≠4]·4    + W(N) + 2·L·D·(a + [a≠4]·4) bytes
@@ -29,11 +31,14 @@
 //!   cross-attn (CPU, AMX)     3a + X(L) + 2·L·D·a bytes
 //!   self-attn (GPU, chunked)  4a + 2m + 2[a≠m]m   + S(N, N)
 //!   cross-attn (GPU, chunked) 3a + 2m + [a≠m]m    + S(N, L) + 4·L·D·m bytes
-//!   output projections        3a + [a≠m]m + 2m
+//!   output projections        3a + [a≠m]m + o·m
 //!   gated residual adds       2a + 2[a≠4]·4 + 8 + [a≠4]a   (CPU, fused: 3a)
 //!   feed-forward              max(2a + [a≠m]m + 2·(F/D)·m,
 //!                                 a + (F/D)(a + [a≠m]m) + 2m) + [a≠m]·D·F·m bytes
-//!                             (bf16 on AMX, GELU in the linear: 3a + (F/D)a)
+//!                             (our CPU linears, GELU in the store: 2a + (F/D)a;
+//!                              widened onto `sgemm` (o = 1, m = 4): the larger of
+//!                              2a + m + (F/D)m + D·F·m bytes, 2a + m + (F/D)(m + a),
+//!                              a + (F/D)(a + m) + m + D·F·m bytes, 2a + (F/D)(a + m) + m)
 //! S(Nq, Nk) = q_c + max(2·H·R·Nk·m, H·R·Nk·m + 2·R·D·m) bytes,
 //!           R = query rows per chunk = clamp(cap / (H·Nk·m), 1, Nq)
 //!           (cap: 256 MiB of scores), q_c = R·D·m if R < Nq else 0
@@ -107,8 +112,14 @@ pub fn activation_peak_bytes_on(
     } else {
         mm.size_in_bytes() as f64
     };
-    // The AMX linear applies the feed-forward's GELU itself.
-    let fused_gelu = amx && dtype == DType::BF16;
+    // Our CPU linears (AMX for bf16, `sgemm` for f32) add the bias and
+    // apply the feed-forward's GELU in their store: one output per linear.
+    let fused_gelu = device.is_cpu()
+        && ((amx && dtype == DType::BF16) || (super::sgemm::available() && dtype == DType::F32));
+    // The widened path (bf16 without AMX or oneDNN) multiplies on `sgemm`
+    // too, the bias in the store, but runs the GELU as its own pass.
+    let one_out = fused_gelu || (device.is_cpu() && super::sgemm::available() && m == 4.0);
+    let outs = if one_out { 1.0 } else { 2.0 };
     let (n, l) = (tokens as f64, text_tokens as f64);
     let (d, f, h) = (cfg.dim as f64, cfg.ffn_dim as f64, cfg.num_heads as f64);
     let head_dim = cfg.head_dim() as f64;
@@ -134,7 +145,7 @@ pub fn activation_peak_bytes_on(
     // cast for bf16 (a + 8 bounds the f32 chain; the bf16 one, 2a + 4, is
     // what the counting allocator sees once a widened matmul is gone).
     let chain = if a == 4.0 { a + 8.0 } else { 2.0 * a + 4.0 };
-    let heads = r(cvt_m + 2.0 * m).max(chain);
+    let heads = r(cvt_m + outs * m).max(chain);
     // On the CPU attention is the fused kernel: f32 views of q, k and v
     // (copies when a != 4), its f32 output and per-thread tiles, no scores.
     let (onednn_self, onednn_cross) = if onednn {
@@ -170,7 +181,7 @@ pub fn activation_peak_bytes_on(
         (2.0 * a + heads) * nd,
         self_attn,
         cross_attn,
-        (3.0 * a + cvt_m + 2.0 * m) * nd,
+        (3.0 * a + cvt_m + outs * m) * nd,
         // The CPU adds in one fused pass (`fused::gated_add`): x, y, out.
         if device.is_cpu() {
             3.0 * a * nd
@@ -179,13 +190,26 @@ pub fn activation_peak_bytes_on(
         },
         if fused_gelu {
             // No pre-activation tensor: the GELU is in the linear's store.
-            (2.0 * a + ratio * a).max(3.0 * a + ratio * a) * nd
+            // The block's x2 with the modulated input and the hidden, then
+            // with the hidden and the output.
+            (2.0 * a + ratio * a) * nd
+        } else if one_out {
+            // Widened on `sgemm`: the f32 hidden beside its bf16 cast, then
+            // the GELU's pass; the hidden widened again for the second
+            // linear, its output and that output's cast.
+            // The widened weight lives through its product only.
+            let w = if cvt_m > 0.0 { d * f * m } else { 0.0 };
+            let first = ((2.0 * a + cvt_m + ratio * m) * nd + w)
+                .max((2.0 * a + cvt_m + ratio * (m + a)) * nd);
+            let second = ((a + ratio * (a + cvt_m) + m) * nd + w)
+                .max((2.0 * a + ratio * (a + cvt_m) + m) * nd);
+            first.max(second)
         } else {
             (2.0 * a + cvt_m + 2.0 * ratio * m).max(a + ratio * (a + cvt_m) + 2.0 * m) * nd
                 + if cvt_m > 0.0 { d * f * m } else { 0.0 }
         },
         prepare_bytes(cfg, n, a, m, per_token_timesteps),
-        finish_bytes(cfg, n, a, m),
+        finish_bytes(cfg, n, a, m, outs),
     ];
     let peak = base + phases.into_iter().fold(0.0, f64::max);
     peak.ceil() as u64
@@ -259,11 +283,12 @@ fn prepare_bytes(cfg: &WanConfig, n: f64, a: f64, m: f64, per_token: bool) -> f6
     patches + embed + time
 }
 
-/// The head and unpatchify after the last block.
-fn finish_bytes(cfg: &WanConfig, n: f64, a: f64, m: f64) -> f64 {
+/// The head and unpatchify after the last block (`outs`: a linear's
+/// output tensors, see `o` in the module docs).
+fn finish_bytes(cfg: &WanConfig, n: f64, a: f64, m: f64, outs: f64) -> f64 {
     let q = cfg.patch_features_out() as f64;
     let a4 = if a != 4.0 { a } else { 0.0 };
-    (4.0 + a4) * n * cfg.dim as f64 + n * q * (2.0 * m + 2.0 * a + 4.0)
+    (4.0 + a4) * n * cfg.dim as f64 + n * q * (outs * m + 2.0 * a + 4.0)
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod memory;
 #[cfg(feature = "onednn")]
 pub mod onednn;
 pub mod rope;
+pub mod sgemm;
 pub mod spans;
 
 pub use config::WanConfig;

@@ -1,6 +1,7 @@
 //! The x86_64 side of [`super`]: detection, the tile configuration, the
 //! packing of `wᵀ`, the 2x2-tile inner loops and the epilogue.
 
+use super::super::fast::transpose16;
 use super::{Out, MAX_HEAD_DIM, PANEL};
 use half::bf16;
 use rayon::prelude::*;
@@ -225,39 +226,6 @@ unsafe fn worker(
             b0 += 32;
         }
     }
-}
-
-/// The 16x16 transpose of 32-bit words: out[c] lane r = a[r] lane c.
-#[target_feature(enable = "avx512f")]
-fn transpose16(a: &[__m512i; 16]) -> [__m512i; 16] {
-    // Pairs of rows interleaved by word, then by double word: u[4i + q]
-    // holds, in each 128-bit lane L, rows 4i..4i+3 of column 4L + q.
-    let mut t = [_mm512_setzero_si512(); 16];
-    for i in 0..8 {
-        t[2 * i] = _mm512_unpacklo_epi32(a[2 * i], a[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(a[2 * i], a[2 * i + 1]);
-    }
-    let mut u = [_mm512_setzero_si512(); 16];
-    for i in 0..4 {
-        u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    // Then the 128-bit lanes L of u[q], u[4 + q], u[8 + q], u[12 + q]
-    // gathered into column 4L + q.
-    let mut out = [_mm512_setzero_si512(); 16];
-    for q in 0..4 {
-        let v0 = _mm512_shuffle_i32x4::<0x88>(u[q], u[4 + q]);
-        let v1 = _mm512_shuffle_i32x4::<0xDD>(u[q], u[4 + q]);
-        let v2 = _mm512_shuffle_i32x4::<0x88>(u[8 + q], u[12 + q]);
-        let v3 = _mm512_shuffle_i32x4::<0xDD>(u[8 + q], u[12 + q]);
-        out[q] = _mm512_shuffle_i32x4::<0x88>(v0, v2);
-        out[8 + q] = _mm512_shuffle_i32x4::<0xDD>(v0, v2);
-        out[4 + q] = _mm512_shuffle_i32x4::<0x88>(v1, v3);
-        out[12 + q] = _mm512_shuffle_i32x4::<0xDD>(v1, v3);
-    }
-    out
 }
 
 /// One row block against one column pair over `steps` (≥ 1) k steps: `a` is
