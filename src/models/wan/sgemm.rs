@@ -356,10 +356,16 @@ mod kernel {
     impl Block {
         #[target_feature(enable = "avx512f")]
         unsafe fn run(&self, rows: usize, ep: &Epilogue) {
+            let masks = (mask16(self.cols), mask16(self.cols.saturating_sub(16)));
+            // SAFETY (all arms): the block's rows and columns lie in A, B
+            // and C (the caller's promise).
             macro_rules! rows {
                 ($($r:literal)*) => {
                     match rows {
-                        $($r => unsafe { self.product::<$r>(ep) },)*
+                        $($r => unsafe {
+                            let (acc0, acc1) = self.sums::<$r>(masks);
+                            self.store(&acc0, &acc1, masks, ep)
+                        },)*
                         _ => unreachable!("a block has 1 to {MR} rows"),
                     }
                 };
@@ -367,9 +373,13 @@ mod kernel {
             rows!(1 2 3 4 5 6 7 8 9 10 11 12 13 14)
         }
 
+        /// The sums of a block of `R` rows. (Unrolling k by 4 with one base
+        /// pointer per three rows measured 4-8% faster standalone, but in
+        /// the crate the compiler spilled accumulators and it ran slower;
+        /// only an assembly kernel would keep that gain.)
         #[target_feature(enable = "avx512f")]
-        unsafe fn product<const R: usize>(&self, ep: &Epilogue) {
-            let (m0, m1) = (mask16(self.cols), mask16(self.cols.saturating_sub(16)));
+        #[inline]
+        unsafe fn sums<const R: usize>(&self, (m0, m1): (u16, u16)) -> ([__m512; R], [__m512; R]) {
             let mut acc0 = [_mm512_setzero_ps(); R];
             let mut acc1 = [_mm512_setzero_ps(); R];
             let (mut a, mut b) = (self.a, self.b);
@@ -387,8 +397,20 @@ mod kernel {
                     acc0[i] = _mm512_fmadd_ps(v, b0, acc0[i]);
                     acc1[i] = _mm512_fmadd_ps(v, b1, acc1[i]);
                 }
-                (a, b) = unsafe { (a.add(1), b.add(self.ldb)) };
+                (a, b) = (a.wrapping_add(1), b.wrapping_add(self.ldb));
             }
+            (acc0, acc1)
+        }
+
+        /// `alpha · sums (+ bias) (then GELU) (+ C)` into C's rows.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn store<const R: usize>(
+            &self,
+            acc0: &[__m512; R],
+            acc1: &[__m512; R],
+            (m0, m1): (u16, u16),
+            ep: &Epilogue,
+        ) {
             let (bb0, bb1) = match ep.bias {
                 // SAFETY: the bias holds the panel's `cols` values.
                 Some(p) => unsafe {
