@@ -47,6 +47,14 @@ pub fn gemm_path() -> &'static str {
     }
 }
 
+/// Whether f32 linears run on `super::sgemm`: where the CPU has AVX-512,
+/// except in the `onednn` build, whose f32 matmul measured faster on the
+/// DiT (0.92x PyTorch against 0.71-0.83x in the same binary); public for
+/// the activation formula.
+pub fn sgemm_takes_linears() -> bool {
+    super::sgemm::available() && !cfg!(feature = "onednn")
+}
+
 /// The dtype activations are computed in for weights held in `weights`:
 /// the weights' own, except fp8 resident weights (`dtype: "fp8"`), which
 /// compute in the device's bf16 matmul dtype (f32 on the CPU, which has no
@@ -162,6 +170,9 @@ impl Proj {
         }
         let (w, b) = (self.inner.weight(), self.inner.bias());
         if w.dtype() == DType::F32 && self.act_dtype == DType::F32 {
+            if !sgemm_takes_linears() {
+                return Ok(None);
+            }
             return span("matmul", || super::sgemm::linear(x, w, b, gelu));
         }
         if super::fast::few_rows(x) {
@@ -214,10 +225,12 @@ impl Proj {
                 .map(|b| b.to_dtype(self.mm_dtype))
                 .transpose()?;
             span("matmul", || {
-                match super::sgemm::linear(&x, &w, b.as_ref(), false)? {
-                    Some(y) => Ok(y),
-                    None => Linear::new(w, b).forward(&x),
+                if sgemm_takes_linears() {
+                    if let Some(y) = super::sgemm::linear(&x, &w, b.as_ref(), false)? {
+                        return Ok(y);
+                    }
                 }
+                Linear::new(w, b).forward(&x)
             })?
         };
         span("cast", || super::fast::cast(&y, self.act_dtype))

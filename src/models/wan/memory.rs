@@ -114,11 +114,12 @@ pub fn activation_peak_bytes_on(
     };
     // Our CPU linears (AMX for bf16, `sgemm` for f32) add the bias and
     // apply the feed-forward's GELU in their store: one output per linear.
-    let fused_gelu = device.is_cpu()
-        && ((amx && dtype == DType::BF16) || (super::sgemm::available() && dtype == DType::F32));
+    let sgemm = device.is_cpu() && super::linear::sgemm_takes_linears();
+    let fused_gelu =
+        device.is_cpu() && ((amx && dtype == DType::BF16) || (sgemm && dtype == DType::F32));
     // The widened path (bf16 without AMX or oneDNN) multiplies on `sgemm`
     // too, the bias in the store, but runs the GELU as its own pass.
-    let one_out = fused_gelu || (device.is_cpu() && super::sgemm::available() && m == 4.0);
+    let one_out = fused_gelu || (sgemm && m == 4.0);
     let outs = if one_out { 1.0 } else { 2.0 };
     let (n, l) = (tokens as f64, text_tokens as f64);
     let (d, f, h) = (cfg.dim as f64, cfg.ffn_dim as f64, cfg.num_heads as f64);
