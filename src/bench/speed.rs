@@ -158,15 +158,29 @@ fn dit_spans(
     ctx: &Tensor,
     dtype: DType,
 ) -> anyhow::Result<String> {
-    use crate::models::wan::spans;
-    spans::enable(true);
-    let total = time_forward(m, x, t, ctx)?;
-    let parts = spans::totals();
-    spans::enable(false);
-    let mut s = format!(
-        "DiT forward {dtype:?}, one forward by span ({}):\n",
+    let what = format!(
+        "DiT forward {dtype:?}, one forward by span ({})",
         gemm_path()
     );
+    span_table(&what, "other (stem, head, modulation split)", || {
+        time_forward(m, x, t, ctx)
+    })
+}
+
+/// One timed run of `run` (seconds) with the spans on, as a markdown table
+/// of each span's milliseconds and share; what no span covers is `rest`.
+pub(super) fn span_table(
+    what: &str,
+    rest_name: &str,
+    run: impl FnOnce() -> anyhow::Result<f64>,
+) -> anyhow::Result<String> {
+    use crate::models::wan::spans;
+    spans::enable(true);
+    let total = run();
+    let parts = spans::totals();
+    spans::enable(false);
+    let total = total?;
+    let mut s = format!("{what}:\n");
     writeln!(s, "| span | ms | share |\n|---|---|---|")?;
     let mut rest = total;
     for (name, v) in parts {
@@ -175,7 +189,7 @@ fn dit_spans(
     }
     writeln!(
         s,
-        "| other (stem, head, modulation split) | {:.1} | {:.0}% |",
+        "| {rest_name} | {:.1} | {:.0}% |",
         rest * 1e3,
         100.0 * rest / total
     )?;

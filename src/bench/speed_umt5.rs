@@ -132,6 +132,13 @@ pub fn umt5_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
         .map(|s| s.to_string())
         .collect();
         let what = format!("umT5 encode {dtype:?}, XXL widths, {LAYERS} layers, {TOKENS} tokens");
+        if std::env::var("BATON_DIT_SPANS").is_ok_and(|v| v == "1") {
+            let what = format!("umT5 encode {dtype:?}, one encode by span");
+            let table = super::speed::span_table(&what, "other (embedding, casts, adds)", || {
+                time_encode(&m, &ids, &mask)
+            })?;
+            println!("{table}");
+        }
         rows.push(interleave(
             what,
             o.rounds,

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::UmT5Config;
+use crate::models::wan::spans::span;
 
 /// A bias-free linear whose weight is widened to f32 per call; a GGUF
 /// weight stays as its blocks and is dequantized to f32 per call.
@@ -31,7 +32,38 @@ impl Proj {
         Ok(Self::Dense(vb.get((out_dim, in_dim), "weight")?))
     }
 
-    /// x f32 [.., in] -> f32 [.., out].
+    /// `x` in the dtype this layer multiplies: bf16 for a bf16 weight on
+    /// the CPU's bf16 units (see [`Proj::on_kernels`]), else f32. Cast once
+    /// where projections share an input (q, k and v; wi_0 and wi_1) rather
+    /// than by each of them.
+    fn prepare(&self, x: Tensor) -> Result<Tensor> {
+        match self.takes_bf16(&x) {
+            true => span("cast x", || crate::models::wan::fast::cast(&x, DType::BF16)),
+            false => Ok(x),
+        }
+    }
+
+    /// Whether this layer multiplies `x` in bf16 (see [`Proj::prepare`]).
+    fn takes_bf16(&self, x: &Tensor) -> bool {
+        let units = crate::models::wan::amx::available() || cfg!(feature = "onednn");
+        matches!(self, Self::Dense(w) if w.dtype() == DType::BF16 && x.device().is_cpu() && units)
+    }
+
+    /// T5's RMS norm of `x`, in the dtype this layer multiplies (written
+    /// in bf16 directly where it takes bf16).
+    fn norm_input(&self, x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+        if self.takes_bf16(x) {
+            let y = span("rms_norm", || {
+                crate::models::wan::fast::rms_norm_bf16(x, weight, eps as f32)
+            })?;
+            if let Some(y) = y {
+                return Ok(y);
+            }
+        }
+        self.prepare(t5_layer_norm(x, weight, eps)?)
+    }
+
+    /// x f32 (or as [`Proj::prepare`] left it) [.., in] -> f32 [.., out].
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_act(x, false)
     }
@@ -43,10 +75,15 @@ impl Proj {
     }
 
     fn forward_act(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
+        span("matmul", || self.product(x, gelu))
+    }
+
+    fn product(&self, x: &Tensor, gelu: bool) -> Result<Tensor> {
         use crate::models::wan::{fast, sgemm};
         if let Some(y) = self.on_kernels(x, gelu)? {
             return Ok(y);
         }
+        let x = &fast::cast(x, DType::F32)?;
         let y = match self {
             Self::Dense(w) => match super::widen::matmul_bf16_weight(x, w)? {
                 Some(y) => y,
@@ -115,7 +152,9 @@ fn kept_blocks(vb: &VarBuilder, name: &str, shape: &[usize]) -> Result<Option<QT
 /// T5's layer norm: RMS over the last dim (no mean subtraction, no bias), in
 /// f32. `weight` must be f32.
 pub fn t5_layer_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
+    span("rms_norm", || {
+        candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)
+    })
 }
 
 /// The bidirectional relative-position bucket of distance `n = key - query`:
@@ -246,15 +285,18 @@ impl SelfAttention {
     /// `buckets` [L, L]. Returns the residual branch [B, L, d].
     fn forward(&self, x: &Tensor, key_mask: &Tensor, buckets: &Tensor) -> Result<Tensor> {
         let (b, l, _) = x.dims3()?;
-        let h = t5_layer_norm(x, &self.norm, self.eps)?;
+        let h = self.q.norm_input(x, &self.norm, self.eps)?;
         let heads = |t: Tensor| -> Result<Tensor> {
             t.reshape((b, l, self.num_heads, self.d_kv))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = heads(self.q.forward(&h)?)?;
-        let k = heads(self.k.forward(&h)?)?;
-        let v = heads(self.v.forward(&h)?)?;
+        let q = self.q.forward(&h)?;
+        let k = self.k.forward(&h)?;
+        let v = self.v.forward(&h)?;
+        let (q, k, v) = span("heads (copies)", || {
+            Ok::<_, candle_core::Error>((heads(q)?, heads(k)?, heads(v)?))
+        })?;
         if x.device().is_cpu() {
             // The fused attention with the bias as a function of distance:
             // no [B, H, L, L] bias, scores or probabilities.
@@ -264,8 +306,10 @@ impl SelfAttention {
                 by_distance: &by_distance,
                 mask: &mask,
             };
-            let out = crate::models::wan::flash::attention_fused_with(&q, &k, &v, 1.0, Some(bias))?;
-            return self.o.forward(&out);
+            let out = span("attention", || {
+                crate::models::wan::flash::attention_fused_with(&q, &k, &v, 1.0, Some(bias))
+            })?;
+            return self.o.forward(&self.o.prepare(out)?);
         }
         // Elsewhere: the scores, the broadcast bias and mask, the softmax.
         let scores = q
@@ -306,12 +350,23 @@ impl GatedFfn {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = t5_layer_norm(x, &self.norm, self.eps)?;
+        let h = self.wi_0.norm_input(x, &self.norm, self.eps)?;
         // candle's `gelu` is the tanh approximation (HF `gelu_new`, Wan's GELU).
         // `fast::gelu` and the kernels' store: the same function, within a
         // few ulps.
         let gate = self.wi_0.forward_gelu(&h)?;
-        self.wo.forward(&(gate * self.wi_1.forward(&h)?)?)
+        let up = self.wi_1.forward(&h)?;
+        let fused = match self.wo.takes_bf16(&gate) {
+            true => span("gate multiply", || {
+                crate::models::wan::fast::mul_bf16(&gate, &up)
+            })?,
+            false => None,
+        };
+        let gated = match fused {
+            Some(g) => g,
+            None => self.wo.prepare(span("gate multiply", || gate * up)?)?,
+        };
+        self.wo.forward(&gated)
     }
 }
 
@@ -345,8 +400,10 @@ impl UmT5Block {
 
     /// x [B, L, d] f32 -> [B, L, d] f32.
     pub fn forward(&self, x: &Tensor, p: &Prepared) -> Result<Tensor> {
-        let x = (x + self.attn.forward(x, &p.key_mask, &p.buckets)?)?;
-        &x + self.ffn.forward(&x)?
+        let a = self.attn.forward(x, &p.key_mask, &p.buckets)?;
+        let x = span("residual", || x + a)?;
+        let f = self.ffn.forward(&x)?;
+        span("residual", || &x + f)
     }
 }
 

@@ -375,6 +375,74 @@ pub fn norm_affine_as(
     }))
 }
 
+/// T5's RMS norm `x / sqrt(mean(x²) + eps) · weight` over the last dim of
+/// an f32 `x`, written in bf16 (rounded once; no f32 tensor, no cast pass),
+/// the sums in f32 as candle's `rms_norm`. `None` where the operands do
+/// not fit (not f32, not on the CPU, weight of another length).
+pub fn rms_norm_bf16(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Option<Tensor>> {
+    let dim = x.dims().last().copied().unwrap_or(0);
+    if !x.device().is_cpu() || x.dtype() != DType::F32 || dim == 0 || weight.elem_count() != dim {
+        return Ok(None);
+    }
+    let w = weight
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let x = x.contiguous()?;
+    let (st, l) = x.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) = (&*st, l.contiguous_offsets()) else {
+        return Ok(None);
+    };
+    let src = &v[a..b];
+    let y = written::<bf16>(src.len(), x.dims().to_vec(), |o| {
+        o.par_chunks_mut(dim)
+            .zip(src.par_chunks(dim))
+            .for_each(|(o, x)| {
+                let ss: f32 = x.iter().map(|&v| v * v).sum();
+                let inv = 1.0 / (ss / dim as f32 + eps).sqrt();
+                for ((o, &v), &w) in o.iter_mut().zip(x).zip(&w) {
+                    o.write(to_bf16(v * inv * w));
+                }
+            });
+    })?;
+    Ok(Some(y))
+}
+
+/// `a · b` for two f32 tensors of one shape, written in bf16 (umT5's gate
+/// times its up projection, the input of a bf16 linear: no f32 product
+/// and no cast pass). `None` where the operands do not fit.
+pub fn mul_bf16(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
+    if !a.device().is_cpu()
+        || a.dtype() != DType::F32
+        || b.dtype() != DType::F32
+        || a.dims() != b.dims()
+    {
+        return Ok(None);
+    }
+    let (a, b) = (a.contiguous()?, b.contiguous()?);
+    let (sa, la) = a.storage_and_layout();
+    let (sb, lb) = b.storage_and_layout();
+    let (Storage::Cpu(CpuStorage::F32(va)), Storage::Cpu(CpuStorage::F32(vb))) = (&*sa, &*sb)
+    else {
+        return Ok(None);
+    };
+    let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_offsets(), lb.contiguous_offsets())
+    else {
+        return Ok(None);
+    };
+    let (x, y) = (&va[a0..a1], &vb[b0..b1]);
+    let out = written::<bf16>(x.len(), a.dims().to_vec(), |o| {
+        o.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
+            .for_each(|(o, (x, y))| {
+                for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+                    o.write(to_bf16(x * y));
+                }
+            });
+    })?;
+    Ok(Some(out))
+}
+
 /// One row in place: (x - mean) / sqrt(var + eps) * mul + add.
 fn norm_row(o: &mut [f32], eps: f64, mul: &[f32], add: &[f32]) {
     let n = o.len() as f64;
@@ -392,7 +460,7 @@ fn norm_row(o: &mut [f32], eps: f64, mul: &[f32], add: &[f32]) {
 
 /// A CPU tensor of `len` elements that `fill` writes, every one of them
 /// (the kernels' contract: no zero-fill pass before they run).
-pub(super) fn written<T: candle_core::WithDType>(
+pub(crate) fn written<T: candle_core::WithDType>(
     len: usize,
     shape: Vec<usize>,
     fill: impl FnOnce(&mut [std::mem::MaybeUninit<T>]),
