@@ -37,7 +37,7 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
             }
             (Storage::Cpu(CpuStorage::F32(v)), DType::BF16) => {
                 let src = &v[a..b];
-                let mut out = vec![bf16::ZERO; src.len()];
+                let mut out = bf16_zeros(src.len());
                 out.par_chunks_mut(CHUNK)
                     .zip(src.par_chunks(CHUNK))
                     .for_each(|(o, i)| {
@@ -54,6 +54,17 @@ pub fn cast(x: &Tensor, dtype: DType) -> Result<Tensor> {
         Some(t) => t,
         None => x.to_dtype(dtype),
     }
+}
+
+/// `n` zero bf16 values from the allocator's zeroed memory (`calloc`:
+/// fresh pages, no fill pass), as `vec![0f32; n]` gets for f32;
+/// `vec![bf16::ZERO; n]` writes every element first.
+pub(crate) fn bf16_zeros(n: usize) -> Vec<bf16> {
+    let v = std::mem::ManuallyDrop::new(vec![0u16; n]);
+    let (ptr, len, cap) = (v.as_ptr() as *mut bf16, v.len(), v.capacity());
+    // SAFETY: bf16 is a transparent u16 (same size and alignment), every
+    // bit pattern of which is a bf16; the allocation moves over whole.
+    unsafe { Vec::from_raw_parts(ptr, len, cap) }
 }
 
 /// bf16 -> f32 (exact: the bits shifted into place).
@@ -106,7 +117,7 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
             }
             (Storage::Cpu(CpuStorage::BF16(v)), Some((a, b))) => {
                 let src = &v[a..b];
-                let mut out = vec![bf16::ZERO; src.len()];
+                let mut out = bf16_zeros(src.len());
                 out.par_chunks_mut(CHUNK)
                     .zip(src.par_chunks(CHUNK))
                     .for_each(|(o, i)| {
@@ -331,7 +342,7 @@ pub fn norm_affine_as(
             )
         };
         let mut out = vec![0f32; if dtype == DType::F32 { b * s * dim } else { 0 }];
-        let mut out16 = vec![bf16::ZERO; if dtype == DType::BF16 { b * s * dim } else { 0 }];
+        let mut out16 = bf16_zeros(if dtype == DType::BF16 { b * s * dim } else { 0 });
         let mut run = |src: &(dyn Fn(usize, &mut [f32]) + Sync)| {
             if dtype == DType::F32 {
                 out.par_chunks_mut(dim).enumerate().for_each(|(r, o)| {

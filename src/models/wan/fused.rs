@@ -13,7 +13,6 @@
 //! caller then takes candle's ops.
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
-use half::bf16;
 use rayon::prelude::*;
 
 use super::fast::{from_bf16 as widen, to_bf16 as narrow};
@@ -87,7 +86,7 @@ pub fn gated_add(x: &Tensor, y: &Tensor, gate: Option<&Tensor>) -> Result<Option
         }
         (Storage::Cpu(CpuStorage::BF16(xv)), Storage::Cpu(CpuStorage::BF16(yv))) => {
             let (xv, yv) = (&xv[x0..x1], &yv[y0..y1]);
-            let mut out = vec![bf16::ZERO; xv.len()];
+            let mut out = super::fast::bf16_zeros(xv.len());
             out.par_chunks_mut(dim).enumerate().for_each(|(r, o)| {
                 let (xr, yr) = (&xv[r * dim..][..dim], &yv[r * dim..][..dim]);
                 match gate_row(r) {
@@ -244,7 +243,7 @@ pub fn qk_heads(
         }
         Storage::Cpu(CpuStorage::BF16(v)) => {
             let v = &v[o0..o1];
-            let mut out = vec![bf16::ZERO; b * s * dim];
+            let mut out = super::fast::bf16_zeros(b * s * dim);
             let p = OutPtr(out.as_mut_ptr());
             (0..b * s).into_par_iter().for_each(|r| {
                 let mut x: Vec<f32> = v[r * dim..(r + 1) * dim]
