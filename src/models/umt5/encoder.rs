@@ -49,6 +49,17 @@ impl Proj {
         matches!(self, Self::Dense(w) if w.dtype() == DType::BF16 && x.device().is_cpu() && units)
     }
 
+    /// x (bf16, as [`Proj::prepare`] left it) -> bf16 [.., out] on the tile
+    /// unit (f32 sums rounded once); `None` where that does not run.
+    fn to_bf16(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        match self {
+            Self::Dense(w) if self.takes_bf16(x) => span("matmul", || {
+                crate::models::wan::amx::linear_into(x, w, None, DType::BF16)
+            }),
+            _ => Ok(None),
+        }
+    }
+
     /// T5's RMS norm of `x`, in the dtype this layer multiplies (written
     /// in bf16 directly where it takes bf16).
     fn norm_input(&self, x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
@@ -284,33 +295,62 @@ impl SelfAttention {
     /// x [B, L, d] f32; `key_mask` [B, 1, 1, L] f32 (0 or f32::MIN);
     /// `buckets` [L, L]. Returns the residual branch [B, L, d].
     fn forward(&self, x: &Tensor, key_mask: &Tensor, buckets: &Tensor) -> Result<Tensor> {
+        use crate::models::wan::{amx, flash};
         let (b, l, _) = x.dims3()?;
         let h = self.q.norm_input(x, &self.norm, self.eps)?;
         let heads = |t: Tensor| -> Result<Tensor> {
-            t.reshape((b, l, self.num_heads, self.d_kv))?
-                .transpose(1, 2)?
-                .contiguous()
+            span("heads (copies)", || {
+                t.reshape((b, l, self.num_heads, self.d_kv))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            })
         };
-        let q = self.q.forward(&h)?;
-        let k = self.k.forward(&h)?;
-        let v = self.v.forward(&h)?;
-        let (q, k, v) = span("heads (copies)", || {
-            Ok::<_, candle_core::Error>((heads(q)?, heads(k)?, heads(v)?))
-        })?;
         if x.device().is_cpu() {
             // The fused attention with the bias as a function of distance:
             // no [B, H, L, L] bias, scores or probabilities.
             let by_distance = self.bias_by_distance(buckets)?;
             let mask = key_mask.flatten_all()?.to_vec1::<f32>()?;
-            let bias = crate::models::wan::flash::DistanceBias {
+            let bias = flash::DistanceBias {
                 by_distance: &by_distance,
                 mask: &mask,
             };
+            // bf16 weights on the tile unit: q, k and v written in bf16 and
+            // the attention on the tiles too, its bf16 output the input of
+            // the output projection, as PyTorch's bf16 encoder rounds them.
+            let tiles = amx::takes_attention(DType::BF16, l, l, self.d_kv);
+            if tiles && self.q.takes_bf16(&h) && h.dtype() == DType::BF16 {
+                let (q, k, v) = (
+                    self.q.to_bf16(&h)?,
+                    self.k.to_bf16(&h)?,
+                    self.v.to_bf16(&h)?,
+                );
+                if let (Some(q), Some(k), Some(v)) = (q, k, v) {
+                    let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
+                    let out = span("attention", || {
+                        amx::attention_with(&q, &k, &v, 1.0, Some(&bias))
+                    })?;
+                    if let Some(out) = out {
+                        return self.o.forward(&out);
+                    }
+                }
+            }
+            let (q, k, v) = (
+                self.q.forward(&h)?,
+                self.k.forward(&h)?,
+                self.v.forward(&h)?,
+            );
+            let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
             let out = span("attention", || {
-                crate::models::wan::flash::attention_fused_with(&q, &k, &v, 1.0, Some(bias))
+                flash::attention_fused_with(&q, &k, &v, 1.0, Some(bias))
             })?;
             return self.o.forward(&self.o.prepare(out)?);
         }
+        let (q, k, v) = (
+            self.q.forward(&h)?,
+            self.k.forward(&h)?,
+            self.v.forward(&h)?,
+        );
+        let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
         // Elsewhere: the scores, the broadcast bias and mask, the softmax.
         let scores = q
             .matmul(&k.t()?)?

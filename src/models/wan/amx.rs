@@ -152,6 +152,19 @@ pub fn attention_working_bytes(sk: usize, d: usize) -> usize {
 /// probabilities are rounded to bf16 before P·v, as in PyTorch's bf16
 /// attention.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
+    let d = q.dim(3)?;
+    attention_with(q, k, v, 1.0 / (d as f32).sqrt(), None)
+}
+
+/// softmax(scale · q kᵀ (+ bias)) v as [`attention`] (umT5's
+/// self-attention: no 1/√d, its position bias as a function of distance).
+pub fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f32,
+    bias: Option<&super::flash::DistanceBias>,
+) -> Result<Option<Tensor>> {
     let (b, h, sq, d) = q.dims4()?;
     let sk = k.dim(2)?;
     if !q.device().is_cpu()
@@ -180,9 +193,18 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Option<Tensor>> {
     ) else {
         return Ok(None);
     };
+    if let Some(bias) = bias {
+        if bias.by_distance.len() != h * (sq + sk - 1) || bias.mask.len() != b * sk {
+            candle_core::bail!(
+                "attention: a distance bias of {} and a mask of {} values for {b}x{h} heads of {sq} queries over {sk} keys",
+                bias.by_distance.len(),
+                bias.mask.len()
+            )
+        }
+    }
     let shape = vec![b, sq, h * d];
     let o = super::fast::written::<bf16>(b * sq * h * d, shape, |o| {
-        tiles::attention(qv, kv, vv, (b, h, sq, sk, d), o)
+        tiles::attention(qv, kv, vv, (b, h, sq, sk, d), (scale, bias), o)
     })?;
     Ok(Some(o))
 }
@@ -221,6 +243,7 @@ mod tiles {
         _: &[bf16],
         _: &[bf16],
         _: (usize, usize, usize, usize, usize),
+        _: (f32, Option<&super::super::flash::DistanceBias>),
         _: &mut [std::mem::MaybeUninit<bf16>],
     ) {
         unreachable!("AMX is never available off x86_64")
@@ -342,6 +365,45 @@ mod tests {
     /// bf16 inputs: query tails (a last tile overlapping the one before),
     /// key counts below, at and past a 64-key panel and a 256-key step,
     /// head dims 32 to 128, two batches.
+    #[test]
+    fn biased_attention_matches_the_fused_kernel() {
+        let dev = Device::Cpu;
+        let (b, h, sq, sk, d) = (2, 3, 70, 300, 64);
+        let mk = |n: usize| {
+            Tensor::randn(0f32, 1.0, (b, h, n, d), &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap()
+        };
+        let (q, k, v) = (mk(sq), mk(sk), mk(sk));
+        let span = sq + sk - 1;
+        let by_distance: Vec<f32> = (0..h * span)
+            .map(|i| ((i * 37) % 11) as f32 * 0.3 - 1.5)
+            .collect();
+        let mask: Vec<f32> = (0..b * sk)
+            .map(|i| if i % 7 == 3 { f32::MIN } else { 0.0 })
+            .collect();
+        let bias = super::super::flash::DistanceBias {
+            by_distance: &by_distance,
+            mask: &mask,
+        };
+        let got = attention_with(&q, &k, &v, 0.125, Some(&bias)).unwrap();
+        if !available() {
+            assert!(got.is_none());
+            return;
+        }
+        let got = got.expect("taken").to_dtype(DType::F32).unwrap();
+        let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        let want =
+            super::super::flash::attention_fused_with(&f(&q), &f(&k), &f(&v), 0.125, Some(bias))
+                .unwrap();
+        let diff = (got - &want).unwrap().sqr().unwrap().sum_all().unwrap();
+        let norm = want.sqr().unwrap().sum_all().unwrap();
+        let rel = (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt();
+        // bf16 probabilities and a bf16 output, as without a bias.
+        assert!(rel < 5e-3, "rel. L2 {rel}");
+    }
+
     #[test]
     fn attention_matches_the_chunked_reference() {
         let dev = Device::Cpu;

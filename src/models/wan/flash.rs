@@ -292,4 +292,75 @@ mod tests {
             );
         }
     }
+
+    /// A distance bias against the plain computation: scores with the bias
+    /// tensor it stands for built in full, softmax, then v; with padded
+    /// keys (a large negative mask) and a scale other than 1/√d.
+    #[test]
+    fn distance_bias_matches_the_full_bias() {
+        let dev = Device::Cpu;
+        for (b, h, sq, sk, d) in [(1, 2, 7, 5, 16), (2, 3, 70, 300, 32)] {
+            let q = Tensor::randn(0f32, 1.0, (b, h, sq, d), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1.0, (b, h, sk, d), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1.0, (b, h, sk, d), &dev).unwrap();
+            let span = sq + sk - 1;
+            let by_distance: Vec<f32> = (0..h * span)
+                .map(|i| ((i * 37) % 11) as f32 * 0.3 - 1.5)
+                .collect();
+            let mask: Vec<f32> = (0..b * sk)
+                .map(|i| if i % 7 == 3 { f32::MIN } else { 0.0 })
+                .collect();
+            let mut full = vec![0f32; b * h * sq * sk];
+            for (bi, hi, i, j) in indices(b, h, sq, sk) {
+                full[((bi * h + hi) * sq + i) * sk + j] =
+                    by_distance[hi * span + j + sq - 1 - i] + mask[bi * sk + j];
+            }
+            let full = Tensor::from_vec(full, (b, h, sq, sk), &dev).unwrap();
+            let scale = 0.7f32;
+            let scores =
+                ((q.matmul(&k.t().unwrap()).unwrap() * scale as f64).unwrap() + full).unwrap();
+            let p = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+            let want = p
+                .matmul(&v)
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .reshape((b, sq, h * d))
+                .unwrap();
+            let bias = DistanceBias {
+                by_distance: &by_distance,
+                mask: &mask,
+            };
+            let got = attention_fused_with(&q, &k, &v, scale, Some(bias)).unwrap();
+            let err = (got - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap();
+            let err = err.to_scalar::<f32>().unwrap();
+            assert!(err < 1e-5, "{b}x{h}x{sq}x{sk}x{d}: max abs {err}");
+        }
+    }
+
+    fn indices(
+        b: usize,
+        h: usize,
+        sq: usize,
+        sk: usize,
+    ) -> Vec<(usize, usize, usize, usize)> {
+        let mut v = Vec::new();
+        for bi in 0..b {
+            for hi in 0..h {
+                for i in 0..sq {
+                    for j in 0..sk {
+                        v.push((bi, hi, i, j));
+                    }
+                }
+            }
+        }
+        v
+    }
 }

@@ -2,6 +2,7 @@
 //! packing of `wᵀ`, the 2x2-tile inner loops and the epilogue.
 
 use super::super::fast::transpose16;
+use super::super::flash::DistanceBias;
 use super::{Out, MAX_HEAD_DIM, PANEL};
 use half::bf16;
 use rayon::prelude::*;
@@ -449,7 +450,7 @@ fn mask16(valid: usize) -> u16 {
 /// Keys per online-softmax step of [`attention`] (a multiple of 64).
 pub const KEYS: usize = 256;
 
-/// softmax(q kᵀ / √d) v for bf16 q [B·H, Sq, d] and k, v [B·H, Sk, d]
+/// softmax(scale · q kᵀ (+ bias)) v for bf16 q [B·H, Sq, d] and k, v [B·H, Sk, d]
 /// (contiguous), written in bf16 to `out` [B, Sq, H·d]. Needs Sq ≥ 32,
 /// d a multiple of 32 up to `MAX_HEAD_DIM`.
 ///
@@ -465,6 +466,7 @@ pub fn attention(
     k: &[bf16],
     v: &[bf16],
     (b, h, sq, sk, d): (usize, usize, usize, usize, usize),
+    (scale, bias): (f32, Option<&DistanceBias>),
     out: &mut [std::mem::MaybeUninit<bf16>],
 ) {
     assert!(
@@ -500,13 +502,24 @@ pub fn attention(
             // rows start..start + 32 are in q, the packed buffers hold
             // Sk' keys, and this tile writes only rows nominal.. of its
             // head, which no other tile writes.
+            let (bi, hi) = (bh / h, bh % h);
+            // Row r of the tile gains by_distance[first - r + key] + mask[key].
+            let bias = bias.map(|b| {
+                let span = sq + sk - 1;
+                (
+                    &b.by_distance[hi * span..(hi + 1) * span],
+                    sq - 1 - start,
+                    &b.mask[bi * sk..(bi + 1) * sk],
+                )
+            });
             unsafe {
                 attention_tile(
                     qh,
                     (kp, vp),
                     (sk, skp, d),
                     (start, nominal - start),
-                    (bh / h, bh % h, h, sq),
+                    (bi, hi, h, sq),
+                    (scale, bias),
                     dst,
                 )
             }
@@ -529,10 +542,10 @@ unsafe fn attention_tile(
     (sk, skp, d): (usize, usize, usize),
     (start, skip): (usize, usize),
     (bi, hi, h, sq): (usize, usize, usize, usize),
+    (scale, bias): (f32, Option<(&[f32], usize, &[f32])>),
     dst: SendPtr,
 ) {
     let _tiles = unsafe { Tiles::load(&Config::new(16, 16)) };
-    let scale = 1.0 / (d as f32).sqrt();
     let (ksteps, vsteps) = (d / 32, skp / 32);
     let mut s = [0f32; 32 * KEYS];
     let mut p = [bf16::ZERO; 32 * KEYS];
@@ -559,10 +572,21 @@ unsafe fn attention_tile(
         }
         for r in 0..32 {
             let row = &mut s[r * KEYS..r * KEYS + valid];
-            let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+            match bias {
+                Some((by_distance, first, mask)) => {
+                    let at = first - r + k0;
+                    let terms = by_distance[at..at + valid]
+                        .iter()
+                        .zip(&mask[k0..k0 + valid]);
+                    for (x, (&p, &m)) in row.iter_mut().zip(terms) {
+                        *x = *x * scale + (p + m);
+                    }
+                }
+                None => row.iter_mut().for_each(|x| *x *= scale),
+            }
+            let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
             let m_new = max[r].max(m);
             let corr = (max[r] - m_new).exp();
-            row.iter_mut().for_each(|x| *x *= scale);
             let rs = super::super::expf::exp_sub_sum(row, m_new);
             sum[r] = sum[r] * corr + rs;
             max[r] = m_new;
