@@ -121,16 +121,7 @@ pub fn attention_fused_with(
             let kh = &ks[bh * sk * d..(bh + 1) * sk * d];
             let vh = &vs[bh * sk * d..(bh + 1) * sk * d];
             let (bi, hi) = (bh / h, bh % h);
-            // The bias of this item's rows: row r's keys start at distance
-            // -(r0 + r), index Sq - 1 - r0 - r of its head's table.
-            let row_bias = bias.as_ref().map(|bias| {
-                let span = sq + sk - 1;
-                RowBias {
-                    by_distance: &bias.by_distance[hi * span..(hi + 1) * span],
-                    first: sq - 1 - r0,
-                    mask: &bias.mask[bi * sk..(bi + 1) * sk],
-                }
-            });
+            let row_bias = bias.as_ref().map(|bias| bias.tile((bi, hi), (sq, sk), r0));
             let o = tile_attention(qt, kh, vh, [rows, sk, d, k_tile], scale, row_bias);
             for r in 0..rows {
                 let dst = ((bi * sq + r0 + r) * h + hi) * d;
@@ -146,12 +137,31 @@ pub fn attention_fused_with(
     super::fast::cast(&Tensor::from_vec(out, (b, sq, h * d), q.device())?, dtype)
 }
 
-/// A [`DistanceBias`] seen from one query tile: row r, key j gains
-/// `by_distance[first - r + j] + mask[j]`.
-struct RowBias<'a> {
-    by_distance: &'a [f32],
-    first: usize,
-    mask: &'a [f32],
+/// A [`DistanceBias`] seen from one query tile of one head: row r, key j
+/// gains `by_distance[first - r + j] + mask[j]` (also the AMX kernel's).
+pub(super) struct RowBias<'a> {
+    pub(super) by_distance: &'a [f32],
+    pub(super) first: usize,
+    pub(super) mask: &'a [f32],
+}
+
+impl DistanceBias<'_> {
+    /// The bias of the tile of queries from row `r0` of head `hi` in batch
+    /// `bi`: row r's keys start at distance -(r0 + r), index
+    /// Sq - 1 - r0 - r of its head's table.
+    pub(super) fn tile(
+        &self,
+        (bi, hi): (usize, usize),
+        (sq, sk): (usize, usize),
+        r0: usize,
+    ) -> RowBias<'_> {
+        let span = sq + sk - 1;
+        RowBias {
+            by_distance: &self.by_distance[hi * span..(hi + 1) * span],
+            first: sq - 1 - r0,
+            mask: &self.mask[bi * sk..(bi + 1) * sk],
+        }
+    }
 }
 
 /// One query tile against all keys of its head: q [rows, d], k/v [sk, d].
@@ -345,12 +355,7 @@ mod tests {
         }
     }
 
-    fn indices(
-        b: usize,
-        h: usize,
-        sq: usize,
-        sk: usize,
-    ) -> Vec<(usize, usize, usize, usize)> {
+    fn indices(b: usize, h: usize, sq: usize, sk: usize) -> Vec<(usize, usize, usize, usize)> {
         let mut v = Vec::new();
         for bi in 0..b {
             for hi in 0..h {

@@ -2,7 +2,7 @@
 //! packing of `wᵀ`, the 2x2-tile inner loops and the epilogue.
 
 use super::super::fast::transpose16;
-use super::super::flash::DistanceBias;
+use super::super::flash::{DistanceBias, RowBias};
 use super::{Out, MAX_HEAD_DIM, PANEL};
 use half::bf16;
 use rayon::prelude::*;
@@ -503,15 +503,7 @@ pub fn attention(
             // Sk' keys, and this tile writes only rows nominal.. of its
             // head, which no other tile writes.
             let (bi, hi) = (bh / h, bh % h);
-            // Row r of the tile gains by_distance[first - r + key] + mask[key].
-            let bias = bias.map(|b| {
-                let span = sq + sk - 1;
-                (
-                    &b.by_distance[hi * span..(hi + 1) * span],
-                    sq - 1 - start,
-                    &b.mask[bi * sk..(bi + 1) * sk],
-                )
-            });
+            let bias = bias.map(|b| b.tile((bi, hi), (sq, sk), start));
             unsafe {
                 attention_tile(
                     qh,
@@ -542,7 +534,7 @@ unsafe fn attention_tile(
     (sk, skp, d): (usize, usize, usize),
     (start, skip): (usize, usize),
     (bi, hi, h, sq): (usize, usize, usize, usize),
-    (scale, bias): (f32, Option<(&[f32], usize, &[f32])>),
+    (scale, bias): (f32, Option<RowBias>),
     dst: SendPtr,
 ) {
     let _tiles = unsafe { Tiles::load(&Config::new(16, 16)) };
@@ -573,7 +565,11 @@ unsafe fn attention_tile(
         for r in 0..32 {
             let row = &mut s[r * KEYS..r * KEYS + valid];
             match bias {
-                Some((by_distance, first, mask)) => {
+                Some(RowBias {
+                    by_distance,
+                    first,
+                    mask,
+                }) => {
                     let at = first - r + k0;
                     let terms = by_distance[at..at + valid]
                         .iter()
