@@ -60,7 +60,9 @@
 //! config but are included. `tests/activation_memory.rs` checks the formula
 //! against a counting allocator around real forwards (within 0.1%). For a
 //! 14B expert at 75,600 tokens in bf16 on the CPU it gives about 12.4 GiB
-//! (the feed-forward phase; self-attention peaks at ~10.6 GiB), 10.1 GiB
+//! with the weights widened onto candle's matmul (the feed-forward phase;
+//! self-attention peaks at ~10.6 GiB), 10.2 GiB widened onto `super::sgemm`
+//! (AVX-512 without AMX: one output per linear), 10.1 GiB
 //! with the `onednn` feature (no widened copies: the fused self-attention
 //! is the peak), and 5.8 GiB on AMX (`super::amx`: bf16 linears and
 //! attention as they are, the GELU in the linear, in either build);
@@ -309,7 +311,8 @@ mod tests {
         assert!(p2 / p1 < 2.1 && p2 / p1 > 1.8, "{p1} {p2}");
         // The 720p 81-frame forward of a 14B expert in bf16 on the CPU:
         // the feed-forward phase, ~12.4 GiB with the weights widened per
-        // call; on oneDNN, which multiplies bf16 as it is, the fused
+        // call onto candle's matmul, ~10.2 widened onto `sgemm` (one output
+        // per linear, no bias-add copy); on oneDNN, which multiplies bf16 as it is, the fused
         // self-attention (oneDNN declines 40 heads over 75,600 keys), ~10.1;
         // on AMX, linears and attention in bf16 as they are and the GELU in
         // the linear, ~5.8 (the feed-forward phase again).
@@ -318,6 +321,8 @@ mod tests {
             5.3..6.3
         } else if cfg!(feature = "onednn") {
             9.6..10.6
+        } else if super::super::sgemm::available() {
+            9.7..10.7
         } else {
             12.0..13.0
         };
