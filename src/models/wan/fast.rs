@@ -522,6 +522,63 @@ pub(super) fn transpose16(
     out
 }
 
+/// Scales a row of attention scores in place, adding the bias terms
+/// `p + q` when given (`x · scale + (p + q)`), and returns its maximum: one
+/// vectorised pass where a scalar fold for the maximum had been the
+/// softmax's slowest step (`super::flash`, `super::amx`).
+pub fn scale_max(row: &mut [f32], scale: f32, terms: Option<(&[f32], &[f32])>) -> f32 {
+    if let Some((p, q)) = terms {
+        assert!(p.len() >= row.len() && q.len() >= row.len());
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F was just detected; the terms were checked.
+        return unsafe { scale_max_avx512(row, scale, terms) };
+    }
+    match terms {
+        Some((p, q)) => {
+            for ((x, &p), &q) in row.iter_mut().zip(p).zip(q) {
+                *x = *x * scale + (p + q);
+            }
+        }
+        None => row.iter_mut().for_each(|x| *x *= scale),
+    }
+    row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scale_max_avx512(row: &mut [f32], scale: f32, terms: Option<(&[f32], &[f32])>) -> f32 {
+    use std::arch::x86_64::*;
+    let n = row.len();
+    let sc = _mm512_set1_ps(scale);
+    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i < n {
+        let m = if n - i >= 16 {
+            u16::MAX
+        } else {
+            ((1u32 << (n - i)) - 1) as u16
+        };
+        // SAFETY: lanes i .. i + 16 masked to the row (and the terms).
+        unsafe {
+            let at = row.as_mut_ptr().add(i);
+            let mut v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, at), sc);
+            if let Some((p, q)) = terms {
+                let b = _mm512_add_ps(
+                    _mm512_maskz_loadu_ps(m, p.as_ptr().add(i)),
+                    _mm512_maskz_loadu_ps(m, q.as_ptr().add(i)),
+                );
+                v = _mm512_add_ps(v, b);
+            }
+            _mm512_mask_storeu_ps(at, m, v);
+            mx = _mm512_mask_max_ps(mx, m, mx, v);
+        }
+        i += 16;
+    }
+    _mm512_reduce_max_ps(mx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

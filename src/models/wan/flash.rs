@@ -213,14 +213,11 @@ fn tile_attention(
         }
         for r in 0..rows {
             let row = &mut s[r * n..(r + 1) * n];
-            if let Some(b) = &bias {
+            let terms = bias.as_ref().map(|b| {
                 let at = b.first - r + k0;
-                let by_distance = &b.by_distance[at..at + n];
-                for ((x, &p), &m) in row.iter_mut().zip(by_distance).zip(&b.mask[k0..k0 + n]) {
-                    *x += p + m;
-                }
-            }
-            let m_new = row.iter().fold(max[r], |m, &x| m.max(x));
+                (&b.by_distance[at..at + n], &b.mask[k0..k0 + n])
+            });
+            let m_new = super::fast::scale_max(row, 1.0, terms).max(max[r]);
             let corr = (max[r] - m_new).exp();
             max[r] = m_new;
             let rs = exp_sub_sum(row, m_new);

@@ -532,7 +532,10 @@ mod tests {
             for gelu in [false, true] {
                 let got = linear(&x, &w, b.as_ref(), gelu).unwrap();
                 if !available() {
-                    assert!(got.is_none(), "declines without AVX-512F or with BATON_SGEMM=0");
+                    assert!(
+                        got.is_none(),
+                        "declines without AVX-512F or with BATON_SGEMM=0"
+                    );
                     continue;
                 }
                 let got = got.expect("AVX-512F takes f32 operands");

@@ -564,23 +564,11 @@ unsafe fn attention_tile(
         }
         for r in 0..32 {
             let row = &mut s[r * KEYS..r * KEYS + valid];
-            match bias {
-                Some(RowBias {
-                    by_distance,
-                    first,
-                    mask,
-                }) => {
-                    let at = first - r + k0;
-                    let terms = by_distance[at..at + valid]
-                        .iter()
-                        .zip(&mask[k0..k0 + valid]);
-                    for (x, (&p, &m)) in row.iter_mut().zip(terms) {
-                        *x = *x * scale + (p + m);
-                    }
-                }
-                None => row.iter_mut().for_each(|x| *x *= scale),
-            }
-            let m = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            let terms = bias.as_ref().map(|b| {
+                let at = b.first - r + k0;
+                (&b.by_distance[at..at + valid], &b.mask[k0..k0 + valid])
+            });
+            let m = super::super::fast::scale_max(row, scale, terms);
             let m_new = max[r].max(m);
             let corr = (max[r] - m_new).exp();
             let rs = super::super::expf::exp_sub_sum(row, m_new);
