@@ -15,7 +15,7 @@
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-use super::fast::{from_bf16 as widen, to_bf16 as narrow};
+use super::fast::{from_bf16 as widen, narrow_slice as narrow_row};
 use super::rope::Rope;
 
 /// Rows of `t` (f32-castable, last dim `dim`) as an f32 vector with its
@@ -87,21 +87,25 @@ pub fn gated_add(x: &Tensor, y: &Tensor, gate: Option<&Tensor>) -> Result<Option
         (Storage::Cpu(CpuStorage::BF16(xv)), Storage::Cpu(CpuStorage::BF16(yv))) => {
             let (xv, yv) = (&xv[x0..x1], &yv[y0..y1]);
             let mut out = super::fast::bf16_zeros(xv.len());
-            out.par_chunks_mut(dim).enumerate().for_each(|(r, o)| {
-                let (xr, yr) = (&xv[r * dim..][..dim], &yv[r * dim..][..dim]);
-                match gate_row(r) {
-                    Some(gr) => {
-                        for i in 0..dim {
-                            o[i] = narrow(widen(xr[i]) + widen(yr[i]) * gr[i]);
+            out.par_chunks_mut(dim).enumerate().for_each_init(
+                || vec![0f32; dim],
+                |row, (r, o)| {
+                    let (xr, yr) = (&xv[r * dim..][..dim], &yv[r * dim..][..dim]);
+                    match gate_row(r) {
+                        Some(gr) => {
+                            for i in 0..dim {
+                                row[i] = widen(xr[i]) + widen(yr[i]) * gr[i];
+                            }
+                        }
+                        None => {
+                            for i in 0..dim {
+                                row[i] = widen(xr[i]) + widen(yr[i]);
+                            }
                         }
                     }
-                    None => {
-                        for i in 0..dim {
-                            o[i] = narrow(widen(xr[i]) + widen(yr[i]));
-                        }
-                    }
-                }
-            });
+                    narrow_row(row, o);
+                },
+            );
             Tensor::from_vec(out, (b, s, dim), x.device())?
         }
         _ => return Ok(None),
@@ -251,10 +255,9 @@ pub fn qk_heads(
                     .map(|&e| widen(e))
                     .collect();
                 row(r, &mut x, &|at, src| {
-                    for (i, e) in src.iter().enumerate() {
-                        // SAFETY: as above.
-                        unsafe { *p.at(at + i) = narrow(*e) }
-                    }
+                    // SAFETY: as above.
+                    let dst = unsafe { std::slice::from_raw_parts_mut(p.at(at), src.len()) };
+                    narrow_row(src, dst);
                 });
             });
             Tensor::from_vec(out, shape, t.device())?
