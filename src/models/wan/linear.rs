@@ -32,14 +32,10 @@ pub fn matmul_dtype(dtype: DType, device: &Device) -> DType {
 
 /// Which GEMM the CPU linears run on, for `baton bench speed`.
 pub fn gemm_path() -> &'static str {
-    let (amx, sgemm) = (super::amx::available(), super::sgemm::available());
+    let (amx, sgemm) = (super::amx::available(), sgemm_takes_linears());
     match (cfg!(feature = "onednn"), amx, sgemm) {
-        (true, true, true) => {
-            "AMX tiles for bf16, AVX-512 kernel for f32 (oneDNN where they decline)"
-        }
-        (true, false, true) => "oneDNN matmul for bf16, AVX-512 kernel for f32",
-        (true, true, false) => "AMX tiles for bf16, oneDNN matmul for f32",
-        (true, false, false) => "oneDNN matmul (bf16 x bf16 and f32, f32 accumulation)",
+        (true, true, _) => "AMX tiles for bf16, oneDNN matmul for f32 and where the tiles decline",
+        (true, false, _) => "oneDNN matmul (bf16 x bf16 and f32, f32 accumulation)",
         (false, true, true) => "AMX tiles for bf16 (f32 accumulation), AVX-512 kernel for f32",
         (false, true, false) => "AMX tiles for bf16 (f32 accumulation), gemm crate for f32",
         (false, false, true) => "AVX-512 kernel for f32 (bf16 weights widened to f32 per call)",
