@@ -31,7 +31,8 @@
 //! turns them off, for A/B runs. Elsewhere [`linear_into`] and
 //! [`attention`] answer `None` and the callers keep their paths.
 
-use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+use super::fast::cpu_slice;
+use candle_core::{DType, Result, Tensor};
 use half::bf16;
 
 /// Output columns one worker packs and sweeps at a time (a multiple of 32).
@@ -115,7 +116,7 @@ fn linear_act(
     }
     let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
-    let (Some(xv), Some(wv)) = (bf16_slice(&xs, xl), bf16_slice(&ws, wl)) else {
+    let (Some(xv), Some(wv)) = (cpu_slice::<bf16>(&xs, xl), cpu_slice::<bf16>(&ws, wl)) else {
         return Ok(None);
     };
     let mut shape = dims.to_vec();
@@ -187,9 +188,9 @@ pub fn attention_with(
     let (ks, kl) = k.storage_and_layout();
     let (vs, vl) = v.storage_and_layout();
     let (Some(qv), Some(kv), Some(vv)) = (
-        bf16_slice(&qs, ql),
-        bf16_slice(&ks, kl),
-        bf16_slice(&vs, vl),
+        cpu_slice::<bf16>(&qs, ql),
+        cpu_slice::<bf16>(&ks, kl),
+        cpu_slice::<bf16>(&vs, vl),
     ) else {
         return Ok(None);
     };
@@ -213,14 +214,6 @@ pub fn attention_with(
 pub enum Out<'a> {
     Bf16(&'a mut [std::mem::MaybeUninit<bf16>]),
     F32(&'a mut [std::mem::MaybeUninit<f32>]),
-}
-
-fn bf16_slice<'a>(s: &'a Storage, l: &candle_core::Layout) -> Option<&'a [bf16]> {
-    let (a, b) = l.contiguous_offsets()?;
-    match s {
-        Storage::Cpu(CpuStorage::BF16(v)) => Some(&v[a..b]),
-        _ => None,
-    }
 }
 
 /// Off x86_64 there is no tile unit.
@@ -376,13 +369,7 @@ mod tests {
                 .unwrap()
         };
         let (q, k, v) = (mk(sq), mk(sk), mk(sk));
-        let span = sq + sk - 1;
-        let by_distance: Vec<f32> = (0..h * span)
-            .map(|i| ((i * 37) % 11) as f32 * 0.3 - 1.5)
-            .collect();
-        let mask: Vec<f32> = (0..b * sk)
-            .map(|i| if i % 7 == 3 { f32::MIN } else { 0.0 })
-            .collect();
+        let (by_distance, mask) = super::super::flash::test_bias(b, h, sq, sk);
         let bias = super::super::flash::DistanceBias {
             by_distance: &by_distance,
             mask: &mask,

@@ -80,6 +80,29 @@ pub(super) fn to_bf16(x: f32) -> bf16 {
     bf16::from_bits((bits.wrapping_add(round) >> 16) as u16)
 }
 
+/// The lane mask of the first `valid` of 16 lanes (all 16 from 16 on):
+/// the tails of the AVX-512 loops.
+pub(crate) fn mask16(valid: usize) -> u16 {
+    if valid >= 16 {
+        u16::MAX
+    } else {
+        ((1u32 << valid) - 1) as u16
+    }
+}
+
+/// The contiguous CPU storage of a tensor as a slice of `T`; `None` for
+/// another dtype, device or a strided layout.
+pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
+    s: &'a Storage,
+    l: &candle_core::Layout,
+) -> Option<&'a [T]> {
+    let (a, b) = l.contiguous_offsets()?;
+    match s {
+        Storage::Cpu(c) => c.as_slice::<T>().ok().map(|v| &v[a..b]),
+        _ => None,
+    }
+}
+
 /// `dst[i] = to_bf16(src[i])`, bit for bit (nearest-even, quiet NaN
 /// kept), 16 lanes at a time on AVX-512 (F, BW, VL): the per-element loop
 /// compiled to scalar code in the passes that write bf16.
@@ -105,11 +128,7 @@ unsafe fn narrow_avx512(src: &[f32], dst: &mut [bf16]) {
     let n = src.len();
     let mut i = 0;
     while i < n {
-        let m = if n - i >= 16 {
-            u16::MAX
-        } else {
-            ((1u32 << (n - i)) - 1) as u16
-        };
+        let m = mask16(n - i);
         // SAFETY: lanes i .. i + 16 masked to both slices.
         unsafe {
             let x = _mm512_maskz_loadu_ps(m, src.as_ptr().add(i));
@@ -622,11 +641,7 @@ unsafe fn scale_max_avx512(row: &mut [f32], scale: f32, terms: Option<(&[f32], &
     let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
     let mut i = 0;
     while i < n {
-        let m = if n - i >= 16 {
-            u16::MAX
-        } else {
-            ((1u32 << (n - i)) - 1) as u16
-        };
+        let m = mask16(n - i);
         // SAFETY: lanes i .. i + 16 masked to the row (and the terms).
         unsafe {
             let at = row.as_mut_ptr().add(i);

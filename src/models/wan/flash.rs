@@ -263,6 +263,19 @@ fn tile_attention(
     acc
 }
 
+/// A distance bias for tests: [H, Sq + Sk - 1] values in [-1.5, 1.5] and
+/// a mask that pads every seventh key.
+#[cfg(test)]
+pub(super) fn test_bias(b: usize, h: usize, sq: usize, sk: usize) -> (Vec<f32>, Vec<f32>) {
+    let by_distance = (0..h * (sq + sk - 1))
+        .map(|i| ((i * 37) % 11) as f32 * 0.3 - 1.5)
+        .collect();
+    let mask = (0..b * sk)
+        .map(|i| if i % 7 == 3 { f32::MIN } else { 0.0 })
+        .collect();
+    (by_distance, mask)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,12 +324,7 @@ mod tests {
             let k = Tensor::randn(0f32, 1.0, (b, h, sk, d), &dev).unwrap();
             let v = Tensor::randn(0f32, 1.0, (b, h, sk, d), &dev).unwrap();
             let span = sq + sk - 1;
-            let by_distance: Vec<f32> = (0..h * span)
-                .map(|i| ((i * 37) % 11) as f32 * 0.3 - 1.5)
-                .collect();
-            let mask: Vec<f32> = (0..b * sk)
-                .map(|i| if i % 7 == 3 { f32::MIN } else { 0.0 })
-                .collect();
+            let (by_distance, mask) = test_bias(b, h, sq, sk);
             let mut full = vec![0f32; b * h * sq * sk];
             for (bi, hi, i, j) in indices(b, h, sq, sk) {
                 full[((bi * h + hi) * sq + i) * sk + j] =

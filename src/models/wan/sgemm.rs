@@ -22,7 +22,8 @@
 //! Taken where the CPU has AVX-512F; `BATON_SGEMM=0` turns it off, for A/B
 //! runs. Elsewhere [`linear`] answers `None` and the caller keeps candle's.
 
-use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+use super::fast::cpu_slice;
+use candle_core::{DType, Result, Tensor};
 
 /// Output columns per packed panel (two zmm registers).
 const NR: usize = 32;
@@ -76,7 +77,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, gelu: bool) -> Result<
     }
     let (xs, xl) = x.storage_and_layout();
     let (ws, wl) = w.storage_and_layout();
-    let (Some(xv), Some(wv)) = (f32_slice(&xs, xl), f32_slice(&ws, wl)) else {
+    let (Some(xv), Some(wv)) = (cpu_slice::<f32>(&xs, xl), cpu_slice::<f32>(&ws, wl)) else {
         return Ok(None);
     };
     let mut shape = dims.to_vec();
@@ -112,14 +113,6 @@ pub fn tile_update(p: &[f32], v: &[f32], acc: &mut [f32], dims: (usize, usize, u
     }
 }
 
-fn f32_slice<'a>(s: &'a Storage, l: &candle_core::Layout) -> Option<&'a [f32]> {
-    let (a, b) = l.contiguous_offsets()?;
-    match s {
-        Storage::Cpu(CpuStorage::F32(v)) => Some(&v[a..b]),
-        _ => None,
-    }
-}
-
 /// Off x86_64 there is no AVX-512.
 #[cfg(not(target_arch = "x86_64"))]
 mod kernel {
@@ -144,6 +137,7 @@ mod kernel {
 
 #[cfg(target_arch = "x86_64")]
 mod kernel {
+    use super::super::fast::mask16;
     use super::{MR, NR};
     use rayon::prelude::*;
     use std::arch::x86_64::*;
@@ -448,14 +442,6 @@ mod kernel {
                     _mm512_mask_storeu_ps(c.add(16), m1, v1);
                 }
             }
-        }
-    }
-
-    fn mask16(valid: usize) -> u16 {
-        if valid >= 16 {
-            u16::MAX
-        } else {
-            ((1u32 << valid) - 1) as u16
         }
     }
 

@@ -1,7 +1,7 @@
 //! The x86_64 side of [`super`]: detection, the tile configuration, the
 //! packing of `wᵀ`, the 2x2-tile inner loops and the epilogue.
 
-use super::super::fast::transpose16;
+use super::super::fast::{mask16, transpose16};
 use super::super::flash::{DistanceBias, RowBias};
 use super::{Out, MAX_HEAD_DIM, PANEL};
 use half::bf16;
@@ -436,14 +436,6 @@ unsafe fn epilogue(
                 }
             }
         }
-    }
-}
-
-fn mask16(valid: usize) -> u16 {
-    if valid >= 16 {
-        u16::MAX
-    } else {
-        ((1u32 << valid) - 1) as u16
     }
 }
 
