@@ -162,10 +162,7 @@ pub fn fill_planes(g: Planes, fills: &[Fill]) -> Vec<f32> {
                 let at = y0 * w;
                 let mut acc = vec![0f32; n];
                 for c in 0..g.c {
-                    let s = &src[c * h * w + at..][..n];
-                    for (a, v) in acc.iter_mut().zip(s) {
-                        *a = v.mul_add(*v, *a);
-                    }
+                    square_add(&mut acc, &src[c * h * w + at..][..n]);
                 }
                 for a in acc.iter_mut() {
                     *a = 1.0 / a.sqrt().max(1e-12);
@@ -182,6 +179,28 @@ pub fn fill_planes(g: Planes, fills: &[Fill]) -> Vec<f32> {
         }
     });
     buf
+}
+
+/// acc[i] = fma(x[i], x[i], acc[i]): one fused multiply-add per element,
+/// as `mul_add` rounds it, on the FMA unit where the CPU has one (without
+/// the target feature `mul_add` compiled to a call into libm's `fmaf`).
+fn square_add(acc: &mut [f32], x: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: FMA was just detected.
+        return unsafe { square_add_fma(acc, x) };
+    }
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a = v.mul_add(*v, *a);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn square_add_fma(acc: &mut [f32], x: &[f32]) {
+    for (a, v) in acc.iter_mut().zip(x) {
+        *a = v.mul_add(*v, *a);
+    }
 }
 
 /// out = silu(x * inv * scale), vectorised where the CPU allows.
