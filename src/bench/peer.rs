@@ -1,10 +1,11 @@
 //! What every row of `baton bench speed` shares: its options, the row, the
-//! alternating rounds (baton, peer, baton, peer ...) and the PyTorch peer
-//! process. The rows themselves live in `speed` (DiT), `speed_vae` and
+//! alternating rounds (baton, peer, baton, peer ...), the PyTorch peer
+//! process and the per-kernel span table. The rows themselves live in `speed` (DiT), `speed_vae` and
 //! `speed_umt5`, all above this file.
 
 use super::median;
 use candle_core::DType;
+use std::fmt::Write;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -147,4 +148,34 @@ pub fn interleave(
             peer_measured_now: true,
         }
     })
+}
+
+/// One timed run of `run` (seconds) with the spans on, as a markdown table
+/// of each span's milliseconds and share; what no span covers is `rest`.
+pub fn span_table(
+    what: &str,
+    rest_name: &str,
+    run: impl FnOnce() -> anyhow::Result<f64>,
+) -> anyhow::Result<String> {
+    use crate::models::wan::spans;
+    spans::enable(true);
+    let total = run();
+    let parts = spans::totals();
+    spans::enable(false);
+    let total = total?;
+    let mut s = format!("{what}:\n");
+    writeln!(s, "| span | ms | share |\n|---|---|---|")?;
+    let mut rest = total;
+    for (name, v) in parts {
+        rest -= v;
+        writeln!(s, "| {name} | {:.1} | {:.0}% |", v * 1e3, 100.0 * v / total)?;
+    }
+    writeln!(
+        s,
+        "| {rest_name} | {:.1} | {:.0}% |",
+        rest * 1e3,
+        100.0 * rest / total
+    )?;
+    writeln!(s, "| total | {:.1} | 100% |", total * 1e3)?;
+    Ok(s)
 }

@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 pub use super::peer::SpeedOptions;
-use super::peer::{interleave, peer_python, run_peer_if, torch_dtype, Row};
+use super::peer::{interleave, peer_python, run_peer_if, span_table, torch_dtype, Row};
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::Instant;
@@ -165,36 +165,6 @@ fn dit_spans(
     span_table(&what, "other (stem, head, modulation split)", || {
         time_forward(m, x, t, ctx)
     })
-}
-
-/// One timed run of `run` (seconds) with the spans on, as a markdown table
-/// of each span's milliseconds and share; what no span covers is `rest`.
-pub(super) fn span_table(
-    what: &str,
-    rest_name: &str,
-    run: impl FnOnce() -> anyhow::Result<f64>,
-) -> anyhow::Result<String> {
-    use crate::models::wan::spans;
-    spans::enable(true);
-    let total = run();
-    let parts = spans::totals();
-    spans::enable(false);
-    let total = total?;
-    let mut s = format!("{what}:\n");
-    writeln!(s, "| span | ms | share |\n|---|---|---|")?;
-    let mut rest = total;
-    for (name, v) in parts {
-        rest -= v;
-        writeln!(s, "| {name} | {:.1} | {:.0}% |", v * 1e3, 100.0 * v / total)?;
-    }
-    writeln!(
-        s,
-        "| {rest_name} | {:.1} | {:.0}% |",
-        rest * 1e3,
-        100.0 * rest / total
-    )?;
-    writeln!(s, "| total | {:.1} | 100% |", total * 1e3)?;
-    Ok(s)
 }
 
 /// The table `baton bench speed` prints.

@@ -6,7 +6,9 @@
 //! on both sides: the lookup is not the cost, and the full table would add
 //! 4 GB to each process.
 
-use super::peer::{interleave, peer_python, run_peer_if, torch_dtype, Row, SpeedOptions};
+use super::peer::{
+    interleave, peer_python, run_peer_if, span_table, torch_dtype, Row, SpeedOptions,
+};
 use crate::models::umt5::{UmT5Config, UmT5Encoder};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -134,7 +136,7 @@ pub fn umt5_rows(o: &SpeedOptions) -> anyhow::Result<Vec<Row>> {
         let what = format!("umT5 encode {dtype:?}, XXL widths, {LAYERS} layers, {TOKENS} tokens");
         if std::env::var("BATON_DIT_SPANS").is_ok_and(|v| v == "1") {
             let what = format!("umT5 encode {dtype:?}, one encode by span");
-            let table = super::speed::span_table(&what, "other (embedding, casts, adds)", || {
+            let table = span_table(&what, "other (embedding, casts, adds)", || {
                 time_encode(&m, &ids, &mask)
             })?;
             println!("{table}");
