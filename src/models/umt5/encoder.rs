@@ -2,12 +2,15 @@
 //! with a per-block relative position bias, gated-GELU feed-forward, final
 //! RMS norm. Reads the canonical (HF) key names of [`super::layout`].
 //!
-//! Everything is computed in f32 whatever the weight dtype. umT5-XXL is known
-//! to overflow in fp16 (transformers clamps its activations for that reason)
-//! and candle's CPU matmul has no bf16 kernel, so the weights stay in the
-//! checkpoint's dtype in memory (what the ledger counts) and each linear widens
-//! its weight to f32 for the call: a slab at a time on the CPU for bf16
-//! (`super::widen`), the whole tensor elsewhere.
+//! The residual stream is f32 whatever the weight dtype: umT5-XXL is known to
+//! overflow in fp16 (transformers clamps its activations for that reason).
+//! The weights stay in the checkpoint's dtype in memory (what the ledger
+//! counts). On the CPU, f32 weights multiply on `sgemm` and bf16 weights
+//! take bf16-rounded inputs on the AMX tiles (or oneDNN with the feature),
+//! as PyTorch's bf16 encoder multiplies, the attention then on the tiles
+//! too; elsewhere each linear widens its weight to f32 for the call, a slab
+//! at a time on the CPU for bf16 (`super::widen`), the whole tensor on a
+//! card.
 
 use candle_core::quantized::QTensor;
 use candle_core::{DType, Device, IndexOp, Module, Result, Tensor};
@@ -16,8 +19,9 @@ use candle_nn::{Linear, VarBuilder};
 use super::UmT5Config;
 use crate::models::wan::spans::span;
 
-/// A bias-free linear whose weight is widened to f32 per call; a GGUF
-/// weight stays as its blocks and is dequantized to f32 per call.
+/// A bias-free linear over the weight as loaded (see [`Proj::on_kernels`]
+/// for where it multiplies as it is); a GGUF weight stays as its blocks and
+/// is dequantized to f32 per call.
 #[derive(Debug, Clone)]
 enum Proj {
     Dense(Tensor),
@@ -51,7 +55,7 @@ impl Proj {
 
     /// x (bf16, as [`Proj::prepare`] left it) -> bf16 [.., out] on the tile
     /// unit (f32 sums rounded once); `None` where that does not run.
-    fn to_bf16(&self, x: &Tensor) -> Result<Option<Tensor>> {
+    fn forward_bf16(&self, x: &Tensor) -> Result<Option<Tensor>> {
         match self {
             Self::Dense(w) if self.takes_bf16(x) => span("matmul", || {
                 crate::models::wan::amx::linear_into(x, w, None, DType::BF16)
@@ -129,8 +133,7 @@ impl Proj {
         if w.dtype() == DType::F32 {
             return sgemm::linear(x, w, None, gelu);
         }
-        let units = amx::available() || cfg!(feature = "onednn");
-        if w.dtype() != DType::BF16 || !x.device().is_cpu() || !units {
+        if !self.takes_bf16(x) {
             return Ok(None);
         }
         let xb = fast::cast(x, DType::BF16)?;
@@ -305,45 +308,39 @@ impl SelfAttention {
                     .contiguous()
             })
         };
-        if x.device().is_cpu() {
-            // The fused attention with the bias as a function of distance:
-            // no [B, H, L, L] bias, scores or probabilities.
-            let by_distance = self.bias_by_distance(buckets)?;
-            let mask = key_mask.flatten_all()?.to_vec1::<f32>()?;
-            let bias = flash::DistanceBias {
-                by_distance: &by_distance,
-                mask: &mask,
-            };
-            // bf16 weights on the tile unit: q, k and v written in bf16 and
-            // the attention on the tiles too, its bf16 output the input of
-            // the output projection, as PyTorch's bf16 encoder rounds them.
+        // On the CPU the fused attention with the bias as a function of
+        // distance: no [B, H, L, L] bias, scores or probabilities.
+        let parts = match x.device().is_cpu() {
+            true => Some((
+                self.bias_by_distance(buckets)?,
+                key_mask.flatten_all()?.to_vec1::<f32>()?,
+            )),
+            false => None,
+        };
+        let bias = parts
+            .as_ref()
+            .map(|(by_distance, mask)| flash::DistanceBias { by_distance, mask });
+        // bf16 weights on the tile unit: q, k and v written in bf16 and the
+        // attention on the tiles too, its bf16 output the input of the
+        // output projection, as PyTorch's bf16 encoder rounds them.
+        if let Some(bias) = &bias {
             let tiles = amx::takes_attention(DType::BF16, l, l, self.d_kv);
             if tiles && self.q.takes_bf16(&h) && h.dtype() == DType::BF16 {
                 let (q, k, v) = (
-                    self.q.to_bf16(&h)?,
-                    self.k.to_bf16(&h)?,
-                    self.v.to_bf16(&h)?,
+                    self.q.forward_bf16(&h)?,
+                    self.k.forward_bf16(&h)?,
+                    self.v.forward_bf16(&h)?,
                 );
                 if let (Some(q), Some(k), Some(v)) = (q, k, v) {
                     let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
                     let out = span("attention", || {
-                        amx::attention_with(&q, &k, &v, 1.0, Some(&bias))
+                        amx::attention_with(&q, &k, &v, 1.0, Some(bias))
                     })?;
                     if let Some(out) = out {
                         return self.o.forward(&out);
                     }
                 }
             }
-            let (q, k, v) = (
-                self.q.forward(&h)?,
-                self.k.forward(&h)?,
-                self.v.forward(&h)?,
-            );
-            let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
-            let out = span("attention", || {
-                flash::attention_fused_with(&q, &k, &v, 1.0, Some(bias))
-            })?;
-            return self.o.forward(&self.o.prepare(out)?);
         }
         let (q, k, v) = (
             self.q.forward(&h)?,
@@ -351,6 +348,12 @@ impl SelfAttention {
             self.v.forward(&h)?,
         );
         let (q, k, v) = (heads(q)?, heads(k)?, heads(v)?);
+        if let Some(bias) = bias {
+            let out = span("attention", || {
+                flash::attention_fused_with(&q, &k, &v, 1.0, Some(bias))
+            })?;
+            return self.o.forward(&self.o.prepare(out)?);
+        }
         // Elsewhere: the scores, the broadcast bias and mask, the softmax.
         let scores = q
             .matmul(&k.t()?)?

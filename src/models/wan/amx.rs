@@ -31,7 +31,7 @@
 //! turns them off, for A/B runs. Elsewhere [`linear_into`] and
 //! [`attention`] answer `None` and the callers keep their paths.
 
-use super::fast::cpu_slice;
+use super::fast::{cpu_slice, LinearOperands};
 use candle_core::{DType, Result, Tensor};
 use half::bf16;
 
@@ -85,42 +85,21 @@ fn linear_act(
         || w.dtype() != DType::BF16
         || !matches!(out, DType::BF16 | DType::F32)
         || !x.device().is_cpu()
-        || w.rank() != 2
     {
         return Ok(None);
     }
-    let (n, k) = w.dims2()?;
-    let dims = x.dims();
-    if dims.last() != Some(&k) || k == 0 || !k.is_multiple_of(32) || n == 0 {
+    let Some(ops) = LinearOperands::new(x, w, b, "AMX linear")? else {
         return Ok(None);
-    }
-    let m = x.elem_count() / k;
-    if m == 0 {
-        return Ok(None);
-    }
-    let x = x.contiguous()?;
-    let w = w.contiguous()?;
-    let bias = match b {
-        Some(b) => Some(
-            super::fast::cast(b, DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-        ),
-        None => None,
     };
-    if bias.as_ref().is_some_and(|b| b.len() != n) {
-        candle_core::bail!(
-            "AMX linear: a bias of {} values for {n} outputs",
-            bias.map_or(0, |b| b.len())
-        )
+    let ((m, k, n), bias, shape) = (ops.mkn, ops.bias, ops.shape);
+    if !k.is_multiple_of(32) {
+        return Ok(None);
     }
-    let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = w.storage_and_layout();
+    let (xs, xl) = ops.x.storage_and_layout();
+    let (ws, wl) = ops.w.storage_and_layout();
     let (Some(xv), Some(wv)) = (cpu_slice::<bf16>(&xs, xl), cpu_slice::<bf16>(&ws, wl)) else {
         return Ok(None);
     };
-    let mut shape = dims.to_vec();
-    *shape.last_mut().expect("rank >= 1") = n;
     let run = |o: Out| tiles::matmul((xv, m, k), (wv, n), (bias.as_deref(), gelu), o);
     let y = match out {
         DType::BF16 => super::fast::written::<bf16>(m * n, shape, |o| run(Out::Bf16(o)))?,
@@ -354,10 +333,9 @@ mod tests {
         assert!(attention(&q, &q, &q).unwrap().is_none(), "head dim 48");
     }
 
-    /// The tile attention against the chunked f32 reference on the same
-    /// bf16 inputs: query tails (a last tile overlapping the one before),
-    /// key counts below, at and past a 64-key panel and a 256-key step,
-    /// head dims 32 to 128, two batches.
+    /// The tile attention with a scale other than 1/√d and a distance bias
+    /// with padded keys against the fused f32 kernel on the same bf16
+    /// inputs.
     #[test]
     fn biased_attention_matches_the_fused_kernel() {
         let dev = Device::Cpu;
@@ -391,6 +369,10 @@ mod tests {
         assert!(rel < 5e-3, "rel. L2 {rel}");
     }
 
+    /// The tile attention against the chunked f32 reference on the same
+    /// bf16 inputs: query tails (a last tile overlapping the one before),
+    /// key counts below, at and past a 64-key panel and a 256-key step,
+    /// head dims 32 to 128, two batches.
     #[test]
     fn attention_matches_the_chunked_reference() {
         let dev = Device::Cpu;

@@ -90,6 +90,56 @@ pub(crate) fn mask16(valid: usize) -> u16 {
     }
 }
 
+/// The operands of `x · wᵀ + b` as our CPU linears take them (`super::amx`,
+/// `super::sgemm`): x and w contiguous, M rows of K, N outputs, the bias in
+/// f32 and the output shape [.., N].
+pub(crate) struct LinearOperands {
+    pub x: Tensor,
+    pub w: Tensor,
+    pub mkn: (usize, usize, usize),
+    pub bias: Option<Vec<f32>>,
+    pub shape: Vec<usize>,
+}
+
+impl LinearOperands {
+    /// `None` where `x` [.., K] and `w` [N, K] make no product (a rank other
+    /// than 2 for w, K that differs, an empty side): the caller's next path
+    /// says why. A bias of another length than N is an error naming `what`.
+    pub(crate) fn new(
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        what: &str,
+    ) -> Result<Option<Self>> {
+        if w.rank() != 2 {
+            return Ok(None);
+        }
+        let (n, k) = w.dims2()?;
+        let dims = x.dims();
+        if dims.last() != Some(&k) || k == 0 || n == 0 || x.elem_count() == 0 {
+            return Ok(None);
+        }
+        let bias = match b {
+            Some(b) => Some(cast(b, DType::F32)?.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        };
+        if let Some(b) = &bias {
+            if b.len() != n {
+                candle_core::bail!("{what}: a bias of {} values for {n} outputs", b.len())
+            }
+        }
+        let mut shape = dims.to_vec();
+        *shape.last_mut().expect("rank >= 1") = n;
+        Ok(Some(Self {
+            x: x.contiguous()?,
+            w: w.contiguous()?,
+            mkn: (x.elem_count() / k, k, n),
+            bias,
+            shape,
+        }))
+    }
+}
+
 /// The contiguous CPU storage of a tensor as a slice of `T`; `None` for
 /// another dtype, device or a strided layout.
 pub(crate) fn cpu_slice<'a, T: candle_core::WithDType>(
@@ -132,13 +182,10 @@ unsafe fn narrow_avx512(src: &[f32], dst: &mut [bf16]) {
         // SAFETY: lanes i .. i + 16 masked to both slices.
         unsafe {
             let x = _mm512_maskz_loadu_ps(m, src.as_ptr().add(i));
-            let b = _mm512_castps_si512(x);
-            let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
-            let round = _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), lsb);
-            let rne = _mm512_srli_epi32::<16>(_mm512_add_epi32(b, round));
             let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(x, x);
-            let quiet = _mm512_or_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(0x40));
-            let bits = _mm512_mask_mov_epi32(rne, nan, quiet);
+            let high = _mm512_srli_epi32::<16>(_mm512_castps_si512(x));
+            let quiet = _mm512_or_si512(high, _mm512_set1_epi32(0x40));
+            let bits = _mm512_mask_mov_epi32(bf16_bits_rne(x), nan, quiet);
             _mm256_mask_storeu_epi16(
                 dst.as_mut_ptr().add(i).cast(),
                 m,
@@ -147,6 +194,18 @@ unsafe fn narrow_avx512(src: &[f32], dst: &mut [bf16]) {
         }
         i += 16;
     }
+}
+
+/// The bf16 bits of 16 finite f32 lanes, rounded to nearest-even as `half`
+/// does, each in the low half of a 32-bit lane (NaN lanes are the caller's).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+pub(crate) fn bf16_bits_rne(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let b = _mm512_castps_si512(x);
+    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
+    let biased = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb);
+    _mm512_srli_epi32::<16>(biased)
 }
 
 /// The tanh GELU of `x` (f32 or bf16, computed in f32 and returned in x's
@@ -464,10 +523,9 @@ pub fn rms_norm_bf16(x: &Tensor, weight: &Tensor, eps: f32) -> Result<Option<Ten
         .to_vec1::<f32>()?;
     let x = x.contiguous()?;
     let (st, l) = x.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(v)), Some((a, b))) = (&*st, l.contiguous_offsets()) else {
+    let Some(src) = cpu_slice::<f32>(&st, l) else {
         return Ok(None);
     };
-    let src = &v[a..b];
     let mut out = bf16_zeros(src.len());
     out.par_chunks_mut(dim)
         .zip(src.par_chunks(dim))
@@ -500,15 +558,9 @@ pub fn mul_bf16(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     let (a, b) = (a.contiguous()?, b.contiguous()?);
     let (sa, la) = a.storage_and_layout();
     let (sb, lb) = b.storage_and_layout();
-    let (Storage::Cpu(CpuStorage::F32(va)), Storage::Cpu(CpuStorage::F32(vb))) = (&*sa, &*sb)
-    else {
+    let (Some(x), Some(y)) = (cpu_slice::<f32>(&sa, la), cpu_slice::<f32>(&sb, lb)) else {
         return Ok(None);
     };
-    let (Some((a0, a1)), Some((b0, b1))) = (la.contiguous_offsets(), lb.contiguous_offsets())
-    else {
-        return Ok(None);
-    };
-    let (x, y) = (&va[a0..a1], &vb[b0..b1]);
     let mut out = bf16_zeros(x.len());
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))

@@ -24,8 +24,9 @@ pub const K_TILE: usize = 256;
 /// one work item's tiles (scores [rows, K_TILE], accumulator [rows, d],
 /// row maxima and sums) per pool thread busy, for `items` work items, and
 /// (without `super::sgemm`) the buffer the `gemm` crate allocates inside
-/// each tile product to pack its left operand (rows x the inner dimension, K_TILE for p·v or d for
-/// q·kᵀ, in f32, plus its alignment slack, measured under 4 KiB).
+/// each tile product to pack its left operand (rows x the inner dimension,
+/// K_TILE for p·v or d for q·kᵀ, in f32, plus its alignment slack,
+/// measured under 4 KiB).
 pub fn working_bytes(batch_heads: usize, q_tokens: usize, head_dim: usize) -> usize {
     let rows = Q_TILE.min(q_tokens);
     let items = batch_heads * q_tokens.div_ceil(Q_TILE);
@@ -140,9 +141,17 @@ pub fn attention_fused_with(
 /// A [`DistanceBias`] seen from one query tile of one head: row r, key j
 /// gains `by_distance[first - r + j] + mask[j]` (also the AMX kernel's).
 pub(super) struct RowBias<'a> {
-    pub(super) by_distance: &'a [f32],
-    pub(super) first: usize,
-    pub(super) mask: &'a [f32],
+    by_distance: &'a [f32],
+    first: usize,
+    mask: &'a [f32],
+}
+
+impl RowBias<'_> {
+    /// Row r's two bias terms for keys k0 .. k0 + n.
+    pub(super) fn terms(&self, r: usize, k0: usize, n: usize) -> (&[f32], &[f32]) {
+        let at = self.first - r + k0;
+        (&self.by_distance[at..at + n], &self.mask[k0..k0 + n])
+    }
 }
 
 impl DistanceBias<'_> {
@@ -213,10 +222,7 @@ fn tile_attention(
         }
         for r in 0..rows {
             let row = &mut s[r * n..(r + 1) * n];
-            let terms = bias.as_ref().map(|b| {
-                let at = b.first - r + k0;
-                (&b.by_distance[at..at + n], &b.mask[k0..k0 + n])
-            });
+            let terms = bias.as_ref().map(|b| b.terms(r, k0, n));
             let m_new = super::fast::scale_max(row, 1.0, terms).max(max[r]);
             let corr = (max[r] - m_new).exp();
             max[r] = m_new;

@@ -720,7 +720,7 @@ unsafe fn numerators_avx512(s: *const f32, n: usize, k: f32, m: f32, p: *mut u8,
             let e = _mm512_maskz_mov_ps(mask, super::expf::exp512(_mm512_fmsub_ps(x, kv, km)));
             sum = _mm512_add_ps(sum, e);
             if bf {
-                let r = bf16_bits_rne(e);
+                let r = super::fast::bf16_bits_rne(e);
                 _mm512_mask_cvtepi32_storeu_epi16(p.cast::<i16>().add(i).cast(), mask, r);
             } else {
                 _mm512_mask_storeu_ps(p.cast::<f32>().add(i), mask, e);
@@ -755,25 +755,13 @@ unsafe fn scale_to_bf16_avx512(src: &[f32], k: f32, dst: &mut [half::bf16]) {
     while i + 16 <= n {
         // SAFETY: i + 16 <= n elements of both slices; unaligned accesses.
         let x = unsafe { _mm512_mul_ps(_mm512_loadu_ps(src.as_ptr().add(i)), kv) };
-        let h = _mm512_cvtepi32_epi16(bf16_bits_rne(x));
+        let h = _mm512_cvtepi32_epi16(super::fast::bf16_bits_rne(x));
         unsafe { _mm256_storeu_si256(dst.as_mut_ptr().add(i) as *mut __m256i, h) };
         i += 16;
     }
     for (o, x) in dst[i..n].iter_mut().zip(&src[i..n]) {
         *o = half::bf16::from_f32(x * k);
     }
-}
-
-/// The bf16 bits of 16 finite f32 lanes, rounded to nearest-even as `half`
-/// does, each in the low half of a 32-bit lane.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn bf16_bits_rne(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512i {
-    use std::arch::x86_64::*;
-    let b = _mm512_castps_si512(x);
-    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(b), _mm512_set1_epi32(1));
-    let biased = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), lsb);
-    _mm512_srli_epi32::<16>(biased)
 }
 
 #[cfg(test)]

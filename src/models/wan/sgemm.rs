@@ -22,7 +22,7 @@
 //! Taken where the CPU has AVX-512F; `BATON_SGEMM=0` turns it off, for A/B
 //! runs. Elsewhere [`linear`] answers `None` and the caller keeps candle's.
 
-use super::fast::cpu_slice;
+use super::fast::{cpu_slice, LinearOperands};
 use candle_core::{DType, Result, Tensor};
 
 /// Output columns per packed panel (two zmm registers).
@@ -43,45 +43,18 @@ pub fn available() -> bool {
 /// `w` [N, K] f32 on the CPU, `b` [N] any float dtype. `None` for other
 /// operands or where the kernel is not [`available`].
 pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, gelu: bool) -> Result<Option<Tensor>> {
-    if !available()
-        || x.dtype() != DType::F32
-        || w.dtype() != DType::F32
-        || !x.device().is_cpu()
-        || w.rank() != 2
-    {
+    if !available() || x.dtype() != DType::F32 || w.dtype() != DType::F32 || !x.device().is_cpu() {
         return Ok(None);
     }
-    let (n, k) = w.dims2()?;
-    let dims = x.dims();
-    if dims.last() != Some(&k) || k == 0 || n == 0 {
+    let Some(ops) = LinearOperands::new(x, w, b, "f32 linear")? else {
         return Ok(None);
-    }
-    let m = x.elem_count() / k;
-    if m == 0 {
-        return Ok(None);
-    }
-    let x = x.contiguous()?;
-    let w = w.contiguous()?;
-    let bias = match b {
-        Some(b) => Some(
-            super::fast::cast(b, DType::F32)?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-        ),
-        None => None,
     };
-    if let Some(b) = &bias {
-        if b.len() != n {
-            candle_core::bail!("f32 linear: a bias of {} values for {n} outputs", b.len())
-        }
-    }
-    let (xs, xl) = x.storage_and_layout();
-    let (ws, wl) = w.storage_and_layout();
+    let ((m, k, n), bias, shape) = (ops.mkn, ops.bias, ops.shape);
+    let (xs, xl) = ops.x.storage_and_layout();
+    let (ws, wl) = ops.w.storage_and_layout();
     let (Some(xv), Some(wv)) = (cpu_slice::<f32>(&xs, xl), cpu_slice::<f32>(&ws, wl)) else {
         return Ok(None);
     };
-    let mut shape = dims.to_vec();
-    *shape.last_mut().expect("rank >= 1") = n;
     let y = super::fast::written::<f32>(m * n, shape, |o| {
         kernel::matmul((xv, m, k), (wv, n), (bias.as_deref(), gelu), o)
     })?;

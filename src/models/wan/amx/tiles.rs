@@ -556,10 +556,7 @@ unsafe fn attention_tile(
         }
         for r in 0..32 {
             let row = &mut s[r * KEYS..r * KEYS + valid];
-            let terms = bias.as_ref().map(|b| {
-                let at = b.first - r + k0;
-                (&b.by_distance[at..at + valid], &b.mask[k0..k0 + valid])
-            });
+            let terms = bias.as_ref().map(|b| b.terms(r, k0, valid));
             let m = super::super::fast::scale_max(row, scale, terms);
             let m_new = max[r].max(m);
             let corr = (max[r] - m_new).exp();
