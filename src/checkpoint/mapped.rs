@@ -19,6 +19,15 @@
 //! it (`baton`'s `main.rs` does); anywhere else [`map_vec`] answers `None`
 //! and the caller copies, as before.
 //!
+//! The same allocator starts every block of [`LINE_FROM`] bytes or more on a
+//! 64-byte cache line. glibc hands large blocks out 16 bytes past a page
+//! boundary, so every 64-byte row a kernel loads from such a tensor (an AMX
+//! tile row, a zmm register) straddles two lines and costs two accesses:
+//! the AMX linears ran at 0.55x of their aligned speed on misaligned
+//! operands (`baton bench speed` shows the whole forward's share). The
+//! rounding is a function of the layout alone, so `dealloc` and `realloc`
+//! see the same alignment `alloc` asked for.
+//!
 //! The price of a mapping is the one every mmap reader pays: a checkpoint
 //! truncated or rewritten in place while a model loaded from it is
 //! resident makes the next read of a dropped page fail with SIGBUS.
@@ -52,6 +61,23 @@ const HUGE: usize = 2 << 20;
 /// Free extents kept; past that, a freed extent's addresses are left unused
 /// (they still cost no memory).
 const MAX_EXTENTS: usize = 4096;
+
+/// Blocks of at least this many bytes start on a cache line (see the module
+/// docs): anything a kernel tiles is larger, and below it the rounding would
+/// cost more than it saves.
+pub const LINE_FROM: usize = 16 << 10;
+/// A cache line.
+const LINE: usize = 64;
+
+/// `layout` as the system allocator is asked for it: at least [`LINE`]
+/// aligned from [`LINE_FROM`] bytes on.
+fn lined(layout: Layout) -> Layout {
+    if layout.size() >= LINE_FROM && layout.align() < LINE {
+        Layout::from_size_align(layout.size(), LINE).unwrap_or(layout)
+    } else {
+        layout
+    }
+}
 
 /// The free parts of the reserved range, sorted by address, coalesced.
 struct Extents {
@@ -362,44 +388,69 @@ pub(crate) fn in_page_parts(
 }
 
 // SAFETY: every block not in the reservation comes from and goes to
-// `System` unchanged; blocks in it are whole-page file mappings made by
+// `System` with the layout `lined` makes of the caller's (a function of the
+// layout alone, so the same at both ends); blocks in it are whole-page file mappings made by
 // `map_vec` and are only ever unmapped here, once, by their owner's free.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if !INSTALLED.load(Ordering::Relaxed) {
             INSTALLED.store(true, Ordering::Relaxed);
         }
-        // SAFETY: forwarded contract.
-        unsafe { System.alloc(layout) }
+        // SAFETY: forwarded contract (`lined` keeps the size and only
+        // raises the alignment).
+        unsafe { System.alloc(lined(layout)) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if !INSTALLED.load(Ordering::Relaxed) {
             INSTALLED.store(true, Ordering::Relaxed);
         }
-        // SAFETY: forwarded contract.
-        unsafe { System.alloc_zeroed(layout) }
+        // SAFETY: as `alloc`.
+        unsafe { System.alloc_zeroed(lined(layout)) }
     }
 
     unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
         if is_mapped(p) {
             unmap(p, layout.size());
         } else {
-            // SAFETY: forwarded contract.
-            unsafe { System.dealloc(p, layout) }
+            // SAFETY: `p` came from `alloc` with `lined(layout)`.
+            unsafe { System.dealloc(p, lined(layout)) }
         }
     }
 
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if !is_mapped(p) {
-            // SAFETY: forwarded contract.
-            return unsafe { System.realloc(p, layout, new_size) };
+            let (from, to) = (
+                lined(layout),
+                // SAFETY: a valid layout (the caller's contract on `new_size`).
+                lined(unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) }),
+            );
+            if from.align() == to.align() {
+                // SAFETY: `p` came from `alloc` with `from`.
+                return unsafe { System.realloc(p, from, new_size) };
+            }
+            // Across `LINE_FROM`: a new block, as `alloc` would give it.
+            // SAFETY: `to` is a valid, non-zero layout.
+            let q = unsafe { System.alloc(to) };
+            if !q.is_null() {
+                // SAFETY: both blocks are live and at least this long; `p`
+                // came from `alloc` with `from`.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                    System.dealloc(p, from);
+                }
+            }
+            return q;
         }
         // A mapped buffer moves to ordinary memory (no tensor grows its
         // buffer; this keeps the contract should anything else).
         // SAFETY: a valid layout (the caller's contract on `new_size`).
-        let to =
-            unsafe { System.alloc(Layout::from_size_align_unchecked(new_size, layout.align())) };
+        let to = unsafe {
+            System.alloc(lined(Layout::from_size_align_unchecked(
+                new_size,
+                layout.align(),
+            )))
+        };
         if !to.is_null() {
             // SAFETY: both blocks are live and at least this long.
             unsafe { std::ptr::copy_nonoverlapping(p, to, layout.size().min(new_size)) };

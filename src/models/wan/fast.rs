@@ -607,6 +607,28 @@ fn norm_row(o: &mut [f32], eps: f64, mul: &[f32], add: &[f32]) {
     }
 }
 
+/// A buffer kept between calls whose slices start on a 64-byte cache line:
+/// the packed weight panels are read a line at a time, and a misaligned
+/// panel costs two accesses per load (see `checkpoint::mapped`'s docs).
+pub(crate) struct Lined<T>(Vec<T>);
+
+impl<T: Copy + Default> Lined<T> {
+    pub(crate) const fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// `len` elements from a cache line on, holding whatever the last user
+    /// left; the buffer grows when it must and never shrinks.
+    pub(crate) fn slice(&mut self, len: usize) -> &mut [T] {
+        let slack = 64 / std::mem::size_of::<T>().max(1);
+        if self.0.len() < len + slack {
+            self.0.resize(len + slack, T::default());
+        }
+        let at = self.0.as_ptr().align_offset(64).min(slack);
+        &mut self.0[at..at + len]
+    }
+}
+
 /// A CPU tensor of `len` elements that `fill` writes, every one of them
 /// (the kernels' contract: no zero-fill pass before they run).
 pub(crate) fn written<T: candle_core::WithDType>(

@@ -1,7 +1,7 @@
 //! The x86_64 side of [`super`]: detection, the tile configuration, the
 //! packing of `wᵀ`, the 2x2-tile inner loops and the epilogue.
 
-use super::super::fast::{mask16, transpose16};
+use super::super::fast::{mask16, transpose16, Lined};
 use super::super::flash::{DistanceBias, RowBias};
 use super::{Out, MAX_HEAD_DIM, PANEL};
 use half::bf16;
@@ -80,7 +80,7 @@ impl Drop for Tiles {
 
 thread_local! {
     /// A worker's packing buffer, kept between calls (see the module docs).
-    static PACK: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    static PACK: RefCell<Lined<u32>> = const { RefCell::new(Lined::new()) };
 }
 
 /// The output as a raw pointer the workers share: each writes a
@@ -136,8 +136,8 @@ pub fn matmul(
             (panels * g / groups, panels * (g + 1) / groups, 0, m)
         };
         PACK.with(|b| {
-            let pack = &mut *b.borrow_mut();
-            pack.resize(PANEL * k / 2, 0);
+            let mut kept = b.borrow_mut();
+            let pack = kept.slice(PANEL * k / 2);
             // SAFETY: AMX is enabled (callers go through `available`);
             // every pointer below stays inside x, w, the bias, the
             // buffer and the output, whose sizes were checked above.
