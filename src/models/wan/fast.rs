@@ -607,6 +607,11 @@ fn norm_row(o: &mut [f32], eps: f64, mul: &[f32], add: &[f32]) {
     }
 }
 
+/// A value placed on a 64-byte cache line (the AMX kernels' stack buffers,
+/// read and written by tile loads and stores a line per row).
+#[repr(C, align(64))]
+pub(crate) struct OnLine<T>(pub(crate) T);
+
 /// A buffer kept between calls whose slices start on a 64-byte cache line:
 /// the packed weight panels are read a line at a time, and a misaligned
 /// panel costs two accesses per load (see `checkpoint::mapped`'s docs).

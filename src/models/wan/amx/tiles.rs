@@ -1,7 +1,7 @@
 //! The x86_64 side of [`super`]: detection, the tile configuration, the
 //! packing of `wᵀ`, the 2x2-tile inner loops and the epilogue.
 
-use super::super::fast::{mask16, transpose16, Lined};
+use super::super::fast::{mask16, transpose16, Lined, OnLine};
 use super::super::flash::{DistanceBias, RowBias};
 use super::{Out, MAX_HEAD_DIM, PANEL};
 use half::bf16;
@@ -175,7 +175,8 @@ unsafe fn worker(
     // SAFETY: AMX is enabled (the caller's promise).
     let _tiles = unsafe { Tiles::load(&cfg) };
     let steps = k / 32;
-    let mut c = [0f32; 32 * 32];
+    let mut line = OnLine([0f32; 32 * 32]);
+    let c = &mut line.0;
     for p in p0..p1 {
         let n0 = p * PANEL;
         unsafe { pack_panel(w, n, k, n0, PANEL, pack) };
@@ -531,9 +532,12 @@ unsafe fn attention_tile(
 ) {
     let _tiles = unsafe { Tiles::load(&Config::new(16, 16)) };
     let (ksteps, vsteps) = (d / 32, skp / 32);
-    let mut s = [0f32; 32 * KEYS];
-    let mut p = [bf16::ZERO; 32 * KEYS];
-    let mut o = [0f32; 32 * MAX_HEAD_DIM];
+    let mut lines = (
+        OnLine([0f32; 32 * KEYS]),
+        OnLine([bf16::ZERO; 32 * KEYS]),
+        OnLine([0f32; 32 * MAX_HEAD_DIM]),
+    );
+    let (s, p, o) = (&mut lines.0 .0, &mut lines.1 .0, &mut lines.2 .0);
     let mut max = [f32::NEG_INFINITY; 32];
     let mut sum = [0f32; 32];
     let a_q = unsafe { qh.as_ptr().add(start * d) }.cast::<u8>();
