@@ -215,7 +215,7 @@ unsafe fn worker(
                 let bias = bias.map(|b| &b[c0..c0 + cols]);
                 unsafe {
                     epilogue(
-                        &c,
+                        c,
                         first_row..last_row,
                         cols,
                         (bias, gelu),
