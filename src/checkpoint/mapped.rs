@@ -23,7 +23,7 @@
 //! 64-byte cache line. glibc hands large blocks out 16 bytes past a page
 //! boundary, so every 64-byte row a kernel loads from such a tensor (an AMX
 //! tile row, a zmm register) straddles two lines and costs two accesses:
-//! the AMX linears ran at 0.55x of their aligned speed on misaligned
+//! the AMX linears ran at 0.55-0.65x of their aligned speed on misaligned
 //! operands (`baton bench speed` shows the whole forward's share). The
 //! rounding is a function of the layout alone, so `dealloc` and `realloc`
 //! see the same alignment `alloc` asked for.
