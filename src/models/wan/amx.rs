@@ -244,6 +244,28 @@ mod tests {
         (max((&got - want).unwrap()), max(want.clone()))
     }
 
+    /// Standard normal values rounded to bf16, [b, h, n, d].
+    fn randn_bf16(b: usize, h: usize, n: usize, d: usize) -> Tensor {
+        Tensor::randn(0f32, 1.0, (b, h, n, d), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap()
+    }
+
+    /// ‖got − want‖ / ‖want‖, got read as f32.
+    fn rel_l2(got: &Tensor, want: &Tensor) -> f32 {
+        let got = got.to_dtype(DType::F32).unwrap();
+        let sum_sq = |t: Tensor| {
+            t.sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        (sum_sq((got - want).unwrap()) / sum_sq(want.clone())).sqrt()
+    }
+
     /// The AMX product against the widened f32 product of the same
     /// bf16-rounded operands, at shapes that cover row tails (fewer than 16,
     /// fewer than 32, a partial last block), column tails and both outputs.
@@ -338,14 +360,8 @@ mod tests {
     /// inputs.
     #[test]
     fn biased_attention_matches_the_fused_kernel() {
-        let dev = Device::Cpu;
         let (b, h, sq, sk, d) = (2, 3, 70, 300, 64);
-        let mk = |n: usize| {
-            Tensor::randn(0f32, 1.0, (b, h, n, d), &dev)
-                .unwrap()
-                .to_dtype(DType::BF16)
-                .unwrap()
-        };
+        let mk = |n: usize| randn_bf16(b, h, n, d);
         let (q, k, v) = (mk(sq), mk(sk), mk(sk));
         let (by_distance, mask) = super::super::flash::test_bias(b, h, sq, sk);
         let bias = super::super::flash::DistanceBias {
@@ -357,14 +373,11 @@ mod tests {
             assert!(got.is_none());
             return;
         }
-        let got = got.expect("taken").to_dtype(DType::F32).unwrap();
         let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
         let want =
             super::super::flash::attention_fused_with(&f(&q), &f(&k), &f(&v), 0.125, Some(bias))
                 .unwrap();
-        let diff = (got - &want).unwrap().sqr().unwrap().sum_all().unwrap();
-        let norm = want.sqr().unwrap().sum_all().unwrap();
-        let rel = (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt();
+        let rel = rel_l2(&got.expect("taken"), &want);
         // bf16 probabilities and a bf16 output, as without a bias.
         assert!(rel < 5e-3, "rel. L2 {rel}");
     }
@@ -390,21 +403,14 @@ mod tests {
             (2, 2, 33, 512, 32),
             (1, 1, 130, 600, 128),
         ] {
-            let mk = |n: usize| {
-                Tensor::randn(0f32, 1.0, (b, h, n, d), &dev)
-                    .unwrap()
-                    .to_dtype(DType::BF16)
-                    .unwrap()
-            };
+            let mk = |n: usize| randn_bf16(b, h, n, d);
             let (q, k, v) = (mk(sq), mk(sk), mk(sk));
             let f = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
             let want = super::super::attention::attention_chunked(&f(&q), &f(&k), &f(&v), 1 << 30)
                 .unwrap();
             let got = attention(&q, &k, &v).unwrap().expect("taken");
             assert_eq!(got.dims(), want.dims());
-            let diff = (f(&got) - &want).unwrap().sqr().unwrap().sum_all().unwrap();
-            let norm = want.sqr().unwrap().sum_all().unwrap();
-            let rel = (diff.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt();
+            let rel = rel_l2(&got, &want);
             // bf16 probabilities and a bf16 output: ~2e-3 measured.
             assert!(rel < 5e-3, "{b}x{h}x{sq}x{sk}x{d}: rel. L2 {rel}");
         }
