@@ -389,8 +389,9 @@ pub(crate) fn in_page_parts(
 
 // SAFETY: every block not in the reservation comes from and goes to
 // `System` with the layout `lined` makes of the caller's (a function of the
-// layout alone, so the same at both ends); blocks in it are whole-page file mappings made by
-// `map_vec` and are only ever unmapped here, once, by their owner's free.
+// layout alone, so the same at both ends); blocks in it are whole-page file
+// mappings made by `map_vec` and are only ever unmapped here, once, by their
+// owner's free.
 unsafe impl GlobalAlloc for Allocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if !INSTALLED.load(Ordering::Relaxed) {
@@ -419,44 +420,28 @@ unsafe impl GlobalAlloc for Allocator {
     }
 
     unsafe fn realloc(&self, p: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if !is_mapped(p) {
-            let (from, to) = (
-                lined(layout),
-                // SAFETY: a valid layout (the caller's contract on `new_size`).
-                lined(unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) }),
-            );
-            if from.align() == to.align() {
-                // SAFETY: `p` came from `alloc` with `from`.
-                return unsafe { System.realloc(p, from, new_size) };
-            }
-            // Across `LINE_FROM`: a new block, as `alloc` would give it.
-            // SAFETY: `to` is a valid, non-zero layout.
-            let q = unsafe { System.alloc(to) };
-            if !q.is_null() {
-                // SAFETY: both blocks are live and at least this long; `p`
-                // came from `alloc` with `from`.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
-                    System.dealloc(p, from);
-                }
-            }
-            return q;
-        }
-        // A mapped buffer moves to ordinary memory (no tensor grows its
-        // buffer; this keeps the contract should anything else).
         // SAFETY: a valid layout (the caller's contract on `new_size`).
-        let to = unsafe {
-            System.alloc(lined(Layout::from_size_align_unchecked(
-                new_size,
-                layout.align(),
-            )))
-        };
-        if !to.is_null() {
-            // SAFETY: both blocks are live and at least this long.
-            unsafe { std::ptr::copy_nonoverlapping(p, to, layout.size().min(new_size)) };
-            unmap(p, layout.size());
+        let to = lined(unsafe { Layout::from_size_align_unchecked(new_size, layout.align()) });
+        let from = lined(layout);
+        if !is_mapped(p) && from.align() == to.align() {
+            // SAFETY: `p` came from `alloc` with `from`.
+            return unsafe { System.realloc(p, from, new_size) };
         }
-        to
+        // A move, as `alloc` would place the block: a mapped buffer goes to
+        // ordinary memory (no tensor grows its buffer; this keeps the
+        // contract should anything else), and a block across `LINE_FROM`
+        // changes alignment.
+        // SAFETY: `to` is a valid, non-zero layout.
+        let q = unsafe { System.alloc(to) };
+        if !q.is_null() {
+            // SAFETY: both blocks are live and at least this long; `p` is
+            // freed as `dealloc` frees it (unmapped, or returned to `System`).
+            unsafe {
+                std::ptr::copy_nonoverlapping(p, q, layout.size().min(new_size));
+                self.dealloc(p, layout);
+            }
+        }
+        q
     }
 }
 
