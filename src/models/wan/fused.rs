@@ -156,8 +156,9 @@ unsafe fn norm_rope_row_avx512(
     }
 }
 
-/// One head's pairs (2i, 2i+1) rotated by (c[i], sn[i]), 8 pairs per
-/// register: `x · (c, c) ∓± swap(x) · (sn, sn)` in one `fmaddsub` (the
+/// One head's pairs (a, b) = (2i, 2i+1) rotated by (c[i], sn[i]), 8 pairs
+/// per register: (a·c − b·sn, b·c + a·sn) is `x · (c, c)` minus (even
+/// lanes) or plus (odd lanes) `swap(x) · (sn, sn)`, one `fmaddsub` (the
 /// compiler did not vectorise the pairwise loop).
 ///
 /// # Safety

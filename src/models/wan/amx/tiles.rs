@@ -532,12 +532,13 @@ unsafe fn attention_tile(
 ) {
     let _tiles = unsafe { Tiles::load(&Config::new(16, 16)) };
     let (ksteps, vsteps) = (d / 32, skp / 32);
-    let mut lines = (
+    // Scores, probabilities and the accumulator, each on cache lines.
+    let (mut s_line, mut p_line, mut o_line) = (
         OnLine([0f32; 32 * KEYS]),
         OnLine([bf16::ZERO; 32 * KEYS]),
         OnLine([0f32; 32 * MAX_HEAD_DIM]),
     );
-    let (s, p, o) = (&mut lines.0 .0, &mut lines.1 .0, &mut lines.2 .0);
+    let (s, p, o) = (&mut s_line.0, &mut p_line.0, &mut o_line.0);
     let mut max = [f32::NEG_INFINITY; 32];
     let mut sum = [0f32; 32];
     let a_q = unsafe { qh.as_ptr().add(start * d) }.cast::<u8>();
